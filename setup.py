@@ -1,0 +1,49 @@
+"""gpa_jax: one autoregressive decoder for TTS, ASR and VC over text + audio tokens."""
+
+from setuptools import find_packages, setup
+
+# Versions that resolve together are pinned in constraints.txt (used by
+# launch/setup_env.sh and CI); the ranges here only state compatibility.
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "grain>=0.2.18",
+    "seqio>=0.0.20",
+    "tensorflow>=2.21",
+    "tensorflow-text>=2.21",
+    "tensorflow-datasets>=4.9.10",
+    "array-record>=0.8",
+    "librosa>=0.11",
+    "soundfile>=0.12",
+    "soxr>=0.5",
+    "sentencepiece>=0.2",
+    "ml_collections>=1.1",
+    "clu>=0.0.12",
+    "absl-py>=2.1",
+    "jiwer>=4.0",
+    "tqdm>=4.66",
+    "rich>=13",
+    "numpy>=2.0",
+]
+
+EXTRAS = {
+    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+    # HuBERT / HF audio encoders as offline distillation teachers (codec issue).
+    "hubert": ["transformers>=4.45", "torch==2.13.0"],
+    # Side-by-side PyTorch baseline for launch.bench_train / launch.bench_sample.
+    "bench": ["transformers>=4.45", "torch==2.13.0"],
+    "tpu": ["jax[tpu]"],
+    "cuda": ["jax[cuda12]"],
+}
+
+setup(
+    name="gpa_jax",
+    version="0.1.0",
+    description="GPA-style unified speech LM (TTS, ASR, VC) in JAX/Flax NNX",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["gpa_jax", "gpa_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,28 @@
+"""Shared test set-up.
+
+Sharded code is tested on 8 simulated CPU devices; the flag must be set before JAX
+initialises its backend, so it is set here, before any test module imports jax.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def _has_platform(name: str) -> bool:
+    try:
+        return bool(jax.devices(name))
+    except RuntimeError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    for marker, platform in (("gpu", "gpu"), ("tpu", "tpu")):
+        skip = pytest.mark.skip(reason=f"needs a {platform.upper()}")
+        for item in items:
+            if marker in item.keywords and not _has_platform(platform):
+                item.add_marker(skip)
