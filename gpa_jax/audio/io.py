@@ -1,0 +1,188 @@
+"""Audio file I/O and waveform validation.
+
+Every path into the system (dataset builders, tokenizer jobs, evaluation, synthesizer
+outputs) goes through `load_audio` or `check_waveform`, so bad audio is rejected once,
+early, with an `AudioError` that says which file or example and why.
+"""
+
+from __future__ import annotations
+
+import os
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+# int16 PCM full scale. Both directions use 2^15 (soundfile reads PCM_16 the same way), so
+# int16 -> float -> int16 is exact and float -> int16 -> float is within half a step.
+_INT16_SCALE = 32768.0
+
+
+class AudioError(ValueError):
+    """Unusable audio; the message always names the source (file path or example name).
+
+    Constructed as AudioError(source, reason, kind). `kind` is a short stable code for
+    counting rejections ("not_found", "not_a_file", "corrupt", "bad_header", "empty",
+    "non_finite", "too_long", "too_short", "silent", "bad_shape", "bad_dtype"); `reason`
+    is the human-readable detail. `args` holds all three, so the error pickles and
+    survives multiprocessing data workers.
+    """
+
+    def __init__(self, source: str | os.PathLike, reason: str, kind: str = "invalid") -> None:
+        super().__init__(os.fspath(source), reason, kind)
+        self.source = os.fspath(source)
+        self.reason = reason
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+def int16_to_float(wav: np.ndarray) -> np.ndarray:
+    """int16 PCM (as TFDS stores audio) to float32 in [-1, 1)."""
+    wav = np.asarray(wav)
+    if wav.dtype != np.int16:
+        raise TypeError(f"expected int16 samples, got {wav.dtype}")
+    return wav.astype(np.float32) / np.float32(_INT16_SCALE)
+
+
+def float_to_int16(wav: np.ndarray) -> np.ndarray:
+    """Float samples to int16 PCM, clipping to [-1, 1] (+1.0 maps to 32767)."""
+    wav = np.clip(np.asarray(wav, dtype=np.float64), -1.0, 1.0)
+    return np.clip(np.round(wav * _INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def to_mono(wav: np.ndarray) -> np.ndarray:
+    """Mean over channels for [samples, channels] (soundfile layout); 1-D passes through."""
+    wav = np.asarray(wav)
+    if wav.ndim == 1:
+        return wav
+    if wav.ndim == 2:
+        return wav.mean(axis=1, dtype=np.float64).astype(
+            wav.dtype if np.issubdtype(wav.dtype, np.floating) else np.float32
+        )
+    raise ValueError(f"expected [samples] or [samples, channels], got shape {wav.shape}")
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample [samples] (or [..., samples]) with soxr HQ; float32 out, no-op if rates match.
+
+    Output length is ceil(samples * target_sr / orig_sr) (librosa's rule).
+    """
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    wav = np.asarray(wav, dtype=np.float32)
+    if orig_sr == target_sr:
+        return wav
+    out = librosa.resample(wav, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
+    return np.asarray(out, dtype=np.float32)
+
+
+def check_waveform(
+    wav: np.ndarray,
+    sample_rate: int,
+    *,
+    name: str,
+    max_seconds: float = 600.0,
+    min_seconds: float = 0.0,
+    silence_rms: float | None = None,
+) -> np.ndarray:
+    """Validate an in-memory mono waveform; return it as float32 or raise AudioError(name).
+
+    Rejects: non-1-D input, empty, non-finite samples, duration above max_seconds or below
+    min_seconds, and (when silence_rms is given) RMS below silence_rms. int16 input is
+    rescaled to [-1, 1) first, since that is how TFDS hands back decoded audio.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    wav = np.asarray(wav)
+    if wav.dtype == np.int16:
+        wav = int16_to_float(wav)
+    elif not np.issubdtype(wav.dtype, np.floating):
+        raise AudioError(
+            name, f"unsupported sample dtype {wav.dtype} (want float or int16)", "bad_dtype"
+        )
+    wav = wav.astype(np.float32, copy=False)
+    if wav.ndim != 1:
+        raise AudioError(name, f"expected mono 1-D samples, got shape {wav.shape}", "bad_shape")
+    if wav.size == 0:
+        raise AudioError(name, "audio is empty (0 samples)", "empty")
+    bad = np.count_nonzero(~np.isfinite(wav))
+    if bad:
+        raise AudioError(name, f"{bad} of {wav.size} samples are NaN or infinite", "non_finite")
+    seconds = wav.size / sample_rate
+    if seconds > max_seconds:
+        raise AudioError(
+            name, f"too long: {seconds:.2f} s > max_seconds={max_seconds:g}", "too_long"
+        )
+    if seconds < min_seconds:
+        raise AudioError(
+            name, f"too short: {seconds:.3f} s < min_seconds={min_seconds:g}", "too_short"
+        )
+    if silence_rms is not None:
+        rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+        if rms < silence_rms:
+            raise AudioError(name, f"silent: RMS {rms:.3g} < silence_rms={silence_rms:g}", "silent")
+    return wav
+
+
+def load_audio(
+    path: str | os.PathLike,
+    target_sr: int = 16000,
+    *,
+    max_seconds: float = 600.0,
+) -> np.ndarray:
+    """Read any soundfile-readable file as float32 mono in [-1, 1] at target_sr.
+
+    The duration limit is checked against the header before any samples are read, so a
+    huge file costs nothing. Samples are mixed down by averaging channels, resampled with
+    soxr, clipped to [-1, 1] (resampling can overshoot by a hair; float files can exceed
+    full scale) and validated with `check_waveform`. Every failure is an AudioError that
+    names the file.
+    """
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise AudioError(name, "file not found", "not_found")
+    if not os.path.isfile(name):
+        raise AudioError(name, "not a regular file", "not_a_file")
+    try:
+        with sf.SoundFile(name) as f:
+            frames, orig_sr = f.frames, f.samplerate
+            if frames == 0:
+                raise AudioError(name, "audio is empty (0 samples)", "empty")
+            if orig_sr <= 0:
+                raise AudioError(name, f"invalid sample rate {orig_sr} in header", "bad_header")
+            seconds = frames / orig_sr
+            if seconds > max_seconds:
+                raise AudioError(
+                    name,
+                    f"too long: {seconds:.2f} s > max_seconds={max_seconds:g} (header)",
+                    "too_long",
+                )
+            data = f.read(dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError) as e:
+        raise AudioError(
+            name, f"unreadable or corrupt audio ({type(e).__name__}: {e})", "corrupt"
+        ) from e
+    if data.shape[0] == 0:
+        raise AudioError(name, "audio is empty (0 samples)", "empty")
+    wav = to_mono(data)
+    bad = np.count_nonzero(~np.isfinite(wav))
+    if bad:  # checked before resampling, which would smear NaNs over the whole clip
+        raise AudioError(name, f"{bad} of {wav.size} samples are NaN or infinite", "non_finite")
+    wav = np.clip(resample(wav, orig_sr, target_sr), -1.0, 1.0)
+    return check_waveform(wav, target_sr, name=name, max_seconds=max_seconds)
+
+
+def save_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None:
+    """Write 16-bit PCM wav, clipping to [-1, 1]; [samples] or [samples, channels]."""
+    wav = np.asarray(wav)
+    if wav.ndim not in (1, 2):
+        raise ValueError(f"expected [samples] or [samples, channels], got shape {wav.shape}")
+    if not np.issubdtype(wav.dtype, np.floating):
+        raise TypeError(f"expected float samples, got {wav.dtype}")
+    if not np.all(np.isfinite(wav)):
+        raise AudioError(path, "refusing to write NaN or infinite samples", "non_finite")
+    sf.write(os.fspath(path), float_to_int16(wav), sample_rate, subtype="PCM_16", format="WAV")
