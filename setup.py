@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "tensorflow>=2.21",
     "tensorflow-text>=2.21",
     "tensorflow-datasets>=4.9.10",
+    # TFDS 4.9.10 needs it to prepare builders defined in packages but does not declare it.
+    "importlib_resources>=6",
     "array-record>=0.8",
     "librosa>=0.11",
     "soundfile>=0.12",
