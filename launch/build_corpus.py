@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, logging
 
 from gpa_jax import config_utils, paths
+from launch import common
 
 config_utils.define_config_flag("configs/corpus.py")
-flags.DEFINE_string("workdir", None, "Work directory (default: $GPA_JAX_WORKDIR or runs/demo).")
 
 
 def build_corpus(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -45,7 +45,7 @@ def build_corpus(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    build_corpus(config_utils.config_from_flags(), flags.FLAGS.workdir or paths.default_workdir())
+    build_corpus(config_utils.config_from_flags(), common.workdir())
 
 
 if __name__ == "__main__":

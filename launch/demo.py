@@ -15,19 +15,19 @@ import time
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils, paths
+from gpa_jax import config_utils
+from launch import common
 from launch.build_corpus import build_corpus
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-flags.DEFINE_string("workdir", None, "Work directory (default: $GPA_JAX_WORKDIR or runs/demo).")
 flags.DEFINE_bool("quick", False, "Tiny sizes everywhere: a smoke run of a few minutes.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = flags.FLAGS.workdir or paths.default_workdir()
+    workdir = common.workdir()
     size = "tiny" if flags.FLAGS.quick else "default"
     stages = [
         ("corpus", lambda: build_corpus(config_utils.load_config(os.path.join(CONFIGS, f"corpus.py:{size}")), workdir)),

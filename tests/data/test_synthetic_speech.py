@@ -273,3 +273,15 @@ def test_default_plan_without_synthesis() -> None:
         pairs.update((a, b) for a in group for b in group if a < b)
     n_seen = len(SEEN)
     assert len(pairs) == n_seen * (n_seen - 1) // 2  # every seen voice pair shares sentences
+
+
+def test_common_schema_loader_reads_the_built_corpus(built) -> None:
+    """data.corpora serves the synthetic corpus in the same schema as LibriSpeech."""
+    from data import corpora
+
+    data_dir, _ = built
+    rows = list(corpora.speech_examples("synthetic_speech/tiny", "test", data_dir=data_dir))
+    assert rows and all(set(r) == {"audio", "text", "speaker", "id"} for r in rows)
+    for row in rows:
+        assert row["audio"].dtype == np.float32 and len(row["audio"]) >= 0.5 * 16000
+        assert row["text"] == normalize_transcript(row["text"]) and row["speaker"] in SEEN
