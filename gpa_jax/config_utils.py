@@ -36,6 +36,15 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "corpus.builder_config",
         "corpus.num_workers",
     ),
+    "lm": (
+        "seed",
+        "model.vocab_size",
+        "model.num_layers",
+        "model.embed_dim",
+        "mesh.shape",
+        "sharding_rules",
+        "optimizer.learning_rate",
+    ),
 }
 
 CONFIG_FLAG = "config"

@@ -103,7 +103,10 @@ def test_missing_file_and_missing_get_config(tmp_path):
         config_utils.load_config(str(path))
 
 
-@pytest.mark.parametrize("name", ["corpus.py:tiny", "corpus.py:default"])
+@pytest.mark.parametrize(
+    "name",
+    ["corpus.py:tiny", "corpus.py:default", "gpa_tiny.py", "gpa_0p3b.py", "gpa_1b.py", "gpa_8b_pod.py"],
+)
 def test_repo_configs_validate(name):
     config_utils.load_config(f"configs/{name}")
 

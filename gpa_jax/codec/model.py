@@ -1,0 +1,150 @@
+"""The SpeechTokenizer codec: SEANet encoder -> RVQ -> SEANet decoder, plus the semantic head.
+
+The semantic head is SpeechTokenizer's `transform`: a linear map from the RVQ-1 quantized
+output (dimension D) to the teacher's feature size, trained with the D-axis distillation
+loss (`losses.d_axis_distill_loss`) so that RVQ-1 carries content; when D equals the
+teacher size the reference uses the identity, and so do we. With no teacher
+(`teacher.kind == 'none'`) there is no head and no distillation.
+
+Parameters carry no logical axis names on purpose: the codec (~100 M params at paper
+size) is replicated and trained data-parallel, which is what `gpa_jax.sharding` does
+with unnamed variables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from gpa_jax.codec.rvq import ResidualVectorQuantizer
+from gpa_jax.codec.seanet import SEANetDecoder, SEANetEncoder
+
+
+class Codec(nnx.Module):
+    """Waveform codec with RVQ tokens at sample_rate / prod(strides) frames per second."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, teacher_dim: int, *, rngs: nnx.Rngs):
+        """cfg: a config's `codec` section; teacher_dim: `teacher.dim` (0 = no teacher)."""
+        self.sample_rate = int(cfg.sample_rate)
+        self.strides = tuple(int(s) for s in cfg.strides)
+        self.hop_length = math.prod(self.strides)
+        self.dimension = int(cfg.dimension)
+        self.n_q = int(cfg.n_q)
+        self.codebook_size = int(cfg.codebook_size)
+        common = dict(
+            n_filters=cfg.n_filters,
+            strides=self.strides,
+            dimension=self.dimension,
+            n_residual_layers=cfg.n_residual_layers,
+            residual_kernel_size=cfg.residual_kernel_size,
+            dilation_base=cfg.dilation_base,
+            kernel_size=cfg.kernel_size,
+            last_kernel_size=cfg.last_kernel_size,
+            compress=cfg.compress,
+            true_skip=cfg.true_skip,
+            lstm_layers=cfg.lstm_layers,
+            pad_mode=cfg.pad_mode,
+            rngs=rngs,
+        )
+        self.encoder = SEANetEncoder(bidirectional=cfg.encoder_bidirectional, **common)
+        self.quantizer = ResidualVectorQuantizer(
+            dimension=self.dimension,
+            n_q=self.n_q,
+            codebook_size=self.codebook_size,
+            decay=cfg.ema_decay,
+            epsilon=cfg.ema_epsilon,
+            kmeans_init=cfg.kmeans_init,
+            kmeans_iters=cfg.kmeans_iters,
+            dead_code_threshold=cfg.dead_code_threshold,
+            quantizer_dropout=cfg.quantizer_dropout,
+            rngs=rngs,
+        )
+        self.decoder = SEANetDecoder(**common)
+        self.teacher_dim = int(teacher_dim)
+        self.semantic_proj = (
+            nnx.Linear(self.dimension, self.teacher_dim, rngs=rngs)
+            if self.teacher_dim and self.teacher_dim != self.dimension
+            else None
+        )
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, rngs: nnx.Rngs | None = None) -> Codec:
+        """Builds the codec of a `kind='codec'` config (seeded by `config.seed` by default)."""
+        teacher_dim = 0 if config.teacher.kind == "none" else int(config.teacher.dim)
+        return cls(config.codec, teacher_dim, rngs=rngs or nnx.Rngs(config.seed))
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the encoder yields for a clip: ceil(samples / hop)."""
+        return -(-int(num_samples) // self.hop_length)
+
+    def frame_lengths(self, lengths: jax.Array | None) -> jax.Array | None:
+        """Valid frames per item for valid sample counts [b] (None stays None)."""
+        if lengths is None:
+            return None
+        return (jnp.asarray(lengths, jnp.int32) + self.hop_length - 1) // self.hop_length
+
+    def encode_latent(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """wav [b, samples] -> continuous latent [b, ceil(samples / hop), D].
+
+        `lengths` (valid samples per item, for zero-padded batches) keeps the padding out of
+        the encoder BiLSTM's backward pass.
+        """
+        return self.encoder(wav[..., None].astype(jnp.float32), self.frame_lengths(lengths))
+
+    def encode(
+        self, wav: jax.Array, n_q: int | None = None, lengths: jax.Array | None = None
+    ) -> jax.Array:
+        """wav [b, samples] -> codes int32 [b, n_q, ceil(samples / hop)]."""
+        return self.quantizer.encode_codes(self.encode_latent(wav, lengths), n_q)
+
+    def decode(self, codes: jax.Array) -> jax.Array:
+        """codes [b, n, frames] (n <= n_q: the first n layers) -> waveform [b, frames * hop]."""
+        return self.decoder(self.quantizer.decode_codes(codes))[..., 0]
+
+    def __call__(
+        self,
+        wav: jax.Array,
+        train: bool = False,
+        *,
+        n_q: int | None = None,
+        lengths: jax.Array | None = None,
+        rng: jax.Array | None = None,
+    ) -> dict[str, Any]:
+        """wav [b, samples] -> dict of the forward pass (train=True updates the codebooks).
+
+        Keys: 'recon' [b, samples] (decoder output cut to the input length), 'codes' int32
+        [b, n_q, T], 'commit_loss' (scalar, mean over active RVQ layers), 'latent' (encoder
+        output [b, T, D]), 'quantized' [b, T, D], 'rvq1' (RVQ-1 quantized [b, T, D]),
+        'semantic_pred' ([b, T, teacher_dim], or None without a teacher), 'perplexity'
+        [n_q], 'n_active' (RVQ layers used this step), 'commit_per_layer' [n_q].
+        """
+        num_samples = wav.shape[-1]
+        latent = self.encode_latent(wav, lengths)
+        quantized, codes, aux = self.quantizer.quantize(
+            latent, n_q, train, layer_outputs=True, rng=rng
+        )
+        rvq1 = aux["layer_outputs"][0]
+        if self.teacher_dim == 0:
+            semantic = None
+        elif self.semantic_proj is None:
+            semantic = rvq1
+        else:
+            semantic = self.semantic_proj(rvq1)
+        recon = self.decoder(quantized)[..., 0][:, :num_samples]
+        return {
+            "recon": recon,
+            "codes": codes,
+            "commit_loss": aux["commit_loss"],
+            "commit_per_layer": aux["commit_per_layer"],
+            "perplexity": aux["perplexity"],
+            "n_active": aux["n_active"],
+            "latent": latent,
+            "quantized": quantized,
+            "rvq1": rvq1,
+            "semantic_pred": semantic,
+        }

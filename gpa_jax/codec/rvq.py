@@ -1,0 +1,312 @@
+"""Residual vector quantizer with EMA codebooks (SoundStream / EnCodec / SpeechTokenizer).
+
+n_q codebooks of `codebook_size` vectors of dim D. Layer i quantizes the residual left by
+layers < i; the quantized latent is the sum of the chosen vectors. Codebooks are not
+learned by gradient: they are EMA cluster centres, so every codebook buffer is a
+`CodebookState` variable (not `nnx.Param`) that the optimizer never sees.
+
+Training-mode update of layer i, on the flattened residuals r [N, D] of the batch (the
+reference is `EuclideanCodebook.forward` in SpeechTokenizer / EnCodec `core_vq.py`):
+1. first batch only: k-means (k-means++ seeding + `kmeans_iters` Lloyd steps; the
+   reference uses random seeding and 50 iterations) sets the codebook, cluster sizes to
+   the cluster counts and the embedding sums to centroid * count;
+2. codes = nearest codebook vector (Euclidean);
+3. EMA with decay 0.99: cluster_size <- d * cluster_size + (1 - d) * counts,
+   embed_sum <- d * embed_sum + (1 - d) * sum of the residuals assigned to each code;
+   codebook = embed_sum / n_k, where n_k is the Laplace-smoothed cluster size
+   (cluster_size + eps) / (sum + K * eps) * sum, eps = 1e-5;
+4. dead codes (EMA cluster size < threshold 2) are replaced by random residuals of the
+   current batch; their cluster size is reset to the threshold and their sum to
+   vector * threshold, so the replacement survives the next EMA step.
+Deviations from the reference, on purpose: (a) the reference expires codes *before* the
+EMA step and then overwrites the whole codebook with embed_avg / cluster_size, which
+discards the replacements (EnCodec issue #33 discusses the ordering); (b) its k-means init
+sets embed_avg = centroid (not centroid * count), which shrinks every centroid by its count
+at the first EMA step; (c) k-means++ seeding, so well-separated clusters are not merged
+when two random seeds land in one cluster.
+
+Gradients: the output is x + stop_gradient(sum_i q_i - x) (straight-through), so d out /
+d x = I. Each layer's input residual is r_i = x - stop_gradient(sum_{j<i} q_j), so every
+layer's commitment loss mean((r_i - sg(q_i))^2) pulls the encoder towards the quantized
+sum so far. (The reference subtracts the straight-through q_i, which zeroes the encoder
+gradient of every commitment term but the first.) The per-layer losses are *averaged*
+over the active layers, as SpeechTokenizer's `ResidualVectorQuantizer` does
+(`torch.mean(commit_loss)`); the trainer multiplies by its commitment weight.
+
+Everything is jit-able: the k-means branch is a `lax.cond` on the per-layer `initialized`
+flag, and quantizer dropout draws the number of active layers as a traced integer and
+masks the inactive ones (their outputs, losses and codebook updates). Under data
+parallelism the statistics are taken over the global batch, so replicas stay identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class CodebookState(nnx.Variable):
+    """Non-trainable codebook buffers (codebook, EMA sums and sizes, init flags)."""
+
+
+def sq_distances(x: jax.Array, embed: jax.Array) -> jax.Array:
+    """||x - e||^2 for x [N, D], embed [K, D] -> [N, K], in full f32 precision.
+
+    HIGHEST precision keeps code choices stable on accelerators whose default f32 matmul
+    rounds through bf16 (near-ties would otherwise flip between devices).
+    """
+    cross = jnp.einsum("nd,kd->nk", x, embed, precision=_HIGHEST)
+    return (
+        jnp.sum(jnp.square(x), -1, keepdims=True)
+        - 2.0 * cross
+        + jnp.sum(jnp.square(embed), -1)[None, :]
+    )
+
+
+def nearest_code(x: jax.Array, embed: jax.Array) -> jax.Array:
+    """Index of the nearest codebook vector for each row of x [..., D] -> int32 [...]."""
+    flat = x.reshape(-1, x.shape[-1])
+    return jnp.argmin(sq_distances(flat, embed), axis=-1).astype(jnp.int32).reshape(x.shape[:-1])
+
+
+def _counts_and_sums(x: jax.Array, codes: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    counts = jax.ops.segment_sum(jnp.ones_like(codes, x.dtype), codes, num_segments=k)
+    sums = jax.ops.segment_sum(x, codes, num_segments=k)
+    return counts, sums
+
+
+def kmeans(
+    samples: jax.Array, num_clusters: int, num_iters: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """k-means++ seeding then Lloyd iterations; deterministic given `key`.
+
+    samples [N, D] -> (centroids [K, D], counts [K] of the final assignment). A centroid
+    whose cluster empties keeps its previous position (as the reference). With N < K some
+    seeds repeat (once every sample is a seed the D^2 weights are all zero and seeding falls
+    back to uniform picks); their clusters stay empty and dead-code replacement reuses them.
+    """
+    samples = samples.astype(jnp.float32)
+    n = samples.shape[0]
+    first_key, seed_key = jax.random.split(key)
+    first = samples[jax.random.randint(first_key, (), 0, n)]
+    d2 = jnp.sum(jnp.square(samples - first), -1)
+    means = jnp.zeros((num_clusters, samples.shape[1]), jnp.float32).at[0].set(first)
+
+    def seed(i, carry):
+        means, d2 = carry
+        total = jnp.sum(d2)
+        probs = jnp.where(total > 0, d2 / jnp.where(total > 0, total, 1.0), 1.0 / n)
+        idx = jax.random.choice(jax.random.fold_in(seed_key, i), n, p=probs)
+        center = samples[idx]
+        return means.at[i].set(center), jnp.minimum(d2, jnp.sum(jnp.square(samples - center), -1))
+
+    means, _ = jax.lax.fori_loop(1, num_clusters, seed, (means, d2))
+
+    def lloyd(_, means):
+        assign = jnp.argmin(sq_distances(samples, means), -1)
+        counts, sums = _counts_and_sums(samples, assign, num_clusters)
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], means)
+
+    means = jax.lax.fori_loop(0, num_iters, lloyd, means)
+    counts, _ = _counts_and_sums(samples, jnp.argmin(sq_distances(samples, means), -1), num_clusters)
+    return means, counts
+
+
+def ema_update(
+    cluster_size: jax.Array,
+    embed_sum: jax.Array,
+    x: jax.Array,
+    codes: jax.Array,
+    decay: float,
+    epsilon: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One EMA step -> (cluster_size, embed_sum, codebook) with Laplace-smoothed sizes."""
+    k = cluster_size.shape[0]
+    counts, sums = _counts_and_sums(x, codes, k)
+    cluster_size = decay * cluster_size + (1.0 - decay) * counts
+    embed_sum = decay * embed_sum + (1.0 - decay) * sums
+    total = jnp.sum(cluster_size)
+    smoothed = (cluster_size + epsilon) / (total + k * epsilon) * total
+    return cluster_size, embed_sum, embed_sum / smoothed[:, None]
+
+
+def replace_dead_codes(
+    embed: jax.Array,
+    cluster_size: jax.Array,
+    embed_sum: jax.Array,
+    x: jax.Array,
+    threshold: float,
+    key: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Codes with cluster_size < threshold take random rows of x [N, D] (with replacement)."""
+    dead = cluster_size < threshold
+    picks = x[jax.random.randint(key, (embed.shape[0],), 0, x.shape[0])]
+    embed = jnp.where(dead[:, None], picks, embed)
+    embed_sum = jnp.where(dead[:, None], picks * threshold, embed_sum)
+    cluster_size = jnp.where(dead, jnp.asarray(threshold, cluster_size.dtype), cluster_size)
+    return embed, cluster_size, embed_sum
+
+
+class ResidualVectorQuantizer(nnx.Module):
+    """n_q EMA codebooks applied to successive residuals (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        dimension: int,
+        n_q: int,
+        codebook_size: int,
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 50,
+        dead_code_threshold: float = 2.0,
+        quantizer_dropout: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        self.dimension, self.n_q, self.codebook_size = dimension, n_q, codebook_size
+        self.decay, self.epsilon = decay, epsilon
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.quantizer_dropout = float(quantizer_dropout)
+        # Random (kaiming-uniform) codebooks until k-means runs, so an untrained model still
+        # spreads its codes; with kmeans_init the first training batch replaces them.
+        bound = (6.0 / dimension) ** 0.5  # torch kaiming_uniform_ on a [K, D] tensor
+        embed = jax.random.uniform(
+            rngs.params(), (n_q, codebook_size, dimension), jnp.float32, -bound, bound
+        )
+        self.embed = CodebookState(embed)
+        self.embed_sum = CodebookState(embed)
+        self.cluster_size = CodebookState(jnp.ones((n_q, codebook_size), jnp.float32))
+        self.initialized = CodebookState(jnp.full((n_q,), not kmeans_init))
+        # Own stream for k-means seeds, dead-code picks and dropout; its counter is state,
+        # so successive jitted steps draw fresh keys deterministically from the seed.
+        self.rngs = nnx.Rngs(quantizer=rngs.params())
+
+    def _layer_update(
+        self, i: int, r: jax.Array, active: jax.Array, key: jax.Array
+    ) -> jax.Array:
+        """Training-mode update of layer i on residuals r [N, D]; returns its codebook."""
+        init_key, dead_key = jax.random.split(key)
+        state = (self.embed[i], self.cluster_size[i], self.embed_sum[i])
+
+        def run_kmeans(_):
+            means, counts = kmeans(r, self.codebook_size, self.kmeans_iters, init_key)
+            return means, counts, means * counts[:, None]
+
+        needs_init = jnp.logical_and(active, jnp.logical_not(self.initialized[i]))
+        embed, cluster_size, embed_sum = jax.lax.cond(needs_init, run_kmeans, lambda _: state, None)
+        codes = nearest_code(r, embed)
+        new_size, new_sum, new_embed = ema_update(
+            cluster_size, embed_sum, r, codes, self.decay, self.epsilon
+        )
+        if self.dead_code_threshold > 0:
+            new_embed, new_size, new_sum = replace_dead_codes(
+                new_embed, new_size, new_sum, r, self.dead_code_threshold, dead_key
+            )
+        keep = jnp.logical_not(active)
+        self.embed[...] = self.embed[...].at[i].set(jnp.where(keep, state[0], new_embed))
+        self.cluster_size[...] = self.cluster_size[...].at[i].set(
+            jnp.where(keep, state[1], new_size)
+        )
+        self.embed_sum[...] = self.embed_sum[...].at[i].set(jnp.where(keep, state[2], new_sum))
+        self.initialized[...] = self.initialized[...].at[i].set(
+            jnp.logical_or(self.initialized[i], active)
+        )
+        # Codes of this step come from the codebook before its EMA step (as the reference).
+        return embed
+
+    def quantize(
+        self,
+        x: jax.Array,
+        n_q: int | None = None,
+        train: bool = False,
+        *,
+        layer_outputs: bool = False,
+        rng: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+        """x [b, T, D] -> (quantized [b, T, D], codes int32 [b, n_q, T], aux).
+
+        aux: 'commit_loss' (mean of the active layers' commitment losses), 'commit_per_layer'
+        [n_q], 'perplexity' [n_q] (exp entropy of each layer's code histogram), 'n_active'
+        (layers used: n_q unless quantizer dropout drew fewer), and with layer_outputs=True
+        'layer_outputs' [n_q, b, T, D]: each layer's quantized vectors (straight-through in
+        training; layer 0 is the RVQ-1 output that semantic distillation uses). With
+        train=True the codebooks update (EMA, k-means init, dead codes) and quantizer
+        dropout applies; `rng` overrides the module's own stream for that step.
+        """
+        n = self.n_q if n_q is None else int(n_q)
+        if not 1 <= n <= self.n_q:
+            raise ValueError(f"n_q must be in [1, {self.n_q}], got {n}")
+        x = x.astype(jnp.float32)
+        b, t, d = x.shape
+        if train:
+            key = self.rngs.quantizer() if rng is None else rng
+            drop_key, pick_key, key = jax.random.split(key, 3)
+            n_active = jnp.asarray(n, jnp.int32)
+            if self.quantizer_dropout > 0:
+                drawn = jax.random.randint(pick_key, (), 1, n + 1, dtype=jnp.int32)
+                use_drop = jax.random.uniform(drop_key) < self.quantizer_dropout
+                n_active = jnp.where(use_drop, drawn, n_active)
+            layer_keys = jax.random.split(key, n)
+        else:
+            n_active = jnp.asarray(n, jnp.int32)
+
+        residual = x
+        q_sum = jnp.zeros_like(x)
+        codes, commits, perplexities, outputs = [], [], [], []
+        for i in range(n):
+            active = i < n_active
+            if train:
+                embed = self._layer_update(
+                    i, jax.lax.stop_gradient(residual).reshape(-1, d), active, layer_keys[i]
+                )
+            else:
+                embed = self.embed[i]
+            idx = nearest_code(residual, embed)
+            q = jax.lax.stop_gradient(embed[idx])
+            commits.append(jnp.mean(jnp.square(residual - q)))
+            hist = jnp.bincount(idx.reshape(-1), length=self.codebook_size) / (b * t)
+            perplexities.append(jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10))))
+            layer_q = residual + jax.lax.stop_gradient(q - residual) if train else q
+            mask = active.astype(x.dtype)
+            if layer_outputs:
+                outputs.append(layer_q * mask)
+            q_sum = q_sum + q * mask
+            residual = residual - q
+            codes.append(idx)
+
+        commit = jnp.stack(commits)
+        active_mask = (jnp.arange(n) < n_active).astype(jnp.float32)
+        aux: dict[str, Any] = {
+            "commit_loss": jnp.sum(commit * active_mask) / n_active.astype(jnp.float32),
+            "commit_per_layer": commit,
+            "perplexity": jnp.stack(perplexities),
+            "n_active": n_active,
+        }
+        if layer_outputs:
+            aux["layer_outputs"] = jnp.stack(outputs)
+        quantized = x + jax.lax.stop_gradient(q_sum - x) if train else q_sum
+        return quantized, jnp.stack(codes, axis=1), aux
+
+    def encode_codes(self, x: jax.Array, n_q: int | None = None) -> jax.Array:
+        """x [b, T, D] -> codes int32 [b, n_q, T] (inference; no codebook update)."""
+        return self.quantize(x, n_q)[1]
+
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        """codes [b, n, T] with n <= n_q (layers 0..n-1) -> summed vectors [b, T, D].
+
+        Fewer layers than n_q give the coarser reconstruction (e.g. RVQ-1 only: n = 1).
+        """
+        n = codes.shape[1]
+        if n > self.n_q:
+            raise ValueError(f"codes have {n} layers but the quantizer has {self.n_q}")
+        out = jnp.zeros(codes.shape[:1] + codes.shape[2:] + (self.dimension,), jnp.float32)
+        for i in range(n):
+            out = out + self.embed[i][codes[:, i]]
+        return out

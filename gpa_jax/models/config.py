@@ -1,0 +1,163 @@
+"""The LM's hyper-parameters: one typed home for their defaults, ConfigDict builders on top.
+
+`LMConfig` is the single source of truth for every model field and its default; the
+ml_collections builders below are generated from it, so a config file only states what
+differs from the defaults, and `LMConfig.from_config` rejects unknown keys (a typo in a
+config or sweep fails loudly instead of being ignored).
+
+Top-level LM config layout (what `lm_config` returns; the trainer adds `optimizer`,
+`data`, `train`, ... next to these):
+
+    kind            "lm"
+    model           LMConfig fields (see below)
+    mesh.axes       ("data", "fsdp", "tensor")
+    mesh.shape      per-slice (ICI) mesh shape; one -1 means "all remaining devices"
+    mesh.dcn_shape  mesh shape across slices (multi-slice / multi-pod); all 1 = one slice
+    sharding_rules  ((logical_axis, mesh_axis | (mesh_axes...) | None), ...)
+    seed            root of every random choice (params init, dropout, data order)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Read in order; for each array dimension the first rule whose
+# mesh axes are still unused by earlier dimensions of the same array wins (flax-linen
+# semantics). That lets one name serve params and activations: a kernel's "embed" goes
+# to fsdp (ZeRO-3 style weight sharding), while an activation [batch, length, embed]
+# already spent fsdp on "batch", so its "embed" stays replicated.
+DEFAULT_SHARDING_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+REMAT_POLICIES = (
+    "none",  # no rematerialisation
+    "full",  # save nothing; recompute the whole block in the backward pass
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+)
+ATTENTION_IMPLS = ("xla", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Decoder-only LM shape and numerics. Defaults are the `gpa_tiny` CPU shape."""
+
+    vocab_size: int = 4096
+    num_layers: int = 6
+    embed_dim: int = 256
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    # Qwen3 uses 1e6 for 32k contexts; small models on short sequences may use 1e4.
+    rope_theta: float = 1_000_000.0
+    # Longest packed sequence the data pipeline may build (positions stay below it).
+    max_len: int = 2048
+    norm_eps: float = 1e-6
+    qk_norm: bool = True
+    tie_embeddings: bool = True
+    # Whether `prefix_mask` (bidirectional attention within each segment's prefix) is
+    # honoured. False keeps the model strictly causal even when the batch carries one.
+    prefix_bidirectional: bool = False
+    dropout_rate: float = 0.0
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    # Compute dtype (activations, matmul inputs); params are stored in `param_dtype`
+    # and cast at use. Logits and the loss are always float32.
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    # 'xla' runs everywhere; 'cudnn' asks for cuDNN flash attention (GPU only).
+    attention_impl: str = "xla"
+    # Std of the token-embedding init (also the tied output projection), as in Qwen.
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
+                f"{self.num_kv_heads} (grouped-query attention)"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}"
+            )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}"
+            )
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in DTYPES:
+                raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {DTYPES}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> LMConfig:
+        """Builds from `config.model`; unknown keys are an error naming the valid ones."""
+        values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+def lm_model_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """`config.model` with LMConfig's defaults, `overrides` applied (and validated)."""
+    values = dataclasses.asdict(LMConfig(**overrides))
+    # Store float fields as floats even when given as ints (rope_theta=10_000), so
+    # command-line overrides parse them as floats.
+    for field in dataclasses.fields(LMConfig):
+        if field.type == "float":
+            values[field.name] = float(values[field.name])
+    return ml_collections.ConfigDict(values)
+
+
+def mesh_config(
+    shape: tuple[int, ...] = (-1, 1, 1), dcn_shape: tuple[int, ...] = (1, 1, 1)
+) -> ml_collections.ConfigDict:
+    """`config.mesh`: per-slice `shape` (one -1 = infer) and across-slice `dcn_shape`."""
+    if len(shape) != len(MESH_AXES) or len(dcn_shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shapes need {len(MESH_AXES)} entries for axes {MESH_AXES}")
+    mesh = ml_collections.ConfigDict()
+    mesh.axes = MESH_AXES
+    mesh.shape = tuple(shape)
+    mesh.dcn_shape = tuple(dcn_shape)
+    return mesh
+
+
+def lm_config(
+    *,
+    model: ml_collections.ConfigDict,
+    mesh: ml_collections.ConfigDict | None = None,
+    sharding_rules: tuple[tuple[str, Any], ...] = DEFAULT_SHARDING_RULES,
+    seed: int = 0,
+) -> ml_collections.ConfigDict:
+    """The top-level LM config (kind 'lm'); the trainer adds optimizer/data sections."""
+    config = ml_collections.ConfigDict()
+    config.kind = "lm"
+    config.seed = seed
+    config.model = model
+    config.mesh = mesh if mesh is not None else mesh_config()
+    config.sharding_rules = tuple(tuple(rule) for rule in sharding_rules)
+    return config

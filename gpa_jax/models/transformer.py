@@ -1,0 +1,236 @@
+"""The GPA decoder-only LM: `Embedder` -> `DecoderStack` -> (tied) logits.
+
+The embedder and the stack are separate on purpose: the stack consumes embeddings
+[batch, length, embed], so continuous audio features (LauraGPT) or fused mel+token inputs
+(WHISPER-GPT) can be added at audio positions without touching the transformer.
+
+Layers are either unrolled (`nnx.List`) or stacked along a leading 'layers' axis and run
+with `nnx.scan` (one compiled block; fast compiles for deep models). The stacked params
+are made by `nnx.vmap` over the block constructor with `nnx.split_rngs`, and
+`transform_metadata={nnx.PARTITION_NAME: 'layers'}` prepends 'layers' to every param's
+logical axes, so the sharding rules see [layers, embed, heads, head_dim] etc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from gpa_jax.models.config import LMConfig
+from gpa_jax.models.layers import (
+    MLP,
+    Attention,
+    DenseGeneral,
+    Embedder,
+    RMSNorm,
+    dropout,
+    make_attention_mask,
+    to_dtype,
+)
+from gpa_jax.sharding import normalize_rules, with_logical_constraint
+
+_ACTIVATION = ("batch", "length", "embed")
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)); dropout on each branch."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None):
+        self.cfg = cfg
+        self.rules = rules
+        norm_kw = dict(eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.pre_attn_norm = RMSNorm(cfg.embed_dim, **norm_kw)
+        self.attn = Attention(cfg, rngs=rngs, rules=rules)
+        self.pre_mlp_norm = RMSNorm(cfg.embed_dim, **norm_kw)
+        self.mlp = MLP(cfg, rngs=rngs, rules=rules)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        attn_key = mlp_key = None
+        if dropout_key is not None:
+            attn_key, mlp_key = jax.random.split(dropout_key)
+        h = self.attn(self.pre_attn_norm(x), positions, mask)
+        x = x + dropout(h, self.cfg.dropout_rate, attn_key)
+        h = self.mlp(self.pre_mlp_norm(x))
+        x = x + dropout(h, self.cfg.dropout_rate, mlp_key)
+        return with_logical_constraint(x, _ACTIVATION, self.rules)
+
+
+def _block_caller(remat_policy: str, prevent_cse: bool) -> Callable[..., jax.Array]:
+    """block(x, ...) wrapped in nnx.remat according to the config's policy name."""
+
+    def call(block, x, positions, mask, key):
+        return block(x, positions, mask, key)
+
+    if remat_policy == "none":
+        return call
+    policy = None if remat_policy == "full" else getattr(jax.checkpoint_policies, remat_policy)
+    return nnx.remat(call, policy=policy, prevent_cse=prevent_cse)
+
+
+class DecoderStack(nnx.Module):
+    """Embeddings [b, l, embed] (+ packing/prefix info) -> final-normed hidden states."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None):
+        self.cfg = cfg
+        self.rules = rules
+        self.dtype = to_dtype(cfg.dtype)
+        if cfg.scan_layers:
+
+            @nnx.split_rngs(splits=cfg.num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make_layers(layer_rngs: nnx.Rngs) -> DecoderBlock:
+                return DecoderBlock(cfg, rngs=layer_rngs, rules=rules)
+
+            self.layers = make_layers(rngs)
+        else:
+            self.layers = nnx.List(
+                [DecoderBlock(cfg, rngs=rngs, rules=rules) for _ in range(cfg.num_layers)]
+            )
+        self.final_norm = RMSNorm(
+            cfg.embed_dim, eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        prefix_mask: jax.Array | None = None,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """x: [b, l, embed]; segment_ids/positions/prefix_mask: [b, l] (None = one segment
+        per row, positions 0..l-1, strictly causal). Returns [b, l, embed] (compute dtype).
+
+        `prefix_mask` is honoured only when `cfg.prefix_bidirectional`; `dropout_key`
+        None means deterministic.
+        """
+        cfg = self.cfg
+        batch, length = x.shape[:2]
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if not cfg.prefix_bidirectional:
+            prefix_mask = None
+        mask = make_attention_mask(segment_ids, prefix_mask)
+        x = with_logical_constraint(x.astype(self.dtype), _ACTIVATION, self.rules)
+
+        keys = None
+        if dropout_key is not None and cfg.dropout_rate > 0.0:
+            keys = jax.random.split(dropout_key, cfg.num_layers)
+        # Inside scan, CSE across iterations is impossible anyway; prevent_cse=False lets
+        # XLA optimise the rematerialised block (JAX's recommendation for remat in scan).
+        call = _block_caller(cfg.remat_policy, prevent_cse=not cfg.scan_layers)
+
+        if cfg.scan_layers:
+            key_axis = None if keys is None else 0
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, None, key_axis), out_axes=nnx.Carry)
+            def run(h, block, positions, mask, key):
+                return call(block, h, positions, mask, key)
+
+            x = run(x, self.layers, positions, mask, keys)
+        else:
+            for i, block in enumerate(self.layers):
+                x = call(block, x, positions, mask, None if keys is None else keys[i])
+        return self.final_norm(x)
+
+
+class DecoderLM(nnx.Module):
+    """Token ids (+ optional extra input embeddings) -> float32 logits [b, l, vocab]."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, sharding_rules: Any = None):
+        rules = normalize_rules(sharding_rules)
+        self.cfg = cfg
+        self.rules = rules
+        self.embedder = Embedder(
+            cfg.vocab_size,
+            cfg.embed_dim,
+            rngs=rngs,
+            init_std=cfg.init_std,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            rules=rules,
+        )
+        self.decoder = DecoderStack(cfg, rngs=rngs, rules=rules)
+        if cfg.tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = DenseGeneral(
+                (cfg.embed_dim,),
+                (cfg.vocab_size,),
+                ("embed", "vocab"),
+                rngs=rngs,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                out_dtype="float32",
+            )
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states -> float32 logits (tied table or separate head)."""
+        if self.lm_head is None:
+            return self.embedder.logits(h)
+        out = self.lm_head(h)
+        return with_logical_constraint(out, ("batch", "length", "vocab"), self.rules)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        prefix_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | jax.Array | None = None,
+        extra_embeddings: jax.Array | None = None,
+        input_embeddings_fn: Callable[[jax.Array], jax.Array] | None = None,
+    ) -> jax.Array:
+        """Logits for `tokens` [b, l].
+
+        extra_embeddings: [b, l, embed] added to the token embeddings (zeros where there
+          is nothing to add), e.g. projected continuous audio features.
+        input_embeddings_fn: embeddings -> embeddings hook applied after that, for
+          fusions that are not a plain sum.
+        rngs: an `nnx.Rngs` (its 'dropout' stream is used) or a key; needed only when
+          `deterministic=False` and dropout_rate > 0.
+        """
+        x = self.embedder(tokens)
+        if extra_embeddings is not None:
+            x = x + extra_embeddings.astype(x.dtype)
+        if input_embeddings_fn is not None:
+            x = input_embeddings_fn(x)
+        dropout_key = None
+        if not deterministic and self.cfg.dropout_rate > 0.0:
+            if rngs is None:
+                raise ValueError("dropout_rate > 0 with deterministic=False needs rngs")
+            dropout_key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
+        h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=dropout_key)
+        return self.logits(h)
+
+
+def make_lm(
+    config: ml_collections.ConfigDict | LMConfig, *, rngs: nnx.Rngs, sharding_rules: Any = None
+) -> DecoderLM:
+    """A DecoderLM from a top-level LM config (uses its `model` and `sharding_rules`),
+    a `config.model` section, or an LMConfig."""
+    if isinstance(config, LMConfig):
+        cfg = config
+    elif "model" in config:
+        cfg = LMConfig.from_config(config.model)
+        if sharding_rules is None:
+            sharding_rules = config.get("sharding_rules")
+    else:
+        cfg = LMConfig.from_config(config)
+    return DecoderLM(cfg, rngs=rngs, sharding_rules=sharding_rules)

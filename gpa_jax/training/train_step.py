@@ -1,0 +1,254 @@
+"""Loss, optimizer and one training step for the LM (the trainer loop builds on these).
+
+Batch layout (what the SeqIO-style feature converter emits; SeqIO/T5X decoder names):
+    decoder_input_tokens   int32 [batch, length]  tokens fed to the model (shifted right)
+    decoder_target_tokens  int32 [batch, length]  next-token targets
+    decoder_segment_ids    int32 [batch, length]  packed-example id, 0 = padding
+    decoder_positions      int32 [batch, length]  position within its segment
+    decoder_loss_weights   int32/float [batch, length]  1 on output tokens (e.g. speech
+                           tokens for TTS, text for ASR), 0 on prompts/prefix/padding
+    decoder_prefix_mask    optional bool/int [batch, length]  1 on the positions of each
+                           segment's conditioning prefix (bidirectional attention when
+                           config.model.prefix_bidirectional)
+
+Jit style: functional split/merge. `train_step(model, optimizer, batch)` is plain NNX
+(mutates in place, differentiable, no jit of its own); `make_sharded_train_step` splits
+(model, optimizer) into graphdef + state once, jits a pure state -> state function with
+explicit in/out shardings from the logical-axis rules (and donates the old state), and
+merges back. Explicit shardings are what make the step's layout a config decision (and
+match the Orbax restore targets) instead of whatever propagation picks. The returned
+`step` keeps the familiar NNX call style; a trainer that wants no per-step graph walk
+can call `step.jitted(state, batch)` on the pure state directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gpa_jax import sharding as sharding_lib
+
+Batch = Mapping[str, jax.Array]
+BATCH_KEYS = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "decoder_loss_weights",
+)
+PREFIX_KEY = "decoder_prefix_mask"
+# fold_in constant that separates the dropout stream from the params init (both from seed).
+_DROPOUT_STREAM = 1
+
+
+def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """`config.optimizer` defaults (AdamW, linear warmup then cosine decay to 10%)."""
+    values = dict(
+        learning_rate=3e-4,
+        warmup_steps=1000,
+        total_steps=100_000,
+        # Final LR as a fraction of the peak, reached at total_steps.
+        end_lr_fraction=0.1,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        clip_norm=1.0,
+        # Coefficient of the z-loss, z_loss * logsumexp(logits)**2 per token (PaLM: 1e-4).
+        z_loss=1e-4,
+    )
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(f"unknown optimizer keys {unknown}; valid: {sorted(values)}")
+    values.update(overrides)
+    return ml_collections.ConfigDict(values)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with warmup-cosine schedule and global-norm clipping from `config.optimizer`."""
+    opt = config.optimizer
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=opt.learning_rate,
+        warmup_steps=opt.warmup_steps,
+        decay_steps=max(opt.total_steps, opt.warmup_steps + 1),
+        end_value=opt.learning_rate * opt.end_lr_fraction,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(opt.clip_norm),
+        optax.adamw(
+            schedule,
+            b1=opt.b1,
+            b2=opt.b2,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            mask=_weight_decay_mask,
+        ),
+    )
+
+
+def _weight_decay_mask(params: Any) -> Any:
+    """Decay kernels and embeddings, not norm scales (vectors, or [layers, dim] if scanned).
+
+    Norm scales are the only params named '.../scale'; matching by name keeps the rule
+    right for stacked (scanned) layers where a scale is 2-D.
+    """
+
+    def decide(path, _):
+        return not any(getattr(p, "key", None) == "scale" for p in path)
+
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def cross_entropy_loss(
+    logits: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    z_loss: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted token cross-entropy in float32, with optional z-loss.
+
+    loss = sum_t w_t * (logsumexp(logits_t) - logits_t[target_t] + z_loss * lse_t**2)
+           / max(sum_t w_t, 1)
+    Returns (loss, aux) with aux = {nll, z_loss, accuracy, denominator} (nll, z_loss and
+    accuracy are weighted means over the same denominator).
+    """
+    logits = logits.astype(jnp.float32)
+    weights = weights.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
+    nll = lse - target_logit[..., 0]
+    z = z_loss * jnp.square(lse)
+    denominator = jnp.sum(weights)
+    safe = jnp.maximum(denominator, 1.0)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    aux = {
+        "nll": jnp.sum(weights * nll) / safe,
+        "z_loss": jnp.sum(weights * z) / safe,
+        "accuracy": jnp.sum(weights * correct) / safe,
+        "denominator": denominator,
+    }
+    return jnp.sum(weights * (nll + z)) / safe, aux
+
+
+def loss_fn(
+    model: nnx.Module,
+    batch: Batch,
+    *,
+    z_loss: float = 0.0,
+    dropout_key: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Model forward on a packed batch + weighted cross-entropy (see module doc)."""
+    logits = model(
+        batch["decoder_input_tokens"],
+        batch["decoder_segment_ids"],
+        batch["decoder_positions"],
+        batch.get(PREFIX_KEY),
+        deterministic=dropout_key is None,
+        rngs=dropout_key,
+    )
+    loss, aux = cross_entropy_loss(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss
+    )
+    aux["loss"] = loss
+    return loss, aux
+
+
+def train_step(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    batch: Batch,
+    *,
+    z_loss: float = 0.0,
+    dropout_key: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """One AdamW step on `batch`; updates `model` and `optimizer` in place, returns metrics.
+
+    Plain NNX code: call it under `make_sharded_train_step` (or nnx.jit) to compile.
+    """
+
+    def compute(m):
+        return loss_fn(m, batch, z_loss=z_loss, dropout_key=dropout_key)
+
+    grads, aux = nnx.grad(compute, has_aux=True)(model)
+    optimizer.update(model, grads)
+    aux["grad_norm"] = optax.tree.norm(nnx.to_pure_dict(nnx.state(grads, nnx.Param)))
+    return aux
+
+
+def batch_shardings(batch: Batch, mesh: Mesh, rules: Any) -> dict[str, NamedSharding]:
+    """[batch, length] arrays sharded by the 'batch' rule (data and fsdp axes)."""
+    spec = sharding_lib.logical_to_mesh_spec(("batch", "length"), rules)
+    return {k: NamedSharding(mesh, spec) for k in batch}
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, mesh: Mesh, seed: int | None = None
+) -> tuple[nnx.Module, nnx.Optimizer]:
+    """(model, optimizer) initialised directly sharded over `mesh` (params + AdamW moments)."""
+    from gpa_jax.models import make_lm
+
+    key = jax.random.key(config.seed if seed is None else seed)
+    tx = make_optimizer(config)
+
+    def factory():
+        model = make_lm(config, rngs=nnx.Rngs(params=key))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    return sharding_lib.create_sharded(factory, mesh, config.sharding_rules)
+
+
+def make_sharded_train_step(
+    config: ml_collections.ConfigDict,
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    mesh: Mesh,
+    *,
+    donate: bool = True,
+) -> Callable[[nnx.Module, nnx.Optimizer, Batch], dict[str, jax.Array]]:
+    """A jitted `step(model, optimizer, batch) -> metrics` with explicit shardings.
+
+    The state shardings come from the logical-axis rules (same as `create_train_state`),
+    the batch is sharded over ('data', 'fsdp') on its batch axis, metrics are replicated.
+    Dropout keys are derived from config.seed and the optimizer step, so a resumed run
+    reproduces them. `model`/`optimizer` are only used here for their structure.
+    """
+    rules = config.sharding_rules
+    graphdef, state = nnx.split((model, optimizer))
+    state_sh = sharding_lib.state_shardings(state, mesh, rules)
+    batch_spec = NamedSharding(mesh, sharding_lib.logical_to_mesh_spec(("batch", "length"), rules))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    z_loss = float(config.optimizer.z_loss)
+    use_dropout = float(config.model.dropout_rate) > 0.0
+    base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
+
+    def pure_step(state, batch):
+        m, opt = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(base_key, opt.step[...]) if use_dropout else None
+        metrics = train_step(m, opt, batch, z_loss=z_loss, dropout_key=key)
+        return nnx.state((m, opt)), metrics
+
+    jitted = jax.jit(
+        pure_step,
+        in_shardings=(state_sh, batch_spec),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+    def step(model: nnx.Module, optimizer: nnx.Optimizer, batch: Batch) -> dict[str, jax.Array]:
+        state = nnx.state((model, optimizer))
+        with jax.set_mesh(mesh):
+            new_state, metrics = jitted(state, dict(batch))
+        nnx.update((model, optimizer), new_state)
+        return metrics
+
+    step.jitted = jitted  # pure (state, batch) -> (state, metrics), for a trainer loop
+    step.graphdef = graphdef
+    return step
