@@ -23,7 +23,7 @@ from flax import nnx
 
 from gpa_jax.audio.filters import hann_window
 from gpa_jax.audio.stft import stft
-from gpa_jax.codec.seanet import WeightNorm
+from gpa_jax.codec.seanet import WeightNorm, uniform_init
 
 _DIMS_2D = ("NHWC", "HWIO", "NHWC")
 
@@ -46,10 +46,9 @@ class Conv2d(nnx.Module):
         self.stride, self.dilation = tuple(stride), tuple(dilation)
         self.padding = (((kh - 1) * dilation[0]) // 2, ((kw - 1) * dilation[1]) // 2)
         bound = 1.0 / math.sqrt(in_channels * kh * kw)
-        k1, k2 = jax.random.split(rngs.params())
-        v = jax.random.uniform(k1, (kh, kw, in_channels, out_channels), jnp.float32, -bound, bound)
+        v = uniform_init(rngs.params(), (kh, kw, in_channels, out_channels), bound)
         self.weight = WeightNorm(v, norm_axis=-1) if weight_norm else nnx.Param(v)
-        self.bias = nnx.Param(jax.random.uniform(k2, (out_channels,), jnp.float32, -bound, bound))
+        self.bias = nnx.Param(uniform_init(rngs.params(), (out_channels,), bound))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.weight() if isinstance(self.weight, WeightNorm) else self.weight[...]

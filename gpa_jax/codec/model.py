@@ -22,7 +22,19 @@ import ml_collections
 from flax import nnx
 
 from gpa_jax.codec.rvq import ResidualVectorQuantizer
-from gpa_jax.codec.seanet import SEANetDecoder, SEANetEncoder
+from gpa_jax.codec.seanet import SEANetDecoder, SEANetEncoder, uniform_init
+
+
+class Dense(nnx.Module):
+    """Affine map [..., in] -> [..., out] with torch nn.Linear's init (U +-1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        bound = 1.0 / math.sqrt(in_features)
+        self.kernel = nnx.Param(uniform_init(rngs.params(), (in_features, out_features), bound))
+        self.bias = nnx.Param(uniform_init(rngs.params(), (out_features,), bound))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...] + self.bias[...]
 
 
 class Codec(nnx.Module):
@@ -67,7 +79,7 @@ class Codec(nnx.Module):
         self.decoder = SEANetDecoder(**common)
         self.teacher_dim = int(teacher_dim)
         self.semantic_proj = (
-            nnx.Linear(self.dimension, self.teacher_dim, rngs=rngs)
+            Dense(self.dimension, self.teacher_dim, rngs=rngs)
             if self.teacher_dim and self.teacher_dim != self.dimension
             else None
         )

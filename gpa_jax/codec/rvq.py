@@ -45,7 +45,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from gpa_jax.codec.seanet import uniform_init
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -177,49 +180,50 @@ class ResidualVectorQuantizer(nnx.Module):
         # Random (kaiming-uniform) codebooks until k-means runs, so an untrained model still
         # spreads its codes; with kmeans_init the first training batch replaces them.
         bound = (6.0 / dimension) ** 0.5  # torch kaiming_uniform_ on a [K, D] tensor
-        embed = jax.random.uniform(
-            rngs.params(), (n_q, codebook_size, dimension), jnp.float32, -bound, bound
-        )
+        embed = uniform_init(rngs.params(), (n_q, codebook_size, dimension), bound)
         self.embed = CodebookState(embed)
         self.embed_sum = CodebookState(embed)
-        self.cluster_size = CodebookState(jnp.ones((n_q, codebook_size), jnp.float32))
-        self.initialized = CodebookState(jnp.full((n_q,), not kmeans_init))
+        self.cluster_size = CodebookState(jnp.asarray(np.ones((n_q, codebook_size), np.float32)))
+        self.initialized = CodebookState(jnp.asarray(np.full((n_q,), not kmeans_init)))
         # Own stream for k-means seeds, dead-code picks and dropout; its counter is state,
         # so successive jitted steps draw fresh keys deterministically from the seed.
         self.rngs = nnx.Rngs(quantizer=rngs.params())
 
-    def _layer_update(
-        self, i: int, r: jax.Array, active: jax.Array, key: jax.Array
-    ) -> jax.Array:
-        """Training-mode update of layer i on residuals r [N, D]; returns its codebook."""
+    def _train_layer(
+        self, r: jax.Array, state: tuple[jax.Array, ...], active: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """One layer's training update on residuals r [N, D] (pure: state in, state out).
+
+        state = (codebook, cluster_size, embed_sum, initialized). Returns the codebook this
+        step quantizes with (after k-means init, before the EMA step, as the reference) and
+        the new state; an inactive layer (quantizer dropout) keeps its state.
+        """
+        embed0, size0, sum0, inited0 = state
         init_key, dead_key = jax.random.split(key)
-        state = (self.embed[i], self.cluster_size[i], self.embed_sum[i])
 
         def run_kmeans(_):
             means, counts = kmeans(r, self.codebook_size, self.kmeans_iters, init_key)
             return means, counts, means * counts[:, None]
 
-        needs_init = jnp.logical_and(active, jnp.logical_not(self.initialized[i]))
-        embed, cluster_size, embed_sum = jax.lax.cond(needs_init, run_kmeans, lambda _: state, None)
+        needs_init = jnp.logical_and(active, jnp.logical_not(inited0))
+        embed, size, sums = jax.lax.cond(
+            needs_init, run_kmeans, lambda _: (embed0, size0, sum0), None
+        )
         codes = nearest_code(r, embed)
         new_size, new_sum, new_embed = ema_update(
-            cluster_size, embed_sum, r, codes, self.decay, self.epsilon
+            size, sums, r, codes, self.decay, self.epsilon
         )
         if self.dead_code_threshold > 0:
             new_embed, new_size, new_sum = replace_dead_codes(
                 new_embed, new_size, new_sum, r, self.dead_code_threshold, dead_key
             )
-        keep = jnp.logical_not(active)
-        self.embed[...] = self.embed[...].at[i].set(jnp.where(keep, state[0], new_embed))
-        self.cluster_size[...] = self.cluster_size[...].at[i].set(
-            jnp.where(keep, state[1], new_size)
+        new_state = (
+            jnp.where(active, new_embed, embed0),
+            jnp.where(active, new_size, size0),
+            jnp.where(active, new_sum, sum0),
+            jnp.logical_or(inited0, active),
         )
-        self.embed_sum[...] = self.embed_sum[...].at[i].set(jnp.where(keep, state[2], new_sum))
-        self.initialized[...] = self.initialized[...].at[i].set(
-            jnp.logical_or(self.initialized[i], active)
-        )
-        # Codes of this step come from the codebook before its EMA step (as the reference).
-        return embed
+        return embed, new_state
 
     def quantize(
         self,
@@ -239,60 +243,73 @@ class ResidualVectorQuantizer(nnx.Module):
         training; layer 0 is the RVQ-1 output that semantic distillation uses). With
         train=True the codebooks update (EMA, k-means init, dead codes) and quantizer
         dropout applies; `rng` overrides the module's own stream for that step.
+
+        The layers run as one `lax.scan` (the residual is the carry), so compile time does
+        not grow with n_q.
         """
         n = self.n_q if n_q is None else int(n_q)
         if not 1 <= n <= self.n_q:
             raise ValueError(f"n_q must be in [1, {self.n_q}], got {n}")
         x = x.astype(jnp.float32)
         b, t, d = x.shape
+        n_active = jnp.asarray(n, jnp.int32)
         if train:
             key = self.rngs.quantizer() if rng is None else rng
             drop_key, pick_key, key = jax.random.split(key, 3)
-            n_active = jnp.asarray(n, jnp.int32)
             if self.quantizer_dropout > 0:
                 drawn = jax.random.randint(pick_key, (), 1, n + 1, dtype=jnp.int32)
                 use_drop = jax.random.uniform(drop_key) < self.quantizer_dropout
                 n_active = jnp.where(use_drop, drawn, n_active)
             layer_keys = jax.random.split(key, n)
         else:
-            n_active = jnp.asarray(n, jnp.int32)
+            layer_keys = jnp.zeros((n,), jnp.uint32)  # unused placeholder
+        state = (
+            self.embed[:n],
+            self.cluster_size[:n],
+            self.embed_sum[:n],
+            self.initialized[:n],
+        )
 
-        residual = x
-        q_sum = jnp.zeros_like(x)
-        codes, commits, perplexities, outputs = [], [], [], []
-        for i in range(n):
+        def layer(residual, inputs):
+            i, key, layer_state = inputs
             active = i < n_active
             if train:
-                embed = self._layer_update(
-                    i, jax.lax.stop_gradient(residual).reshape(-1, d), active, layer_keys[i]
-                )
+                r = jax.lax.stop_gradient(residual).reshape(-1, d)
+                embed, layer_state = self._train_layer(r, layer_state, active, key)
             else:
-                embed = self.embed[i]
+                embed = layer_state[0]
             idx = nearest_code(residual, embed)
             q = jax.lax.stop_gradient(embed[idx])
-            commits.append(jnp.mean(jnp.square(residual - q)))
+            commit = jnp.mean(jnp.square(residual - q))
             hist = jnp.bincount(idx.reshape(-1), length=self.codebook_size) / (b * t)
-            perplexities.append(jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10))))
-            layer_q = residual + jax.lax.stop_gradient(q - residual) if train else q
+            perplexity = jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10)))
             mask = active.astype(x.dtype)
-            if layer_outputs:
-                outputs.append(layer_q * mask)
-            q_sum = q_sum + q * mask
-            residual = residual - q
-            codes.append(idx)
+            layer_q = residual + jax.lax.stop_gradient(q - residual) if train else q
+            outs = (idx, q * mask, layer_q * mask if layer_outputs else None, commit, perplexity)
+            return residual - q, (outs, layer_state)
 
-        commit = jnp.stack(commits)
+        _, (outs, new_state) = jax.lax.scan(layer, x, (jnp.arange(n), layer_keys, state))
+        codes, q_layers, layer_qs, commit, perplexity = outs
+        if train:
+            for var, value in zip(
+                (self.embed, self.cluster_size, self.embed_sum, self.initialized),
+                new_state,
+                strict=True,
+            ):
+                var[...] = var[...].at[:n].set(value)
+
         active_mask = (jnp.arange(n) < n_active).astype(jnp.float32)
         aux: dict[str, Any] = {
             "commit_loss": jnp.sum(commit * active_mask) / n_active.astype(jnp.float32),
             "commit_per_layer": commit,
-            "perplexity": jnp.stack(perplexities),
+            "perplexity": perplexity,
             "n_active": n_active,
         }
         if layer_outputs:
-            aux["layer_outputs"] = jnp.stack(outputs)
+            aux["layer_outputs"] = layer_qs
+        q_sum = jnp.sum(q_layers, axis=0)
         quantized = x + jax.lax.stop_gradient(q_sum - x) if train else q_sum
-        return quantized, jnp.stack(codes, axis=1), aux
+        return quantized, jnp.moveaxis(codes, 0, 1), aux
 
     def encode_codes(self, x: jax.Array, n_q: int | None = None) -> jax.Array:
         """x [b, T, D] -> codes int32 [b, n_q, T] (inference; no codebook update)."""

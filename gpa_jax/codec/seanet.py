@@ -38,8 +38,30 @@ from flax import nnx
 _DIMS_1D = ("NWC", "WIO", "NWC")
 
 
-def _uniform(key: jax.Array, shape: Sequence[int], bound: float) -> jax.Array:
-    return jax.random.uniform(key, tuple(shape), jnp.float32, -bound, bound)
+_INIT_CHUNK = 1 << 16
+
+
+@jax.jit
+def _uniform_chunk(key: jax.Array, index: jax.Array) -> jax.Array:
+    return jax.random.uniform(jax.random.fold_in(key, index), (_INIT_CHUNK,), jnp.float32)
+
+
+def uniform_init(key: jax.Array, shape: Sequence[int], bound: float) -> jax.Array:
+    """U(-bound, bound) of `shape`, drawn as fixed-size chunks of one jitted generator.
+
+    Why: on XLA-CPU every new shape given to jax.random compiles a fresh threefry kernel
+    (~0.3-1 s each), which made building the codec take ~30 s. Chunks of 2^16 compile once;
+    outside a trace the slicing runs in numpy (no per-shape compiles either). Values are
+    the same eagerly and under jit / eval_shape.
+    """
+    shape = tuple(int(d) for d in shape)
+    n = math.prod(shape)
+    parts = [_uniform_chunk(key, j) for j in range(max(1, -(-n // _INIT_CHUNK)))]
+    if any(isinstance(p, jax.core.Tracer) for p in parts):
+        flat = jnp.concatenate(parts)[:n] if len(parts) > 1 else parts[0][:n]
+        return (2.0 * flat.reshape(shape) - 1.0) * bound
+    flat = np.concatenate([np.asarray(p) for p in parts])[:n]
+    return jnp.asarray(((2.0 * flat.reshape(shape) - 1.0) * bound).astype(np.float32))
 
 
 def pad1d(x: jax.Array, left: int, right: int, mode: str = "reflect") -> jax.Array:
@@ -72,11 +94,15 @@ class WeightNorm(nnx.Module):
     def __init__(self, v: jax.Array, norm_axis: int):
         self.norm_axis = norm_axis % v.ndim
         self.v = nnx.Param(v)
-        self.g = nnx.Param(self._norm(v))
+        if isinstance(v, jax.core.Tracer):
+            g = self._norm(v)
+        else:  # numpy: no per-shape compile at build time (see `uniform_init`)
+            g = jnp.asarray(self._norm(np.asarray(v), np))
+        self.g = nnx.Param(g)
 
-    def _norm(self, v: jax.Array) -> jax.Array:
+    def _norm(self, v: jax.Array, xp=jnp) -> jax.Array:
         axes = tuple(a for a in range(v.ndim) if a != self.norm_axis)
-        return jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(v), axis=axes), 1e-24))
+        return xp.sqrt(xp.maximum(xp.sum(xp.square(v), axis=axes), 1e-24))
 
     def __call__(self) -> jax.Array:
         v = self.v[...]
@@ -109,9 +135,9 @@ class Conv1d(nnx.Module):
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.pad_mode = pad_mode
         bound = 1.0 / math.sqrt(in_channels * kernel_size)
-        v = _uniform(rngs.params(), (kernel_size, in_channels, out_channels), bound)
+        v = uniform_init(rngs.params(), (kernel_size, in_channels, out_channels), bound)
         self.weight = WeightNorm(v, norm_axis=-1) if weight_norm else nnx.Param(v)
-        self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), bound))
+        self.bias = nnx.Param(uniform_init(rngs.params(), (out_channels,), bound))
 
     def kernel(self) -> jax.Array:
         w = self.weight
@@ -152,9 +178,9 @@ class ConvTranspose1d(nnx.Module):
         self.kernel_size, self.stride = kernel_size, stride
         # torch computes fan_in of a transposed conv from its weight's dim 1: out * k.
         bound = 1.0 / math.sqrt(out_channels * kernel_size)
-        v = _uniform(rngs.params(), (kernel_size, in_channels, out_channels), bound)
+        v = uniform_init(rngs.params(), (kernel_size, in_channels, out_channels), bound)
         self.weight = WeightNorm(v, norm_axis=1) if weight_norm else nnx.Param(v)
-        self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), bound))
+        self.bias = nnx.Param(uniform_init(rngs.params(), (out_channels,), bound))
 
     def kernel(self) -> jax.Array:
         w = self.weight
@@ -228,10 +254,10 @@ class LSTMLayer(nnx.Module):
     def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
         bound = 1.0 / math.sqrt(hidden)
         self.hidden = hidden
-        self.w_ih = nnx.Param(_uniform(rngs.params(), (in_features, 4 * hidden), bound))
-        self.w_hh = nnx.Param(_uniform(rngs.params(), (hidden, 4 * hidden), bound))
+        self.w_ih = nnx.Param(uniform_init(rngs.params(), (in_features, 4 * hidden), bound))
+        self.w_hh = nnx.Param(uniform_init(rngs.params(), (hidden, 4 * hidden), bound))
         # torch has two biases (b_ih + b_hh); their sum is one free parameter.
-        self.bias = nnx.Param(_uniform(rngs.params(), (4 * hidden,), bound))
+        self.bias = nnx.Param(uniform_init(rngs.params(), (4 * hidden,), bound))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b = x.shape[0]
