@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "soundfile>=0.12",
     "soxr>=0.5",
     "sentencepiece>=0.2",
+    "msgpack>=1.0",  # token shard records (gpa_jax/tasks/token_shards.py)
     "ml_collections>=1.1",
     "clu>=0.0.12",
     "absl-py>=2.1",

@@ -1,0 +1,328 @@
+"""Which utterances make each TTS/ASR/VC example: pairing, crops, the length rule, counters.
+
+A split's token shards are loaded once into a `Bank` (metadata, text token ids, and the
+codes of the RVQ layers the tasks use, in memory). `plan_task` then decides, with numpy
+and a seeded generator, every example of a task as one row of
+
+    (target utterance, reference utterance, reference start frame, reference frames,
+     source utterance)            -1 where a task has no such part
+
+and `gpa_jax.tasks.tasks` turns rows into token sequences with TensorFlow ops (so the
+tf.data pipeline is pure TF and its iterator can be checkpointed). Pairing rules:
+
+- TTS: every utterance with a non-empty transcript is a target once. Reference: another
+  utterance of the same speaker whose text differs from the target's (a same-text
+  reference would leak the target's content); none -> dropped ("no_reference").
+- ASR: every utterance with a non-empty transcript, source = itself.
+- VC: target t (speaker B, text X); source = an utterance with text X by another speaker
+  (none -> "no_parallel_source": a non-parallel corpus such as LibriSpeech gives an empty
+  VC task, with a warning); reference = as for TTS, B's utterance with another text.
+
+Crops: the reference is cropped to min(ref_max_frames, its length) frames at a uniformly
+random start. Length rule (per example, L = sequence_length, counting every token of the
+serialized example including tag, delimiters and EOS): if inputs + targets > L and the
+task has a reference and `trim_ref_to_fit`, the reference is shortened (same start) by
+just enough frames to fit, but not below ref_min_frames; if it still does not fit the
+example is dropped ("too_long"). Targets are never truncated.
+
+Determinism: utterances are ordered by id (not by shard layout) and all choices come
+from numpy's default_rng([seed, task index, crc32(split)]): the same seed, shards and
+settings give the same examples.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import threading
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from gpa_jax.tasks import token_shards
+from gpa_jax.tasks.vocab import SpeechVocabulary
+
+TASKS = ("tts", "asr", "vc")
+# Plan row columns.
+TGT, REF, REF_START, REF_LEN, SRC = range(5)
+PLAN_COLUMNS = 5
+# Tokens around the variable parts (tag + delimiters; EOS counts in targets).
+TTS_FIXED = 4  # <|tts|> <|ref_audio|> ... <|text|> ... <|tgt_audio|>
+ASR_FIXED = 3  # <|asr|> <|src_audio|> ... <|text|>
+VC_FIXED = 4  # <|vc|> <|ref_audio|> ... <|src_audio|> ... <|tgt_audio|>
+
+
+@dataclasses.dataclass
+class Bank:
+    """One split held in memory, utterances sorted by id."""
+
+    ids: list[str]
+    speakers: list[str]
+    texts: list[str]
+    speaker_index: np.ndarray  # int32 [U]: index into sorted unique speakers
+    text_index: np.ndarray  # int32 [U]: index into sorted unique texts
+    frames: np.ndarray  # int64 [U]
+    audio_start: np.ndarray  # int64 [U]: column of utterance u's first frame in `codes`
+    codes: np.ndarray  # int16/int32 [layers, total frames]: raw codes of the loaded layers
+    text_start: np.ndarray  # int64 [U]
+    text_len: np.ndarray  # int64 [U]
+    text_ids: np.ndarray  # int32 [total text tokens]: SpeechVocabulary ids
+    manifest: dict[str, Any]
+
+    @property
+    def num_utterances(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.codes.shape[0])
+
+
+def load_bank(
+    directory: str, split: str, vocab: SpeechVocabulary, layers: int, verify: bool = True
+) -> Bank:
+    """Reads a split's shards: metadata, text ids, and the first `layers` RVQ layers."""
+    manifest = token_shards.read_manifest(directory, verify=verify)
+    if layers > manifest["n_q"]:
+        raise ValueError(
+            f"{directory}: tasks need {layers} RVQ layers, shards have {manifest['n_q']}"
+        )
+    if manifest["codebook_size"] != vocab.codebook_size:
+        raise ValueError(
+            f"{directory}: codebook_size {manifest['codebook_size']} but the vocabulary has "
+            f"{vocab.codebook_size}"
+        )
+    utts = sorted(
+        (
+            (u.id, u.speaker, u.text, np.array(u.codes[:layers]))
+            for u in token_shards.iter_utterances(directory, split, verify=False)
+        ),
+        key=lambda x: x[0],
+    )
+    ids = [u[0] for u in utts]
+    duplicates = [i for i, c in collections.Counter(ids).items() if c > 1]
+    if duplicates:
+        raise token_shards.ShardError(f"{directory}/{split}: duplicate ids {duplicates[:5]}")
+    speakers = [u[1] for u in utts]
+    texts = [u[2] for u in utts]
+    frames = np.array([u[3].shape[1] for u in utts], dtype=np.int64)
+    audio_start = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
+    dtype = token_shards.codes_dtype(manifest["codebook_size"])
+    codes = (
+        np.concatenate([u[3] for u in utts], axis=1).astype(dtype)
+        if utts
+        else np.zeros((layers, 0), dtype)
+    )
+    encoded = [np.asarray(vocab.encode(t), dtype=np.int32) for t in texts]
+    text_len = np.array([len(e) for e in encoded], dtype=np.int64)
+    text_start = np.concatenate([[0], np.cumsum(text_len)[:-1]]).astype(np.int64)
+    text_ids = np.concatenate(encoded) if encoded else np.zeros([0], np.int32)
+    speaker_names = sorted(set(speakers))
+    unique_texts = sorted(set(texts))
+    speaker_pos = {s: i for i, s in enumerate(speaker_names)}
+    text_pos = {t: i for i, t in enumerate(unique_texts)}
+    return Bank(
+        ids=ids,
+        speakers=speakers,
+        texts=texts,
+        speaker_index=np.array([speaker_pos[s] for s in speakers], dtype=np.int32),
+        text_index=np.array([text_pos[t] for t in texts], dtype=np.int32),
+        frames=frames,
+        audio_start=audio_start,
+        codes=codes,
+        text_start=text_start,
+        text_len=text_len,
+        text_ids=text_ids.astype(np.int32),
+        manifest=manifest,
+    )
+
+
+_BANKS: dict[tuple, Bank] = {}
+_BANKS_LOCK = threading.Lock()
+
+
+def cached_bank(
+    directory: str, split: str, vocab: SpeechVocabulary, layers: int, verify: bool = True
+) -> Bank:
+    """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers)."""
+    key = (os.path.abspath(directory), split, vocab, layers)
+    with _BANKS_LOCK:
+        if key not in _BANKS:
+            _BANKS[key] = load_bank(directory, split, vocab, layers, verify)
+        return _BANKS[key]
+
+
+def clear_bank_cache() -> None:
+    with _BANKS_LOCK:
+        _BANKS.clear()
+
+
+@dataclasses.dataclass
+class TaskStats:
+    """What planning a task on a split kept, dropped (by reason) and trimmed."""
+
+    task: str
+    split: str
+    candidates: int = 0
+    examples: int = 0
+    dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    ref_trimmed: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
+        return (
+            f"{self.task}/{self.split}: {self.examples} of {self.candidates} kept "
+            f"({self.tokens} tokens, {self.loss_tokens} with loss); dropped: {drops}; "
+            f"references trimmed to fit: {self.ref_trimmed}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dropped"] = dict(self.dropped)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSettings:
+    """The config.tasks fields planning reads (see gpa_jax.tasks.config)."""
+
+    sequence_length: int
+    ref_max_frames: int
+    ref_min_frames: int
+    ref_layers: int
+    trim_ref_to_fit: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> PlanSettings:
+        return cls(
+            sequence_length=int(config.sequence_length),
+            ref_max_frames=int(config.ref_max_frames),
+            ref_min_frames=int(config.ref_min_frames),
+            ref_layers=int(config.ref_layers),
+            trim_ref_to_fit=bool(config.trim_ref_to_fit),
+        )
+
+
+def task_rng(seed: int, task: str, split: str) -> np.random.Generator:
+    return np.random.default_rng(
+        [int(seed) & 0xFFFFFFFF, TASKS.index(task), zlib.crc32(split.encode())]
+    )
+
+
+class _Index:
+    """Look-ups shared by the planners: utterances per speaker and per text."""
+
+    def __init__(self, bank: Bank):
+        self.by_speaker: Mapping[int, np.ndarray] = _group(bank.speaker_index)
+        self.by_text: Mapping[int, np.ndarray] = _group(bank.text_index)
+
+
+def _group(keys: np.ndarray) -> dict[int, np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    groups: dict[int, np.ndarray] = {}
+    if not len(keys):
+        return groups
+    bounds = np.flatnonzero(np.diff(keys[order])) + 1
+    for chunk in np.split(order, bounds):
+        groups[int(keys[chunk[0]])] = chunk
+    return groups
+
+
+def _pick_reference(
+    bank: Bank, index: _Index, target: int, rng: np.random.Generator, s: PlanSettings
+) -> tuple[int, int, int] | None:
+    """(utterance, start, frames) of a crop of another same-speaker, other-text utterance."""
+    same = index.by_speaker[int(bank.speaker_index[target])]
+    candidates = same[bank.text_index[same] != bank.text_index[target]]
+    if not len(candidates):
+        return None
+    ref = int(candidates[rng.integers(len(candidates))])
+    n = int(min(s.ref_max_frames, bank.frames[ref]))
+    start = int(rng.integers(int(bank.frames[ref]) - n + 1))
+    return ref, start, n
+
+
+def _fit_reference(fixed: int, ref_frames: int, s: PlanSettings, stats: TaskStats) -> int | None:
+    """Reference frames after the length rule (`fixed` = all other tokens), None = drop."""
+    excess = fixed + ref_frames * s.ref_layers - s.sequence_length
+    if excess <= 0:
+        return ref_frames
+    if s.trim_ref_to_fit:
+        shorter = ref_frames - (-(-excess // s.ref_layers))
+        if shorter >= min(s.ref_min_frames, ref_frames):
+            stats.ref_trimmed += 1
+            return shorter
+    stats.dropped["too_long"] += 1
+    return None
+
+
+def plan_task(
+    task: str, bank: Bank, settings: PlanSettings, seed: int, split: str
+) -> tuple[np.ndarray, TaskStats]:
+    """Plan rows int64 [N, 5] (columns TGT, REF, REF_START, REF_LEN, SRC) and counters."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+    if settings.ref_layers > bank.num_layers:
+        raise ValueError(
+            f"ref_layers={settings.ref_layers} but the bank holds {bank.num_layers} layers"
+        )
+    rng = task_rng(seed, task, split)
+    index = _Index(bank)
+    stats = TaskStats(task=task, split=split)
+    rows: list[tuple[int, int, int, int, int]] = []
+    L = settings.sequence_length
+    for t in range(bank.num_utterances):
+        stats.candidates += 1
+        text_len = int(bank.text_len[t])
+        frames = int(bank.frames[t])
+        if task in ("tts", "asr") and text_len == 0:
+            stats.dropped["empty_text"] += 1
+            continue
+        if task == "asr":
+            total = ASR_FIXED + frames + text_len + 1
+            if total > L:
+                stats.dropped["too_long"] += 1
+                continue
+            rows.append((t, -1, 0, 0, -1))
+            stats.tokens += total
+            stats.loss_tokens += text_len + 1
+            continue
+        src = -1
+        if task == "vc":
+            same_text = index.by_text[int(bank.text_index[t])]
+            sources = same_text[bank.speaker_index[same_text] != bank.speaker_index[t]]
+            if not len(sources):
+                stats.dropped["no_parallel_source"] += 1
+                continue
+        picked = _pick_reference(bank, index, t, rng, settings)
+        if picked is None:
+            stats.dropped["no_reference"] += 1
+            continue
+        ref, start, n = picked
+        if task == "vc":
+            src = int(sources[rng.integers(len(sources))])
+            fixed = VC_FIXED + int(bank.frames[src]) + frames + 1
+        else:
+            fixed = TTS_FIXED + text_len + frames + 1
+        n = _fit_reference(fixed, n, settings, stats)
+        if n is None:
+            continue
+        rows.append((t, ref, start, n, src))
+        stats.tokens += fixed + n * settings.ref_layers
+        stats.loss_tokens += frames + 1
+    stats.examples = len(rows)
+    plan = np.array(rows, dtype=np.int64).reshape(-1, PLAN_COLUMNS)
+    logging.info("planned %s", stats.summary())
+    if task == "vc" and not rows and stats.dropped["no_parallel_source"]:
+        logging.warning(
+            "vc/%s is empty: no sentence is spoken by two speakers (a non-parallel corpus); "
+            "the mixture samples the other tasks only",
+            split,
+        )
+    return plan, stats

@@ -1,0 +1,325 @@
+"""SeqIO tasks `<ns>_tts`, `<ns>_asr`, `<ns>_vc` and the mixture `<ns>_mix` over token shards.
+
+Every example is ONE sequence: a task tag, the conditioning segments with their
+delimiters (seqio feature "inputs": the loss-free, optionally bidirectional prefix), then
+the output segment and <eos> (feature "targets": the only tokens with loss). A<k>(u) are
+utterance u's RVQ layer-k ids, Ref = the reference crop (A0 only when ref_layers = 1,
+else frame-major [A0 A1 .. A<n-1>] per frame), Text(u) its transcript's text ids:
+
+    tts  inputs  <|tts|> <|ref_audio|> Ref(r) <|text|> Text(t) <|tgt_audio|>
+         targets A0(t) <eos>
+    asr  inputs  <|asr|> <|src_audio|> A0(t) <|text|>
+         targets Text(t) <eos>
+    vc   inputs  <|vc|> <|ref_audio|> Ref(r) <|src_audio|> A0(s) <|tgt_audio|>
+         targets A0(t) <eos>
+
+The last prefix token names the output to produce, so generation is "feed inputs, sample
+until <eos>". Only start delimiters are used: the next delimiter closes a segment. The
+layout follows GPA (AutoArk/GPA `data_utils`: one sequence per task, delimiter tokens
+around global/semantic token runs and the text, labels only on the generated part and
+the end token), with an explicit task tag added so the task never has to be inferred
+from the segment structure.
+
+Who is paired with whom, crops, the length rule and the counters: `gpa_jax.tasks.planning`.
+The examples are assembled from an in-memory bank with TensorFlow ops (no py_function),
+so the whole input pipeline is checkpointable with tf.train.Checkpoint.
+
+Shuffling is done by the source: a full permutation of the split's examples from the seed,
+re-drawn every epoch (tf.data shuffle over example indices with reshuffle_each_iteration);
+so Tasks have shuffle_buffer_size=None. Per-epoch variety is in the order only: the
+references, crops and VC sources are fixed by the seed (re-plan with another seed for
+different pairings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import seqio
+import tensorflow as tf
+from absl import logging
+
+from gpa_jax.tasks import planning, token_shards
+from gpa_jax.tasks.config import TASK_NAMES, validate_tasks_config
+from gpa_jax.tasks.vocab import EOS_ID, SpeechVocabulary
+
+DEFAULT_SEED = 0
+
+
+def task_name(namespace: str, task: str) -> str:
+    return f"{namespace}_{task}"
+
+
+def mixture_name(namespace: str) -> str:
+    return f"{namespace}_mix"
+
+
+class _BankTensors:
+    """A bank's arrays as TF tensors (captured by reference in the dataset's map fn)."""
+
+    def __init__(self, bank: planning.Bank):
+        self.codes = tf.constant(bank.codes)
+        self.audio_start = tf.constant(bank.audio_start)
+        self.frames = tf.constant(bank.frames)
+        self.text_ids = tf.constant(bank.text_ids)
+        self.text_start = tf.constant(bank.text_start)
+        self.text_len = tf.constant(bank.text_len)
+
+
+_TENSORS: dict[int, tuple[planning.Bank, _BankTensors]] = {}
+
+
+def _bank_tensors(bank: planning.Bank) -> _BankTensors:
+    """One TF copy per bank, shared by the tasks that read it."""
+    if id(bank) not in _TENSORS:
+        _TENSORS[id(bank)] = (bank, _BankTensors(bank))
+    return _TENSORS[id(bank)][1]
+
+
+def clear_caches() -> None:
+    """Forgets loaded banks (e.g. after rewriting a split's shards in this process)."""
+    planning.clear_bank_cache()
+    _TENSORS.clear()
+
+
+class SpeechTaskSource(seqio.DataSource):
+    """A DataSource that plans one task per split and assembles its examples in TF.
+
+    Supports arbitrary sharding (shard_info takes every num_shards-th planned example,
+    for multi-host input) and shuffles internally (see module docstring).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        shard_dir: str,
+        vocab: SpeechVocabulary,
+        settings: planning.PlanSettings,
+        splits: Sequence[str],
+        verify_checksums: bool = True,
+    ):
+        super().__init__(splits=splits, caching_permitted=False, performs_internal_shuffling=True)
+        self.task = task
+        self.shard_dir = shard_dir
+        self.vocab = vocab
+        self.settings = settings
+        self.verify_checksums = verify_checksums
+        self._plans: dict[tuple[str, int], tuple[np.ndarray, planning.TaskStats]] = {}
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [split]
+
+    def bank(self, split: str) -> planning.Bank:
+        layers = max(1, self.settings.ref_layers)
+        return planning.cached_bank(
+            self.shard_dir, split, self.vocab, layers, verify=self.verify_checksums
+        )
+
+    def plan(self, split: str, seed: int | None = None) -> tuple[np.ndarray, planning.TaskStats]:
+        """Plan rows and counters for `split` (cached per split and seed)."""
+        seed = DEFAULT_SEED if seed is None else int(seed)
+        if (split, seed) not in self._plans:
+            self._plans[(split, seed)] = planning.plan_task(
+                self.task, self.bank(split), self.settings, seed, split
+            )
+        return self._plans[(split, seed)]
+
+    def stats(self, split: str, seed: int | None = None) -> planning.TaskStats:
+        return self.plan(split, seed)[1]
+
+    # num_input_examples stays None on purpose: a known small count makes seqio cache
+    # the source in memory, which would freeze the per-epoch order and put the cached
+    # examples into every iterator checkpoint. Counts are in `stats`.
+
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length: Mapping[str, int] | None = None,
+        use_cached: bool = False,
+        num_epochs: int | None = 1,
+    ) -> tf.data.Dataset:
+        del sequence_length, use_cached, num_epochs  # Epochs are repeated by seqio.
+        if split not in self.splits:
+            raise ValueError(f"{self.task}: no split {split!r}; splits: {self.splits}")
+        rows, _ = self.plan(split, seed)
+        if shard_info is not None and shard_info.num_shards > 1:
+            rows = rows[shard_info.index :: shard_info.num_shards]
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(rows, dtype=tf.int64))
+        if shuffle and len(rows):
+            # A different stream per task, so equal-length tasks do not share permutations.
+            task_seed = zlib.crc32(f"{self.task}:{DEFAULT_SEED if seed is None else seed}".encode())
+            ds = ds.shuffle(len(rows), seed=task_seed, reshuffle_each_iteration=True)
+        assemble = functools.partial(
+            _ASSEMBLERS[self.task],
+            t=_bank_tensors(self.bank(split)),
+            vocab=self.vocab,
+            s=self.settings,
+        )
+        return ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _const(*ids: int) -> tf.Tensor:
+    return tf.constant(list(ids), dtype=tf.int32)
+
+
+def _audio(t: _BankTensors, vocab: SpeechVocabulary, u: tf.Tensor) -> tf.Tensor:
+    """RVQ-1 ids of utterance u."""
+    start = t.audio_start[u]
+    codes = t.codes[0, start : start + t.frames[u]]
+    return tf.cast(codes, tf.int32) + vocab.audio_range(0)[0]
+
+
+def _reference(
+    t: _BankTensors, vocab: SpeechVocabulary, s: planning.PlanSettings, row: tf.Tensor
+) -> tf.Tensor:
+    """Reference crop ids, frame-major over the first ref_layers layers."""
+    start = t.audio_start[row[planning.REF]] + row[planning.REF_START]
+    block = tf.cast(t.codes[: s.ref_layers, start : start + row[planning.REF_LEN]], tf.int32)
+    offsets = tf.constant([vocab.audio_range(k)[0] for k in range(s.ref_layers)], tf.int32)
+    return tf.reshape(tf.transpose(block + offsets[:, None]), [-1])
+
+
+def _text(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
+    start = t.text_start[u]
+    return t.text_ids[start : start + t.text_len[u]]
+
+
+def _assemble_tts(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
+    d = vocab.delimiter_id
+    inputs = tf.concat(
+        [
+            _const(vocab.task_tag_id("tts"), d("ref_audio")),
+            _reference(t, vocab, s, row),
+            _const(d("text")),
+            _text(t, row[planning.TGT]),
+            _const(d("tgt_audio")),
+        ],
+        axis=0,
+    )
+    targets = tf.concat([_audio(t, vocab, row[planning.TGT]), _const(EOS_ID)], axis=0)
+    return {"inputs": inputs, "targets": targets}
+
+
+def _assemble_asr(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
+    del s
+    d = vocab.delimiter_id
+    inputs = tf.concat(
+        [
+            _const(vocab.task_tag_id("asr"), d("src_audio")),
+            _audio(t, vocab, row[planning.TGT]),
+            _const(d("text")),
+        ],
+        axis=0,
+    )
+    targets = tf.concat([_text(t, row[planning.TGT]), _const(EOS_ID)], axis=0)
+    return {"inputs": inputs, "targets": targets}
+
+
+def _assemble_vc(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
+    d = vocab.delimiter_id
+    inputs = tf.concat(
+        [
+            _const(vocab.task_tag_id("vc"), d("ref_audio")),
+            _reference(t, vocab, s, row),
+            _const(d("src_audio")),
+            _audio(t, vocab, row[planning.SRC]),
+            _const(d("tgt_audio")),
+        ],
+        axis=0,
+    )
+    targets = tf.concat([_audio(t, vocab, row[planning.TGT]), _const(EOS_ID)], axis=0)
+    return {"inputs": inputs, "targets": targets}
+
+
+_ASSEMBLERS = {"tts": _assemble_tts, "asr": _assemble_asr, "vc": _assemble_vc}
+
+
+@dataclasses.dataclass
+class SpeechTasks:
+    """Handle returned by register_tasks: registry names and access to plans/counters."""
+
+    namespace: str
+    task_names: dict[str, str]  # "tts" -> "<ns>_tts"
+    mixture: str
+    sources: dict[str, SpeechTaskSource]
+    splits: tuple[str, ...]
+
+    def stats(self, split: str, seed: int | None = None) -> dict[str, planning.TaskStats]:
+        """Per-task counters (kept, dropped by reason, trimmed) for a split and seed."""
+        return {task: src.stats(split, seed) for task, src in self.sources.items()}
+
+    def log_summary(self, split: str, seed: int | None = None) -> str:
+        text = "\n".join(s.summary() for s in self.stats(split, seed).values())
+        logging.info("task statistics:\n%s", text)
+        return text
+
+
+def register_tasks(
+    shard_dir: str,
+    vocab: SpeechVocabulary,
+    config: Any,
+    *,
+    namespace: str | None = None,
+) -> SpeechTasks:
+    """Registers <ns>_tts/_asr/_vc and the mixture <ns>_mix (rates from config.rates).
+
+    `config` is the `config.tasks` section (gpa_jax.tasks.config.tasks_config). Calling it
+    again with the same namespace replaces the earlier registrations (idempotent), so tests
+    can register tmp directories under their own namespaces. Nothing is read until a
+    dataset or counters are asked for.
+    """
+    validate_tasks_config(config)
+    namespace = namespace or config.namespace
+    manifest = token_shards.read_manifest(shard_dir)
+    if manifest["codebook_size"] != vocab.codebook_size:
+        raise ValueError(
+            f"{shard_dir}: codebook_size {manifest['codebook_size']} != vocabulary's "
+            f"{vocab.codebook_size}"
+        )
+    if config.ref_layers > min(manifest["n_q"], vocab.num_audio_streams):
+        raise ValueError(
+            f"ref_layers={config.ref_layers} exceeds the shards' n_q={manifest['n_q']} or "
+            f"the vocabulary's {vocab.num_audio_streams} audio streams"
+        )
+    splits = tuple(sorted(manifest["splits"]))
+    settings = planning.PlanSettings.from_config(config)
+    features = {
+        "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+        "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+    }
+    names, sources = {}, {}
+    for task in TASK_NAMES:
+        name = task_name(namespace, task)
+        source = SpeechTaskSource(
+            task, shard_dir, vocab, settings, splits, bool(config.verify_checksums)
+        )
+        seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add(
+            name, source=source, output_features=features, shuffle_buffer_size=None
+        )
+        names[task], sources[task] = name, source
+    mix = mixture_name(namespace)
+    seqio.MixtureRegistry.remove(mix)
+    rated = [(names[t], float(config.rates[t])) for t in TASK_NAMES if config.rates[t] > 0]
+    seqio.MixtureRegistry.add(
+        mix,
+        rated,
+        # An empty task (VC on a non-parallel corpus) is skipped instead of ending the mix.
+        sample_fn=functools.partial(
+            tf.data.Dataset.sample_from_datasets, stop_on_empty_dataset=False
+        ),
+    )
+    return SpeechTasks(namespace, names, mix, sources, splits)

@@ -1,0 +1,458 @@
+"""Token shards: the on-disk hand-off from the codec tokenization job to the SeqIO tasks.
+
+Layout of one token directory (one corpus tokenized by one codec):
+
+    <dir>/manifest.json                         what is here (below)
+    <dir>/<split>-<k>-of-<n>.array_record       k = 00000..n-1, one record per utterance
+
+A record is one utterance, {id, speaker, text, codes}, serialized with msgpack as a map
+
+    {"v": 1, "id": str, "speaker": str, "text": str (normalised transcript),
+     "shape": [n_q, T], "dtype": "<i2" | "<i4", "codes": raw little-endian bytes, C order}
+
+Why msgpack with raw code bytes (and not tf.train.Example): a record decodes with one
+`np.frombuffer` (no per-value Python objects), costs 2 bytes per code plus ~40 bytes of
+keys, stays self-describing (new keys can be added; readers ignore unknown ones), and
+reading it needs neither TensorFlow nor protobuf, so codec workers and grain pipelines
+import nothing heavy. tf.train.Example would store codes as int64 varints (or need the
+same raw-bytes trick) and would drag a TensorFlow import into every reader process.
+Codes are int16 when `codebook_size` <= 32768, else int32.
+
+ArrayRecord files are written with `group_size:1` (each record its own chunk), the
+setting grain recommends for random access; sequential reads stay fast.
+
+manifest.json:
+
+    {"format": "gpa_jax.token_shards", "version": 1,
+     "n_q": 8, "codebook_size": 1024, "frame_rate": 50, "codes_dtype": "int16",
+     "metadata": {...free-form: codec checkpoint, corpus name, ...},
+     "splits": {"train": {"num_utterances": N, "num_frames": F, "num_speakers": S,
+                          "shards": [{"file": "train-00000-of-00002.array_record",
+                                      "num_records": n, "sha256": "..."}, ...]}, ...}}
+
+Writing a split (ShardWriter) replaces that split's shards and its manifest entry and keeps
+the other splits; one writer per split at a time (the manifest update is atomic via
+rename, but two processes updating different splits at the same instant could lose one
+entry: write splits one after another or merge manifests afterwards).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+from array_record.python import array_record_module
+
+from gpa_jax.text import normalize_transcript
+
+FORMAT = "gpa_jax.token_shards"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_SUFFIX = ".array_record"
+DEFAULT_RECORDS_PER_SHARD = 4096
+WRITER_OPTIONS = "group_size:1"
+# Sequential scans (bank loading, iter_utterances) vs. one-record look-ups.
+_SEQUENTIAL_OPTIONS = ""
+_RANDOM_ACCESS_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
+_READ_CHUNK = 256  # Records per sequential read (bounds memory on big shards).
+
+
+class ShardError(ValueError):
+    """A bad token shard, record or manifest; the message names the file (and record)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """One tokenized utterance: RVQ codes [n_q, T] with its transcript and speaker."""
+
+    id: str
+    speaker: str
+    text: str
+    codes: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.codes.shape[1])
+
+
+def codes_dtype(codebook_size: int) -> np.dtype:
+    """Smallest signed dtype that holds every code (int16 for codebooks up to 32768)."""
+    return np.dtype("<i2") if codebook_size <= 32768 else np.dtype("<i4")
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def encode_record(utt: Utterance, dtype: np.dtype) -> bytes:
+    """Serializes one utterance (see the module docstring for the record schema)."""
+    codes = np.ascontiguousarray(utt.codes, dtype=dtype)
+    return msgpack.packb(
+        {
+            "v": VERSION,
+            "id": utt.id,
+            "speaker": utt.speaker,
+            "text": utt.text,
+            "shape": list(codes.shape),
+            "dtype": codes.dtype.str,
+            "codes": codes.tobytes(),
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_record(data: bytes, where: str = "record") -> Utterance:
+    """Parses one record; any malformation raises ShardError naming `where`."""
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except Exception as error:  # msgpack raises several unrelated types.
+        raise ShardError(f"{where}: not a msgpack token record ({error})") from None
+    if not isinstance(obj, dict):
+        raise ShardError(f"{where}: record is a {type(obj).__name__}, expected a map")
+    missing = [k for k in ("id", "speaker", "text", "shape", "dtype", "codes") if k not in obj]
+    if missing:
+        raise ShardError(f"{where}: record lacks {', '.join(missing)}")
+    if obj.get("v", VERSION) > VERSION:
+        raise ShardError(f"{where}: record version {obj['v']} is newer than this reader")
+    try:
+        shape = tuple(int(s) for s in obj["shape"])
+        dtype = np.dtype(obj["dtype"])
+        codes = np.frombuffer(obj["codes"], dtype=dtype)
+        if len(shape) != 2 or codes.size != shape[0] * shape[1]:
+            raise ValueError(f"{codes.size} codes do not fill shape {shape}")
+        codes = codes.reshape(shape)
+    except (TypeError, ValueError) as error:
+        raise ShardError(f"{where}: bad codes ({error})") from None
+    return Utterance(str(obj["id"]), str(obj["speaker"]), str(obj["text"]), codes)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- manifest ------------------------------------------------------------------------
+
+
+def write_manifest(directory: str, manifest: Mapping[str, Any]) -> str:
+    """Writes manifest.json atomically (temp file + rename); returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, MANIFEST_NAME)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(directory: str, verify: bool = False) -> dict[str, Any]:
+    """Reads manifest.json; `verify` also checks that every shard exists with its sha256."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no {MANIFEST_NAME} in {directory!r}: not a token directory (run the codec "
+            "tokenization job first)"
+        )
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ShardError(f"{path}: not valid JSON ({error})") from None
+    if manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("version", 0) > VERSION:
+        raise ShardError(f"{path}: version {manifest['version']} is newer than this reader")
+    for key in ("n_q", "codebook_size", "frame_rate", "splits"):
+        if key not in manifest:
+            raise ShardError(f"{path}: missing {key!r}")
+    if verify:
+        for split in manifest["splits"]:
+            for shard in manifest["splits"][split]["shards"]:
+                shard_path = os.path.join(directory, shard["file"])
+                if not os.path.isfile(shard_path):
+                    raise ShardError(f"{shard_path}: listed in {path} but missing")
+                actual = _sha256(shard_path)
+                if actual != shard["sha256"]:
+                    raise ShardError(
+                        f"{shard_path}: sha256 {actual[:12]}... does not match the "
+                        f"manifest's {shard['sha256'][:12]}... (corrupt or rewritten shard)"
+                    )
+    return manifest
+
+
+def split_shard_paths(
+    directory: str, split: str, manifest: Mapping[str, Any] | None = None
+) -> list[str]:
+    manifest = manifest or read_manifest(directory)
+    if split not in manifest["splits"]:
+        raise KeyError(
+            f"split {split!r} not in {directory}/{MANIFEST_NAME}; has {sorted(manifest['splits'])}"
+        )
+    return [os.path.join(directory, s["file"]) for s in manifest["splits"][split]["shards"]]
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Writes one split's utterances into rolling ArrayRecord shards + the manifest entry.
+
+        with ShardWriter(dir, "train", n_q=8, codebook_size=1024, frame_rate=50) as w:
+            for utt in ...:
+                w.write(utt.id, utt.speaker, utt.text, codes)   # codes [n_q, T]
+
+    Shards roll every `records_per_shard` records. Because the shard count is known only
+    at the end, shards are written under temporary names and renamed to
+    `<split>-<k>-of-<n>.array_record` on a clean exit, which also writes the manifest.
+    On an exception the temporary files are removed and the manifest is left as it was.
+    Ids must be unique within the split; text must already be normalised
+    (`gpa_jax.text.normalize_transcript`) so that parallel utterances match by text.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        split: str,
+        *,
+        n_q: int,
+        codebook_size: int,
+        frame_rate: float,
+        records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+        metadata: Mapping[str, Any] | None = None,
+        options: str = WRITER_OPTIONS,
+    ):
+        if not split or "-" in split or os.sep in split:
+            raise ValueError(f"split name {split!r} must be non-empty without '-' or '/'")
+        if records_per_shard < 1:
+            raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+        self.directory = directory
+        self.split = split
+        self.n_q = int(n_q)
+        self.codebook_size = int(codebook_size)
+        self.frame_rate = frame_rate
+        self.records_per_shard = records_per_shard
+        self.metadata = dict(metadata or {})
+        self._options = options
+        self._dtype = codes_dtype(self.codebook_size)
+        self._tmp_paths: list[str] = []
+        self._counts: list[int] = []
+        self._writer: Any = None
+        self._ids: set[str] = set()
+        self._speakers: set[str] = set()
+        self._frames = 0
+        self._closed = False
+        os.makedirs(directory, exist_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @property
+    def num_written(self) -> int:
+        return sum(self._counts)
+
+    def write(self, utt_id: str, speaker: str, text: str, codes: np.ndarray) -> None:
+        """Appends one utterance (codes: integer [n_q, T], values in [0, codebook_size))."""
+        if self._closed:
+            raise RuntimeError("ShardWriter is closed")
+        codes = np.asarray(codes)
+        where = f"{self.split}/{utt_id}"
+        if not utt_id:
+            raise ValueError(f"{self.split}: empty utterance id")
+        if utt_id in self._ids:
+            raise ValueError(f"{where}: duplicate utterance id in split {self.split!r}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"{where}: codes must be integers, got {codes.dtype}")
+        if codes.ndim != 2 or codes.shape[0] != self.n_q or codes.shape[1] < 1:
+            raise ValueError(f"{where}: codes shape {codes.shape}, expected [{self.n_q}, T>=1]")
+        if codes.min() < 0 or codes.max() >= self.codebook_size:
+            raise ValueError(
+                f"{where}: codes span [{codes.min()}, {codes.max()}], outside "
+                f"[0, {self.codebook_size})"
+            )
+        if text != normalize_transcript(text):
+            raise ValueError(
+                f"{where}: text {text!r} is not normalised; pass "
+                "gpa_jax.text.normalize_transcript(text)"
+            )
+        if self._writer is None or self._counts[-1] >= self.records_per_shard:
+            self._roll()
+        self._writer.write(encode_record(Utterance(utt_id, speaker, text, codes), self._dtype))
+        self._counts[-1] += 1
+        self._ids.add(utt_id)
+        self._speakers.add(speaker)
+        self._frames += int(codes.shape[1])
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        path = os.path.join(
+            self.directory, f".{self.split}-{len(self._tmp_paths):05d}.{os.getpid()}.tmp"
+        )
+        self._writer = array_record_module.ArrayRecordWriter(path, self._options)
+        self._tmp_paths.append(path)
+        self._counts.append(0)
+
+    def abort(self) -> None:
+        """Closes and deletes what was written; the manifest is untouched."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for path in self._tmp_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        self._closed = True
+
+    def close(self) -> dict[str, Any]:
+        """Finalizes shard names and the manifest; returns this split's manifest entry."""
+        if self._closed:
+            raise RuntimeError("ShardWriter is already closed")
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._closed = True
+        manifest = self._base_manifest()
+        # Replace this split: drop shards of an earlier write of the same split.
+        for old in glob.glob(os.path.join(self.directory, f"{self.split}-*-of-*{SHARD_SUFFIX}")):
+            os.remove(old)
+        shards = []
+        n = len(self._tmp_paths)
+        for k, (tmp, count) in enumerate(zip(self._tmp_paths, self._counts, strict=True)):
+            name = shard_name(self.split, k, n)
+            final = os.path.join(self.directory, name)
+            os.replace(tmp, final)
+            shards.append({"file": name, "num_records": count, "sha256": _sha256(final)})
+        entry = {
+            "num_utterances": self.num_written,
+            "num_frames": self._frames,
+            "num_speakers": len(self._speakers),
+            "shards": shards,
+        }
+        manifest["splits"][self.split] = entry
+        write_manifest(self.directory, manifest)
+        return entry
+
+    def _base_manifest(self) -> dict[str, Any]:
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "n_q": self.n_q,
+            "codebook_size": self.codebook_size,
+            "frame_rate": self.frame_rate,
+            "codes_dtype": self._dtype.name,
+        }
+        if not os.path.isfile(os.path.join(self.directory, MANIFEST_NAME)):
+            return {**header, "metadata": self.metadata, "splits": {}}
+        manifest = read_manifest(self.directory)
+        for key in ("n_q", "codebook_size", "frame_rate"):
+            if manifest[key] != header[key]:
+                raise ShardError(
+                    f"{self.directory}/{MANIFEST_NAME}: {key}={manifest[key]} but this "
+                    f"writer has {key}={header[key]}; one directory holds one codec's tokens"
+                )
+        manifest.update(header)
+        manifest.setdefault("metadata", {}).update(self.metadata)
+        return manifest
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def _check_utterance(utt: Utterance, manifest: Mapping[str, Any], where: str) -> Utterance:
+    if utt.codes.shape[0] != manifest["n_q"] or utt.codes.shape[1] < 1:
+        raise ShardError(
+            f"{where}: codes shape {utt.codes.shape}, manifest says n_q={manifest['n_q']}"
+        )
+    return utt
+
+
+def iter_utterances(directory: str, split: str, verify: bool = False) -> Iterator[Utterance]:
+    """Yields a split's utterances in shard order; bad records raise ShardError (file, index)."""
+    manifest = read_manifest(directory, verify=verify)
+    paths = split_shard_paths(directory, split, manifest)
+    for shard, path in zip(manifest["splits"][split]["shards"], paths, strict=True):
+        if not os.path.isfile(path):
+            raise ShardError(f"{path}: listed in the manifest but missing")
+        reader = array_record_module.ArrayRecordReader(path, _SEQUENTIAL_OPTIONS)
+        try:
+            count = reader.num_records()
+            if count != shard["num_records"]:
+                raise ShardError(f"{path}: {count} records, manifest says {shard['num_records']}")
+            for start in range(0, count, _READ_CHUNK):
+                chunk = reader.read(start, min(start + _READ_CHUNK, count))
+                for offset, data in enumerate(chunk):
+                    where = f"{path}: record {start + offset}"
+                    yield _check_utterance(decode_record(data, where), manifest, where)
+        finally:
+            reader.close()
+
+
+class UtteranceSource:
+    """Random access to a split's utterances (grain's RandomAccessDataSource protocol).
+
+    `len(source)` and `source[i]` over the split's shards in manifest order; each shard
+    is opened lazily with ArrayRecord's random-access options.
+    """
+
+    def __init__(self, directory: str, split: str):
+        self.directory = directory
+        self.split = split
+        self.manifest = read_manifest(directory)
+        self._paths = split_shard_paths(directory, split, self.manifest)
+        counts = [s["num_records"] for s in self.manifest["splits"][split]["shards"]]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
+        self._readers: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} utterances")
+        index %= len(self)
+        shard = bisect.bisect_right(self._starts, index) - 1
+        return shard, index - self._starts[shard]
+
+    def _reader(self, shard: int) -> Any:
+        if shard not in self._readers:
+            self._readers[shard] = array_record_module.ArrayRecordReader(
+                self._paths[shard], _RANDOM_ACCESS_OPTIONS
+            )
+        return self._readers[shard]
+
+    def __getitem__(self, index: int) -> Utterance:
+        shard, local = self._locate(int(index))
+        where = f"{self._paths[shard]}: record {local}"
+        try:
+            data = self._reader(shard).read([local])[0]
+        except Exception as error:
+            raise ShardError(f"{where}: unreadable ({error})") from None
+        return _check_utterance(decode_record(data, where), self.manifest, where)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Utterance]:
+        return [self[i] for i in indices]
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def __repr__(self) -> str:
+        return f"UtteranceSource({self.directory!r}, {self.split!r}, {len(self)} utterances)"
