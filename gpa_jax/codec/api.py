@@ -5,6 +5,10 @@ ceil(n / hop) frames (hop 320 -> 50 Hz), and decoding F frames gives F * hop sam
 A clip at another rate is first resampled with `gpa_jax.audio.io.resample`, whose output
 has ceil(n * 16000 / sr) samples, so frames = ceil(ceil(n * 16000 / sr) / 320).
 
+Compiles: one per (batch size, length bucket) for encoding (and per n_q asked for); one
+per (batch size, bucket) for decoding whatever the number of layers (codes are padded to
+n_q layers and the unused ones masked).
+
 Padding: each clip is zero-padded at the end to a multiple of the hop (so no strided conv
 sees a partial window and the last frame covers the tail plus silence), then to a length
 bucket of `bucket_frames` frames (default 25 = 0.5 s) so jit compiles once per bucket and
@@ -39,6 +43,8 @@ def num_frames(codec: Codec, num_samples: int, sr: int | None = None) -> int:
 
 
 def _bucket(frames: int, bucket_frames: int) -> int:
+    if bucket_frames < 1:
+        raise ValueError(f"bucket_frames must be >= 1, got {bucket_frames}")
     return max(1, -(-frames // bucket_frames)) * bucket_frames
 
 
@@ -48,8 +54,8 @@ def _encode_padded(codec: Codec, wav: jax.Array, lengths: jax.Array, n_q: int | 
 
 
 @nnx.jit
-def _decode_padded(codec: Codec, codes: jax.Array) -> jax.Array:
-    return codec.decode(codes)
+def _decode_padded(codec: Codec, codes: jax.Array, num_layers: jax.Array) -> jax.Array:
+    return codec.decode(codes, num_layers)
 
 
 def _prepare(codec: Codec, wav: np.ndarray, sr: int) -> np.ndarray:
@@ -58,6 +64,8 @@ def _prepare(codec: Codec, wav: np.ndarray, sr: int) -> np.ndarray:
         raise ValueError(f"expected a mono waveform [samples], got shape {wav.shape}")
     if not np.issubdtype(wav.dtype, np.floating):
         raise ValueError(f"expected float audio in [-1, 1], got dtype {wav.dtype}")
+    if wav.size == 0:
+        return wav.astype(np.float32)
     return resample(wav.astype(np.float32), sr, codec.sample_rate)
 
 
@@ -81,8 +89,11 @@ def encode_batch(
         batch[i, : len(clip)] = clip
     # Lengths in whole frames: the hop padding is part of each item, as for a lone clip.
     lengths = np.asarray(frames, np.int32) * codec.hop_length
-    codes = np.asarray(_encode_padded(codec, jnp.asarray(batch), jnp.asarray(lengths), n_q))
-    return [np.ascontiguousarray(codes[i, :, :f], dtype=np.int32).reshape(n, f) for i, f in enumerate(frames)]
+    codes = np.asarray(_encode_padded(codec, jnp.asarray(batch), jnp.asarray(lengths), n_q=n_q))
+    return [
+        np.ascontiguousarray(codes[i, :, :f], dtype=np.int32).reshape(n, f)
+        for i, f in enumerate(frames)
+    ]
 
 
 def encode(
@@ -115,13 +126,16 @@ def decode_batch(
         raise ValueError(f"codes have {n} layers; the codec has {codec.n_q}")
     for a in arrays:
         if a.size and (a.min() < 0 or a.max() >= codec.codebook_size):
-            raise ValueError(f"codes must lie in [0, {codec.codebook_size}), got {a.min()}..{a.max()}")
+            raise ValueError(
+                f"codes must lie in [0, {codec.codebook_size}), got {a.min()}..{a.max()}"
+            )
     frames = [a.shape[1] for a in arrays]
     padded_frames = _bucket(max(frames), bucket_frames)
-    batch = np.zeros((len(arrays), n, padded_frames), np.int32)
+    # Always n_q layers (unused ones masked), so RVQ-1-only and full decodes share a compile.
+    batch = np.zeros((len(arrays), codec.n_q, padded_frames), np.int32)
     for i, a in enumerate(arrays):
-        batch[i, :, : a.shape[1]] = a
-    wav = np.asarray(_decode_padded(codec, jnp.asarray(batch)))
+        batch[i, :n, : a.shape[1]] = a
+    wav = np.asarray(_decode_padded(codec, jnp.asarray(batch), jnp.asarray(n, jnp.int32)))
     hop = codec.hop_length
     return [np.ascontiguousarray(wav[i, : f * hop], dtype=np.float32) for i, f in enumerate(frames)]
 

@@ -143,6 +143,10 @@ def generator_loss(
     `config.loss.adversarial` is on.
     """
     lc = config.loss
+    if lc.adversarial and discriminator is None:
+        raise ValueError("config.loss.adversarial is on but no discriminator was given")
+    if teacher is not None and out["semantic_pred"] is None:
+        raise ValueError("teacher features given but the codec has no semantic head")
     recon = out["recon"]
     metrics = {
         "wave_l1": wave_l1(recon, wav),
@@ -155,13 +159,9 @@ def generator_loss(
         + lc.lambda_commit * metrics["commit"]
     )
     if teacher is not None:
-        if out["semantic_pred"] is None:
-            raise ValueError("teacher features given but the codec has no semantic head")
         metrics["distill"] = d_axis_distill_loss(out["semantic_pred"], teacher)
         total = total + lc.lambda_distill * metrics["distill"]
     if lc.adversarial:
-        if discriminator is None:
-            raise ValueError("config.loss.adversarial is on but no discriminator was given")
         fake_logits, fake_fmaps = discriminator(recon)
         _, real_fmaps = discriminator(wav)
         metrics["adv"] = hinge_generator_loss(fake_logits)

@@ -114,9 +114,12 @@ class Codec(nnx.Module):
         """wav [b, samples] -> codes int32 [b, n_q, ceil(samples / hop)]."""
         return self.quantizer.encode_codes(self.encode_latent(wav, lengths), n_q)
 
-    def decode(self, codes: jax.Array) -> jax.Array:
-        """codes [b, n, frames] (n <= n_q: the first n layers) -> waveform [b, frames * hop]."""
-        return self.decoder(self.quantizer.decode_codes(codes))[..., 0]
+    def decode(self, codes: jax.Array, num_layers: jax.Array | int | None = None) -> jax.Array:
+        """codes [b, n, frames] (n <= n_q: the first n layers) -> waveform [b, frames * hop].
+
+        num_layers: use only the first num_layers of the n layers (see `decode_codes`).
+        """
+        return self.decoder(self.quantizer.decode_codes(codes, num_layers))[..., 0]
 
     def __call__(
         self,

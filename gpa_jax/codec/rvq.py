@@ -93,19 +93,36 @@ def kmeans(
     seeds repeat (once every sample is a seed the D^2 weights are all zero and seeding falls
     back to uniform picks); their clusters stay empty and dead-code replacement reuses them.
     """
+    uniforms = jax.random.uniform(key, (num_clusters,), jnp.float32)
+    return kmeans_from_uniforms(samples, num_clusters, num_iters, uniforms)
+
+
+def _pick(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Index drawn with probability proportional to `weights` (uniform if all zero) by u."""
+    n = weights.shape[0]
+    total = jnp.sum(weights)
+    by_weight = jnp.searchsorted(jnp.cumsum(weights), u * total, side="right")
+    idx = jnp.where(total > 0, by_weight, jnp.floor(u * n).astype(jnp.int32))
+    return jnp.clip(idx, 0, n - 1)
+
+
+def kmeans_from_uniforms(
+    samples: jax.Array, num_clusters: int, num_iters: int, uniforms: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """`kmeans` driven by K given U[0, 1) draws (one per seed pick).
+
+    Taking the randomness as plain numbers keeps the traced graph free of PRNG kernels,
+    which are slow to compile on XLA-CPU; the caller draws all of a step's numbers at once.
+    """
     samples = samples.astype(jnp.float32)
     n = samples.shape[0]
-    first_key, seed_key = jax.random.split(key)
-    first = samples[jax.random.randint(first_key, (), 0, n)]
+    first = samples[_pick(jnp.zeros((n,), jnp.float32), uniforms[0])]
     d2 = jnp.sum(jnp.square(samples - first), -1)
     means = jnp.zeros((num_clusters, samples.shape[1]), jnp.float32).at[0].set(first)
 
     def seed(i, carry):
         means, d2 = carry
-        total = jnp.sum(d2)
-        probs = jnp.where(total > 0, d2 / jnp.where(total > 0, total, 1.0), 1.0 / n)
-        idx = jax.random.choice(jax.random.fold_in(seed_key, i), n, p=probs)
-        center = samples[idx]
+        center = samples[_pick(d2, uniforms[i])]
         return means.at[i].set(center), jnp.minimum(d2, jnp.sum(jnp.square(samples - center), -1))
 
     means, _ = jax.lax.fori_loop(1, num_clusters, seed, (means, d2))
@@ -116,7 +133,9 @@ def kmeans(
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], means)
 
     means = jax.lax.fori_loop(0, num_iters, lloyd, means)
-    counts, _ = _counts_and_sums(samples, jnp.argmin(sq_distances(samples, means), -1), num_clusters)
+    counts, _ = _counts_and_sums(
+        samples, jnp.argmin(sq_distances(samples, means), -1), num_clusters
+    )
     return means, counts
 
 
@@ -144,11 +163,15 @@ def replace_dead_codes(
     embed_sum: jax.Array,
     x: jax.Array,
     threshold: float,
-    key: jax.Array,
+    uniforms: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Codes with cluster_size < threshold take random rows of x [N, D] (with replacement)."""
+    """Codes with cluster_size < threshold take random rows of x [N, D] (with replacement).
+
+    uniforms: K draws from U[0, 1), one per code, choosing its replacement row.
+    """
     dead = cluster_size < threshold
-    picks = x[jax.random.randint(key, (embed.shape[0],), 0, x.shape[0])]
+    rows = jnp.clip(jnp.floor(uniforms * x.shape[0]).astype(jnp.int32), 0, x.shape[0] - 1)
+    picks = x[rows]
     embed = jnp.where(dead[:, None], picks, embed)
     embed_sum = jnp.where(dead[:, None], picks * threshold, embed_sum)
     cluster_size = jnp.where(dead, jnp.asarray(threshold, cluster_size.dtype), cluster_size)
@@ -190,19 +213,20 @@ class ResidualVectorQuantizer(nnx.Module):
         self.rngs = nnx.Rngs(quantizer=rngs.params())
 
     def _train_layer(
-        self, r: jax.Array, state: tuple[jax.Array, ...], active: jax.Array, key: jax.Array
+        self, r: jax.Array, state: tuple[jax.Array, ...], active: jax.Array, u: jax.Array
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """One layer's training update on residuals r [N, D] (pure: state in, state out).
 
         state = (codebook, cluster_size, embed_sum, initialized). Returns the codebook this
         step quantizes with (after k-means init, before the EMA step, as the reference) and
-        the new state; an inactive layer (quantizer dropout) keeps its state.
+        the new state; an inactive layer (quantizer dropout) keeps its state. u: 2K
+        uniforms (k-means seeding, dead-code picks).
         """
         embed0, size0, sum0, inited0 = state
-        init_key, dead_key = jax.random.split(key)
+        k = self.codebook_size
 
         def run_kmeans(_):
-            means, counts = kmeans(r, self.codebook_size, self.kmeans_iters, init_key)
+            means, counts = kmeans_from_uniforms(r, k, self.kmeans_iters, u[:k])
             return means, counts, means * counts[:, None]
 
         needs_init = jnp.logical_and(active, jnp.logical_not(inited0))
@@ -210,12 +234,10 @@ class ResidualVectorQuantizer(nnx.Module):
             needs_init, run_kmeans, lambda _: (embed0, size0, sum0), None
         )
         codes = nearest_code(r, embed)
-        new_size, new_sum, new_embed = ema_update(
-            size, sums, r, codes, self.decay, self.epsilon
-        )
+        new_size, new_sum, new_embed = ema_update(size, sums, r, codes, self.decay, self.epsilon)
         if self.dead_code_threshold > 0:
             new_embed, new_size, new_sum = replace_dead_codes(
-                new_embed, new_size, new_sum, r, self.dead_code_threshold, dead_key
+                new_embed, new_size, new_sum, r, self.dead_code_threshold, u[k:]
             )
         new_state = (
             jnp.where(active, new_embed, embed0),
@@ -254,15 +276,17 @@ class ResidualVectorQuantizer(nnx.Module):
         b, t, d = x.shape
         n_active = jnp.asarray(n, jnp.int32)
         if train:
+            # All of the step's randomness in one draw (see `kmeans_from_uniforms`): per layer
+            # K seeding + K dead-code numbers, plus two for quantizer dropout.
             key = self.rngs.quantizer() if rng is None else rng
-            drop_key, pick_key, key = jax.random.split(key, 3)
+            k = self.codebook_size
+            u = jax.random.uniform(key, (n, 2 * k + 2), jnp.float32)
             if self.quantizer_dropout > 0:
-                drawn = jax.random.randint(pick_key, (), 1, n + 1, dtype=jnp.int32)
-                use_drop = jax.random.uniform(drop_key) < self.quantizer_dropout
-                n_active = jnp.where(use_drop, drawn, n_active)
-            layer_keys = jax.random.split(key, n)
+                drawn = 1 + jnp.minimum(jnp.floor(u[0, -1] * n).astype(jnp.int32), n - 1)
+                n_active = jnp.where(u[0, -2] < self.quantizer_dropout, drawn, n_active)
+            layer_u = u[:, : 2 * k]
         else:
-            layer_keys = jnp.zeros((n,), jnp.uint32)  # unused placeholder
+            layer_u = jnp.zeros((n, 0), jnp.float32)  # unused placeholder
         state = (
             self.embed[:n],
             self.cluster_size[:n],
@@ -271,11 +295,11 @@ class ResidualVectorQuantizer(nnx.Module):
         )
 
         def layer(residual, inputs):
-            i, key, layer_state = inputs
+            i, u_i, layer_state = inputs
             active = i < n_active
             if train:
                 r = jax.lax.stop_gradient(residual).reshape(-1, d)
-                embed, layer_state = self._train_layer(r, layer_state, active, key)
+                embed, layer_state = self._train_layer(r, layer_state, active, u_i)
             else:
                 embed = layer_state[0]
             idx = nearest_code(residual, embed)
@@ -288,7 +312,7 @@ class ResidualVectorQuantizer(nnx.Module):
             outs = (idx, q * mask, layer_q * mask if layer_outputs else None, commit, perplexity)
             return residual - q, (outs, layer_state)
 
-        _, (outs, new_state) = jax.lax.scan(layer, x, (jnp.arange(n), layer_keys, state))
+        _, (outs, new_state) = jax.lax.scan(layer, x, (jnp.arange(n), layer_u, state))
         codes, q_layers, layer_qs, commit, perplexity = outs
         if train:
             for var, value in zip(
@@ -315,15 +339,21 @@ class ResidualVectorQuantizer(nnx.Module):
         """x [b, T, D] -> codes int32 [b, n_q, T] (inference; no codebook update)."""
         return self.quantize(x, n_q)[1]
 
-    def decode_codes(self, codes: jax.Array) -> jax.Array:
+    def decode_codes(
+        self, codes: jax.Array, num_layers: jax.Array | int | None = None
+    ) -> jax.Array:
         """codes [b, n, T] with n <= n_q (layers 0..n-1) -> summed vectors [b, T, D].
 
         Fewer layers than n_q give the coarser reconstruction (e.g. RVQ-1 only: n = 1).
+        `num_layers` (may be traced) sums only the first num_layers of the n given, so one
+        compiled decoder serves every depth when callers pad codes to n_q layers.
         """
         n = codes.shape[1]
         if n > self.n_q:
             raise ValueError(f"codes have {n} layers but the quantizer has {self.n_q}")
+        limit = n if num_layers is None else num_layers
         out = jnp.zeros(codes.shape[:1] + codes.shape[2:] + (self.dimension,), jnp.float32)
         for i in range(n):
-            out = out + self.embed[i][codes[:, i]]
+            keep = jnp.asarray(i < limit, jnp.float32)
+            out = out + keep * self.embed[i][codes[:, i]]
         return out

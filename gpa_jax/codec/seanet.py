@@ -36,8 +36,6 @@ import numpy as np
 from flax import nnx
 
 _DIMS_1D = ("NWC", "WIO", "NWC")
-
-
 _INIT_CHUNK = 1 << 16
 
 
@@ -51,8 +49,8 @@ def uniform_init(key: jax.Array, shape: Sequence[int], bound: float) -> jax.Arra
 
     Why: on XLA-CPU every new shape given to jax.random compiles a fresh threefry kernel
     (~0.3-1 s each), which made building the codec take ~30 s. Chunks of 2^16 compile once;
-    outside a trace the slicing runs in numpy (no per-shape compiles either). Values are
-    the same eagerly and under jit / eval_shape.
+    outside a trace the slicing runs in numpy (no per-shape compiles either). Eager and
+    traced builds draw the same numbers (up to float32 rounding of the affine map).
     """
     shape = tuple(int(d) for d in shape)
     n = math.prod(shape)
@@ -158,7 +156,7 @@ class Conv1d(nnx.Module):
 
 
 class ConvTranspose1d(nnx.Module):
-    """Transposed conv [b, T, C_in] -> [b, T * stride, C_out] (for kernel 2 * stride).
+    """Transposed conv [b, T, C_in] -> [b, T * stride, C_out] (any kernel >= stride).
 
     Computes torch's ConvTranspose1d ((T - 1) * s + k samples) as a conv of the
     stride-dilated input with the flipped kernel, then trims k - s samples, the extra one on

@@ -1,0 +1,26 @@
+"""SpeechTokenizer-style audio codec: SEANet encoder/decoder, EMA RVQ, semantic distillation.
+
+Modules: `seanet` (conv/LSTM encoder and decoder), `rvq` (residual vector quantizer with
+EMA codebooks), `model` (`Codec`), `api` (numpy waveforms <-> code arrays), `losses`
+(generator/discriminator objectives), `discriminator` (MS-STFT discriminator), `config`
+(the hyper-parameters and their sources).
+"""
+
+from gpa_jax.codec.api import decode, decode_batch, encode, encode_batch, num_frames
+from gpa_jax.codec.config import codec_config
+from gpa_jax.codec.discriminator import MultiScaleSTFTDiscriminator
+from gpa_jax.codec.model import Codec
+from gpa_jax.codec.rvq import CodebookState, ResidualVectorQuantizer
+
+__all__ = [
+    "Codec",
+    "CodebookState",
+    "MultiScaleSTFTDiscriminator",
+    "ResidualVectorQuantizer",
+    "codec_config",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "num_frames",
+]

@@ -1,0 +1,154 @@
+"""Codec config builder: the one home of every codec hyper-parameter and its source.
+
+`codec_config(**section_overrides)` returns the SpeechTokenizer paper-size config; a
+config file states only what differs (`configs/codec_tiny.py`). Layout (`kind='codec'`):
+
+    seed           root of every random choice (params, RVQ k-means / dead codes, data)
+    codec          model: SEANet widths and strides, LSTM, RVQ (sizes, EMA, dead codes)
+    teacher        semantic teacher: kind none|hubert_features|log_mel, dim, path, layer
+    loss           weights of the generator terms, adversarial switch, mel-loss settings
+    discriminator  MS-STFT discriminator (used when loss.adversarial)
+    optimizer      Adam settings for the (later) training launcher
+    data           crop length and batch size for the (later) training launcher
+
+Sources of the defaults: SpeechTokenizer (Zhang et al. 2023/ICLR 2024) and its release,
+`config/spt_base_cfg.json` + `modules/seanet.py` + `quantization/vq.py`
+(github.com/ZhangXInFD/SpeechTokenizer); EnCodec (Défossez et al. 2022) for the SEANet
+defaults, the discriminator and the loss forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+
+def _codec_defaults() -> dict[str, Any]:
+    return dict(
+        sample_rate=16000,
+        # SpeechTokenizer release: n_filters 64, strides [8, 5, 4, 2] (hop 320 -> 50 Hz),
+        # dimension 1024, 1 residual unit per stage with kernel 3 and dilation base 2,
+        # 2-layer LSTM, bidirectional in the encoder, ELU activations.
+        n_filters=64,
+        strides=(8, 5, 4, 2),
+        dimension=1024,
+        n_residual_layers=1,
+        residual_kernel_size=3,
+        dilation_base=2,
+        lstm_layers=2,
+        encoder_bidirectional=True,
+        # EnCodec SEANet defaults that SpeechTokenizer keeps: first/last conv kernel 7,
+        # residual hidden width / 2, 1x1-conv shortcut (true_skip False), reflect padding.
+        kernel_size=7,
+        last_kernel_size=7,
+        compress=2,
+        true_skip=False,
+        pad_mode="reflect",
+        # RVQ: 8 layers x 1024 codes (release config); EMA decay 0.99, Laplace epsilon 1e-5,
+        # k-means init with 50 iterations, dead-code threshold 2 (release `vq.py` /
+        # `core_vq.py` defaults). SpeechTokenizer trains with all 8 layers every step
+        # (no quantizer dropout); EnCodec-style bitrate dropout is available.
+        n_q=8,
+        codebook_size=1024,
+        ema_decay=0.99,
+        ema_epsilon=1e-5,
+        kmeans_init=True,
+        kmeans_iters=50,
+        dead_code_threshold=2.0,
+        quantizer_dropout=0.0,
+    )
+
+
+def _teacher_defaults() -> dict[str, Any]:
+    # HuBERT-base features (768-d), averaged over all layers ("semantic_model_layer": "avg"
+    # in the release config; the paper found the average the better RVQ-1 teacher).
+    return dict(kind="hubert_features", dim=768, layer="avg", path="")
+
+
+def _loss_defaults() -> dict[str, Any]:
+    # Weights: SpeechTokenizer release config (recon_loss_lambda 500, mel 45 on its main
+    # mel scale, commitment_loss_lambda 10, distill_loss_lambda 120; its trainer adds the
+    # adversarial and feature-matching terms with weight 1). Caveat: its mel term is an L1
+    # of log-mel at 4 resolutions (lambdas [45, 1, 1, 1]); ours is the paper's multi-scale
+    # mel loss (EnCodec's form: 64 mels, windows 2^5..2^11), weighted by lambda_mel. For
+    # EnCodec's own balance use lambda_wave 0.1, lambda_mel 1, lambda_adv 3, lambda_fm 3
+    # (the EnCodec paper's lambda_t, lambda_f, lambda_g, lambda_feat).
+    return dict(
+        lambda_wave=500.0,
+        lambda_mel=45.0,
+        lambda_commit=10.0,
+        lambda_distill=120.0,
+        lambda_adv=1.0,
+        lambda_fm=1.0,
+        adversarial=True,
+        mel_n_mels=64,
+        mel_scales=tuple(range(5, 12)),
+    )
+
+
+def _discriminator_defaults() -> dict[str, Any]:
+    # EnCodec MS-STFTD: 32 filters, 5 scales with windows 2048..128 and hop = window / 4.
+    return dict(
+        filters=32,
+        n_ffts=(2048, 1024, 512, 256, 128),
+        hop_lengths=(512, 256, 128, 64, 32),
+        win_lengths=(2048, 1024, 512, 256, 128),
+    )
+
+
+def _optimizer_defaults() -> dict[str, Any]:
+    # Release config: Adam lr 1e-4, betas (0.9, 0.99), no weight decay, no warm-up, cosine
+    # annealing over the run; the discriminator uses the same settings.
+    return dict(
+        learning_rate=1e-4,
+        b1=0.9,
+        b2=0.99,
+        weight_decay=0.0,
+        warmup_steps=0,
+        schedule="cosine",
+        num_train_steps=400_000,
+        grad_clip_norm=0.0,
+    )
+
+
+def _data_defaults() -> dict[str, Any]:
+    # Release config: segment_size 48000 samples (3 s at 16 kHz), batch_size 6 per GPU.
+    return dict(crop_seconds=3.0, batch_size=6)
+
+
+_SECTIONS = {
+    "codec": _codec_defaults,
+    "teacher": _teacher_defaults,
+    "loss": _loss_defaults,
+    "discriminator": _discriminator_defaults,
+    "optimizer": _optimizer_defaults,
+    "data": _data_defaults,
+}
+
+
+def codec_config(
+    seed: int = 1234, **section_overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """Paper-size codec config with per-section overrides, e.g. codec={'n_filters': 8}.
+
+    Unknown sections or keys raise KeyError, so a typo cannot add a silent new field.
+    """
+    config = ml_collections.ConfigDict()
+    config.kind = "codec"
+    config.seed = seed  # release config's seed
+    unknown = set(section_overrides) - set(_SECTIONS)
+    if unknown:
+        raise KeyError(
+            f"unknown codec config sections {sorted(unknown)}; valid: {sorted(_SECTIONS)}"
+        )
+    for name, defaults_fn in _SECTIONS.items():
+        values = defaults_fn()
+        overrides = dict(section_overrides.get(name, {}))
+        bad = set(overrides) - set(values)
+        if bad:
+            raise KeyError(f"unknown keys {sorted(bad)} in codec config section {name!r}")
+        values.update(overrides)
+        config[name] = ml_collections.ConfigDict(values)
+    return config

@@ -1,0 +1,176 @@
+"""RVQ: EMA update vs a NumPy reference, k-means init, dead codes, straight-through, state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gpa_jax.codec.rvq import CodebookState, ResidualVectorQuantizer, kmeans
+
+# Jitted entry points: one compile per quantizer shape instead of eager op-by-op dispatch
+# (which compiles every primitive separately and costs seconds on CPU).
+_train = nnx.jit(lambda rvq, x: rvq.quantize(x, train=True))
+_eval = nnx.jit(lambda rvq, x: rvq.quantize(x, layer_outputs=True))
+
+
+def _rvq(**kw) -> ResidualVectorQuantizer:
+    # Shared defaults (D=2, K=4, one layer, 5 k-means iterations) so that several tests
+    # hit the same compiled step.
+    args = dict(
+        dimension=2, n_q=1, codebook_size=4, kmeans_init=False, kmeans_iters=5, rngs=nnx.Rngs(0)
+    )
+    args.update(kw)
+    return ResidualVectorQuantizer(**args)
+
+
+def _numpy_ema_step(embed, cluster_size, embed_sum, x, decay, eps):
+    """Independent float64 reference of one EMA codebook step."""
+    d2 = ((x[:, None, :] - embed[None, :, :]) ** 2).sum(-1)
+    codes = d2.argmin(-1)
+    k = embed.shape[0]
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    sums = np.zeros_like(embed_sum)
+    np.add.at(sums, codes, x)
+    size = decay * cluster_size + (1 - decay) * counts
+    total_sum = decay * embed_sum + (1 - decay) * sums
+    n = size.sum()
+    smoothed = (size + eps) / (n + k * eps) * n
+    return codes, size, total_sum, total_sum / smoothed[:, None]
+
+
+def test_ema_update_matches_numpy_reference():
+    rvq = _rvq()
+    # Large cluster sizes: no code is dead, so this step is the pure EMA update.
+    rvq.cluster_size[...] = jnp.full((1, 4), 50.0, jnp.float32)  # not weak-typed: same compile
+    x = np.random.default_rng(0).normal(size=(1, 160, 2)).astype(np.float32)
+    embed0 = np.asarray(rvq.embed[0], np.float64)
+    size0 = np.asarray(rvq.cluster_size[0], np.float64)
+    sum0 = np.asarray(rvq.embed_sum[0], np.float64)
+
+    _, codes, _ = _train(rvq, jnp.asarray(x))
+
+    ref_codes, ref_size, ref_sum, ref_embed = _numpy_ema_step(
+        embed0, size0, sum0, x.reshape(-1, 2).astype(np.float64), 0.99, 1e-5
+    )
+    np.testing.assert_array_equal(np.asarray(codes[:, 0]).reshape(-1), ref_codes)
+    np.testing.assert_allclose(rvq.cluster_size[0], ref_size, rtol=1e-6)
+    np.testing.assert_allclose(rvq.embed_sum[0], ref_sum, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rvq.embed[0], ref_embed, rtol=1e-5, atol=1e-6)
+
+
+def _blobs(seed=0, per=40):
+    centers = np.array([[10.0, 10.0], [-10.0, 10.0], [10.0, -10.0], [-10.0, -10.0]])
+    rng = np.random.default_rng(seed)
+    pts = np.concatenate([c + 0.1 * rng.normal(size=(per, 2)) for c in centers])
+    return centers, pts[rng.permutation(len(pts))].astype(np.float32)
+
+
+def test_kmeans_recovers_separated_clusters_deterministically():
+    centers, pts = _blobs()
+    run = jax.jit(kmeans, static_argnums=(1, 2))
+    means, counts = run(jnp.asarray(pts), 4, 5, jax.random.key(3))
+    dist = np.linalg.norm(centers[:, None] - np.asarray(means)[None], axis=-1)
+    assert dist.min(axis=1).max() < 0.1  # every true centre has a centroid on it
+    np.testing.assert_array_equal(np.sort(np.asarray(counts)), [40, 40, 40, 40])
+    again, _ = run(jnp.asarray(pts), 4, 5, jax.random.key(3))
+    np.testing.assert_array_equal(means, again)
+
+
+def test_first_training_batch_runs_kmeans_init():
+    centers, pts = _blobs(seed=1)
+    rvq = _rvq(kmeans_init=True, rngs=nnx.Rngs(1))
+    assert not bool(rvq.initialized[0])
+    quantized, _, aux = _train(rvq, jnp.asarray(pts)[None])
+    assert bool(rvq.initialized[0])
+    dist = np.linalg.norm(centers[:, None] - np.asarray(rvq.embed[0])[None], axis=-1)
+    assert dist.min(axis=1).max() < 0.1
+    assert float(aux["commit_loss"]) < 0.05  # each point sits next to its centroid
+    np.testing.assert_allclose(
+        quantized[0],
+        centers[np.argmin(np.linalg.norm(pts[:, None] - centers[None], axis=-1), axis=1)],
+        atol=0.1,
+    )
+
+
+def test_dead_codes_are_replaced_by_batch_vectors():
+    rvq = _rvq()  # dead_code_threshold defaults to 2
+    rng = np.random.default_rng(0)
+    x = (np.array([5.0, 5.0]) + 0.01 * rng.normal(size=(1, 160, 2))).astype(np.float32)
+    old = np.asarray(rvq.embed[0])
+    _, codes, _ = _train(rvq, jnp.asarray(x))
+    used = np.unique(np.asarray(codes))
+    unused = np.setdiff1d(np.arange(4), used)
+    assert len(unused) == 3
+    new = np.asarray(rvq.embed[0])
+    flat = x.reshape(-1, 2)
+    for k in unused:  # every unused code now equals one of this batch's vectors
+        assert not np.allclose(new[k], old[k])
+        assert np.min(np.abs(flat - new[k]).sum(-1)) < 1e-6
+    np.testing.assert_allclose(np.asarray(rvq.cluster_size[0])[unused], 2.0)
+    np.testing.assert_allclose(np.asarray(rvq.embed_sum[0])[unused], 2.0 * new[unused], rtol=1e-6)
+
+
+def test_straight_through_and_commitment_gradients():
+    rvq = _rvq(n_q=3)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 2)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 2)), jnp.float32)
+
+    @nnx.jit
+    def grads(rvq, x):
+        def ste(rvq, x):
+            q = rvq.quantize(x, train=True)[0]
+            return jnp.sum(w * q**2), q
+
+        def commit(rvq, x):
+            return rvq.quantize(x, train=True)[2]["commit_loss"]
+
+        (_, q), g_ste = nnx.value_and_grad(ste, argnums=1, has_aux=True)(rvq, x)
+        return q, g_ste, nnx.grad(commit, argnums=1)(rvq, x)
+
+    q, grad_x, grad_commit = grads(rvq, x)
+    np.testing.assert_allclose(grad_x, 2 * w * q, rtol=1e-5, atol=1e-6)  # dL/dx == dL/dq
+    assert np.all(np.isfinite(grad_commit)) and float(jnp.abs(grad_commit).sum()) > 0
+
+
+def test_buffers_are_not_params():
+    rvq = _rvq()
+    assert jax.tree.leaves(nnx.state(rvq, nnx.Param)) == []
+    names = {str(p[0]) for p, _ in nnx.to_flat_state(nnx.state(rvq, CodebookState))}
+    assert names == {"embed", "embed_sum", "cluster_size", "initialized"}
+
+
+def test_eval_decode_codes_with_fewer_layers_and_roundtrip():
+    rvq = _rvq(n_q=3)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 7, 2)), jnp.float32)
+    before = jax.tree.map(np.asarray, nnx.state(rvq, CodebookState))
+    q, codes, aux = _eval(rvq, x)
+    after = jax.tree.map(np.asarray, nnx.state(rvq, CodebookState))
+    jax.tree.map(np.testing.assert_array_equal, before, after)  # eval: no codebook update
+    assert codes.shape == (2, 3, 7) and codes.dtype == jnp.int32
+    decode = nnx.jit(lambda r, c: r.decode_codes(c))
+    np.testing.assert_allclose(decode(rvq, codes), q, rtol=1e-6)
+    np.testing.assert_allclose(decode(rvq, codes[:, :1]), aux["layer_outputs"][0], rtol=1e-6)
+    encode2 = nnx.jit(lambda r, x: r.encode_codes(x, n_q=2))
+    np.testing.assert_array_equal(encode2(rvq, x), codes[:, :2])
+
+
+def test_quantizer_dropout_masks_layers_under_jit():
+    rvq = _rvq(n_q=4, quantizer_dropout=1.0, dead_code_threshold=0.0)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(1, 6, 2)), jnp.float32)
+
+    @nnx.jit
+    def step(rvq, x, key):
+        q, codes, aux = rvq.quantize(x, train=True, rng=key)
+        return q, codes, aux["n_active"]
+
+    seen = set()
+    for i in range(6):
+        before = np.asarray(rvq.embed[...])
+        q, codes, n = step(rvq, x, jax.random.key(i))
+        n = int(n)
+        seen.add(n)
+        expect = before[np.arange(n)[None, :, None], np.asarray(codes)[:, :n]].sum(1)
+        np.testing.assert_allclose(q, expect, rtol=1e-5, atol=1e-5)
+        # Inactive layers keep their codebooks.
+        np.testing.assert_array_equal(np.asarray(rvq.embed[...])[n:], before[n:])
+    assert len(seen) > 1 and all(1 <= n <= 4 for n in seen)
