@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "msgpack>=1.0",  # token shard records (gpa_jax/tasks/token_shards.py)
     "ml_collections>=1.1",
     "clu>=0.0.12",
+    "tensorboard>=2.20",  # clu's TensorBoard writer; TF 2.21 no longer pulls it in
     "absl-py>=2.1",
     "jiwer>=4.0",
     "tqdm>=4.66",

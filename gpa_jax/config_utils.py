@@ -71,6 +71,18 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "mesh.shape",
         "sharding_rules",
         "optimizer.learning_rate",
+        "train.num_steps",
+        "train.batch_size",
+        "train.seq_len",
+        "train.grad_accum_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.eval_steps",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.keep_best",
+        "data.source",
+        "data.task_names",
     ),
 }
 

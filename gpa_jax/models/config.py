@@ -5,8 +5,7 @@ ml_collections builders below are generated from it, so a config file only state
 differs from the defaults, and `LMConfig.from_config` rejects unknown keys (a typo in a
 config or sweep fails loudly instead of being ignored).
 
-Top-level LM config layout (what `lm_config` returns; the trainer adds `optimizer`,
-`data`, `train`, ... next to these):
+Top-level LM config layout (what `lm_config` returns; config files add `optimizer`):
 
     kind            "lm"
     model           LMConfig fields (see below)
@@ -15,6 +14,8 @@ Top-level LM config layout (what `lm_config` returns; the trainer adds `optimize
     mesh.dcn_shape  mesh shape across slices (multi-slice / multi-pod); all 1 = one slice
     sharding_rules  ((logical_axis, mesh_axis | (mesh_axes...) | None), ...)
     seed            root of every random choice (params init, dropout, data order)
+    train           loop, batch shape and checkpoint cadence (training.train_step.train_config)
+    data            batch source and task names (training.train_step.data_config)
 """
 
 from __future__ import annotations
@@ -152,12 +153,22 @@ def lm_config(
     mesh: ml_collections.ConfigDict | None = None,
     sharding_rules: tuple[tuple[str, Any], ...] = DEFAULT_SHARDING_RULES,
     seed: int = 0,
+    train: ml_collections.ConfigDict | None = None,
+    data: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
-    """The top-level LM config (kind 'lm'); the trainer adds optimizer/data sections."""
+    """The top-level LM config (kind 'lm') with the trainer's `train` and `data` sections.
+
+    Config files add `optimizer` (see gpa_jax.training.train_step.optimizer_config).
+    """
+    # Imported here: the training package sits above the models package.
+    from gpa_jax.training.train_step import data_config, train_config
+
     config = ml_collections.ConfigDict()
     config.kind = "lm"
     config.seed = seed
     config.model = model
     config.mesh = mesh if mesh is not None else mesh_config()
     config.sharding_rules = tuple(tuple(rule) for rule in sharding_rules)
+    config.train = train if train is not None else train_config()
+    config.data = data if data is not None else data_config()
     return config

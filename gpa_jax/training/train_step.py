@@ -71,20 +71,73 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with warmup-cosine schedule and global-norm clipping from `config.optimizer`."""
+def train_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """`config.train` defaults: loop length, batch shape, cadence of logs/evals/checkpoints.
+
+    batch_size is global (sequences per optimizer step over all hosts); with
+    grad_accum_steps = k each step runs k micro-batches of batch_size / k, so the
+    effective batch never changes with k. eval_every / checkpoint_every = 0 turn periodic
+    evals / saves off (a final save still happens). keep_checkpoints newest checkpoints
+    are kept (0 = all); keep_best > 0 also keeps the keep_best checkpoints with the lowest
+    eval loss (only checkpoints saved at eval steps carry one: make checkpoint_every a
+    multiple of eval_every). async_checkpointing: write files in a background thread.
+    """
+    values = dict(
+        num_steps=1000,
+        batch_size=8,
+        seq_len=512,
+        grad_accum_steps=1,
+        log_every=10,
+        eval_every=200,
+        eval_steps=4,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        keep_best=0,
+        async_checkpointing=True,
+    )
+    return _section("train", values, overrides)
+
+
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """`config.data`: where batches come from and the task-id -> name table.
+
+    source: 'synthetic' (gpa_jax.training.data_iter.SyntheticLMBatches). task_names[i]
+    is the name of task id i + 1 in the batches' `decoder_task_ids` (0 = padding/unknown).
+    """
+    values = dict(source="synthetic", task_names=("tts", "asr", "vc"))
+    return _section("data", values, overrides)
+
+
+def _section(name: str, values: dict[str, Any], overrides: dict[str, Any]):
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(f"unknown {name} keys {unknown}; valid: {sorted(values)}")
+    values.update(overrides)
+    return ml_collections.ConfigDict(values)
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Learning rate per optimizer step from `config.optimizer`: linear warmup from 0, cosine decay.
+
+    Separate from `make_optimizer` so the trainer logs the rate the optimizer really uses.
+    """
     opt = config.optimizer
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=opt.learning_rate,
         warmup_steps=opt.warmup_steps,
         decay_steps=max(opt.total_steps, opt.warmup_steps + 1),
         end_value=opt.learning_rate * opt.end_lr_fraction,
     )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with warmup-cosine schedule and global-norm clipping from `config.optimizer`."""
+    opt = config.optimizer
     return optax.chain(
         optax.clip_by_global_norm(opt.clip_norm),
         optax.adamw(
-            schedule,
+            make_schedule(config),
             b1=opt.b1,
             b2=opt.b2,
             eps=opt.eps,
@@ -107,6 +160,23 @@ def _weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
+def token_cross_entropy(
+    logits: jax.Array, targets: jax.Array, z_loss: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token (nll, z-loss term, correct) in float32, each [batch, length], unweighted.
+
+    The one place the token loss is defined: `cross_entropy_loss` reduces it, and the
+    trainer reduces it per task (decoder_task_ids) without a second softmax.
+    """
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
+    nll = lse - target_logit[..., 0]
+    z = z_loss * jnp.square(lse)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return nll, z, correct
+
+
 def cross_entropy_loss(
     logits: jax.Array,
     targets: jax.Array,
@@ -120,15 +190,10 @@ def cross_entropy_loss(
     Returns (loss, aux) with aux = {nll, z_loss, accuracy, denominator} (nll, z_loss and
     accuracy are weighted means over the same denominator).
     """
-    logits = logits.astype(jnp.float32)
+    nll, z, correct = token_cross_entropy(logits, targets, z_loss)
     weights = weights.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
-    nll = lse - target_logit[..., 0]
-    z = z_loss * jnp.square(lse)
     denominator = jnp.sum(weights)
     safe = jnp.maximum(denominator, 1.0)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     aux = {
         "nll": jnp.sum(weights * nll) / safe,
         "z_loss": jnp.sum(weights * z) / safe,
@@ -136,6 +201,20 @@ def cross_entropy_loss(
         "denominator": denominator,
     }
     return jnp.sum(weights * (nll + z)) / safe, aux
+
+
+def model_logits(
+    model: nnx.Module, batch: Batch, dropout_key: jax.Array | None = None
+) -> jax.Array:
+    """The model's logits on a packed batch (dropout on iff `dropout_key` is given)."""
+    return model(
+        batch["decoder_input_tokens"],
+        batch["decoder_segment_ids"],
+        batch["decoder_positions"],
+        batch.get(PREFIX_KEY),
+        deterministic=dropout_key is None,
+        rngs=dropout_key,
+    )
 
 
 def loss_fn(
@@ -146,14 +225,7 @@ def loss_fn(
     dropout_key: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Model forward on a packed batch + weighted cross-entropy (see module doc)."""
-    logits = model(
-        batch["decoder_input_tokens"],
-        batch["decoder_segment_ids"],
-        batch["decoder_positions"],
-        batch.get(PREFIX_KEY),
-        deterministic=dropout_key is None,
-        rngs=dropout_key,
-    )
+    logits = model_logits(model, batch, dropout_key)
     loss, aux = cross_entropy_loss(
         logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss
     )

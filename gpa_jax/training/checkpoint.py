@@ -1,0 +1,301 @@
+"""Orbax checkpoints of the LM train state, restorable onto any mesh.
+
+One checkpoint step is an Orbax Composite with four items (directories under
+<workdir>/checkpoints/<step>/):
+
+    params     model parameters, a nested dict of arrays (pure dict of the nnx state)
+    opt_state  optimizer state (AdamW moments, counters, the optimizer step)
+    data_iter  the training data iterator's get_state(), one file per host process
+    meta       JSON: step, task names and the full config (for samplers and humans)
+
+params and opt_state are separate items so that a sampler restores the params item
+alone (`restore_params_only`): the optimizer state, twice the params' size, is never
+read. Restores go onto abstract targets (jax.eval_shape of the model/optimizer +
+shardings from the config's logical-axis rules, as in MaxText), so a checkpoint written
+on one mesh restores onto any other: each process reads only the shards it owns.
+
+Saves are asynchronous (the device->host copy blocks, the file writes do not); the
+manager keeps the newest `keep` steps plus, with `keep_best` > 0, the `keep_best` steps
+with the lowest eval loss among those saved with one (preservation policies of
+orbax-checkpoint >= 0.11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+from jax.sharding import Mesh
+
+from gpa_jax import sharding as sharding_lib
+
+PARAMS = "params"
+OPT_STATE = "opt_state"
+DATA_ITER = "data_iter"
+META = "meta"
+# Metric that ranks checkpoints for keep_best (the trainer's overall eval loss).
+BEST_METRIC = "eval/loss"
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> str:
+    """Where a run's checkpoints live: <workdir>/checkpoints."""
+    return os.path.join(os.fspath(workdir), "checkpoints")
+
+
+# --- data-iterator state item ---------------------------------------------------------------
+
+
+class DataIterHandler(ocp.handlers.CheckpointHandler):
+    """Saves an iterator state, one file per host: process_<i>-of-<n>.json (dict) or .bin (bytes).
+
+    Every host's data pipeline reads its own shard of the data, so each keeps its own
+    position (grain's handler does the same, but accepts only grain's iterator types).
+    Bytes states (e.g. a tf.data iterator checkpoint, megabytes with a packing buffer) are
+    written raw. The state is captured when the save is requested, so a later `next()`
+    cannot leak in.
+    """
+
+    def save(self, directory: epath.Path, args: DataIterSave) -> None:
+        state = args.state
+        if isinstance(state, bytes):
+            (directory / _process_filename(".bin")).write_bytes(state)
+        else:
+            (directory / _process_filename(".json")).write_text(json.dumps(state, indent=1))
+
+    def restore(self, directory: epath.Path, args: DataIterRestore | None = None) -> Any:
+        del args
+        as_json, as_bytes = (
+            directory / _process_filename(".json"),
+            directory / _process_filename(".bin"),
+        )
+        if as_json.exists():
+            return json.loads(as_json.read_text())
+        if as_bytes.exists():
+            return as_bytes.read_bytes()
+        found = sorted(p.name for p in directory.iterdir())
+        raise FileNotFoundError(
+            f"no data-iterator state {as_json.stem}.(json|bin) in {directory}; saved: {found} "
+            "(was the checkpoint written with a different number of hosts?)"
+        )
+
+    def metadata(self, directory: epath.Path) -> None:
+        del directory
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        del directory
+
+    def close(self) -> None:
+        pass
+
+
+def _process_filename(suffix: str) -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}{suffix}"
+
+
+@ocp.args.register_with_handler(DataIterHandler, for_save=True)
+@dataclasses.dataclass
+class DataIterSave(ocp.args.CheckpointArgs):
+    state: dict[str, Any] | bytes
+
+
+@ocp.args.register_with_handler(DataIterHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIterRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# --- abstract targets -----------------------------------------------------------------------
+
+
+def train_state_factory(
+    config: ml_collections.ConfigDict, key: jax.Array | None = None
+) -> Callable[[], tuple[nnx.Module, nnx.Optimizer]]:
+    """() -> (model, optimizer) as the trainer builds them (params from `key`)."""
+    from gpa_jax.models import make_lm
+    from gpa_jax.training.train_step import make_optimizer
+
+    key = jax.random.key(int(config.seed)) if key is None else key
+    tx = make_optimizer(config)
+
+    def factory():
+        model = make_lm(config, rngs=nnx.Rngs(params=key))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    return factory
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, shardings, restore targets) of the (model, optimizer) state on `mesh`.
+
+    Nothing is allocated: the targets are ShapeDtypeStructs carrying NamedShardings.
+    """
+    graphdef, abstract = sharding_lib.abstract_state(train_state_factory(config))
+    shardings = sharding_lib.state_shardings(abstract, mesh, config.sharding_rules)
+    return graphdef, shardings, sharding_lib.abstract_with_shardings(abstract, shardings)
+
+
+def abstract_params(
+    config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, restore targets) of the model alone on `mesh` (no optimizer)."""
+    from gpa_jax.models import make_lm
+
+    graphdef, abstract = sharding_lib.abstract_state(lambda: make_lm(config, rngs=nnx.Rngs(0)))
+    shardings = sharding_lib.state_shardings(abstract, mesh, config.sharding_rules)
+    return graphdef, sharding_lib.abstract_with_shardings(abstract, shardings)
+
+
+# --- manager, save, restore -----------------------------------------------------------------
+
+
+def make_manager(
+    directory: str | os.PathLike,
+    *,
+    keep: int | None = 3,
+    keep_best: int = 0,
+    async_save: bool = True,
+    read_only: bool = False,
+) -> ocp.CheckpointManager:
+    """A CheckpointManager keeping the newest `keep` steps (+ the `keep_best` best by eval loss).
+
+    keep=None keeps every step. Saves happen only when `save_checkpoint` asks (the trainer
+    decides the cadence), so no save-decision policy is configured here.
+    """
+    policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
+    if keep_best:
+        policies.append(
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                reverse=True,  # sorted high to low; the last n (kept) are the lowest losses
+                n=keep_best,
+                keep_checkpoints_without_metrics=False,
+            )
+        )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+    )
+    directory = epath.Path(directory)
+    if read_only and not directory.exists():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: nnx.State,
+    *,
+    data_state: dict[str, Any] | bytes | None = None,
+    metrics: dict[str, float] | None = None,
+    config: ml_collections.ConfigDict | None = None,
+) -> bool:
+    """Starts an (async) save of the trainer's (model, optimizer) `state` at `step`.
+
+    `state` is `nnx.state((model, optimizer))`. Returns False if `step` is already saved.
+    The arrays are copied off the device before this returns, so the caller may donate
+    or overwrite them at once.
+    """
+    if step in manager.all_steps():
+        return False
+    items: dict[str, Any] = {
+        PARAMS: ocp.args.StandardSave(nnx.to_pure_dict(state[0])),
+        OPT_STATE: ocp.args.StandardSave(nnx.to_pure_dict(state[1])),
+        META: ocp.args.JsonSave(_meta(step, config)),
+    }
+    if data_state is not None:
+        items[DATA_ITER] = DataIterSave(data_state)
+    return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def _meta(step: int, config: ml_collections.ConfigDict | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"step": int(step)}
+    if config is not None:
+        meta["config"] = json.loads(config.to_json_best_effort())
+        if "data" in config:
+            meta["task_names"] = list(config.data.task_names)
+    return meta
+
+
+def _item_exists(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
+    return (epath.Path(manager.directory) / str(step) / item).exists()
+
+
+def restore_checkpoint(
+    manager: ocp.CheckpointManager, targets: nnx.State, step: int | None = None
+) -> tuple[nnx.State, Any]:
+    """(state, data-iterator state or None) of `step` (default: latest) onto `targets`.
+
+    `targets` is the third value of `abstract_train_state` (for any mesh); the restored
+    arrays carry its shardings.
+    """
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    items: dict[str, Any] = {
+        PARAMS: ocp.args.StandardRestore(nnx.to_pure_dict(targets[0])),
+        OPT_STATE: ocp.args.StandardRestore(nnx.to_pure_dict(targets[1])),
+    }
+    has_data = _item_exists(manager, step, DATA_ITER)
+    if has_data:
+        items[DATA_ITER] = DataIterRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    state = jax.tree.map(lambda x: x, targets)  # a copy whose leaves get replaced
+    nnx.replace_by_pure_dict(state[0], restored[PARAMS])
+    nnx.replace_by_pure_dict(state[1], restored[OPT_STATE])
+    return state, (restored[DATA_ITER] if has_data else None)
+
+
+def restore_params_only(
+    ckpt_dir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    step: int | None = None,
+) -> nnx.State:
+    """The model params of `step` (default: latest) in `ckpt_dir`, sharded over `mesh`.
+
+    Reads only the params item: no optimizer state is read or allocated. Returns the
+    model's nnx.State; `nnx.merge(graphdef, params)` (graphdef from `abstract_params`)
+    gives a ready model, or use `restore_model`.
+    """
+    _, targets = abstract_params(config, mesh)
+    manager = make_manager(ckpt_dir, keep=None, async_save=False, read_only=True)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{PARAMS: ocp.args.StandardRestore(nnx.to_pure_dict(targets))}
+            ),
+        )
+    finally:
+        manager.close()
+    params = jax.tree.map(lambda x: x, targets)
+    nnx.replace_by_pure_dict(params, restored[PARAMS])
+    return params
+
+
+def restore_model(
+    ckpt_dir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    step: int | None = None,
+) -> nnx.Module:
+    """The model of `step` (default: latest), params sharded over `mesh` (params-only read)."""
+    graphdef, _ = abstract_params(config, mesh)
+    return nnx.merge(graphdef, restore_params_only(ckpt_dir, config, mesh, step))
