@@ -8,8 +8,9 @@ config file states only what differs (`configs/codec_tiny.py`). Layout (`kind='c
     teacher        semantic teacher: kind none|hubert_features|log_mel, dim, path, layer
     loss           weights of the generator terms, adversarial switch, mel-loss settings
     discriminator  MS-STFT discriminator (used when loss.adversarial)
-    optimizer      Adam settings for the (later) training launcher
-    data           crop length and batch size for the (later) training launcher
+    optimizer      Adam settings for `gpa_jax.codec.train`
+    data           training corpus (TFDS name, splits), crop length, batch size, workers
+    train          run length and the log / summary / checkpoint cadence
 
 Sources of the defaults: SpeechTokenizer (Zhang et al. 2023/ICLR 2024) and its release,
 `config/spt_base_cfg.json` + `modules/seanet.py` + `quantization/vq.py`
@@ -115,7 +116,31 @@ def _optimizer_defaults() -> dict[str, Any]:
 
 def _data_defaults() -> dict[str, Any]:
     # Release config: segment_size 48000 samples (3 s at 16 kHz), batch_size 6 per GPU.
-    return dict(crop_seconds=3.0, batch_size=6)
+    # The corpus is any `data.corpora` speech corpus ("name/config"); clips longer than
+    # max_seconds are skipped and counted. num_workers 0 reads in the training process.
+    return dict(
+        crop_seconds=3.0,
+        batch_size=6,
+        corpus="synthetic_speech/default",
+        split="train",
+        validation_split="validation",
+        max_seconds=60.0,
+        num_workers=0,
+    )
+
+
+def _train_defaults() -> dict[str, Any]:
+    # num_steps 0 runs the whole schedule (optimizer.num_train_steps); a smaller value
+    # stops early and a later run with a larger one resumes from the last checkpoint.
+    # summary_seconds: length of the fixed validation clip of the audio summaries.
+    return dict(
+        num_steps=0,
+        log_every=50,
+        summary_every=1000,
+        checkpoint_every=1000,
+        keep_checkpoints=3,
+        summary_seconds=4.0,
+    )
 
 
 _SECTIONS = {
@@ -125,6 +150,7 @@ _SECTIONS = {
     "discriminator": _discriminator_defaults,
     "optimizer": _optimizer_defaults,
     "data": _data_defaults,
+    "train": _train_defaults,
 }
 
 

@@ -1,4 +1,4 @@
-"""LM training: loss, optimizer, sharded train step (the loop and checkpointing build on it)."""
+"""LM training: loss, optimizer and sharded step here; the loop in `trainer`, Orbax in `checkpoint`."""
 
 from gpa_jax.training.train_step import (
     create_train_state,
