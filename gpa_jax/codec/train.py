@@ -1,0 +1,421 @@
+"""Codec training: generator (codec) and MS-STFT discriminator steps, checkpoints, summaries.
+
+    python -m launch.train_codec --config=configs/codec_tiny.py --workdir=runs/codec
+
+One step: the codec runs in training mode on a batch of crops (its RVQ codebooks update
+by EMA inside the step, so the step is an `nnx.jit` over the module and the optimizer
+sees only `nnx.Param`s), the weighted generator objective (`losses.generator_loss`) is
+minimised with Adam(W); then, when `config.loss.adversarial`, the discriminator takes one
+hinge-loss step on the same batch and its detached reconstruction.
+
+Work directory layout (under `--workdir`):
+    codec/checkpoints/<step>/   Orbax: model (params + codebook buffers + RNG state),
+                                optimizer, discriminator, its optimizer, data iterator
+    codec/tensorboard/          scalars: loss terms, perplexity / active codes per RVQ layer
+    codec/audio/                WAVs of the fixed validation clip: original, full-RVQ and
+                                RVQ-1-only reconstructions (also sent to the writer)
+
+A non-finite loss stops the run with `FloatingPointError` naming the step; a rerun with
+the same workdir resumes from the latest checkpoint, data iterator included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from gpa_jax.codec import api
+from gpa_jax.codec import data as codec_data
+from gpa_jax.codec.discriminator import MultiScaleSTFTDiscriminator
+from gpa_jax.codec.losses import discriminator_loss, generator_loss, teacher_features
+from gpa_jax.codec.model import Codec
+
+
+def codec_dir(workdir: str) -> str:
+    return os.path.join(workdir, "codec")
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """Where the codec's Orbax checkpoints live (the tokenization job reads them)."""
+    return os.path.join(codec_dir(workdir), "checkpoints")
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+    """Steps this run trains to: train.num_steps, else the whole schedule."""
+    return int(config.train.num_steps or config.optimizer.num_train_steps)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam(W) with optional warm-up, cosine/constant schedule and global-norm clipping."""
+    o = config.optimizer
+    warmup = int(o.warmup_steps)
+    decay_steps = max(1, int(o.num_train_steps) - warmup)
+    if o.schedule == "cosine":
+        body = optax.cosine_decay_schedule(o.learning_rate, decay_steps)
+    elif o.schedule == "constant":
+        body = optax.constant_schedule(o.learning_rate)
+    else:
+        raise ValueError(f"optimizer.schedule {o.schedule!r}: expected cosine|constant")
+    schedule = (
+        optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), body], [warmup])
+        if warmup > 0
+        else body
+    )
+    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+    if o.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    return tx
+
+
+_TX_CACHE: dict[str, optax.GradientTransformation] = {}
+
+
+def _shared_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """One transformation object per optimizer config: it is static in the optimizer's
+    graph, so a fresh one per run would make every run recompile the jitted steps."""
+    key = config.optimizer.to_json()
+    if key not in _TX_CACHE:
+        _TX_CACHE[key] = make_optimizer(config)
+    return _TX_CACHE[key]
+
+
+@dataclasses.dataclass
+class CodecState:
+    """Everything a codec run updates: the modules and their optimizers."""
+
+    model: Codec
+    optimizer: nnx.Optimizer
+    disc: MultiScaleSTFTDiscriminator | None = None
+    disc_optimizer: nnx.Optimizer | None = None
+
+    @classmethod
+    def create(cls, config: ml_collections.ConfigDict) -> CodecState:
+        """Built eagerly (not under jit): the RVQ keeps its own nnx.Rngs stream."""
+        check_trainable(config)
+        model = Codec.from_config(config)
+        tx = _shared_optimizer(config)
+        state = cls(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
+        if config.loss.adversarial:
+            disc = MultiScaleSTFTDiscriminator.from_config(config)
+            state.disc = disc
+            state.disc_optimizer = nnx.Optimizer(disc, tx, wrt=nnx.Param)
+        return state
+
+    def items(self) -> dict[str, nnx.Module | nnx.Optimizer]:
+        out: dict[str, Any] = {"model": self.model, "optimizer": self.optimizer}
+        if self.disc is not None:
+            out["disc"] = self.disc
+            out["disc_optimizer"] = self.disc_optimizer
+        return out
+
+
+def check_trainable(config: ml_collections.ConfigDict) -> None:
+    """Rejects configs this trainer cannot feed, with what to change."""
+    if config.teacher.kind == "hubert_features":
+        raise ValueError(
+            "teacher.kind='hubert_features' needs precomputed HuBERT features per crop, which "
+            "the codec data pipeline does not provide yet; train with "
+            "--config.teacher.kind=log_mel (CPU stand-in) or --config.teacher.kind=none"
+        )
+
+
+# --- jitted steps ------------------------------------------------------------------------
+
+_STEP_CACHE: dict[str, tuple[Callable, Callable]] = {}
+
+
+def _active_codes(codes: jax.Array, codebook_size: int) -> jax.Array:
+    """Distinct codes used per RVQ layer in a batch: codes [b, n_q, T] -> [n_q]."""
+    per_layer = jnp.moveaxis(codes, 1, 0).reshape(codes.shape[1], -1)
+    return jax.vmap(lambda c: jnp.sum(jnp.bincount(c, length=codebook_size) > 0))(per_layer)
+
+
+def make_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
+    """(generator_step, discriminator_step), jitted once per config in this process."""
+    # Keyed on the sections the steps read, so runs differing only in data / cadence share.
+    key = "|".join(
+        config[name].to_json()
+        for name in ("codec", "teacher", "loss", "discriminator", "optimizer")
+    )
+    if key in _STEP_CACHE:
+        return _STEP_CACHE[key]
+    codebook_size = int(config.codec.codebook_size)
+
+    def gen_loss(model: Codec, disc, wav, mask, lengths):
+        out = dict(model(wav, train=True, lengths=lengths))
+        # Padding (zeros in `wav`) is kept out of the reconstruction terms.
+        out["recon"] = out["recon"] * mask
+        teacher = teacher_features(wav, config)
+        total, metrics = generator_loss(out, wav, config, teacher=teacher, discriminator=disc)
+        return total, (metrics, out)
+
+    @nnx.jit
+    def generator_step(model, optimizer, disc, batch):
+        wav, mask, lengths = batch["audio"], batch["mask"], batch["lengths"]
+        grad_fn = nnx.value_and_grad(gen_loss, has_aux=True)
+        (_, (metrics, out)), grads = grad_fn(model, disc, wav, mask, lengths)
+        optimizer.update(model, grads)
+        metrics = dict(metrics)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["perplexity"] = out["perplexity"]
+        metrics["active_codes"] = _active_codes(out["codes"], codebook_size)
+        return metrics, jax.lax.stop_gradient(out["recon"])
+
+    @nnx.jit
+    def discriminator_step(disc, optimizer, wav, recon):
+        loss, grads = nnx.value_and_grad(discriminator_loss)(disc, wav, recon)
+        optimizer.update(disc, grads)
+        return loss
+
+    _STEP_CACHE[key] = (generator_step, discriminator_step)
+    return generator_step, discriminator_step
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _saveable(obj: nnx.Module | nnx.Optimizer) -> dict:
+    """Pure-dict state with typed PRNG keys as raw key data (Orbax stores plain arrays)."""
+    pure = nnx.to_pure_dict(nnx.state(obj))
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, pure)
+
+
+def _load_saved(obj: nnx.Module | nnx.Optimizer, restored: dict) -> None:
+    """Writes a restored pure dict back into `obj`, re-wrapping the PRNG keys."""
+    state = nnx.state(obj)
+    template = nnx.to_pure_dict(state)
+    values = jax.tree.map(
+        lambda t, r: (
+            jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
+            if _is_key(t)
+            else jnp.asarray(r, t.dtype)
+        ),
+        template,
+        restored,
+    )
+    nnx.replace_by_pure_dict(state, values)
+    nnx.update(obj, state)
+
+
+def _abstract(tree: dict) -> dict:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def checkpoint_manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager, step: int, state: CodecState, data_state: dict
+) -> None:
+    args = {name: ocp.args.StandardSave(_saveable(obj)) for name, obj in state.items().items()}
+    args["data"] = ocp.args.JsonSave(data_state)
+    manager.save(step, args=ocp.args.Composite(**args))
+    manager.wait_until_finished()
+
+
+def restore_checkpoint(
+    manager: ocp.CheckpointManager, step: int, state: CodecState
+) -> dict[str, Any]:
+    """Restores every item of `state` in place; returns the data-iterator state."""
+    objs = state.items()
+    args = {name: ocp.args.StandardRestore(_abstract(_saveable(o))) for name, o in objs.items()}
+    args["data"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    for name, obj in objs.items():
+        _load_saved(obj, restored[name])
+    return restored["data"]
+
+
+def restore_codec(
+    config: ml_collections.ConfigDict, directory: str, step: int | None = None
+) -> tuple[Codec, int]:
+    """The trained codec (params + codebook buffers) from a codec checkpoint directory."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no codec checkpoint directory {directory!r}; train one first")
+    manager = checkpoint_manager(directory)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no codec checkpoint in {directory!r}; train one first")
+    model = Codec.from_config(config)
+    args = ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(_saveable(model))))
+    _load_saved(model, manager.restore(step, args=args)["model"])
+    manager.close()
+    return model, int(step)
+
+
+# --- summaries ---------------------------------------------------------------------------
+
+
+def _create_writer(logdir: str):
+    try:  # One home for the TensorBoard fallback (clu needs the `tensorboard` package).
+        from gpa_jax.training.metrics import create_default_writer
+    except ImportError:
+        from clu.metric_writers import create_default_writer
+    return create_default_writer(logdir)
+
+
+def _scalars(metrics: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Means over the logged steps; per-layer arrays become rvq1 / mean entries."""
+    out: dict[str, float] = {}
+    for name in metrics[0]:
+        values = np.stack([np.asarray(m[name], np.float64) for m in metrics])
+        if values.ndim == 1:
+            out[f"loss/{name}" if name not in ("grad_norm", "d_loss") else name] = values.mean()
+        else:
+            out[f"{name}/rvq1"] = values[:, 0].mean()
+            out[f"{name}/mean"] = values.mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+def audio_summary(model: Codec, clip: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+    """Original, full-RVQ and RVQ-1-only reconstructions of one clip (float32 [samples])."""
+    codes = api.encode(model, clip, sample_rate)
+    full, rvq1 = api.decode_batch(model, [codes]), api.decode_batch(model, [codes[:1]])
+    n = len(clip)
+    return {"original": clip, "full_rvq": full[0][:n], "rvq1_only": rvq1[0][:n]}
+
+
+def _write_audio(writer, step: int, audios: dict[str, np.ndarray], sr: int, out_dir: str):
+    import soundfile  # Imported here: only the summaries need it.
+
+    writer.write_audios(
+        step, {f"audio/{k}": v[None, :, None] for k, v in audios.items()}, sample_rate=sr
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    for name, wav in audios.items():
+        soundfile.write(os.path.join(out_dir, f"{step:08d}_{name}.wav"), np.clip(wav, -1, 1), sr)
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float]
+    checkpoint_steps: list[int]
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    data_dir: str | None = None,
+    clips: Sequence[np.ndarray] | None = None,
+    summary_clip: np.ndarray | None = None,
+    on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains (or resumes) the codec of `config` up to `total_steps(config)`.
+
+    Audio comes from `config.data.corpus` in the TFDS `data_dir`, or from `clips`
+    (in-memory waveforms at the codec rate: tests, notebooks). The audio summaries use the
+    first validation clip (or `summary_clip`). `on_batch(step, batch)` sees every batch.
+    """
+    from tqdm import tqdm
+
+    sr = int(config.codec.sample_rate)
+    tc = config.train
+    if clips is None:
+        loaded = codec_data.train_clips(config, data_dir)
+        logging.info(
+            "codec: %d training clips from %s/%s (skipped: %s)",
+            len(loaded.audio),
+            config.data.corpus,
+            config.data.split,
+            loaded.skipped or "none",
+        )
+        clips = loaded.audio
+    if summary_clip is None and data_dir is not None:
+        summary_clip = codec_data.load_clips(
+            config.data.corpus,
+            config.data.validation_split,
+            data_dir=data_dir,
+            sample_rate=sr,
+            max_seconds=config.data.max_seconds,
+            limit=1,
+        ).audio[0]
+    if summary_clip is not None:
+        summary_clip = np.asarray(summary_clip, np.float32)[: int(tc.summary_seconds * sr)]
+
+    dataset = codec_data.crop_dataset(
+        clips,
+        crop_samples=int(round(config.data.crop_seconds * sr)),
+        batch_size=int(config.data.batch_size),
+        seed=int(config.seed),
+        num_workers=int(config.data.num_workers),
+    )
+    iterator = iter(dataset)
+    state = CodecState.create(config)
+    manager = checkpoint_manager(checkpoint_dir(workdir), keep=int(tc.keep_checkpoints))
+    start = manager.latest_step() or 0
+    if start:
+        iterator.set_state(restore_checkpoint(manager, start, state))
+        logging.info("codec: resumed from step %d in %s", start, checkpoint_dir(workdir))
+    num_steps = total_steps(config)
+    generator_step, discriminator_step = make_steps(config)
+    writer = _create_writer(os.path.join(codec_dir(workdir), "tensorboard"))
+    audio_dir = os.path.join(codec_dir(workdir), "audio")
+    pending: list[dict[str, np.ndarray]] = []
+    last: dict[str, float] = {}
+    bar = tqdm(total=num_steps, initial=start, desc="codec", unit="step", disable=not progress)
+    t0 = time.time()
+    step = start
+    try:
+        for step in range(start + 1, num_steps + 1):
+            batch = next(iterator)
+            if on_batch is not None:
+                on_batch(step, batch)
+            jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+            metrics, recon = generator_step(state.model, state.optimizer, state.disc, jbatch)
+            if state.disc is not None:
+                metrics["d_loss"] = discriminator_step(
+                    state.disc, state.disc_optimizer, jbatch["audio"], recon
+                )
+            host = jax.device_get(metrics)
+            bad = [k for k in ("total", "d_loss") if k in host and not math.isfinite(host[k])]
+            if bad:
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in host.items() if v.ndim == 0)
+                raise FloatingPointError(
+                    f"codec training: non-finite {'/'.join(bad)} at step {step} ({terms}); "
+                    f"last checkpoint: step {manager.latest_step()}"
+                )
+            pending.append(host)
+            bar.update(1)
+            if step % tc.log_every == 0 or step == num_steps:
+                last = _scalars(pending)
+                last["steps_per_second"] = len(pending) / max(time.time() - t0, 1e-9)
+                writer.write_scalars(step, last)
+                bar.set_postfix(loss=f"{last['loss/total']:.3g}")
+                pending, t0 = [], time.time()
+            if summary_clip is not None and (step % tc.summary_every == 0 or step == num_steps):
+                audios = audio_summary(state.model, summary_clip, sr)
+                _write_audio(writer, step, audios, sr, audio_dir)
+            if step % tc.checkpoint_every == 0 or step == num_steps:
+                save_checkpoint(manager, step, state, iterator.get_state())
+        saved = list(manager.all_steps())
+    finally:
+        bar.close()
+        writer.close()
+        manager.close()
+    logging.info("codec: finished at step %d", step)
+    return TrainResult(step, last, saved)

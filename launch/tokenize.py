@@ -1,0 +1,66 @@
+"""Tokenizes a TFDS speech corpus with a trained codec into ArrayRecord token shards.
+
+    python -m launch.tokenize --config=configs/codec_tiny.py --workdir=runs/demo \
+        --corpus=synthetic_speech/tiny [--splits=train,validation] [--checkpoint_dir=...]
+
+Restores the codec (params + codebook buffers) from the latest checkpoint in
+--checkpoint_dir (default <workdir>/codec/checkpoints), encodes every split and writes
+<workdir>/tokens/<corpus>/ (`gpa_jax.tasks.token_shards` layout, manifest with counts,
+n_q, codebook size, frame rate, sha256 and each split's skipped bad audio). Rerunning
+skips splits already complete, so an interrupted job resumes at the split it was on.
+The job itself is `gpa_jax.codec.data.tokenize_workdir`; this module only parses flags.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from gpa_jax import config_utils
+from launch import common
+
+config_utils.define_config_flag("configs/codec_tiny.py")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir of the corpus (default <workdir>/tfds).")
+_CHECKPOINT_DIR = flags.DEFINE_string(
+    "checkpoint_dir", None, "Codec checkpoints (default <workdir>/codec/checkpoints)."
+)
+_CORPUS = flags.DEFINE_string("corpus", None, "TFDS speech corpus (default config.data.corpus).")
+_SPLITS = flags.DEFINE_list("splits", [], "Splits to tokenize (default: all of the corpus).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Utterances per encode call.")
+_BUCKET_FRAMES = flags.DEFINE_integer(
+    "bucket_frames", 25, "Length bucket in frames (one compile per bucket and batch size)."
+)
+_MAX_SECONDS = flags.DEFINE_float(
+    "max_seconds", None, "Longer clips are skipped and counted (default config.data.max_seconds)."
+)
+_RECORDS_PER_SHARD = flags.DEFINE_integer("records_per_shard", 4096, "Utterances per shard.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = config_utils.config_from_flags()
+    workdir = common.workdir()
+    from gpa_jax.codec import data as codec_data  # Imported here: JAX starts with the job.
+
+    results = codec_data.tokenize_workdir(
+        config,
+        workdir,
+        checkpoint_dir=_CHECKPOINT_DIR.value,
+        corpus=_CORPUS.value,
+        splits=_SPLITS.value,
+        data_dir=flags.FLAGS.data_dir,
+        max_seconds=_MAX_SECONDS.value,
+        batch_size=_BATCH_SIZE.value,
+        bucket_frames=_BUCKET_FRAMES.value,
+        records_per_shard=_RECORDS_PER_SHARD.value,
+    )
+    for split, entry in results.items():
+        print(
+            f"{split:<18} {entry['status']:<8} {entry['num_utterances']:>7} utts "
+            f"{entry['num_frames']:>9} frames  bad audio: {entry['bad_audio']['count']}"
+        )
+    print(f"tokens in {codec_data.tokens_dir(workdir, _CORPUS.value or config.data.corpus)}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=config_utils.flags_parser)
