@@ -308,6 +308,33 @@ class SkipLSTM(nnx.Module):
         return y + skip
 
 
+def _residual_stack(
+    width: int,
+    n_residual_layers: int,
+    kernel_size: int,
+    dilation_base: int,
+    compress: int,
+    true_skip: bool,
+    pad_mode: str,
+    rngs: nnx.Rngs,
+) -> nnx.List:
+    """One SEANet stage's residual units, dilations 1, base, base^2, ... (shared by both sides)."""
+    return nnx.List(
+        [
+            ResidualUnit(
+                width,
+                kernel_size=kernel_size,
+                dilation=dilation_base**j,
+                compress=compress,
+                true_skip=true_skip,
+                pad_mode=pad_mode,
+                rngs=rngs,
+            )
+            for j in range(n_residual_layers)
+        ]
+    )
+
+
 class SEANetEncoder(nnx.Module):
     """Waveform [b, samples, 1] -> latent [b, ceil(samples / hop), dimension]."""
 
@@ -335,19 +362,15 @@ class SEANetEncoder(nnx.Module):
         width = n_filters
         for ratio in reversed(tuple(strides)):
             blocks.append(
-                nnx.List(
-                    [
-                        ResidualUnit(
-                            width,
-                            kernel_size=residual_kernel_size,
-                            dilation=dilation_base**j,
-                            compress=compress,
-                            true_skip=true_skip,
-                            pad_mode=pad_mode,
-                            rngs=rngs,
-                        )
-                        for j in range(n_residual_layers)
-                    ]
+                _residual_stack(
+                    width,
+                    n_residual_layers,
+                    residual_kernel_size,
+                    dilation_base,
+                    compress,
+                    true_skip,
+                    pad_mode,
+                    rngs,
                 )
             )
             downs.append(
@@ -400,19 +423,15 @@ class SEANetDecoder(nnx.Module):
             ups.append(ConvTranspose1d(width, width // 2, 2 * ratio, stride=ratio, rngs=rngs))
             width //= 2
             blocks.append(
-                nnx.List(
-                    [
-                        ResidualUnit(
-                            width,
-                            kernel_size=residual_kernel_size,
-                            dilation=dilation_base**j,
-                            compress=compress,
-                            true_skip=true_skip,
-                            pad_mode=pad_mode,
-                            rngs=rngs,
-                        )
-                        for j in range(n_residual_layers)
-                    ]
+                _residual_stack(
+                    width,
+                    n_residual_layers,
+                    residual_kernel_size,
+                    dilation_base,
+                    compress,
+                    true_skip,
+                    pad_mode,
+                    rngs,
                 )
             )
         self.upsample = nnx.List(ups)
