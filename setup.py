@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.20",  # clu's TensorBoard writer; TF 2.21 no longer pulls it in
     "absl-py>=2.1",
     "jiwer>=4.0",
+    "pystoi>=0.4",  # STOI in codec / TTS evaluation
     "tqdm>=4.66",
     "rich>=13",
     "numpy>=2.0",
