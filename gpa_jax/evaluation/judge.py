@@ -1,0 +1,136 @@
+"""Judge ASR: an independent recogniser that scores the intelligibility of generated audio.
+
+TTS and VC are scored by transcribing their output with a judge and computing WER
+against the intended text, next to the same judge's WER on the ground-truth recording
+(the judge's own error floor). The judge must not be the LM under test.
+
+    judge = make_judge("pocketsphinx", domain_texts=train_transcripts, workdir=W)
+    texts = judge.transcribe([wav0, wav1], sample_rate=16000)
+
+Kinds:
+- "pocketsphinx": CMU PocketSphinx from its PyPI wheel, which ships the US-English
+  acoustic model and dictionary and runs offline. With `domain_texts` the judge decodes
+  with a trigram LM built from those sentences (pocketsphinx's own ARPA builder), i.e. a
+  judge adapted to the corpus domain; pass the *training* transcripts, never the
+  evaluation sentences. Without them it uses the wheel's generic LM.
+- "faster_whisper": a CTranslate2 Whisper model from a local directory (`model_dir`); the
+  package is optional (`pip install faster-whisper`) and no weights are downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from gpa_jax.audio import io as audio_io
+
+JUDGE_RATE = 16_000
+
+
+class Judge(Protocol):
+    name: str
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]: ...
+
+
+def _to_judge_rate(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    wav = np.asarray(wav, np.float32)
+    if wav.ndim != 1:
+        raise ValueError(f"judge expects mono [samples] audio, got shape {wav.shape}")
+    return audio_io.resample(wav, sample_rate, JUDGE_RATE)
+
+
+class PocketSphinxJudge:
+    """PocketSphinx decoder, optionally with a domain trigram LM (see module docstring)."""
+
+    def __init__(self, lm_path: str | None = None):
+        from pocketsphinx import Decoder
+
+        if lm_path is not None and not os.path.isfile(lm_path):
+            raise FileNotFoundError(f"pocketsphinx judge: LM file {lm_path!r} does not exist")
+        kwargs = {"lm": lm_path} if lm_path else {}
+        self._decoder = Decoder(samprate=JUDGE_RATE, loglevel="FATAL", **kwargs)
+        self.name = "pocketsphinx" + ("+domain_lm" if lm_path else "")
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        out = []
+        for wav in wavs:
+            pcm = audio_io.float_to_int16(_to_judge_rate(wav, sample_rate)).tobytes()
+            self._decoder.start_utt()
+            self._decoder.process_raw(pcm, full_utt=True)
+            self._decoder.end_utt()
+            hyp = self._decoder.hyp()
+            out.append(hyp.hypstr if hyp is not None else "")
+        return out
+
+
+def build_domain_lm(texts: Sequence[str], path: str) -> str:
+    """Writes an ARPA trigram LM of `texts` to `path` (pocketsphinx's builder); returns path."""
+    from pocketsphinx.lm import ArpaBoLM
+
+    sentences = sorted({t.strip() for t in texts if t.strip()})
+    if not sentences:
+        raise ValueError("build_domain_lm: no non-empty sentences to build an LM from")
+    builder = ArpaBoLM(text="\n".join(sentences), add_start=True)
+    builder.compute()
+    buffer = io.StringIO()
+    builder.write(buffer)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+class FasterWhisperJudge:
+    """faster-whisper from a local CTranslate2 model directory (no download)."""
+
+    def __init__(self, model_dir: str, compute_type: str = "int8"):
+        if not model_dir or not os.path.isdir(model_dir):
+            raise FileNotFoundError(
+                f"faster_whisper judge: model directory {model_dir!r} does not exist "
+                "(convert or copy a Whisper model there; nothing is downloaded)"
+            )
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as error:
+            raise ImportError(
+                "faster_whisper judge needs `pip install faster-whisper`"
+            ) from error
+        self._model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, local_files_only=True)
+        self.name = f"faster_whisper:{os.path.basename(os.path.normpath(model_dir))}"
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        out = []
+        for wav in wavs:
+            segments, _ = self._model.transcribe(_to_judge_rate(wav, sample_rate), language="en", beam_size=1)
+            out.append(" ".join(s.text.strip() for s in segments))
+        return out
+
+
+JUDGE_KINDS = ("pocketsphinx", "faster_whisper")
+
+
+def make_judge(
+    kind: str,
+    *,
+    domain_texts: Sequence[str] | None = None,
+    workdir: str | None = None,
+    model_dir: str = "",
+) -> Judge:
+    """A judge by name (see module docstring); the domain LM is cached under workdir."""
+    if kind == "pocketsphinx":
+        lm_path = None
+        if domain_texts:
+            digest = hashlib.sha256("\n".join(sorted(set(domain_texts))).encode()).hexdigest()[:12]
+            lm_path = os.path.join(workdir or ".", "eval", f"judge_lm_{digest}.arpa")
+            if not os.path.isfile(lm_path):
+                build_domain_lm(domain_texts, lm_path)
+        return PocketSphinxJudge(lm_path)
+    if kind == "faster_whisper":
+        return FasterWhisperJudge(model_dir)
+    raise ValueError(f"unknown judge kind {kind!r}; expected one of {JUDGE_KINDS}")

@@ -1,0 +1,94 @@
+"""Where evaluation output goes, so that anyone can listen to it and re-score it.
+
+    <workdir>/samples/<task>/<name>.wav        every generated waveform
+    <workdir>/samples/<task>/manifest.jsonl    one JSON line per wav: path (relative to the
+                                               manifest), reference text, reference / source
+                                               wav paths, speaker ids, the judge's transcript
+    <workdir>/eval/results.json                all figures, machine-readable
+    <workdir>/eval/results.md                  the same as Markdown tables
+
+A new evaluation run of a task replaces that task's samples (stale wavs of an older run
+are removed with their manifest), so a manifest always describes exactly its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gpa_jax.audio import io as audio_io
+
+
+class SampleStore:
+    """Writes one task's generated wavs and their manifest lines."""
+
+    def __init__(self, workdir: str, task: str, sample_rate: int):
+        self.root = os.path.join(workdir, "samples", task)
+        self.sample_rate = int(sample_rate)
+        if os.path.isdir(self.root):
+            shutil.rmtree(self.root)
+        os.makedirs(self.root)
+        self.manifest_path = os.path.join(self.root, "manifest.jsonl")
+        self._names: set[str] = set()
+
+    def add(self, name: str, wav: np.ndarray, **meta: Any) -> str:
+        """Saves `wav` as <name>.wav, appends its manifest line; returns the wav path."""
+        if name in self._names or os.sep in name:
+            raise ValueError(f"sample name {name!r} is repeated or contains a path separator")
+        self._names.add(name)
+        path = os.path.join(self.root, f"{name}.wav")
+        audio_io.save_wav(path, np.asarray(wav, np.float32), self.sample_rate)
+        line = {"wav": os.path.basename(path), "sample_rate": self.sample_rate, **meta}
+        with open(self.manifest_path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+        return path
+
+
+def read_manifest(path: str) -> list[dict[str, Any]]:
+    """The manifest's lines as dicts, with 'wav' made an absolute path."""
+    root = os.path.dirname(os.path.abspath(path))
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+            row["wav"] = os.path.join(root, row["wav"])
+            rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table; floats with 3 decimals, missing cells blank."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(workdir: str, results: Mapping[str, Any], sections: Mapping[str, str]) -> tuple[str, str]:
+    """Writes results.json (`results`) and results.md (`sections`: title -> Markdown)."""
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, "results.json")
+    md_path = os.path.join(out, "results.md")
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True, default=float)
+    with open(md_path, "w") as f:
+        f.write("# Evaluation results\n")
+        for title, body in sections.items():
+            f.write(f"\n## {title}\n\n{body}\n")
+    return json_path, md_path
