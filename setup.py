@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "jiwer>=4.0",
     "pystoi>=0.4",  # STOI in codec / TTS evaluation
+    "pocketsphinx>=5.0",  # offline judge ASR (ships its English model)
     "tqdm>=4.66",
     "rich>=13",
     "numpy>=2.0",
