@@ -84,6 +84,33 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "data.source",
         "data.task_names",
     ),
+    # The acoustic stage (gpa_jax.acoustic): NAR RVQ-2..N model or one-step vocoder,
+    # trained by the LM trainer through its model-kind hook (training/model_kinds.py).
+    "acoustic": (
+        "seed",
+        "model.variant",
+        "model.n_q",
+        "model.codebook_size",
+        "model.num_layers",
+        "model.embed_dim",
+        "mesh.shape",
+        "sharding_rules",
+        "optimizer.learning_rate",
+        "train.num_steps",
+        "train.batch_size",
+        "train.seq_len",
+        "train.grad_accum_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.eval_steps",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.keep_best",
+        "data.token_dir",
+        "data.task_names",
+        "codec.config",
+        "codec.checkpoint_dir",
+    ),
 }
 
 CONFIG_FLAG = "config"

@@ -119,15 +119,17 @@ class DataIterRestore(ocp.args.CheckpointArgs):
 def train_state_factory(
     config: ml_collections.ConfigDict, key: jax.Array | None = None
 ) -> Callable[[], tuple[nnx.Module, nnx.Optimizer]]:
-    """() -> (model, optimizer) as the trainer builds them (params from `key`)."""
-    from gpa_jax.models import make_lm
+    """() -> (model, optimizer) as the trainer builds them (params from `key`; the model
+    from config.kind's factory, `model_kinds`)."""
+    from gpa_jax.training.model_kinds import get_kind
     from gpa_jax.training.train_step import make_optimizer
 
     key = jax.random.key(int(config.seed)) if key is None else key
     tx = make_optimizer(config)
+    make_model = get_kind(config).make_model
 
     def factory():
-        model = make_lm(config, rngs=nnx.Rngs(params=key))
+        model = make_model(config, nnx.Rngs(params=key))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     return factory
@@ -149,9 +151,10 @@ def abstract_params(
     config: ml_collections.ConfigDict, mesh: Mesh
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, restore targets) of the model alone on `mesh` (no optimizer)."""
-    from gpa_jax.models import make_lm
+    from gpa_jax.training.model_kinds import get_kind
 
-    graphdef, abstract = sharding_lib.abstract_state(lambda: make_lm(config, rngs=nnx.Rngs(0)))
+    make_model = get_kind(config).make_model
+    graphdef, abstract = sharding_lib.abstract_state(lambda: make_model(config, nnx.Rngs(0)))
     shardings = sharding_lib.state_shardings(abstract, mesh, config.sharding_rules)
     return graphdef, sharding_lib.abstract_with_shardings(abstract, shardings)
 

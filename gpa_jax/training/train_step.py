@@ -265,13 +265,14 @@ def create_train_state(
     config: ml_collections.ConfigDict, mesh: Mesh, seed: int | None = None
 ) -> tuple[nnx.Module, nnx.Optimizer]:
     """(model, optimizer) initialised directly sharded over `mesh` (params + AdamW moments)."""
-    from gpa_jax.models import make_lm
+    from gpa_jax.training.model_kinds import get_kind
 
     key = jax.random.key(config.seed if seed is None else seed)
     tx = make_optimizer(config)
+    make_model = get_kind(config).make_model
 
     def factory():
-        model = make_lm(config, rngs=nnx.Rngs(params=key))
+        model = make_model(config, nnx.Rngs(params=key))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     return sharding_lib.create_sharded(factory, mesh, config.sharding_rules)

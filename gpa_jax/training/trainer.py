@@ -5,6 +5,9 @@
 One call trains `config.train.num_steps` optimizer steps (counting those of a restored
 checkpoint) on batches from `gpa_jax.training.data_iter` (or iterators passed in):
 
+- Model: `config.kind` picks the model factory, loss sums, batch keys and data
+  iterators (`model_kinds.py`): 'lm' (the decoder LM) or another registered kind
+  (the acoustic stage), all trained by this same loop.
 - State: model params + AdamW (warmup-cosine, global-norm clipping; train_step.py)
   created directly sharded over the config's mesh, or restored from the newest
   checkpoint in <workdir>/checkpoints onto the abstract sharded state, together with
@@ -62,17 +65,15 @@ from gpa_jax import sharding as sharding_lib
 from gpa_jax.training import checkpoint as ckpt_lib
 from gpa_jax.training import data_iter as data_lib
 from gpa_jax.training import metrics as metrics_lib
+from gpa_jax.training import model_kinds
 from gpa_jax.training.train_step import (
     _DROPOUT_STREAM,
-    BATCH_KEYS,
-    PREFIX_KEY,
     make_schedule,
     model_logits,
     token_cross_entropy,
 )
 
 TASK_IDS_KEY = data_lib.TASK_IDS_KEY
-_DEVICE_KEYS = (*BATCH_KEYS, PREFIX_KEY, TASK_IDS_KEY)
 # Exit statuses for a run stopped by a signal (128 + signal number, the shell convention).
 EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
 
@@ -196,9 +197,8 @@ def make_step_fns(
     batch_spec = sharding_lib.logical_to_mesh_spec(("batch", "length"), rules)
     batch_sharding = NamedSharding(mesh, batch_spec)
     replicated = NamedSharding(mesh, PartitionSpec())
-    num_tasks = len(config.data.task_names)
     accum = int(config.train.grad_accum_steps)
-    z_loss = float(config.optimizer.z_loss)
+    batch_sums = model_kinds.get_kind(config).batch_sums
     schedule = make_schedule(config)
     use_dropout = float(config.model.dropout_rate) > 0.0
     base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
@@ -214,7 +214,7 @@ def make_step_fns(
 
         def grads_and_sums(micro, key):
             def objective(p):
-                sums = _token_sums(nnx.merge(model_def, p, rest), micro, key, z_loss, num_tasks)
+                sums = batch_sums(nnx.merge(model_def, p, rest), micro, key, config)
                 return sums["loss_sum"] / total_weight, sums
 
             return jax.grad(objective, has_aux=True)(params)
@@ -245,7 +245,7 @@ def make_step_fns(
 
     def pure_eval_step(state, batch):
         model, _ = nnx.merge(graphdef, state)
-        return _token_sums(model, batch, None, z_loss, num_tasks)
+        return batch_sums(model, batch, None, config)
 
     jit_train = jax.jit(
         pure_train_step,
@@ -302,22 +302,24 @@ class _Sums:
         if not s:
             return {}
         denom = max(float(s["weight_sum"]), 1.0)
-        out = {
-            f"{prefix}/nll": float(s["nll_sum"]) / denom,
-            f"{prefix}/z_loss": float(s["z_sum"]) / denom,
-            f"{prefix}/accuracy": float(s["correct_sum"]) / denom,
-            f"{prefix}/loss_tokens": float(s["weight_sum"]),
-        }
+        names = {"nll_sum": "nll", "z_sum": "z_loss", "correct_sum": "accuracy"}
+        out = {f"{prefix}/{names[k]}": float(s[k]) / denom for k in names if k in s}
+        out[f"{prefix}/loss_tokens"] = float(s["weight_sum"])
+        # A model kind's own sums (model_kinds docstring) are reported as their means.
+        for k, v in s.items():
+            if k not in names and k not in ("loss_sum", "weight_sum") and np.ndim(v) == 0:
+                out[f"{prefix}/{k[: -len('_sum')]}"] = float(v) / denom
         # Train: the optimised objective (with z-loss). Eval: plain cross-entropy.
         out[f"{prefix}/loss"] = (
             float(s["loss_sum"]) / denom if prefix == "train" else out[f"{prefix}/nll"]
         )
-        names = ("unknown", *self.task_names)
-        for tid, name in enumerate(names):
+        task_names = ("unknown", *self.task_names)
+        for tid, name in enumerate(task_names if "task_weight_sum" in s else ()):
             w = float(s["task_weight_sum"][tid])
             if w > 0:
                 out[f"{prefix}/{name}/loss"] = float(s["task_nll_sum"][tid]) / w
-                out[f"{prefix}/{name}/accuracy"] = float(s["task_correct_sum"][tid]) / w
+                if "task_correct_sum" in s:
+                    out[f"{prefix}/{name}/accuracy"] = float(s["task_correct_sum"][tid]) / w
                 out[f"{prefix}/{name}/loss_tokens"] = w
         if self.grad_norm_sum and self.steps:
             out[f"{prefix}/grad_norm"] = self.grad_norm_sum / self.steps
@@ -408,24 +410,27 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 
 
 def _device_batch(
-    batch: Mapping[str, np.ndarray], sharding: NamedSharding, rows: int, length: int
+    batch: Mapping[str, np.ndarray],
+    sharding: NamedSharding,
+    rows: int,
+    length: int,
+    kind: model_kinds.ModelKind | None = None,
 ) -> dict[str, jax.Array]:
-    missing = [k for k in BATCH_KEYS if k not in batch]
+    kind = kind or model_kinds.get_kind("lm")
+    missing = [k for k in kind.batch_keys if k not in batch]
     if missing:
         raise KeyError(f"batch lacks {missing}; it has {sorted(batch)}")
     out = {}
-    for k in _DEVICE_KEYS:
+    for k in kind.device_keys:
         if k not in batch:
             continue
         x = np.asarray(batch[k])
         # Loss weights may be fractional; everything else is an integer id/flag.
-        x = x.astype(
-            np.float32 if x.dtype.kind == "f" and k == "decoder_loss_weights" else np.int32
-        )
-        if x.shape != (rows, length):
+        x = x.astype(np.float32 if x.dtype.kind == "f" and k in kind.float_keys else np.int32)
+        if x.shape[:2] != (rows, length):
             raise ValueError(
-                f"batch[{k!r}] has shape {x.shape}, expected ({rows}, {length}) = this host's "
-                "rows of train.batch_size x train.seq_len"
+                f"batch[{k!r}] has shape {x.shape}, expected ({rows}, {length}, ...) = this "
+                "host's rows of train.batch_size x train.seq_len"
             )
         out[k] = jax.make_array_from_process_local_data(sharding, x)
     return out
@@ -457,8 +462,9 @@ def train(
     mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
     check_config(config, mesh)
     primary = jax.process_index() == 0
+    kind = model_kinds.get_kind(config)
     if train_iter is None:
-        train_iter, default_eval = data_lib.make_iterators(
+        train_iter, default_eval = kind.make_iterators(
             config, process_index=jax.process_index(), process_count=jax.process_count()
         )
         eval_iter = default_eval if eval_iter is None else eval_iter
@@ -570,7 +576,7 @@ def train(
             eval_iter.set_state(eval_start)
             sums = _Sums(task_names)
             for _ in range(tc.eval_steps):
-                batch = _device_batch(next(eval_iter), batch_sharding, rows, tc.seq_len)
+                batch = _device_batch(next(eval_iter), batch_sharding, rows, tc.seq_len, kind)
                 sums.add(jax.device_get(eval_step(state, batch)))
             scalars = sums.means("eval")
             writer.write_scalars(step_no, scalars)
@@ -596,7 +602,7 @@ def train(
         step = start_step
         while step < tc.num_steps:
             batch_np = next(train_iter)
-            batch = _device_batch(batch_np, batch_sharding, rows, tc.seq_len)
+            batch = _device_batch(batch_np, batch_sharding, rows, tc.seq_len, kind)
             state, dev_metrics = train_step(state, batch)
             step += 1
             if pending is not None:

@@ -1,0 +1,110 @@
+"""Which model a config trains: `config.kind` -> model factory, loss sums, batch layout, data.
+
+The trainer (`trainer.py`), the checkpoint helpers (`checkpoint.py`) and
+`train_step.create_train_state` build the model, reduce its loss and read its batches
+through the `ModelKind` registered for `config.kind`, so another model family (the
+acoustic stage, `gpa_jax.acoustic`) trains with the same loop, sharding, Orbax
+checkpoints, resume and metrics by registering a kind here. Kinds are imported lazily
+("module:attribute"), so the training package never imports the models it does not run.
+
+Contract of `batch_sums(model, batch, dropout_key, config)`: loss-weighted *sums* over the
+(micro-)batch, float32 scalars, with at least
+
+    loss_sum     the objective's numerator (the trainer divides it by the batch's
+                 sum of decoder_loss_weights, then differentiates)
+    nll_sum      the eval objective's numerator (eval/loss ranks checkpoints)
+    weight_sum   sum of decoder_loss_weights
+
+and optionally z_sum, correct_sum (-> accuracy), task_nll_sum / task_correct_sum /
+task_weight_sum ([num_tasks + 1] per decoder_task_ids, names from config.data.task_names)
+and any other `<name>_sum`, which the trainer reports as `<split>/<name>` (its mean over
+weight_sum).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """How the trainer builds, feeds and scores one family of models."""
+
+    # (config, rngs) -> the model (an nnx.Module with logical-axis-named params).
+    make_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+    # (model, batch, dropout_key | None, config) -> sums (module docstring).
+    batch_sums: Callable[..., dict[str, jax.Array]]
+    # (config, *, process_index, process_count) -> (train iterator, eval iterator | None).
+    make_iterators: Callable[..., tuple[Any, Any]]
+    # Keys every batch must carry; each array is [rows, seq_len, ...] (trailing dims free).
+    batch_keys: tuple[str, ...]
+    # Keys moved to the device when present.
+    optional_keys: tuple[str, ...] = ()
+    # Keys kept as float32 when they arrive as floats (everything else becomes int32).
+    float_keys: tuple[str, ...] = ("decoder_loss_weights",)
+
+    @property
+    def device_keys(self) -> tuple[str, ...]:
+        return (*self.batch_keys, *self.optional_keys)
+
+
+def _lm_make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    from gpa_jax.models import make_lm
+
+    return make_lm(config, rngs=rngs)
+
+
+def _lm_batch_sums(model, batch, dropout_key, config):
+    from gpa_jax.training.trainer import _token_sums
+
+    return _token_sums(
+        model, batch, dropout_key, float(config.optimizer.z_loss), len(config.data.task_names)
+    )
+
+
+def _lm_make_iterators(config, *, process_index: int = 0, process_count: int = 1):
+    from gpa_jax.training import data_iter
+
+    return data_iter.make_iterators(
+        config, process_index=process_index, process_count=process_count
+    )
+
+
+def _lm_kind() -> ModelKind:
+    from gpa_jax.training.data_iter import TASK_IDS_KEY
+    from gpa_jax.training.train_step import BATCH_KEYS, PREFIX_KEY
+
+    return ModelKind(
+        make_model=_lm_make_model,
+        batch_sums=_lm_batch_sums,
+        make_iterators=_lm_make_iterators,
+        batch_keys=BATCH_KEYS,
+        optional_keys=(PREFIX_KEY, TASK_IDS_KEY),
+    )
+
+
+# config.kind -> "module:attribute" of a ModelKind or of a () -> ModelKind factory.
+KINDS: Mapping[str, str] = {
+    "lm": "gpa_jax.training.model_kinds:_lm_kind",
+    "acoustic": "gpa_jax.acoustic.kind:acoustic_kind",
+}
+
+
+def get_kind(config: ml_collections.ConfigDict | str) -> ModelKind:
+    """The ModelKind of `config.kind` (default 'lm') or of a kind name; unknown kinds name
+    the known ones."""
+    name = config if isinstance(config, str) else config.get("kind", "lm")
+    if name not in KINDS:
+        raise ValueError(f"config.kind={name!r} has no trainer model kind; known: {sorted(KINDS)}")
+    module, _, attr = KINDS[name].partition(":")
+    kind = getattr(importlib.import_module(module), attr)
+    if not isinstance(kind, ModelKind):
+        kind = kind()
+    return kind
