@@ -1,0 +1,190 @@
+"""Sweeps: a grid of config overrides, run one by one here or emitted as pod commands.
+
+A sweep file `configs/sweeps/<name>.py` defines `get_sweep() -> dict` with
+
+    name       the sweep's name (its runs live in <workdir>/sweeps/<name>/<run>/)
+    entry      the launch module every run executes, e.g. "launch.train"
+    config     the config spec every run starts from, e.g. "configs/gpa_tiny.py"
+    fixed      {dotted key: value} applied to every run
+    grid       {dotted key: [values, ...]}: the runs are the Cartesian product, in order
+    metrics    TensorBoard tags gathered from each run (last logged value), e.g. "eval/loss"
+    args       optional extra flags for the entry point, e.g. ["--noprogress"]
+
+Each run is `python -m <entry> --config=<config> --workdir=<run dir> --config.<k>=<v> ...`.
+Every grid point's overrides are checked against the config before anything runs (an
+unknown key or a wrongly typed value fails the whole sweep up front). A run that finished
+writes `<run dir>/SWEEP_DONE`; rerunning the sweep skips finished runs and resumes the
+others (the trainer resumes from its checkpoints). A failing run is recorded with its exit
+code and log path and the sweep goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gpa_jax import config_utils
+
+DONE_MARKER = "SWEEP_DONE"
+_REQUIRED = ("name", "entry", "config", "grid", "metrics")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    overrides: dict[str, Any]  # fixed + this grid point's values
+
+    def flags(self) -> list[str]:
+        return [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()]
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_flag_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    """Reads and checks a sweep file (see module docstring)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sweep file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_sweep_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"sweep file {path}: defines no get_sweep()")
+    sweep = dict(module.get_sweep())
+    missing = [k for k in _REQUIRED if k not in sweep]
+    unknown = sorted(set(sweep) - set(_REQUIRED) - {"fixed", "args"})
+    if missing or unknown:
+        raise ValueError(f"sweep file {path}: missing keys {missing}, unknown keys {unknown}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep["name"]):
+        raise ValueError(f"sweep file {path}: name {sweep['name']!r} must be [A-Za-z0-9_.-]+")
+    for key, values in sweep["grid"].items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"sweep file {path}: grid[{key!r}] must be a non-empty list")
+    sweep.setdefault("fixed", {})
+    sweep.setdefault("args", [])
+    return sweep
+
+
+def _run_name(point: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in point.items():
+        text = re.sub(r"[^A-Za-z0-9.+-]+", "_", _flag_value(value)).strip("_")
+        parts.append(f"{key.split('.')[-1]}={text}")
+    return ",".join(parts) or "base"
+
+
+def expand(sweep: Mapping[str, Any]) -> list[Run]:
+    """The runs of a sweep: the grid's Cartesian product, each checked against the config."""
+    keys = list(sweep["grid"])
+    runs = []
+    for values in itertools.product(*(sweep["grid"][k] for k in keys)):
+        point = dict(zip(keys, values))
+        overrides = {**sweep["fixed"], **point}
+        # Fails here, before any run starts, on unknown keys or wrongly typed values.
+        config_utils.load_config(sweep["config"], [f"{k}={_flag_value(v)}" for k, v in overrides.items()])
+        runs.append(Run(_run_name(point), overrides))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep {sweep['name']}: grid points map to the same run name: {names}")
+    return runs
+
+
+def sweep_dir(workdir: str, sweep: Mapping[str, Any]) -> str:
+    return os.path.join(workdir, "sweeps", sweep["name"])
+
+
+def command(sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.executable) -> list[str]:
+    return [
+        python, "-m", sweep["entry"], f"--config={sweep['config']}", f"--workdir={run_dir}",
+        *run.flags(), *sweep["args"],
+    ]
+
+
+def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict[str, Any]]:
+    """Runs every unfinished run in order, then gathers the results (see `gather`)."""
+    root = sweep_dir(workdir, sweep)
+    runs = expand(sweep)
+    for index, run in enumerate(runs, start=1):
+        run_dir = os.path.join(root, run.name)
+        if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
+            log(f"[{index}/{len(runs)}] {run.name}: done earlier, skipped")
+            continue
+        os.makedirs(run_dir, exist_ok=True)
+        cmd = command(sweep, run, run_dir)
+        log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
+        start = time.time()
+        with open(os.path.join(run_dir, "run.log"), "ab") as out:
+            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+        status = {"returncode": rc, "seconds": round(time.time() - start, 1)}
+        with open(os.path.join(run_dir, "status.json"), "w") as f:
+            json.dump(status, f)
+        if rc == 0:
+            open(os.path.join(run_dir, DONE_MARKER), "w").close()
+        log(f"[{index}/{len(runs)}] {run.name}: exit {rc} after {status['seconds']} s"
+            + ("" if rc == 0 else f" (log: {os.path.join(run_dir, 'run.log')})"))
+    return gather(sweep, workdir)
+
+
+def gather(sweep: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
+    """One row per run: its grid values, status and the last value of each metric tag."""
+    from gpa_jax.training.metrics import read_scalars
+
+    rows = []
+    for run in expand(sweep):
+        run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
+        row: dict[str, Any] = {"run": run.name, **{k: run.overrides[k] for k in sweep["grid"]}}
+        status_path = os.path.join(run_dir, "status.json")
+        if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
+            row["status"] = "done"
+        elif os.path.exists(status_path):
+            row["status"] = f"failed (exit {json.load(open(status_path))['returncode']})"
+        else:
+            row["status"] = "not run"
+        scalars = read_scalars(os.path.join(run_dir, "tensorboard")) if os.path.isdir(run_dir) else {}
+        for tag in sweep["metrics"]:
+            series = scalars.get(tag)
+            row[tag] = series[-1][1] if series else None
+        rows.append(row)
+    return rows
+
+
+def write_table(sweep: Mapping[str, Any], workdir: str, rows: list[dict[str, Any]]) -> str:
+    """results.md + results.json in the sweep directory; returns the Markdown table."""
+    from gpa_jax.evaluation.results import markdown_table
+
+    root = sweep_dir(workdir, sweep)
+    os.makedirs(root, exist_ok=True)
+    table = markdown_table(rows, ["run", *sweep["grid"], "status", *sweep["metrics"]])
+    with open(os.path.join(root, "results.md"), "w") as f:
+        f.write(f"# Sweep {sweep['name']}\n\n{table}\n")
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2, default=str)
+    return table
+
+
+def pod_commands(sweep: Mapping[str, Any], workdir: str) -> list[str]:
+    """One `launch/tpu_pod.sh train` line per run, for a pod (WORKDIR set per run)."""
+    lines = []
+    for run in expand(sweep):
+        run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
+        extra = " ".join(shlex.quote(a) for a in [*run.flags(), *sweep["args"]])
+        lines.append(
+            f"CONFIG={shlex.quote(sweep['config'])} WORKDIR={shlex.quote(run_dir)} "
+            f"bash launch/tpu_pod.sh train {extra}"
+        )
+    return lines

@@ -1,0 +1,73 @@
+"""The sweep runner end to end: two real (tiny) training runs, gathered into one table."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gpa_jax import config_utils, sweep as sweep_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_LM = """
+from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
+from gpa_jax.training.train_step import optimizer_config
+
+def get_config(arg=None):
+    model = lm_model_config(vocab_size=64, num_layers=1, embed_dim=32, num_heads=2,
+                            num_kv_heads=1, head_dim=16, mlp_dim=64, max_len=32)
+    config = lm_config(model=model, mesh=mesh_config(shape=(-1, 1, 1)))
+    config.optimizer = optimizer_config(learning_rate=1e-3, warmup_steps=1, total_steps=10)
+    config.train.batch_size = 8
+    config.train.seq_len = 32
+    config.train.eval_every = 2
+    config.train.eval_steps = 1
+    config.train.log_every = 1
+    return config
+"""
+
+
+def _write(tmp_path, grid, fixed=None):
+    (tmp_path / "lm.py").write_text(TINY_LM)
+    (tmp_path / "sweep.py").write_text(textwrap.dedent(f"""
+        def get_sweep():
+            return dict(name="t", entry="launch.train", config={str(tmp_path / 'lm.py')!r},
+                        fixed={fixed or {'train.num_steps': 2}!r}, grid={grid!r},
+                        metrics=["eval/loss", "train/loss"], args=["--noprogress"])
+    """))
+    return str(tmp_path / "sweep.py")
+
+
+def test_bad_grid_fails_before_running(tmp_path):
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.no_such_field": [1, 2]}))
+    with pytest.raises(config_utils.ConfigError, match="no_such_field"):
+        sweep_lib.expand(sweep)
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": ["two"]}))
+    with pytest.raises(config_utils.ConfigError):
+        sweep_lib.expand(sweep)
+
+
+def test_print_mode_emits_one_pod_command_per_run(tmp_path):
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2], "model.embed_dim": [16, 32]}))
+    lines = sweep_lib.pod_commands(sweep, "gs://b/w")
+    assert len(lines) == 4
+    assert all("bash launch/tpu_pod.sh train" in line for line in lines)
+    assert "--config.model.num_layers=2 --config.model.embed_dim=32" in lines[-1]
+
+
+@pytest.mark.slow
+def test_sweep_runs_gathers_and_skips_finished_runs(tmp_path):
+    path = _write(tmp_path, {"model.num_layers": [1, 2]})
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "launch.sweep", f"--sweep={path}", f"--workdir={workdir}"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.load(open(workdir / "sweeps" / "t" / "results.json"))
+    assert [r["run"] for r in rows] == ["num_layers=1", "num_layers=2"]
+    assert all(r["status"] == "done" and r["eval/loss"] > 0 for r in rows)
+    assert "| num_layers=2 |" in (workdir / "sweeps" / "t" / "results.md").read_text()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
