@@ -126,10 +126,10 @@ def train_state_factory(
 
     key = jax.random.key(int(config.seed)) if key is None else key
     tx = make_optimizer(config)
-    make_model = get_kind(config).make_model
+    make_model = get_kind(config).model_factory(config)
 
     def factory():
-        model = make_model(config, nnx.Rngs(params=key))
+        model = make_model(nnx.Rngs(params=key))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     return factory
@@ -153,8 +153,8 @@ def abstract_params(
     """(graphdef, restore targets) of the model alone on `mesh` (no optimizer)."""
     from gpa_jax.training.model_kinds import get_kind
 
-    make_model = get_kind(config).make_model
-    graphdef, abstract = sharding_lib.abstract_state(lambda: make_model(config, nnx.Rngs(0)))
+    make_model = get_kind(config).model_factory(config)
+    graphdef, abstract = sharding_lib.abstract_state(lambda: make_model(nnx.Rngs(0)))
     shardings = sharding_lib.state_shardings(abstract, mesh, config.sharding_rules)
     return graphdef, sharding_lib.abstract_with_shardings(abstract, shardings)
 

@@ -37,8 +37,10 @@ from flax import nnx
 class ModelKind:
     """How the trainer builds, feeds and scores one family of models."""
 
-    # (config, rngs) -> the model (an nnx.Module with logical-axis-named params).
-    make_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+    # config -> (rngs -> the model, an nnx.Module with logical-axis-named params). The
+    # outer call does any host-side preparation (reading files); the inner one may run
+    # under jax.eval_shape / jit (abstract state, sharded init) and must be pure.
+    model_factory: Callable[[ml_collections.ConfigDict], Callable[[nnx.Rngs], nnx.Module]]
     # (model, batch, dropout_key | None, config) -> sums (module docstring).
     batch_sums: Callable[..., dict[str, jax.Array]]
     # (config, *, process_index, process_count) -> (train iterator, eval iterator | None).
@@ -55,10 +57,10 @@ class ModelKind:
         return (*self.batch_keys, *self.optional_keys)
 
 
-def _lm_make_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+def _lm_model_factory(config: ml_collections.ConfigDict) -> Callable[[nnx.Rngs], nnx.Module]:
     from gpa_jax.models import make_lm
 
-    return make_lm(config, rngs=rngs)
+    return lambda rngs: make_lm(config, rngs=rngs)
 
 
 def _lm_batch_sums(model, batch, dropout_key, config):
@@ -82,7 +84,7 @@ def _lm_kind() -> ModelKind:
     from gpa_jax.training.train_step import BATCH_KEYS, PREFIX_KEY
 
     return ModelKind(
-        make_model=_lm_make_model,
+        model_factory=_lm_model_factory,
         batch_sums=_lm_batch_sums,
         make_iterators=_lm_make_iterators,
         batch_keys=BATCH_KEYS,

@@ -269,10 +269,10 @@ def create_train_state(
 
     key = jax.random.key(config.seed if seed is None else seed)
     tx = make_optimizer(config)
-    make_model = get_kind(config).make_model
+    make_model = get_kind(config).model_factory(config)
 
     def factory():
-        model = make_model(config, nnx.Rngs(params=key))
+        model = make_model(nnx.Rngs(params=key))
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     return sharding_lib.create_sharded(factory, mesh, config.sharding_rules)
