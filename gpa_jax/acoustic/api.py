@@ -1,0 +1,208 @@
+"""numpy-in / numpy-out acoustic stage for the sampler: RVQ-1 tokens + prompt -> codes/latent.
+
+    stage = AcousticStage.from_workdir(config, workdir)         # params-only restore
+    codes = stage.complete(rvq1_tokens, prompt_codes)            # NAR: int32 [n_q, T]
+    wav = codec_api.decode(codec, codes)                         # the codec decoder
+
+    latent = vocoder.complete(rvq1_tokens, prompt_codes)         # vocoder: float32 [T, D]
+    wav = decode_latent(codec, latent)                           # codec.decoder(latent)
+
+`synthesize(stage, codec, rvq1_tokens, prompt_codes)` does either in one call. Inputs:
+rvq1_tokens int [T] (codes 0..codebook_size-1 of RVQ layer 1, i.e. the LM's audio tokens
+minus their vocabulary offset) and prompt_codes int [n_q, P] (all RVQ layers of a reference
+clip, `codec_api.encode` of it). Batched: pass lists; each item may have its own T and P.
+
+How the NAR stage fills the stack: rows are [prompt][target] as in training; for k = 1 ..
+n_q-1 the model predicts layer k of every target frame at once (greedy argmax, as USLM's
+NAR), writes it into the row and moves on, so layer k sees the predicted layers 1..k-1.
+The whole loop is one jitted `fori_loop`. Rows are padded to a multiple of `bucket_frames`
+and the batch to the next power of two, so jit compiles once per (batch, bucket) shape.
+
+The vocoder returns the codec's latent (the sum of codebook vectors it predicts), which is
+the input of the codec's SEANet decoder: `decode_latent` runs `codec.decoder` on it. It
+can also be quantized back to codes with the codec's RVQ (`latent_to_codes`), which makes
+it a drop-in for code-based consumers at the price of a re-quantization error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from gpa_jax.acoustic.model import VOCODER_STAGE, AcousticModel
+
+DEFAULT_BUCKET_FRAMES = 25
+
+
+def _bucket(n: int, size: int) -> int:
+    return max(1, -(-n // size)) * size
+
+
+@nnx.jit
+def _fill_layers(model: AcousticModel, codes, prompt_mask, segment_ids):
+    """Fills layers 1..n_q-1 of the target frames (see module docstring)."""
+    n_q = model.cfg.n_q
+    target = (segment_ids > 0) & ~prompt_mask.astype(bool)
+    layer = jnp.arange(n_q)[None, None, :]
+
+    def step(k, codes):
+        stage = jnp.full(codes.shape[:1], k, jnp.int32)
+        h = model.hidden(codes, stage, prompt_mask, segment_ids)
+        pred = jnp.argmax(model.stage_logits(h, stage), axis=-1).astype(codes.dtype)
+        write = (layer == k) & target[..., None]
+        return jnp.where(write, pred[..., None], codes)
+
+    return jax.lax.fori_loop(1, n_q, step, codes)
+
+
+@nnx.jit
+def _vocoder_latent(model: AcousticModel, codes, prompt_mask, segment_ids):
+    stage = jnp.full(codes.shape[:1], VOCODER_STAGE, jnp.int32)
+    return model.latent(model.hidden(codes, stage, prompt_mask, segment_ids))
+
+
+class AcousticStage:
+    """A trained AcousticModel behind the `complete(rvq1_tokens, prompt_codes)` interface."""
+
+    def __init__(self, model: AcousticModel, *, bucket_frames: int = DEFAULT_BUCKET_FRAMES):
+        self.model = model
+        self.cfg = model.cfg
+        self.variant = model.cfg.variant
+        self.bucket_frames = int(bucket_frames)
+
+    @classmethod
+    def from_workdir(
+        cls,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        step: int | None = None,
+        **kwargs,
+    ) -> AcousticStage:
+        """The model of `step` (default: latest) in <workdir>/checkpoints, params only."""
+        from gpa_jax import sharding as sharding_lib
+        from gpa_jax.training import checkpoint as ckpt_lib
+
+        mesh = sharding_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
+        directory = ckpt_lib.checkpoint_dir(workdir)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(
+                f"no acoustic checkpoints in {directory}: train with python -m launch.train "
+                f"--config=<acoustic config> --workdir={workdir}"
+            )
+        model = ckpt_lib.restore_model(directory, config, mesh, step)
+        return cls(model, **kwargs)
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def _rows(self, rvq1: Sequence[np.ndarray], prompts: Sequence[np.ndarray]):
+        cfg = self.cfg
+        if len(rvq1) != len(prompts):
+            raise ValueError(f"{len(rvq1)} rvq1 token arrays but {len(prompts)} prompts")
+        items = []
+        for i, (tokens, prompt) in enumerate(zip(rvq1, prompts, strict=True)):
+            tokens, prompt = np.asarray(tokens), np.asarray(prompt)
+            if tokens.ndim != 1 or tokens.size == 0:
+                raise ValueError(f"item {i}: rvq1_tokens must be int [T>=1], got {tokens.shape}")
+            if prompt.ndim != 2 or prompt.shape[0] != cfg.n_q or prompt.shape[1] == 0:
+                raise ValueError(
+                    f"item {i}: prompt_codes must be int [n_q={cfg.n_q}, P>=1], got {prompt.shape}"
+                )
+            for name, a in (("rvq1_tokens", tokens), ("prompt_codes", prompt)):
+                if not np.issubdtype(a.dtype, np.integer):
+                    raise ValueError(f"item {i}: {name} must be integers, got {a.dtype}")
+                if a.min() < 0 or a.max() >= cfg.codebook_size:
+                    raise ValueError(
+                        f"item {i}: {name} span [{a.min()}, {a.max()}], outside "
+                        f"[0, {cfg.codebook_size})"
+                    )
+            if prompt.shape[1] + tokens.size > cfg.max_len:
+                raise ValueError(
+                    f"item {i}: prompt {prompt.shape[1]} + target {tokens.size} frames exceed "
+                    f"model.max_len={cfg.max_len}; shorten the prompt or split the target"
+                )
+            items.append((tokens, prompt))
+        length = min(
+            _bucket(max(t.size + p.shape[1] for t, p in items), self.bucket_frames), cfg.max_len
+        )
+        batch = 1 << max(0, (len(items) - 1).bit_length())  # next power of two
+        codes = np.zeros((batch, length, cfg.n_q), np.int32)
+        prompt_mask = np.zeros((batch, length), np.int32)
+        segment_ids = np.zeros((batch, length), np.int32)
+        spans = []
+        for b, (tokens, prompt) in enumerate(items):
+            p, t = prompt.shape[1], tokens.size
+            codes[b, :p] = prompt.T
+            codes[b, p : p + t, 0] = tokens
+            prompt_mask[b, :p] = 1
+            segment_ids[b, : p + t] = 1
+            spans.append((p, p + t))
+        return codes, prompt_mask, segment_ids, spans
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def complete_batch(
+        self, rvq1_tokens: Sequence[np.ndarray], prompt_codes: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Lists of items -> list of NAR codes int32 [n_q, T_i] / vocoder latents [T_i, D]."""
+        if not len(rvq1_tokens):
+            return []
+        codes, prompt_mask, segment_ids, spans = self._rows(rvq1_tokens, prompt_codes)
+        args = (jnp.asarray(codes), jnp.asarray(prompt_mask), jnp.asarray(segment_ids))
+        if self.variant == "nar":
+            out = np.asarray(_fill_layers(self.model, *args))
+            return [np.ascontiguousarray(out[b, s:e].T, np.int32) for b, (s, e) in enumerate(spans)]
+        out = np.asarray(_vocoder_latent(self.model, *args))
+        return [np.ascontiguousarray(out[b, s:e], np.float32) for b, (s, e) in enumerate(spans)]
+
+    def complete(self, rvq1_tokens, prompt_codes):
+        """One item (arrays) -> NAR codes [n_q, T] / vocoder latent [T, D]; lists -> lists."""
+        if isinstance(rvq1_tokens, np.ndarray | jax.Array) and np.ndim(rvq1_tokens) == 1:
+            return self.complete_batch([rvq1_tokens], [prompt_codes])[0]
+        return self.complete_batch(list(rvq1_tokens), list(prompt_codes))
+
+
+# --- codec side -------------------------------------------------------------------------------
+
+
+@nnx.jit
+def _decode_latent(codec, latent):
+    return codec.decoder(latent)[..., 0]
+
+
+def decode_latent(codec, latent: np.ndarray) -> np.ndarray:
+    """Codec latent [T, D] (the vocoder's output) -> float32 waveform [T * hop]."""
+    latent = np.asarray(latent, np.float32)
+    if latent.ndim != 2 or latent.shape[1] != codec.dimension:
+        raise ValueError(f"latent must be [T, D={codec.dimension}], got {latent.shape}")
+    t = latent.shape[0]
+    padded = np.zeros((1, _bucket(t, DEFAULT_BUCKET_FRAMES), latent.shape[1]), np.float32)
+    padded[0, :t] = latent
+    wav = np.asarray(_decode_latent(codec, jnp.asarray(padded)))
+    return np.ascontiguousarray(wav[0, : t * codec.hop_length], np.float32)
+
+
+@nnx.jit
+def _quantize(codec, latent):
+    return codec.quantizer.encode_codes(latent)
+
+
+def latent_to_codes(codec, latent: np.ndarray) -> np.ndarray:
+    """Vocoder latent [T, D] -> codes int32 [n_q, T] by the codec's RVQ (nearest codes)."""
+    latent = np.asarray(latent, np.float32)
+    return np.asarray(_quantize(codec, jnp.asarray(latent[None])))[0].astype(np.int32)
+
+
+def synthesize(stage: AcousticStage, codec, rvq1_tokens, prompt_codes) -> list[np.ndarray]:
+    """Waveforms for lists of items, through either variant and the frozen codec decoder."""
+    from gpa_jax.codec import api as codec_api
+
+    outs = stage.complete_batch(list(rvq1_tokens), list(prompt_codes))
+    if stage.variant == "nar":
+        return codec_api.decode_batch(codec, outs)
+    return [decode_latent(codec, latent) for latent in outs]
