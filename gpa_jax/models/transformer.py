@@ -28,6 +28,7 @@ from gpa_jax.models.layers import (
     DenseGeneral,
     Embedder,
     RMSNorm,
+    attention_core,
     dropout,
     make_attention_mask,
     to_dtype,
@@ -64,6 +65,93 @@ class DecoderBlock(nnx.Module):
         h = self.mlp(self.pre_mlp_norm(x))
         x = x + dropout(h, self.cfg.dropout_rate, mlp_key)
         return with_logical_constraint(x, _ACTIVATION, self.rules)
+
+    # --- KV-cache inference (deterministic: no dropout) -----------------------------------
+
+    def _finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
+        x = x + attn_out
+        x = x + self.mlp(self.pre_mlp_norm(x))
+        return with_logical_constraint(x, _ACTIVATION, self.rules)
+
+    def prefill(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The block over a whole prompt; also returns its k/v [b, l, kv_heads, d] for a cache."""
+        q, k, v = self.attn.project_qkv(self.pre_attn_norm(x), positions)
+        o = attention_core(q, k, v, mask, implementation=self.cfg.attention_impl)
+        return self._finish(x, self.attn.project_out(o)), k, v
+
+    def decode(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache_k: jax.Array,
+        cache_v: jax.Array,
+        index: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [b, t, embed] at cache slots index..index+t-1 (same for every row).
+
+        Writes the new k/v into `cache_k`/`cache_v` [b, kv_heads, S, d] at `index`, then
+        attends over the whole cache with `mask` [b, 1, t, S] (which hides empty slots and
+        padding). Returns (x, cache_k, cache_v).
+        """
+        q, k, v = self.attn.project_qkv(self.pre_attn_norm(x), positions)
+        cache_k = _write_cache(cache_k, k, index, self.rules)
+        cache_v = _write_cache(cache_v, v, index, self.rules)
+        o = attention_core(
+            q,
+            _read_cache(cache_k, q.dtype),
+            _read_cache(cache_v, q.dtype),
+            mask,
+            implementation=self.cfg.attention_impl,
+        )
+        return self._finish(x, self.attn.project_out(o)), cache_k, cache_v
+
+
+# One layer's k or v: [batch, kv_heads, length, head_dim]. Heads before length, so the
+# decode attention's q.k and p.v products read the cache as batched matmuls without
+# transposing the whole cache every step (measured: the [b, length, kv, d] layout made
+# XLA:CPU copy each layer's cache per token).
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
+STACKED_CACHE_AXES = ("layers", *CACHE_AXES)
+
+
+def _write_cache(cache: jax.Array, new: jax.Array, index: jax.Array, rules: Any) -> jax.Array:
+    """Writes new [b, t, kv_heads, d] at length slots index..index+t-1 of cache."""
+    new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)
+    cache = jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=2)
+    return with_logical_constraint(cache, CACHE_AXES, rules)
+
+
+def _read_cache(cache: jax.Array, dtype: Any) -> jax.Array:
+    """The cache as attention_core's k/v layout [b, length, kv_heads, d]."""
+    return jnp.swapaxes(cache, 1, 2).astype(dtype)
+
+
+def init_cache(cfg: LMConfig, batch: int, length: int, dtype: Any = None) -> dict[str, Any]:
+    """An empty KV cache for `batch` rows of `length` slots.
+
+    {"k": ..., "v": ...}: with unrolled layers each is a tuple of per-layer arrays
+    [batch, kv_heads, length, head_dim] (logical axes CACHE_AXES), so a decode step updates
+    each in place; with scanned layers one array [layers, batch, kv_heads, length, head_dim]
+    (STACKED_CACHE_AXES). The dtype defaults to the compute dtype.
+    """
+    dtype = to_dtype(cfg.dtype) if dtype is None else to_dtype(dtype)
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    if cfg.scan_layers:
+        zeros = jnp.zeros((cfg.num_layers, *shape), dtype)
+        return {"k": zeros, "v": zeros}
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return {"k": zeros, "v": zeros}
+
+
+def cache_logical_axes(cfg: LMConfig) -> dict[str, Any]:
+    """Logical axis names of `init_cache`'s arrays (a pytree of tuples), for shardings."""
+    if cfg.scan_layers:
+        return {"k": STACKED_CACHE_AXES, "v": STACKED_CACHE_AXES}
+    per_layer = tuple(CACHE_AXES for _ in range(cfg.num_layers))
+    return {"k": per_layer, "v": per_layer}
 
 
 def _block_caller(remat_policy: str, prevent_cse: bool) -> Callable[..., jax.Array]:
@@ -147,6 +235,84 @@ class DecoderStack(nnx.Module):
                 x = call(block, x, positions, mask, None if keys is None else keys[i])
         return self.final_norm(x)
 
+    def prefill(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        prefix_mask: jax.Array | None,
+        cache_length: int,
+        cache_dtype: Any = None,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """Prompt embeddings [b, l, embed] -> (final-normed hidden [b, l, embed], KV cache).
+
+        Masks as in `__call__` (segment id 0 = padding, e.g. a left-padded prompt's lead;
+        `prefix_mask` honoured iff cfg.prefix_bidirectional). The cache (see `init_cache`)
+        has `cache_length` >= l slots; the prompt fills slots 0..l-1.
+        """
+        cfg = self.cfg
+        batch, length = x.shape[:2]
+        if cache_length < length:
+            raise ValueError(f"cache_length={cache_length} < prompt length {length}")
+        if not cfg.prefix_bidirectional:
+            prefix_mask = None
+        mask = make_attention_mask(segment_ids, prefix_mask)
+        x = with_logical_constraint(x.astype(self.dtype), _ACTIVATION, self.rules)
+        cache = init_cache(cfg, batch, cache_length, cache_dtype)
+        zero = jnp.zeros((), jnp.int32)
+        if cfg.scan_layers:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
+            def run(h, block, ck, cv):
+                h, k, v = block.prefill(h, positions, mask)
+                return h, (_write_cache(ck, k, zero, self.rules), _write_cache(cv, v, zero, self.rules))
+
+            x, (ks, vs) = run(x, self.layers, cache["k"], cache["v"])
+            cache = {"k": ks, "v": vs}
+        else:
+            ks, vs = [], []
+            for block, ck, cv in zip(self.layers, cache["k"], cache["v"], strict=True):
+                x, k, v = block.prefill(x, positions, mask)
+                ks.append(_write_cache(ck, k, zero, self.rules))
+                vs.append(_write_cache(cv, v, zero, self.rules))
+            cache = {"k": tuple(ks), "v": tuple(vs)}
+        return self.final_norm(x), cache
+
+    def decode(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        kv_mask: jax.Array,
+        cache: dict[str, Any],
+        index: jax.Array,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """New embeddings [b, t, embed] at cache slots index..index+t-1 -> (hidden, cache).
+
+        kv_mask: bool [b, t, S] (or [b, S] for t = 1): which cache slots each new token may
+        attend (its own slot included; the caller hides padding and empty slots).
+        """
+        if kv_mask.ndim == 2:
+            kv_mask = kv_mask[:, None, :]
+        mask = kv_mask[:, None, :, :]
+        x = with_logical_constraint(x.astype(self.dtype), _ACTIVATION, self.rules)
+        if self.cfg.scan_layers:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
+            def run(h, block, ck, cv):
+                h, ck, cv = block.decode(h, positions, mask, ck, cv, index)
+                return h, (ck, cv)
+
+            x, (ks, vs) = run(x, self.layers, cache["k"], cache["v"])
+            cache = {"k": ks, "v": vs}
+        else:
+            ks, vs = [], []
+            for block, ck, cv in zip(self.layers, cache["k"], cache["v"], strict=True):
+                x, ck, cv = block.decode(x, positions, mask, ck, cv, index)
+                ks.append(ck)
+                vs.append(cv)
+            cache = {"k": tuple(ks), "v": tuple(vs)}
+        return self.final_norm(x), cache
+
 
 class DecoderLM(nnx.Module):
     """Token ids (+ optional extra input embeddings) -> float32 logits [b, l, vocab]."""
@@ -218,6 +384,50 @@ class DecoderLM(nnx.Module):
             dropout_key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
         h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=dropout_key)
         return self.logits(h)
+
+    # --- KV-cache inference (gpa_jax.sampling drives these) -------------------------------
+
+    def embed(self, tokens: jax.Array, extra_embeddings: jax.Array | None = None) -> jax.Array:
+        x = self.embedder(tokens)
+        if extra_embeddings is not None:
+            x = x + extra_embeddings.astype(x.dtype)
+        return x
+
+    def prefill(
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        prefix_mask: jax.Array | None,
+        cache_length: int,
+        *,
+        cache_dtype: Any = None,
+        extra_embeddings: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """Prompts [b, l] -> (final hidden states [b, l, embed], KV cache of `cache_length`).
+
+        Take logits where needed with `self.logits(h[:, i:i+1])` (only the last prompt
+        position is needed to start decoding). Padding has segment id 0.
+        """
+        x = self.embed(tokens, extra_embeddings)
+        return self.decoder.prefill(
+            x, segment_ids, positions, prefix_mask, cache_length, cache_dtype
+        )
+
+    def decode_step(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        kv_mask: jax.Array,
+        cache: dict[str, Any],
+        index: jax.Array,
+        *,
+        extra_embeddings: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """tokens/positions [b, t] written at cache slots index.. -> (logits [b, t, vocab], cache)."""
+        x = self.embed(tokens, extra_embeddings)
+        h, cache = self.decoder.decode(x, positions, kv_mask, cache, index)
+        return self.logits(h), cache
 
 
 def make_lm(

@@ -1,0 +1,94 @@
+"""`sampling_config()`: batching/bucketing, per-task sampling defaults and length limits.
+
+    max_batch        rows per compiled decode call (bigger request lists run in chunks)
+    prompt_bucket    prompt lengths are padded up to a multiple of this (one compile per
+                     bucket, not per length)
+    steps_bucket     the decode loop's step bound is rounded up to a multiple of this
+    max_total_len    prompt + generated tokens per row; 0 = the model's max_len
+    ref_max_frames   reference frames kept (the first ones) for TTS/VC; 0 = the LM config's
+                     tasks.ref_max_frames (what training cropped to), else 150 (3 s)
+    ref_layers       RVQ layers in the reference; 0 = the LM config's tasks.ref_layers, else 1
+    length_margin    max new tokens = ceil(margin * expected) + length_slack, where the
+    length_slack     expected output length comes from the input (per task, below)
+    <task>.temperature / top_k / top_p / repetition_penalty
+                     temperature 0 = greedy; top_k 0 and top_p 1 = off; penalty 1 = off
+    asr.tokens_per_frame   expected text tokens per source audio frame (50 Hz)
+    tts.frames_per_char    expected RVQ-1 frames per character of normalised text
+    vc.frames_per_frame    expected output frames per source frame
+
+A request whose prompt plus its expected output length does not fit max_total_len is
+rejected as over-long; otherwise its new-token budget is capped to what fits.
+
+Length defaults: speech runs at roughly 12-16 characters per second, i.e. 3-4 RVQ-1 frames
+per character at 50 Hz (4 is the upper end); with byte text ids one character is one token,
+about 0.3 per frame (SentencePiece ids are fewer). The margin 2 lets slow speakers through
+while a degenerate generation (no <eos>) stops at about twice the plausible length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+TASKS = ("tts", "asr", "vc")
+
+
+def sampling_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """Defaults; keyword overrides per field (task sections as dicts), unknown keys error."""
+    config = ml_collections.ConfigDict(
+        dict(
+            max_batch=32,
+            prompt_bucket=64,
+            steps_bucket=64,
+            max_total_len=0,
+            ref_max_frames=0,
+            ref_layers=0,
+            length_margin=2.0,
+            length_slack=16,
+            asr=dict(
+                temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, tokens_per_frame=0.35
+            ),
+            tts=dict(
+                temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0, frames_per_char=4.0
+            ),
+            vc=dict(
+                temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0, frames_per_frame=1.0
+            ),
+        )
+    )
+    unknown = sorted(set(overrides) - set(config.keys()))
+    if unknown:
+        raise ValueError(f"unknown sampling keys {unknown}; valid: {sorted(config.keys())}")
+    for key, value in overrides.items():
+        if isinstance(config[key], ml_collections.ConfigDict):
+            bad = sorted(set(value) - set(config[key].keys()))
+            if bad:
+                raise ValueError(f"unknown sampling.{key} keys {bad}; valid: {sorted(config[key])}")
+            config[key].update(value)
+        else:
+            config[key] = value
+    validate_sampling_config(config)
+    return config
+
+
+def validate_sampling_config(config: ml_collections.ConfigDict) -> None:
+    for name in ("max_batch", "prompt_bucket", "steps_bucket"):
+        if config[name] < 1:
+            raise ValueError(f"sampling.{name}={config[name]} must be >= 1")
+    if config.length_margin < 1.0 or config.length_slack < 0:
+        raise ValueError("sampling.length_margin must be >= 1 and length_slack >= 0")
+    for task in TASKS:
+        check_params(config[task], f"sampling.{task}")
+
+
+def check_params(p: Any, where: str) -> None:
+    """Raises ValueError naming `where` if sampling parameters are out of range."""
+    if p.temperature < 0:
+        raise ValueError(f"{where}.temperature={p.temperature} must be >= 0 (0 = greedy)")
+    if p.top_k < 0:
+        raise ValueError(f"{where}.top_k={p.top_k} must be >= 0 (0 = off)")
+    if not 0.0 < p.top_p <= 1.0:
+        raise ValueError(f"{where}.top_p={p.top_p} must be in (0, 1] (1 = off)")
+    if p.repetition_penalty <= 0:
+        raise ValueError(f"{where}.repetition_penalty={p.repetition_penalty} must be > 0")

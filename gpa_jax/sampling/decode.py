@@ -1,0 +1,303 @@
+"""Batched prefill + KV-cache decoding compiled as one program (no Python loop per token).
+
+Layout: prompts are LEFT-padded to a common length P, so after prefill every row's next
+token goes to the same cache slot (one dynamic_update_slice for the whole batch per layer
+and step, done in place inside the loop). Row b's first real token sits at slot
+pad[b] = P - len[b]; its RoPE positions start at 0 there (as in training, where positions
+restart per example), and the attention mask hides slots < pad[b] and slots not yet
+written. The prompt is one prefix: with `prefix_bidirectional` the prefill attends
+bidirectionally inside it, exactly as the trainer's prefix-LM mask does; generated tokens
+are causal.
+
+Step s = 0 samples from the prefill's last logits; step s >= 1 feeds token s-1 at slot
+P + s - 1. A row stops after <eos> or after its own `max_new` tokens; the loop
+(`jax.lax.while_loop`) ends when every row has stopped or after `max_steps` (static)
+steps. The cache has P + max_steps slots.
+
+Sampling, fused into the loop, per row (HF transformers' order): id-range mask (only
+[id_lo, id_hi) and, when `allow_eos`, <eos> can be emitted) -> repetition penalty (CTRL
+style: a seen token's logit is divided by the penalty if positive, multiplied if negative;
+"seen" = tokens this row generated so far, not the prompt, whose reference audio a TTS row
+should be free to echo) -> greedy when temperature == 0, else temperature -> top-k ->
+top-p (nucleus over the top-k candidates, renormalised) -> categorical draw with the row's
+own key (fold_in(key(seed), step)), so a row's draw does not depend on its batch mates.
+
+Static variants (one compile each, chosen from the batch's parameters): all-greedy rows
+skip the sampling path; `num_candidates` = the largest top-k of the batch (rounded up to a
+power of two) when every sampled row has a top-k, else the whole vocabulary (exact top-p);
+the repetition penalty's bookkeeping exists only when some row uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gpa_jax.sharding import with_logical_constraint
+
+PAD_ID = 0
+EOS_ID = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """Static choices of one compiled decode program."""
+
+    greedy: bool  # every row greedy: no sampling path at all
+    num_candidates: int  # top-k width of the sampling path (vocab size = exact top-p)
+    repetition_penalty: bool  # some row has penalty != 1
+
+
+@dataclasses.dataclass
+class Batch:
+    """Host arrays of one decode call (built by `make_batch`); rows = requests."""
+
+    tokens: np.ndarray  # int32 [B, P] left-padded prompts
+    lengths: np.ndarray  # int32 [B] prompt lengths (>= 1)
+    max_new: np.ndarray  # int32 [B] tokens this row may generate (>= 1, <= max_steps)
+    temperature: np.ndarray  # float32 [B]; 0 = greedy
+    top_k: np.ndarray  # int32 [B]; 0 = off
+    top_p: np.ndarray  # float32 [B]; 1 = off
+    repetition_penalty: np.ndarray  # float32 [B]; 1 = off
+    id_lo: np.ndarray  # int32 [B]: allowed output ids are [id_lo, id_hi) (+ <eos>)
+    id_hi: np.ndarray  # int32 [B]
+    allow_eos: np.ndarray  # bool [B]
+    seeds: np.ndarray  # uint32 [B]
+
+
+def make_batch(
+    prompts: list[np.ndarray],
+    *,
+    max_new: list[int],
+    temperature: list[float],
+    top_k: list[int],
+    top_p: list[float],
+    repetition_penalty: list[float],
+    id_ranges: list[tuple[int, int]],
+    seeds: list[int],
+    allow_eos: list[bool] | None = None,
+    prompt_length: int | None = None,
+    batch_size: int | None = None,
+) -> Batch:
+    """Left-pads `prompts` to `prompt_length` (default: the longest) and the batch to
+    `batch_size` rows (filler rows: one <eos> prompt, one greedy step, then stopped)."""
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("make_batch needs at least one prompt")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) < 1:
+        raise ValueError("every prompt needs at least one token")
+    P = max(lengths) if prompt_length is None else int(prompt_length)
+    if max(lengths) > P:
+        raise ValueError(f"prompt of {max(lengths)} tokens exceeds prompt_length={P}")
+    B = n if batch_size is None else int(batch_size)
+    if B < n:
+        raise ValueError(f"batch_size={B} < {n} prompts")
+    fill = B - n
+    tokens = np.full((B, P), PAD_ID, np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p) :] = np.asarray(p, np.int32)
+    tokens[n:, -1] = EOS_ID
+
+    def col(values, dtype, filler):
+        return np.asarray(list(values) + [filler] * fill, dtype)
+
+    ranges = list(id_ranges)
+    return Batch(
+        tokens=tokens,
+        lengths=col(lengths, np.int32, 1),
+        max_new=col(max_new, np.int32, 1),
+        temperature=col(temperature, np.float32, 0.0),
+        top_k=col(top_k, np.int32, 0),
+        top_p=col(top_p, np.float32, 1.0),
+        repetition_penalty=col(repetition_penalty, np.float32, 1.0),
+        id_lo=col([r[0] for r in ranges], np.int32, 0),
+        id_hi=col([r[1] for r in ranges], np.int32, 1 << 30),
+        allow_eos=col(allow_eos if allow_eos is not None else [True] * n, np.bool_, True),
+        seeds=col(seeds, np.uint32, 0),
+    )
+
+
+def choose_mode(batch: Batch, vocab_size: int) -> Mode:
+    """The static variant that serves `batch` (see module docstring)."""
+    sampled = batch.temperature > 0
+    rep = bool(np.any(batch.repetition_penalty != 1.0))
+    if not sampled.any():
+        return Mode(greedy=True, num_candidates=0, repetition_penalty=rep)
+    ks = batch.top_k[sampled]
+    if np.all(ks > 0):
+        k = int(min(vocab_size, 1 << int(np.ceil(np.log2(max(int(ks.max()), 1))))))
+    else:
+        k = int(vocab_size)
+    return Mode(greedy=False, num_candidates=k, repetition_penalty=rep)
+
+
+# --- sampling -------------------------------------------------------------------------
+
+
+def _mask_logits(logits, id_lo, id_hi, allow_eos):
+    ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)[None, :]
+    allowed = (ids >= id_lo[:, None]) & (ids < id_hi[:, None])
+    allowed |= (ids == EOS_ID) & allow_eos[:, None]
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
+def _penalise(logits, seen, penalty):
+    p = penalty[:, None]
+    return jnp.where(seen, jnp.where(logits > 0, logits / p, logits * p), logits)
+
+
+def _sample_row(key, scores, ids, top_k, top_p):
+    """One row: scores [C] (descending, temperature applied), ids [C] -> token id."""
+    C = scores.shape[-1]
+    rank = jnp.arange(C)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, C), C)
+    keep = rank < k
+    scores = jnp.where(keep, scores, -jnp.inf)
+    probs = jax.nn.softmax(scores)
+    # Nucleus: keep the smallest prefix whose mass reaches top_p (the first always stays).
+    before = jnp.cumsum(probs) - probs
+    keep &= (before < top_p) | (rank == 0)
+    choice = jax.random.categorical(key, jnp.where(keep, scores, -jnp.inf))
+    return ids[choice]
+
+
+def select_tokens(logits, step, arrays, seen, mode: Mode):
+    """Logits [B, V] float32 -> next tokens [B] (module docstring's order)."""
+    logits = _mask_logits(logits, arrays["id_lo"], arrays["id_hi"], arrays["allow_eos"])
+    if mode.repetition_penalty:
+        logits = _penalise(logits, seen, arrays["repetition_penalty"])
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if mode.greedy:
+        return greedy
+    temperature = arrays["temperature"]
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    scores, ids = jax.lax.top_k(scaled, mode.num_candidates)
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(arrays["keys"])
+    sampled = jax.vmap(_sample_row)(keys, scores, ids, arrays["top_k"], arrays["top_p"])
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
+
+
+# --- the compiled program ---------------------------------------------------------------
+
+
+def _generate(
+    state: nnx.State,
+    arrays: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    max_steps: int,
+    mode: Mode,
+    rules: Any,
+) -> dict[str, jax.Array]:
+    model = nnx.merge(graphdef, state)
+    tokens = arrays["tokens"]
+    B, P = tokens.shape
+    S = P + max_steps
+    pad = P - arrays["lengths"]  # [B]
+    slots = jnp.arange(P, dtype=jnp.int32)[None, :]
+    segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
+    positions = jnp.maximum(slots - pad[:, None], 0)
+    tokens = with_logical_constraint(tokens, ("batch", "length"), rules)
+    h, cache = model.prefill(tokens, segment_ids, positions, segment_ids, S)
+    logits = model.logits(h[:, -1:])[:, 0]
+
+    seen = jnp.zeros((B, logits.shape[-1]), jnp.bool_) if mode.repetition_penalty else None
+    rows = jnp.arange(B)
+    tok = select_tokens(logits, 0, arrays, seen, mode)
+    done = (tok == EOS_ID) | (arrays["max_new"] <= 1)
+    out = jnp.full((B, max_steps), PAD_ID, jnp.int32).at[:, 0].set(tok)
+    if seen is not None:
+        seen = seen.at[rows, tok].set(True)
+    all_slots = jnp.arange(S, dtype=jnp.int32)[None, :]
+
+    def cond(carry):
+        step, _, done, *_ = carry
+        return (step < max_steps) & ~jnp.all(done)
+
+    def body(carry):
+        step, tok, done, out, cache, seen = carry
+        index = P + step - 1  # slot of the token being fed
+        kv_mask = (all_slots >= pad[:, None]) & (all_slots <= index)
+        pos = (arrays["lengths"] + step - 1)[:, None]
+        logits, cache = model.decode_step(tok[:, None], pos, kv_mask, cache, index)
+        new = select_tokens(logits[:, 0], step, arrays, seen, mode)
+        new = jnp.where(done, PAD_ID, new)
+        out = jax.lax.dynamic_update_slice_in_dim(out, new[:, None], step, axis=1)
+        if seen is not None:
+            seen = seen.at[rows, new].set(seen[rows, new] | ~done)
+        done = done | (new == EOS_ID) | (step + 1 >= arrays["max_new"])
+        return step + 1, new, done, out, cache, seen
+
+    carry = (jnp.asarray(1, jnp.int32), tok, done, out, cache, seen)
+    steps, _, _, out, _, _ = jax.lax.while_loop(cond, body, carry)
+    is_eos = out == EOS_ID
+    hit_eos = jnp.any(is_eos, axis=1)
+    first_eos = jnp.argmax(is_eos, axis=1)
+    num = jnp.where(hit_eos, first_eos + 1, jnp.minimum(arrays["max_new"], max_steps))
+    return {"tokens": out, "num_tokens": num.astype(jnp.int32), "hit_eos": hit_eos, "steps": steps}
+
+
+class Decoder:
+    """Compiled prefill + decode for one model (graphdef + params state).
+
+    `__call__(batch, max_steps)` returns host arrays: tokens [B, max_steps] (PAD after a
+    row stopped), num_tokens [B] (generated, <eos> included when hit), hit_eos [B] and
+    steps (loop iterations run). Compiles once per (B, P, max_steps, Mode): callers bucket
+    B, P and max_steps (`gpa_jax.sampling.Sampler` does).
+    """
+
+    def __init__(self, model: nnx.Module, mesh: jax.sharding.Mesh | None = None):
+        graphdef, state = nnx.split(model)
+        self.graphdef = graphdef
+        self.state = state
+        self.cfg = model.cfg
+        self.mesh = mesh
+        self.rules = getattr(model, "rules", None)
+        self._compiled: dict[tuple[int, Mode], Any] = {}
+
+    def _fn(self, max_steps: int, mode: Mode):
+        key = (max_steps, mode)
+        if key not in self._compiled:
+            fn = functools.partial(
+                _generate,
+                graphdef=self.graphdef,
+                max_steps=max_steps,
+                mode=mode,
+                rules=self.rules,
+            )
+            self._compiled[key] = jax.jit(fn)
+        return self._compiled[key]
+
+    def device_arrays(self, batch: Batch) -> dict[str, jax.Array]:
+        arrays = {
+            f.name: jnp.asarray(getattr(batch, f.name))
+            for f in dataclasses.fields(batch)
+            if f.name != "seeds"
+        }
+        arrays["keys"] = jax.vmap(jax.random.key)(jnp.asarray(batch.seeds))
+        return arrays
+
+    def __call__(self, batch: Batch, max_steps: int, mode: Mode | None = None):
+        if int(batch.max_new.max()) > max_steps:
+            raise ValueError(f"max_new {int(batch.max_new.max())} > max_steps {max_steps}")
+        longest = int((batch.lengths + batch.max_new).max())
+        if longest > self.cfg.max_len:
+            raise ValueError(
+                f"a row's prompt + max_new ({longest} tokens) exceeds the model's max_len "
+                f"{self.cfg.max_len}"
+            )
+        mode = choose_mode(batch, self.cfg.vocab_size) if mode is None else mode
+        fn = self._fn(int(max_steps), mode)
+        if self.mesh is not None:
+            with jax.set_mesh(self.mesh):
+                out = fn(self.state, self.device_arrays(batch))
+        else:
+            out = fn(self.state, self.device_arrays(batch))
+        return jax.device_get(out)

@@ -1,0 +1,393 @@
+"""The sampler: task requests -> prompts (the SeqIO tasks' own layout) -> batched decode.
+
+    sampler = Sampler.from_checkpoint(workdir + "/checkpoints", vocab)   # params only
+    results = sampler.generate([
+        Request.asr(source=codes),                          # codes [n_q, T] -> text
+        Request.tts(text="hello there", reference=ref),     # -> RVQ-1 codes [T]
+        Request.vc(source=codes, reference=ref),            # -> RVQ-1 codes [T]
+    ])
+    for r in results: print(r.id, r.error or r.text or r.rvq1.shape)
+
+Prompts are built by `gpa_jax.tasks.layout` (the functions the SeqIO tasks assemble
+training examples with), read as the trainer reads them: [PROMPT_START] ++ inputs, all of
+it prefix. Each request gets its task's sampling defaults (`sampling_config`: ASR greedy,
+TTS/VC sampled; a request may override them), an output id range (text ids for ASR,
+RVQ-1 ids for TTS/VC; <eos> always allowed) and a new-token budget derived from its input
+(module doc of `gpa_jax.sampling.config`), so a generation that never emits <eos> stops.
+
+A bad request (unknown task, empty text, no reference or source, codes out of range,
+over-long input) gets a `Result` with `error` set; the other requests are served.
+Requests are decoded in chunks of up to `max_batch`, sorted by prompt length; batch size,
+prompt length and step bound are bucketed (`gpa_jax.sampling.decode`), so a stream of
+requests reuses a handful of compiled programs.
+
+Audio: codes come from and go to `gpa_jax.codec.api` (encode / decode). The LM makes
+RVQ-1 only; the acoustic stage that adds RVQ-2..N is a callable passed as `acoustic`,
+
+    acoustic(rvq1_codes: int [T], prompt_codes: int [n_q, T_ref]) -> codes int [n_q, T]
+
+called for every TTS/VC result with the request's reference codes as the prompt; its
+output is `Result.codes` (decode it with `gpa_jax.codec.api.decode`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from gpa_jax import sharding as sharding_lib
+from gpa_jax.models import LMConfig, make_lm
+from gpa_jax.sampling import decode as decode_lib
+from gpa_jax.sampling.config import TASKS, check_params, sampling_config
+from gpa_jax.tasks import layout
+from gpa_jax.tasks.vocab import SpeechVocabulary
+from gpa_jax.text import normalize_transcript
+
+Acoustic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+DEFAULT_REF_MAX_FRAMES = 150
+
+
+class RequestError(ValueError):
+    """A request that cannot be served; the message says what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 = greedy; top_k 0 / top_p 1 / repetition_penalty 1 = off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_config(cls, section: Any) -> SamplingParams:
+        return cls(
+            float(section.temperature),
+            int(section.top_k),
+            float(section.top_p),
+            float(section.repetition_penalty),
+        )
+
+
+@dataclasses.dataclass
+class Request:
+    """One generation. Codes are int arrays [n_q, frames] (or [frames] for RVQ-1 only).
+
+    tts: text + reference; asr: source; vc: source + reference. `params` and
+    `max_new_tokens` override the task defaults (the budget is still capped to fit).
+    """
+
+    task: str
+    text: str | None = None
+    source: np.ndarray | None = None
+    reference: np.ndarray | None = None
+    params: SamplingParams | None = None
+    max_new_tokens: int | None = None
+    seed: int = 0
+    id: str = ""
+
+    @classmethod
+    def asr(cls, source: np.ndarray, **kwargs: Any) -> Request:
+        return cls("asr", source=source, **kwargs)
+
+    @classmethod
+    def tts(cls, text: str, reference: np.ndarray, **kwargs: Any) -> Request:
+        return cls("tts", text=text, reference=reference, **kwargs)
+
+    @classmethod
+    def vc(cls, source: np.ndarray, reference: np.ndarray, **kwargs: Any) -> Request:
+        return cls("vc", source=source, reference=reference, **kwargs)
+
+
+@dataclasses.dataclass
+class Result:
+    """What one request produced (or why not: `error`)."""
+
+    id: str
+    task: str
+    error: str | None = None
+    tokens: np.ndarray | None = None  # generated ids, <eos> excluded
+    stop: str | None = None  # "eos" | "max_length"
+    text: str | None = None  # asr
+    rvq1: np.ndarray | None = None  # tts/vc: int32 [T] RVQ-1 codes
+    codes: np.ndarray | None = None  # tts/vc: [n_q, T] from the acoustic stage, if given
+    prompt_length: int = 0
+    max_new_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclasses.dataclass
+class _Prepared:
+    index: int
+    request: Request
+    prompt: np.ndarray
+    max_new: int
+    params: SamplingParams
+    id_range: tuple[int, int]
+
+
+def _batch_multiple(mesh: jax.sharding.Mesh | None, rules: Any) -> int:
+    """Rows must divide over the mesh axes that 'batch' maps to."""
+    if mesh is None or rules is None:
+        return 1
+    spec = sharding_lib.logical_to_mesh_spec(("batch",), rules)[0]
+    if spec is None:
+        return 1
+    axes = (spec,) if isinstance(spec, str) else tuple(spec)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def config_from_checkpoint(ckpt_dir: str, step: int | None = None) -> ml_collections.ConfigDict:
+    """The training config saved in a checkpoint's `meta` item (latest step by default)."""
+    from gpa_jax.training import checkpoint as ckpt
+
+    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint steps in {ckpt_dir}")
+    step = steps[-1] if step is None else int(step)
+    path = os.path.join(ckpt_dir, str(step), ckpt.META, "metadata")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} missing: checkpoint step {step} has no saved config; pass config="
+        )
+    with open(path) as f:
+        meta = json.load(f)
+    if "config" not in meta:
+        raise KeyError(f"{path} has no 'config' entry; pass config=")
+    return ml_collections.ConfigDict(meta["config"])
+
+
+class Sampler:
+    """Serves asr/tts/vc requests with one LM (see module docstring)."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        params: nnx.State | nnx.Module,
+        vocab: SpeechVocabulary,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        sampling: ml_collections.ConfigDict | None = None,
+        acoustic: Acoustic | None = None,
+    ):
+        """config: the LM's top-level config (model, sharding_rules, optional tasks);
+        params: the model's nnx.State (e.g. `restore_params_only`) or a DecoderLM."""
+        self.config = config
+        self.vocab = vocab
+        self.mesh = mesh
+        self.sampling = sampling if sampling is not None else sampling_config()
+        self.acoustic = acoustic
+        self.cfg = LMConfig.from_config(config.model)
+        if vocab.vocab_size > self.cfg.vocab_size:
+            raise ValueError(
+                f"vocabulary {vocab} has {vocab.vocab_size} ids but the model only "
+                f"{self.cfg.vocab_size}"
+            )
+        if isinstance(params, nnx.Module):
+            model = params
+        else:
+            graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_lm(config, rngs=nnx.Rngs(0))))
+            model = nnx.merge(graphdef, params)
+        self.model = model
+        self.decoder = decode_lib.Decoder(model, mesh)
+        self.batch_multiple = _batch_multiple(mesh, getattr(model, "rules", None))
+        tasks = config.get("tasks") if hasattr(config, "get") else None
+        s = self.sampling
+        self.ref_max_frames = int(
+            s.ref_max_frames or (tasks.ref_max_frames if tasks is not None else DEFAULT_REF_MAX_FRAMES)
+        )
+        self.ref_layers = int(s.ref_layers or (tasks.ref_layers if tasks is not None else 1))
+        if self.ref_layers > vocab.num_audio_streams:
+            raise ValueError(
+                f"ref_layers={self.ref_layers} but the vocabulary has "
+                f"{vocab.num_audio_streams} audio streams"
+            )
+        self.max_total_len = int(s.max_total_len or self.cfg.max_len)
+        if self.max_total_len > self.cfg.max_len:
+            raise ValueError(
+                f"sampling.max_total_len={self.max_total_len} > model max_len {self.cfg.max_len}"
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt_dir: str,
+        vocab: SpeechVocabulary,
+        *,
+        config: ml_collections.ConfigDict | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        step: int | None = None,
+        **kwargs: Any,
+    ) -> Sampler:
+        """Restores only the params of `step` (default: latest) onto `mesh` (default: the
+        config's mesh over this host's devices). `config` defaults to the one the trainer
+        saved with the checkpoint."""
+        from gpa_jax.training import checkpoint as ckpt
+
+        config = config_from_checkpoint(ckpt_dir, step) if config is None else config
+        mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
+        params = ckpt.restore_params_only(ckpt_dir, config, mesh, step)
+        logging.info("restored params of %s (step %s) onto mesh %s", ckpt_dir, step, dict(mesh.shape))
+        return cls(config, params, vocab, mesh=mesh, **kwargs)
+
+    # --- requests -> prompts -----------------------------------------------------------
+
+    def _codes(self, value: Any, what: str, layers: int) -> np.ndarray:
+        """Validated codes [layers, frames] (the first `layers` rows of the given array)."""
+        if value is None:
+            raise RequestError(f"no {what} codes given")
+        codes = np.asarray(value)
+        if codes.ndim == 1:
+            codes = codes[None]
+        if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+            raise RequestError(
+                f"{what} must be integer codes [n_q, frames] or [frames], got "
+                f"{codes.dtype} {codes.shape}"
+            )
+        if codes.shape[1] == 0:
+            raise RequestError(f"{what} codes are empty (0 frames)")
+        if codes.shape[0] < layers:
+            raise RequestError(f"{what} has {codes.shape[0]} RVQ layers, need {layers}")
+        codes = codes[:layers]
+        c = self.vocab.codebook_size
+        if codes.min() < 0 or codes.max() >= c:
+            raise RequestError(
+                f"{what} codes span [{codes.min()}, {codes.max()}], outside [0, {c})"
+            )
+        return codes
+
+    def prepare(self, request: Request, index: int = 0) -> _Prepared:
+        """Prompt, budget, sampling parameters and id range of one request (or RequestError)."""
+        task = request.task
+        if task not in TASKS:
+            raise RequestError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        s = self.sampling
+        text = reference = source = None
+        if task == "tts":
+            normalized = normalize_transcript(request.text or "")
+            if not normalized:
+                raise RequestError(f"empty text (given {request.text!r})")
+            text = np.asarray(self.vocab.encode(normalized), np.int32)
+            expected = s.tts.frames_per_char * len(normalized)
+        if task in ("asr", "vc"):
+            src = self._codes(request.source, "source", 1)[0]
+            source = self.vocab.audio_to_ids(src, 0)
+            expected = (s.asr.tokens_per_frame if task == "asr" else s.vc.frames_per_frame) * len(src)
+        if task in ("tts", "vc"):
+            if request.reference is None:
+                raise RequestError(f"{task} needs a reference (codes of the target voice)")
+            ref = self._codes(request.reference, "reference", self.ref_layers)
+            reference = layout.reference_ids(ref[:, : self.ref_max_frames], self.vocab)
+        pieces = layout.input_segments(
+            task, self.vocab, text=text, reference=reference, source=source
+        )
+        prompt = layout.join([[layout.PROMPT_START], *pieces])
+        need = len(prompt) + math.ceil(expected) + 1
+        if need > self.max_total_len:
+            raise RequestError(
+                f"over-long input: prompt of {len(prompt)} tokens + ~{math.ceil(expected) + 1} "
+                f"expected output tokens exceeds the limit of {self.max_total_len}"
+            )
+        room = self.max_total_len - len(prompt)
+        if request.max_new_tokens is not None:
+            if request.max_new_tokens < 1:
+                raise RequestError(f"max_new_tokens={request.max_new_tokens} must be >= 1")
+            budget = int(request.max_new_tokens)
+        else:
+            budget = math.ceil(s.length_margin * expected) + int(s.length_slack)
+        params = request.params or SamplingParams.from_config(s[task])
+        try:
+            check_params(params, f"request {request.id or index} params")
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        return _Prepared(
+            index, request, prompt, min(budget, room), params, layout.output_range(task, self.vocab)
+        )
+
+    # --- generation --------------------------------------------------------------------
+
+    def _bucket_batch(self, n: int) -> int:
+        b = 1 << max(0, (n - 1).bit_length())
+        b = min(b, _round_up(int(self.sampling.max_batch), 1))
+        return _round_up(max(b, n), self.batch_multiple)
+
+    def _run_chunk(self, chunk: Sequence[_Prepared]) -> dict[str, np.ndarray]:
+        s = self.sampling
+        longest = max(len(p.prompt) for p in chunk)
+        P = _round_up(longest, int(s.prompt_bucket))
+        steps = _round_up(max(p.max_new for p in chunk), int(s.steps_bucket))
+        batch = decode_lib.make_batch(
+            [p.prompt for p in chunk],
+            max_new=[p.max_new for p in chunk],
+            temperature=[p.params.temperature for p in chunk],
+            top_k=[p.params.top_k for p in chunk],
+            top_p=[p.params.top_p for p in chunk],
+            repetition_penalty=[p.params.repetition_penalty for p in chunk],
+            id_ranges=[p.id_range for p in chunk],
+            seeds=[p.request.seed for p in chunk],
+            prompt_length=P,
+            batch_size=self._bucket_batch(len(chunk)),
+        )
+        return self.decoder(batch, steps)
+
+    def _result(self, p: _Prepared, out: dict[str, np.ndarray], row: int) -> Result:
+        r = p.request
+        n = int(out["num_tokens"][row])
+        hit = bool(out["hit_eos"][row])
+        tokens = np.asarray(out["tokens"][row, : n - 1 if hit else n], np.int32)
+        result = Result(
+            id=r.id,
+            task=r.task,
+            tokens=tokens,
+            stop="eos" if hit else "max_length",
+            prompt_length=len(p.prompt),
+            max_new_tokens=p.max_new,
+        )
+        if layout.OUTPUT_KIND[r.task] == "text":
+            result.text = self.vocab.decode(tokens.tolist())
+        else:
+            result.rvq1 = self.vocab.ids_to_audio(tokens, 0)
+            if self.acoustic is not None and len(result.rvq1):
+                try:
+                    result.codes = np.asarray(self.acoustic(result.rvq1, np.asarray(r.reference)))
+                except Exception as e:  # noqa: BLE001  (one request's failure, reported)
+                    result.error = f"acoustic stage failed: {type(e).__name__}: {e}"
+        return result
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        """One Result per request, in order (errors per request, see module docstring)."""
+        results: list[Result | None] = [None] * len(requests)
+        ready: list[_Prepared] = []
+        for i, request in enumerate(requests):
+            rid = request.id or str(i)
+            try:
+                ready.append(self.prepare(request, i))
+            except RequestError as e:
+                logging.warning("request %s (%s) rejected: %s", rid, request.task, e)
+                results[i] = Result(id=request.id, task=str(request.task), error=str(e))
+        ready.sort(key=lambda p: len(p.prompt))
+        size = int(self.sampling.max_batch)
+        for start in range(0, len(ready), size):
+            chunk = ready[start : start + size]
+            out = self._run_chunk(chunk)
+            for row, p in enumerate(chunk):
+                results[p.index] = self._result(p, out, row)
+        return results  # type: ignore[return-value]
