@@ -1,0 +1,210 @@
+"""Sampler: prompts equal the SeqIO tasks' model inputs, per-request errors, batching,
+per-task defaults and limits, params-only restore from a trainer checkpoint on another mesh."""
+
+import inspect
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from gpa_jax import sharding
+from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
+from gpa_jax.sampling import Request, Sampler, SamplingParams, sampling_config
+from gpa_jax.sampling import decode as decode_lib
+from gpa_jax.tasks import pipeline, planning
+from gpa_jax.tasks import tasks as tasks_lib
+from gpa_jax.tasks.vocab import SpeechVocabulary
+from gpa_jax.training import checkpoint as ckpt
+from gpa_jax.training.train_step import make_optimizer, optimizer_config
+from tests.models.helpers import numpy_model
+from tests.tasks.conftest import CODEBOOK, N_Q, SEQ_LEN, small_config, write_corpus
+
+import seqio
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=N_Q, codebook_size=CODEBOOK)
+
+
+def _config(vocab_size):
+    model = lm_model_config(
+        vocab_size=vocab_size,
+        num_layers=2,
+        embed_dim=32,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=64,
+        rope_theta=10_000.0,
+        max_len=SEQ_LEN,
+        dtype="float32",
+        scan_layers=False,
+        prefix_bidirectional=True,
+        init_std=1.0,
+    )
+    config = lm_config(model=model, mesh=mesh_config(shape=(-1, 1, 1)))
+    config.optimizer = optimizer_config()
+    return config
+
+
+@pytest.fixture(scope="module")
+def lm(vocab):
+    config = _config(vocab.vocab_size)
+    return config, numpy_model(LMConfig.from_config(config.model))
+
+
+def _sampler(lm, vocab, **sampling):
+    config, model = lm
+    return Sampler(config, model, vocab, sampling=sampling_config(**sampling))
+
+
+def _codes(frames, seed, layers=N_Q):
+    return np.random.default_rng(seed).integers(0, CODEBOOK, (layers, frames))
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, vocab):
+    directory = str(tmp_path_factory.mktemp("tokens"))
+    write_corpus(directory)
+    kwargs = dict(namespace="sampler_test")
+    if "sequence_length" in inspect.signature(tasks_lib.register_tasks).parameters:
+        kwargs["sequence_length"] = SEQ_LEN
+    return tasks_lib.register_tasks(directory, vocab, small_config(), **kwargs)
+
+
+@pytest.mark.parametrize("task", ["asr", "tts", "vc"])
+def test_prompt_is_what_the_trainer_feeds_for_the_same_example(registered, vocab, lm, task):
+    """[PROMPT_START] + inputs == the converter's decoder_input_tokens over the prefix."""
+    sampler = _sampler(lm, vocab, ref_max_frames=40)
+    source = registered.sources[task]
+    rows, _ = source.plan("train")
+    bank = source.bank("train")
+    ds = pipeline.make_dataset(
+        registered.task_names[task], "train", SEQ_LEN, 1, None, False, pack=False, num_epochs=1
+    )
+
+    def utt(u, start=0, n=None):
+        s = bank.audio_start[u] + start
+        return bank.codes[:, s : s + (bank.frames[u] if n is None else n)]
+
+    for row, ex in list(zip(rows, ds.as_numpy_iterator()))[:4]:
+        t, r, start, n, src = (int(x) for x in row)
+        if task == "asr":
+            request = Request.asr(utt(t))
+        elif task == "tts":
+            request = Request.tts(bank.texts[t], utt(r, start, n))
+        else:
+            request = Request.vc(utt(src), utt(r, start, n))
+        prompt = sampler.prepare(request).prompt
+        fed = ex["decoder_input_tokens"][0]
+        prefix = ex["decoder_prefix_mask"][0]
+        assert prefix.sum() == len(prompt) and prefix[: len(prompt)].all()
+        np.testing.assert_array_equal(fed[: len(prompt)], prompt)
+
+
+def test_bad_requests_get_errors_and_the_rest_is_served(lm, vocab):
+    sampler = _sampler(lm, vocab, max_batch=4)
+    good = [
+        Request.asr(_codes(30, 0), id="asr"),
+        Request.tts("hello there", _codes(20, 1), id="tts"),
+        Request.vc(_codes(25, 2)[0], _codes(15, 3), id="vc"),
+    ]
+    bad = [
+        (Request("sing", text="la", id="unknown"), "unknown task 'sing'"),
+        (Request.tts("  ?! ", _codes(10, 4), id="empty"), "empty text"),
+        (Request.tts("hi", None, id="noref"), "needs a reference"),
+        (Request.vc(_codes(10, 5), None, id="vc-noref"), "needs a reference"),
+        (Request.asr(None, id="nosrc"), "no source"),
+        (Request.asr(np.zeros((1, 0), int), id="emptysrc"), "empty"),
+        (Request.asr(_codes(10, 6) + CODEBOOK, id="range"), "outside"),
+        (Request.asr(_codes(SEQ_LEN, 7), id="long"), "over-long"),
+        (Request.tts("hi", _codes(10, 8), params=SamplingParams(top_p=0.0), id="p"), "top_p"),
+    ]
+    requests = [good[0], bad[0][0], good[1], *[b for b, _ in bad[1:]], good[2]]
+    results = sampler.generate(requests)
+    assert [r.id for r in results] == [r.id for r in requests]
+    by_id = {r.id: r for r in results}
+    for request, message in bad:
+        assert not by_id[request.id].ok and message in by_id[request.id].error
+    for request in good:
+        r = by_id[request.id]
+        assert r.ok and r.stop in ("eos", "max_length") and len(r.tokens) <= r.max_new_tokens
+    # Output ranges: text for ASR, RVQ-1 codes for TTS/VC.
+    assert vocab.is_text(by_id["asr"].tokens).all() and isinstance(by_id["asr"].text, str)
+    for rid in ("tts", "vc"):
+        r = by_id[rid]
+        assert r.rvq1.shape == r.tokens.shape and (r.rvq1 < CODEBOOK).all()
+    # Budgets come from the input: ASR tokens per source frame, TTS frames per character.
+    s = sampling_config()
+    assert by_id["asr"].max_new_tokens == int(np.ceil(2 * s.asr.tokens_per_frame * 30)) + 16
+    assert by_id["tts"].max_new_tokens == int(np.ceil(2 * s.tts.frames_per_char * 11)) + 16
+    assert by_id["vc"].max_new_tokens == int(np.ceil(2 * s.vc.frames_per_frame * 25)) + 16
+
+
+def test_batched_equals_one_by_one_with_task_defaults(lm, vocab):
+    sampler = _sampler(lm, vocab, max_batch=4)
+    requests = [
+        Request.asr(_codes(30, 0), id="a"),
+        Request.tts("the cat sat", _codes(20, 1), seed=3, id="t"),
+        Request.vc(_codes(25, 2), _codes(15, 3), seed=4, id="v"),
+        Request.tts("a quick brown fox", _codes(12, 5), seed=5, max_new_tokens=9, id="t2"),
+    ]
+    together = sampler.generate(requests)
+    assert together[3].max_new_tokens == 9 and len(together[3].tokens) <= 9
+    for request, batched in zip(requests, together, strict=True):
+        (alone,) = sampler.generate([request])
+        np.testing.assert_array_equal(alone.tokens, batched.tokens)
+        assert alone.stop == batched.stop
+    # ASR is greedy by default: the same request with another seed gives the same text;
+    # TTS is sampled: another seed gives other codes.
+    (asr2,) = sampler.generate([Request.asr(_codes(30, 0), seed=99)])
+    np.testing.assert_array_equal(asr2.tokens, together[0].tokens)
+    (tts2,) = sampler.generate([Request.tts("the cat sat", _codes(20, 1), seed=99)])
+    assert tts2.tokens.tolist() != together[1].tokens.tolist()
+
+
+def test_reference_is_cropped_and_acoustic_hook_is_called(lm, vocab):
+    calls = []
+
+    def complete(rvq1, prompt_codes):
+        calls.append((rvq1.copy(), prompt_codes.shape))
+        return np.stack([rvq1] * N_Q)
+
+    config, model = lm
+    sampler = Sampler(
+        config, model, vocab, sampling=sampling_config(ref_max_frames=12), acoustic=complete
+    )
+    short = sampler.prepare(Request.tts("hi", _codes(12, 1))).prompt
+    long = sampler.prepare(Request.tts("hi", _codes(50, 1))).prompt
+    np.testing.assert_array_equal(short, long)  # only the first 12 frames are kept
+    (r,) = sampler.generate([Request.tts("hi", _codes(50, 1), max_new_tokens=5)])
+    assert r.codes.shape == (N_Q, len(r.rvq1)) and calls[0][1] == (N_Q, 50)
+    np.testing.assert_array_equal(calls[0][0], r.rvq1)
+
+
+def test_params_only_restore_from_trainer_checkpoint_onto_another_mesh(tmp_path, lm, vocab):
+    config, model = lm
+    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    manager = ckpt.make_manager(tmp_path / "checkpoints", async_save=False)
+    assert ckpt.save_checkpoint(manager, 7, nnx.state((model, optimizer)), config=config)
+    manager.close()
+    # Nothing of the optimizer is needed: remove its item altogether.
+    shutil.rmtree(tmp_path / "checkpoints" / "7" / ckpt.OPT_STATE)
+    mesh = sharding.make_mesh(mesh_config(shape=(2, 2, 2)), jax.devices()[:8])
+    restored = Sampler.from_checkpoint(str(tmp_path / "checkpoints"), vocab, mesh=mesh)
+    emb = restored.model.embedder.embedding[...]
+    assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert restored.batch_multiple == 4
+    requests = [
+        Request.asr(_codes(30, 0)),
+        Request.tts("hello", _codes(20, 1), params=SamplingParams()),
+        Request.vc(_codes(25, 2), _codes(15, 3), params=SamplingParams()),
+    ]
+    local = _sampler(lm, vocab)
+    for a, b in zip(local.generate(requests), restored.generate(requests), strict=True):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Sampler.from_checkpoint(str(tmp_path / "nothing"), vocab, mesh=mesh)
