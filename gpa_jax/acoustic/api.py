@@ -88,7 +88,10 @@ class AcousticStage:
         from gpa_jax import sharding as sharding_lib
         from gpa_jax.training import checkpoint as ckpt_lib
 
-        mesh = sharding_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
+        from gpa_jax.models.config import mesh_config
+
+        # Inference on one device; the checkpoint restores onto any mesh.
+        mesh = sharding_lib.make_mesh(mesh_config(shape=(1, 1, 1)), devices=jax.devices()[:1])
         directory = ckpt_lib.checkpoint_dir(workdir)
         if not os.path.isdir(directory):
             raise FileNotFoundError(

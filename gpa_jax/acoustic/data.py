@@ -354,11 +354,20 @@ def make_dataset(
 
 
 def make_iterators(
-    config: ml_collections.ConfigDict, *, process_index: int = 0, process_count: int = 1
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> tuple[DataIterator, DataIterator | None]:
-    """(train, eval) iterators in the trainer's contract; each host reads its own share."""
+    """(train, eval) iterators in the trainer's contract; each host reads its own share.
+
+    `workdir` (the run's) is accepted for the trainer's contract; the token shards are
+    always named by config.data.token_dir (they belong to the corpus, not to this run).
+    """
     from gpa_jax.acoustic.config import check_config
 
+    del workdir
     check_config(config)
     rows = int(config.train.batch_size) // process_count
     shard = seqio.ShardInfo(process_index, process_count) if process_count > 1 else None
