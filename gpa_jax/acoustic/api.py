@@ -86,9 +86,8 @@ class AcousticStage:
     ) -> AcousticStage:
         """The model of `step` (default: latest) in <workdir>/checkpoints, params only."""
         from gpa_jax import sharding as sharding_lib
-        from gpa_jax.training import checkpoint as ckpt_lib
-
         from gpa_jax.models.config import mesh_config
+        from gpa_jax.training import checkpoint as ckpt_lib
 
         # Inference on one device; the checkpoint restores onto any mesh.
         mesh = sharding_lib.make_mesh(mesh_config(shape=(1, 1, 1)), devices=jax.devices()[:1])
