@@ -133,6 +133,10 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     prompt_min_frames  shorter references are used whole; none at all -> example dropped
     target_max_frames  longer targets are cropped (random start, fixed per example by
                        the seed); the NAR model is non-causal, so crops lose nothing
+    eval_prompt_split  split the eval examples' prompts come from ('' = eval_split
+                       itself); the default 'train' lets a held-out split with one
+                       utterance per speaker still be evaluated (other sentences, so
+                       never the target utterance)
     task_names         per-stage metric names (stage_task_names), set by acoustic_config
     namespace          SeqIO registry prefix: task <namespace>_<variant>
     verify_checksums   check shard sha256s on load
@@ -144,6 +148,7 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         prompt_max_frames=150,
         prompt_min_frames=25,
         target_max_frames=250,
+        eval_prompt_split="train",
         task_names=stage_task_names(8, "nar"),
         namespace="acoustic",
         verify_checksums=True,

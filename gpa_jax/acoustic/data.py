@@ -9,7 +9,9 @@ speaker whose transcript differs (so the prompt never contains the target uttera
 the same words); candidates shorter than data.prompt_min_frames are skipped; a target
 whose speaker has no candidate is dropped and counted ("no_reference"). The prompt is
 cropped to data.prompt_max_frames and the target to data.target_max_frames, each at a
-random start. The SeqIO task yields {"prompt_codes": int32 [P, n_q], "target_codes":
+random start. Eval examples (data.eval_split) take their prompts from
+data.eval_prompt_split when set (default: train; held-out sentences, so again another
+utterance and another text). The SeqIO task yields {"prompt_codes": int32 [P, n_q], "target_codes":
 int32 [T, n_q]} (frame-major, all RVQ layers).
 
 Trainer rows (length L = train.seq_len), one example per row:
@@ -154,20 +156,45 @@ def reference_candidates(bank: CodeBank, min_frames: int) -> list[np.ndarray]:
     return out
 
 
+def cross_candidates(bank: CodeBank, ref_bank: CodeBank, min_frames: int) -> list[np.ndarray]:
+    """Per target u of `bank`: utterances of `ref_bank` by u's speaker with another text."""
+    by_speaker: dict[str, list[int]] = collections.defaultdict(list)
+    for r, s in enumerate(ref_bank.speakers):
+        if ref_bank.frames[r] >= min_frames:
+            by_speaker[s].append(r)
+    return [
+        np.array([r for r in by_speaker[bank.speakers[u]] if ref_bank.texts[r] != bank.texts[u]],
+                 np.int64)
+        for u in range(len(bank.ids))
+    ]  # fmt: skip
+
+
 def plan_pairs(
-    bank: CodeBank, settings: PairSettings, seed: int, split: str
+    bank: CodeBank,
+    settings: PairSettings,
+    seed: int,
+    split: str,
+    ref_bank: CodeBank | None = None,
 ) -> tuple[np.ndarray, collections.Counter]:
-    """Rows int64 [N, 6] (TGT, TGT_START, TGT_LEN, REF, REF_START, REF_LEN) and counters."""
+    """Rows int64 [N, 6] (TGT, TGT_START, TGT_LEN, REF, REF_START, REF_LEN) and counters.
+
+    With `ref_bank` (another split, e.g. train for held-out targets) references are its
+    utterances (REF indexes ref_bank), again of the target's speaker with another text.
+    """
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(split.encode())])
-    candidates = reference_candidates(bank, settings.prompt_min_frames)
+    if ref_bank is None:
+        candidates = reference_candidates(bank, settings.prompt_min_frames)
+    else:
+        candidates = cross_candidates(bank, ref_bank, settings.prompt_min_frames)
+    bank_for_ref = bank if ref_bank is None else ref_bank
     rows, counts = [], collections.Counter()
     for u in range(len(bank.ids)):
         if not len(candidates[u]):
             counts["no_reference"] += 1
             continue
         ref = int(candidates[u][rng.integers(len(candidates[u]))])
-        ref_len = int(min(settings.prompt_max_frames, bank.frames[ref]))
-        ref_start = int(rng.integers(int(bank.frames[ref]) - ref_len + 1))
+        ref_len = int(min(settings.prompt_max_frames, bank_for_ref.frames[ref]))
+        ref_start = int(rng.integers(int(bank_for_ref.frames[ref]) - ref_len + 1))
         tgt_len = int(min(settings.target_max_frames, bank.frames[u]))
         tgt_start = int(rng.integers(int(bank.frames[u]) - tgt_len + 1))
         rows.append((u, tgt_start, tgt_len, ref, ref_start, ref_len))
@@ -181,10 +208,17 @@ class AcousticPairSource(seqio.DataSource):
     """(prompt, target) code pairs of a token-shard split (module docstring)."""
 
     def __init__(
-        self, token_dir: str, settings: PairSettings, splits: tuple[str, ...], verify: bool
+        self,
+        token_dir: str,
+        settings: PairSettings,
+        splits: tuple[str, ...],
+        verify: bool,
+        prompt_splits: dict[str, str] | None = None,
     ):
         super().__init__(splits=splits, caching_permitted=False, performs_internal_shuffling=True)
         self.token_dir = token_dir
+        # split -> the split its prompts come from (absent: the same split).
+        self.prompt_splits = dict(prompt_splits or {})
         self.settings = settings
         self.verify = verify
         self._plans: dict[tuple[str, int], tuple[np.ndarray, collections.Counter]] = {}
@@ -199,10 +233,17 @@ class AcousticPairSource(seqio.DataSource):
     def bank(self, split: str) -> CodeBank:
         return cached_bank(self.token_dir, split, self.verify)
 
+    def ref_bank(self, split: str) -> CodeBank:
+        return self.bank(self.prompt_splits.get(split, split))
+
     def plan(self, split: str, seed: int | None = None):
         seed = 0 if seed is None else int(seed)
         if (split, seed) not in self._plans:
-            self._plans[(split, seed)] = plan_pairs(self.bank(split), self.settings, seed, split)
+            ref = self.prompt_splits.get(split)
+            self._plans[(split, seed)] = plan_pairs(
+                self.bank(split), self.settings, seed, split,
+                ref_bank=None if ref in (None, split) else self.bank(ref),
+            )  # fmt: skip
         return self._plans[(split, seed)]
 
     def get_dataset(
@@ -227,9 +268,14 @@ class AcousticPairSource(seqio.DataSource):
             )
         if shard_info is not None and shard_info.num_shards > 1:
             rows = rows[shard_info.index :: shard_info.num_shards]
-        bank = self.bank(split)
+        bank, ref_bank = self.bank(split), self.ref_bank(split)
         codes = tf.constant(bank.codes.T.astype(np.int32))  # [total, n_q], frame-major
         starts = tf.constant(bank.start)
+        if ref_bank is bank:
+            ref_codes, ref_starts = codes, starts
+        else:
+            ref_codes = tf.constant(ref_bank.codes.T.astype(np.int32))
+            ref_starts = tf.constant(ref_bank.start)
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(rows))
         if shuffle:
             ds = ds.shuffle(len(rows), seed=zlib.crc32(f"acoustic:{seed}".encode()),
@@ -237,9 +283,9 @@ class AcousticPairSource(seqio.DataSource):
 
         def assemble(row):
             t0 = starts[row[TGT]] + row[TGT_START]
-            r0 = starts[row[REF]] + row[REF_START]
+            r0 = ref_starts[row[REF]] + row[REF_START]
             return {
-                "prompt_codes": codes[r0 : r0 + row[REF_LEN]],
+                "prompt_codes": ref_codes[r0 : r0 + row[REF_LEN]],
                 "target_codes": codes[t0 : t0 + row[TGT_LEN]],
             }
 
@@ -276,6 +322,11 @@ def register_task(config: ml_collections.ConfigDict) -> seqio.Task:
         PairSettings.from_config(config.data),
         tuple(sorted(manifest["splits"])),
         bool(config.data.verify_checksums),
+        prompt_splits=(
+            {config.data.eval_split: config.data.eval_prompt_split}
+            if config.data.eval_prompt_split
+            else None
+        ),
     )
     vocab = seqio.PassThroughVocabulary(size=int(m.codebook_size))
     features = {

@@ -1,7 +1,6 @@
 """Training the acoustic stage: a tiny model overfits a batch; launch-style runs through the
 LM trainer (Orbax checkpoints, resume) and the complete() API on the restored model."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
