@@ -6,6 +6,7 @@
     kind       the trainer hook (gpa_jax.training.model_kinds): factory, losses, iterators
     api        AcousticStage.complete(rvq1_tokens, prompt_codes) for the sampler, synthesis
     evaluate   bounds-vs-stage comparison (mel distance, speaker similarity)
+    recipe     train_stage / evaluate_stages: the calls the demo makes
 
 Train with `python -m launch.train --config=configs/acoustic_nar_tiny.py` (or
 `configs/acoustic_vocoder_tiny.py`); evaluate with `python -m launch.eval_acoustic`.

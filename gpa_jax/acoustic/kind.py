@@ -55,9 +55,26 @@ def _load_codec(config_spec: str, checkpoint_dir: str):
     return codec, step
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _resolve_spec(spec: str) -> str:
+    """A config path[:arg] relative to the working directory, else to the repository."""
+    path, sep, arg = spec.partition(":")
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(_REPO, path)):
+        path = os.path.join(_REPO, path)
+    return path + sep + arg
+
+
 def load_codec(config: ml_collections.ConfigDict):
-    """(codec, step): the frozen codec of `config.codec` (cached per process)."""
-    return _load_codec(config.codec.config, os.path.abspath(codec_checkpoint_dir(config)))
+    """(codec, step): the frozen codec of `config.codec` (cached per process).
+
+    config.codec.config must be the codec config the checkpoint was trained with (a
+    different shape fails in the restore, naming the mismatching array).
+    """
+    return _load_codec(
+        _resolve_spec(config.codec.config), os.path.abspath(codec_checkpoint_dir(config))
+    )
 
 
 def codec_codebooks(codec) -> np.ndarray:
