@@ -1,0 +1,301 @@
+"""Decode throughput of the sampler, side by side with HF transformers `generate` (PyTorch).
+
+    python -m launch.bench_sample                          # gpa_tiny, its dtype (float32)
+    python -m launch.bench_sample --config=configs/gpa_tiny.py:bf16
+    python -m launch.bench_sample --batch_sizes=1,8,32 --new_tokens=200 --torch=false
+
+Workload (issue 6): per batch size, prompts of --prompt_len random tokens, --new_tokens
+greedy new tokens per row, the same for both sides. Both sides may emit any id but
+<pad>/<eos> (JAX: the sampler's id-range mask [2, vocab); torch: `suppress_tokens=[0, 1]`),
+so every row runs the full length on both.
+
+JAX side: `gpa_jax.sampling.decode.Decoder`, the sampler's compiled program (prefill of
+left-padded prompts + a lax.while_loop decode with the cache updated in place and the
+token choice fused), bucketed as the sampler buckets (sampling_config's prompt_bucket and
+steps_bucket), so the timed calls reuse one compile per batch size. Torch side (the
+`[bench]` extra): `transformers.Qwen3ForCausalLM` of the same shape (vocab, width, layers,
+heads / kv heads, head_dim, MLP, tied embeddings, QK-norm, RoPE theta, norm eps), sdpa
+attention, `generate(do_sample=False)` with its KV cache, under torch.inference_mode.
+The JAX model gets the torch model's weights, so both compute the same function; the
+fraction of greedy tokens on which they agree is reported (`agreement`) as the check
+that the architectures match (float rounding may flip a near-tie and then the rest of
+that row).
+
+Precision: like with like. Torch runs in float32 (and, with --torch_dtypes, bfloat16);
+the headline ratios compare JAX with the torch run of the precision of
+`config.model.dtype`.
+
+Timing: one untimed call per side and batch size (compile / warm-up), then --rounds
+rounds that time every side in turn (order alternating), so load from other processes
+on a shared machine hits both alike. tokens/s = batch * new_tokens / wall time of a
+whole call (prefill + decode + host transfer), median over rounds (best also printed).
+
+The last stdout line is one JSON object: {"b1_ratio", "b32_ratio", per side tokens/s,
+"tts_rtf": null until the acoustic stage exists (issue 5), ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+
+from gpa_jax import config_utils
+
+config_utils.define_config_flag("configs/gpa_tiny.py")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens per row.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 200, "Greedy new tokens per row.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed calls per side and batch size.")
+_TORCH = flags.DEFINE_enum(
+    "torch", "auto", ["auto", "true", "false"],
+    "Run the PyTorch side: auto = if torch and transformers import; true = required.",
+)  # fmt: skip
+_TORCH_DTYPES = flags.DEFINE_list(
+    "torch_dtypes", [], "Torch precisions to run (default: the config's compute dtype)."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and prompts.")
+
+
+def _torch_available() -> str | None:
+    """None if torch + transformers import, else why not."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return f"{e} (install the [bench] extra)"
+    return None
+
+
+class TorchSide:
+    """HF Qwen3ForCausalLM of the config's shape; `generate` with its KV cache."""
+
+    def __init__(self, m: Any, dtype: str, seed: int):
+        import torch
+        import transformers
+
+        self.torch = torch
+        hf_config = transformers.Qwen3Config(
+            vocab_size=m.vocab_size,
+            hidden_size=m.embed_dim,
+            intermediate_size=m.mlp_dim,
+            num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads,
+            num_key_value_heads=m.num_kv_heads,
+            head_dim=m.head_dim,
+            tie_word_embeddings=True,
+            rms_norm_eps=m.norm_eps,
+            rope_theta=m.rope_theta,
+            max_position_embeddings=m.max_len,
+            attention_dropout=0.0,
+            attn_implementation="sdpa",
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=None,
+        )
+        torch.manual_seed(seed)
+        self.model = transformers.Qwen3ForCausalLM(hf_config).eval()
+        self.dtype = dtype
+        if dtype == "bfloat16":
+            self.model = self.model.to(torch.bfloat16)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().float().numpy() for k, v in self.model.state_dict().items()}
+
+    def generate(self, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
+        torch = self.torch
+        ids = torch.from_numpy(prompts).long()
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                suppress_tokens=[0, 1],
+                use_cache=True,
+            )
+        return out[:, prompts.shape[1] :].numpy()
+
+
+def load_torch_weights(model: Any, weights: dict[str, np.ndarray]) -> None:
+    """Copies an HF Qwen3 state dict into a DecoderLM (unrolled layers) in place."""
+    cfg = model.cfg
+    e, h, kv, d = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def put(var, value):
+        var[...] = np.asarray(value, dtype=var[...].dtype).reshape(var[...].shape)
+
+    put(model.embedder.embedding, weights["model.embed_tokens.weight"])
+    put(model.decoder.final_norm.scale, weights["model.norm.weight"])
+    for i, block in enumerate(model.decoder.layers):
+        p = f"model.layers.{i}."
+        a = block.attn
+        put(a.q_proj.kernel, weights[p + "self_attn.q_proj.weight"].T.reshape(e, h, d))
+        put(a.k_proj.kernel, weights[p + "self_attn.k_proj.weight"].T.reshape(e, kv, d))
+        put(a.v_proj.kernel, weights[p + "self_attn.v_proj.weight"].T.reshape(e, kv, d))
+        put(a.o_proj.kernel, weights[p + "self_attn.o_proj.weight"].T.reshape(h, d, e))
+        put(a.q_norm.scale, weights[p + "self_attn.q_norm.weight"])
+        put(a.k_norm.scale, weights[p + "self_attn.k_norm.weight"])
+        put(block.pre_attn_norm.scale, weights[p + "input_layernorm.weight"])
+        put(block.pre_mlp_norm.scale, weights[p + "post_attention_layernorm.weight"])
+        put(block.mlp.gate_proj.kernel, weights[p + "mlp.gate_proj.weight"].T)
+        put(block.mlp.up_proj.kernel, weights[p + "mlp.up_proj.weight"].T)
+        put(block.mlp.down_proj.kernel, weights[p + "mlp.down_proj.weight"].T)
+
+
+class JaxSide:
+    """The sampler's Decoder over left-padded prompts, bucketed like the Sampler."""
+
+    def __init__(self, config: Any, weights: dict[str, np.ndarray] | None, seed: int):
+        import jax
+        from flax import nnx
+
+        from gpa_jax.models import LMConfig, make_lm
+        from gpa_jax.sampling import decode, sampling_config
+
+        self.decode = decode
+        self.cfg = LMConfig.from_config(config.model)
+        if weights is not None and self.cfg.scan_layers:
+            raise ValueError("torch weights load into unrolled layers: set model.scan_layers=False")
+        # Params from numpy into an abstract model (fast: no RNG compile), then torch's.
+        model = nnx.eval_shape(lambda: make_lm(config, rngs=nnx.Rngs(0)))
+        rng = np.random.default_rng(seed)
+        for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            var.set_value(np.asarray(0.02 * rng.standard_normal(var.shape), var.dtype))
+        if weights is not None:
+            load_torch_weights(model, weights)
+        self.decoder = decode.Decoder(model)
+        s = sampling_config()
+        self.prompt_bucket, self.steps_bucket = int(s.prompt_bucket), int(s.steps_bucket)
+        self.jax = jax
+
+    def batch(self, prompts: np.ndarray, new_tokens: int):
+        n, length = prompts.shape
+        bucket = -(-length // self.prompt_bucket) * self.prompt_bucket
+        return self.decode.make_batch(
+            list(prompts),
+            max_new=[new_tokens] * n,
+            temperature=[0.0] * n,
+            top_k=[0] * n,
+            top_p=[1.0] * n,
+            repetition_penalty=[1.0] * n,
+            id_ranges=[(2, self.cfg.vocab_size)] * n,
+            allow_eos=[False] * n,
+            seeds=list(range(n)),
+            prompt_length=bucket,
+        )
+
+    def generate(self, batch, new_tokens: int) -> np.ndarray:
+        steps = -(-new_tokens // self.steps_bucket) * self.steps_bucket
+        out = self.decoder(batch, steps)
+        return out["tokens"][:, :new_tokens]
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a == b))
+
+
+def run(config, *, batch_sizes, prompt_len, new_tokens, rounds, torch_mode, torch_dtypes, seed):
+    m = config.model
+    why_not = _torch_available() if torch_mode != "false" else "--torch=false"
+    if why_not and torch_mode == "true":
+        raise RuntimeError(f"--torch=true but torch is unavailable: {why_not}")
+    torch_dtypes = list(torch_dtypes) or [m.dtype if m.dtype in ("float32", "bfloat16") else "float32"]
+    torch_sides = {}
+    if not why_not:
+        import torch
+
+        logging.info("torch %s, %d threads", torch.__version__, torch.get_num_threads())
+        torch_sides = {dt: TorchSide(m, dt, seed) for dt in torch_dtypes}
+    else:
+        logging.warning("no torch side: %s; reporting JAX only", why_not)
+    weights = next(iter(torch_sides.values())).weights() if torch_sides else None
+    jax_side = JaxSide(config, weights, seed)
+    rng = np.random.default_rng(seed)
+    results: dict[str, Any] = {}
+    for b in batch_sizes:
+        prompts = rng.integers(2, m.vocab_size, (b, prompt_len)).astype(np.int32)
+        batch = jax_side.batch(prompts, new_tokens)
+        t0 = time.perf_counter()
+        jax_tokens = jax_side.generate(batch, new_tokens)
+        compile_s = time.perf_counter() - t0
+        sides = {"jax": lambda: jax_side.generate(batch, new_tokens)}
+        outputs = {"jax": jax_tokens}
+        for dt, side in torch_sides.items():
+            outputs[f"torch_{dt}"] = side.generate(prompts, new_tokens)  # warm-up
+            sides[f"torch_{dt}"] = lambda side=side: side.generate(prompts, new_tokens)
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for r in range(rounds):
+            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+            for name in order:
+                t = time.perf_counter()
+                sides[name]()
+                times[name].append(time.perf_counter() - t)
+        entry: dict[str, Any] = {"first_call_s": compile_s}
+        for name, ts in times.items():
+            entry[f"{name}_tok_s"] = b * new_tokens / statistics.median(ts)
+            entry[f"{name}_best_tok_s"] = b * new_tokens / min(ts)
+        for name in torch_sides:
+            entry[f"agreement_{name}"] = _agreement(jax_tokens, outputs[f"torch_{name}"])
+        results[b] = entry
+        logging.info("batch %d: %s", b, {k: round(v, 3) for k, v in entry.items()})
+    headline = f"torch_{m.dtype}"
+    summary: dict[str, Any] = {
+        "config_dtype": m.dtype,
+        "attention_impl": m.attention_impl,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "torch": None if why_not else {"dtypes": torch_dtypes},
+        "torch_missing": why_not,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    for b, entry in results.items():
+        summary[f"b{b}_jax_tok_s"] = round(entry["jax_tok_s"], 1)
+        for dt in torch_sides:
+            summary[f"b{b}_torch_{dt}_tok_s"] = round(entry[f"torch_{dt}_tok_s"], 1)
+            summary[f"b{b}_agreement_{dt}"] = round(entry[f"agreement_{dt}"], 4)
+        ratio = None
+        if f"{headline}_tok_s" in entry:
+            ratio = round(entry["jax_tok_s"] / entry[f"{headline}_tok_s"], 3)
+        summary[f"b{b}_ratio"] = ratio
+        summary[f"b{b}_first_call_s"] = round(entry["first_call_s"], 2)
+    # TTS real-time factor needs the acoustic stage (issue 5) and the codec decoder.
+    summary["tts_rtf"] = None
+    summary["tts_rtf_note"] = "pending: needs the acoustic stage (issue 5)"
+    return summary, results
+
+
+def _print_table(results: dict[int, dict[str, float]]) -> None:
+    names = sorted({k[: -len("_tok_s")] for e in results.values() for k in e if k.endswith("_tok_s") and "best" not in k})
+    print(f"{'batch':>5}  " + "  ".join(f"{n + ' tok/s':>22}" for n in names))
+    for b, e in results.items():
+        print(f"{b:>5}  " + "  ".join(f"{e[n + '_tok_s']:>22.1f}" for n in names))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = config_utils.config_from_flags()
+    summary, results = run(
+        config,
+        batch_sizes=[int(b) for b in _BATCH_SIZES.value],
+        prompt_len=_PROMPT_LEN.value,
+        new_tokens=_NEW_TOKENS.value,
+        rounds=_ROUNDS.value,
+        torch_mode=_TORCH.value,
+        torch_dtypes=_TORCH_DTYPES.value,
+        seed=_SEED.value,
+    )
+    _print_table(results)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=config_utils.flags_parser)
