@@ -53,7 +53,10 @@ REMAT_POLICIES = (
     "dots_with_no_batch_dims_saveable",
     "everything_saveable",
 )
-ATTENTION_IMPLS = ("xla", "cudnn")
+# 'xla' / 'cudnn': jax.nn.dot_product_attention (the accelerator path); 'cpu': the
+# XLA:CPU implementation in layers.blocked_attention; 'auto': 'cpu' on the CPU backend,
+# else jax's own choice (cuDNN where it applies).
+ATTENTION_IMPLS = ("xla", "cudnn", "cpu", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -85,8 +88,11 @@ class LMConfig:
     # and cast at use. Logits and the loss are always float32.
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
-    # 'xla' runs everywhere; 'cudnn' asks for cuDNN flash attention (GPU only).
+    # 'xla' runs everywhere; 'cudnn' asks for cuDNN flash attention (GPU only); 'cpu' and
+    # 'auto' see ATTENTION_IMPLS.
     attention_impl: str = "xla"
+    # Query rows per block of the 'cpu' attention (causal blocks skip later keys).
+    attention_q_block: int = 128
     # Std of the token-embedding init (also the tied output projection), as in Qwen.
     init_std: float = 0.02
 
@@ -109,6 +115,8 @@ class LMConfig:
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {DTYPES}")
+        if self.attention_q_block < 1:
+            raise ValueError(f"attention_q_block={self.attention_q_block} must be >= 1")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
 

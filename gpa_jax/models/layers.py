@@ -13,11 +13,13 @@ Conventions shared by every module here:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gpa_jax.sharding import with_logical_constraint
@@ -158,20 +160,189 @@ def attention_core(
     mask: jax.Array,
     *,
     implementation: str = "xla",
+    causal: bool = False,
+    q_block: int = 128,
 ) -> jax.Array:
-    """Grouped-query attention through `jax.nn.dot_product_attention`.
+    """Grouped-query attention: q [b, t, heads, d]; k, v [b, s, kv_heads, d] -> [b, t, heads, d].
 
-    q: [b, t, heads, d]; k, v: [b, s, kv_heads, d]; mask: bool broadcastable to
-    [b, heads, t, s]. The mask carries causality, packing and the prefix, so the same
-    call serves training, prefill and (with a KV cache) decode.
+    mask: bool broadcastable to [b, heads, t, s] (shape [b, 1 | heads, t, s]). The mask
+    carries causality, packing and the prefix, so the same call serves training, prefill
+    and (with a KV cache) decode.
 
-    On 'cudnn' (GPU): jax 0.10.2's public API only expresses per-row padding
-    (query_seq_lengths / key_value_seq_lengths) and `is_causal`; packed segments exist
-    only in the private cuDNN entry point (q_offsets / kv_offsets). A boolean mask is
-    accepted but becomes an additive bias, which still runs the fused kernel but without
-    skipping masked blocks. That keeps one code path for packing + prefix everywhere.
+    implementation:
+      'xla' / 'cudnn': `jax.nn.dot_product_attention` (the accelerator path). On 'cudnn'
+        (GPU), jax 0.10.2's public API only expresses per-row padding and `is_causal`;
+        packed segments exist only in the private cuDNN entry point, so the boolean mask
+        becomes an additive bias: still the fused kernel, without skipping masked blocks.
+      'cpu': `blocked_attention` below, written for XLA:CPU (grouped heads as one matmul,
+        causal query blocks, hand-written backward).
+      'auto': 'cpu' when tracing for the CPU backend, else jax's own choice (cuDNN where
+        it applies, XLA otherwise).
+    causal: the caller promises that the mask never lets a query see a later key, with q
+      and k at the same positions (t == s). Only 'cpu' uses it (to skip the key blocks
+      above the diagonal); it is never needed for correctness.
+    q_block: query rows per block for 'cpu'.
     """
+    if implementation == "auto":
+        implementation = "cpu" if jax.default_backend() == "cpu" else None
+    if implementation == "cpu":
+        return blocked_attention(q, k, v, mask, causal=causal, q_block=q_block)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+# --- attention for XLA:CPU -------------------------------------------------------------------
+#
+# Why a second implementation: on CPU, `jax.nn.dot_product_attention` (XLA path) builds the
+# full [b, heads, t, s] score tensor per query-head group, and its autodiff backward runs
+# the generic softmax/select gradients over that tensor several times; XLA:CPU spends most
+# of an LM step there (PERFORMANCE.md). `blocked_attention` computes the same function with
+# (1) the g = heads / kv_heads query heads of a kv head stacked into one [g * t, d] x [d, s]
+#     matmul per (batch, kv head), in a heads-major layout,
+# (2) when `causal`, query blocks of `q_block` rows that only visit the keys up to their
+#     last row (a (n + 1) / 2n share of the square for n blocks), each block's softmax
+#     complete (no online rescaling: a block sees all keys it may attend),
+# (3) a custom VJP that keeps the probabilities and uses the closed form
+#     dS = P * (dP - rowsum(dO * O)), masked, instead of differentiating the softmax ops.
+# Matmuls take the compute dtype and accumulate in float32; the softmax is float32.
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _query_blocks(t: int, s: int, causal: bool, q_block: int) -> list[tuple[int, int, int]]:
+    """(row start, row stop, keys visited) per query block."""
+    if not causal or t != s or t <= q_block:
+        return [(0, t, s)]
+    return [(a, min(a + q_block, t), min(a + q_block, t)) for a in range(0, t, q_block)]
+
+
+def _q_heads_major(x: jax.Array, kv: int) -> jax.Array:
+    """[b, t, kv * g, d] -> [b, kv, g, t, d]."""
+    b, t, n, d = x.shape
+    return jnp.transpose(x.reshape(b, t, kv, n // kv, d), (0, 2, 3, 1, 4))
+
+
+def _heads_major(q, k, v, mask):
+    """q -> [b, kv, g, t, d]; k, v -> [b, kv, s, d]; mask -> [b, 1 | kv, 1 | g, t, s]."""
+    n, kv = q.shape[2], k.shape[2]
+    if mask.ndim != 4 or mask.shape[1] not in (1, n):
+        raise ValueError(f"attention mask shape {mask.shape}; expected [b, 1 or {n}, t, s]")
+    if mask.shape[1] == 1:
+        mh = mask[:, :, None]
+    else:
+        mh = mask.reshape(mask.shape[0], kv, n // kv, *mask.shape[2:])
+    kh = jnp.transpose(k, (0, 2, 1, 3))
+    vh = jnp.transpose(v, (0, 2, 1, 3))
+    return _q_heads_major(q, kv), kh, vh, mh.astype(bool)
+
+
+def _from_heads_major(x: jax.Array, dtype) -> jax.Array:
+    """[b, kv, g, t, d] -> [b, t, kv * g, d]."""
+    b, kv, g, t, d = x.shape
+    return jnp.transpose(x, (0, 3, 1, 2, 4)).reshape(b, t, kv * g, d).astype(dtype)
+
+
+def _blocked_forward(q, k, v, mask, causal, q_block):
+    b, t, n, d = q.shape
+    scale = d**-0.5
+    qh, kh, vh, mh = _heads_major(q, k, v, mask)
+    outs, probs = [], []
+    for a, z, keys in _query_blocks(t, k.shape[1], causal, q_block):
+        s = jnp.einsum(
+            "bkgtd,bksd->bkgts", qh[:, :, :, a:z], kh[:, :, :keys],
+            preferred_element_type=jnp.float32,
+        )
+        s = jnp.where(mh[..., a:z, :keys], s * scale, _MASK_VALUE)
+        row_max = jnp.max(s, axis=-1, keepdims=True)
+        e = jnp.exp(s - row_max)
+        # Rows that may attend nothing (padding) get all-zero weights: their max is the
+        # mask value itself. Masked entries of other rows underflow to exactly 0.
+        inv = jnp.where(row_max > _MASK_VALUE, 1.0 / jnp.sum(e, axis=-1, keepdims=True), 0.0)
+        p = e * inv
+        o = jnp.einsum(
+            "bkgts,bksd->bkgtd", p.astype(v.dtype), vh[:, :, :keys],
+            preferred_element_type=jnp.float32,
+        )
+        outs.append(o)
+        probs.append(p)
+    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    out = _from_heads_major(o, q.dtype)
+    return out, (q, k, v, out, tuple(probs))
+
+
+def _blocked_backward(causal, q_block, residuals, d_out):
+    q, k, v, out, probs = residuals
+    b, t, n, d = q.shape
+    s_len, kv = k.shape[1], k.shape[2]
+    scale = d**-0.5
+    qh = _q_heads_major(q, kv)
+    kh = jnp.transpose(k, (0, 2, 1, 3))
+    vh = jnp.transpose(v, (0, 2, 1, 3))
+    do = _q_heads_major(d_out.astype(q.dtype), kv)
+    oh = _q_heads_major(out, kv)
+    # rowsum(dO * O) = rowsum(dP * P): the softmax-backward term, from [t, d] not [t, s].
+    delta = jnp.sum(do.astype(jnp.float32) * oh.astype(jnp.float32), axis=-1, keepdims=True)
+    dqs = []
+    dk = jnp.zeros((b, kv, s_len, d), jnp.float32)
+    dv = jnp.zeros((b, kv, s_len, d), jnp.float32)
+    for (a, z, keys), p in zip(_query_blocks(t, s_len, causal, q_block), probs, strict=True):
+        do_blk = do[:, :, :, a:z]
+        dv_blk = jnp.einsum(
+            "bkgts,bkgtd->bksd", p.astype(v.dtype), do_blk, preferred_element_type=jnp.float32
+        )
+        dp = jnp.einsum(
+            "bkgtd,bksd->bkgts", do_blk, vh[:, :, :keys], preferred_element_type=jnp.float32
+        )
+        # P is exactly 0 wherever the mask is off, so dS needs no mask of its own.
+        ds = (p * (dp - delta[:, :, :, a:z])).astype(q.dtype)
+        dqs.append(
+            jnp.einsum("bkgts,bksd->bkgtd", ds, kh[:, :, :keys], preferred_element_type=jnp.float32)
+        )
+        dk_blk = jnp.einsum(
+            "bkgts,bkgtd->bksd", ds, qh[:, :, :, a:z], preferred_element_type=jnp.float32
+        )
+        if keys == s_len:
+            dk, dv = dk + dk_blk, dv + dv_blk
+        else:
+            dk = dk.at[:, :, :keys].add(dk_blk)
+            dv = dv.at[:, :, :keys].add(dv_blk)
+    dq = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=3)
+    dq = _from_heads_major(dq * scale, q.dtype)
+    dk = jnp.transpose(dk * scale, (0, 2, 1, 3)).astype(k.dtype)
+    dv = jnp.transpose(dv, (0, 2, 1, 3)).astype(v.dtype)
+    return dq, dk, dv, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _blocked_attention(q, k, v, mask, causal, q_block):
+    return _blocked_forward(q, k, v, mask, causal, q_block)[0]
+
+
+_blocked_attention.defvjp(_blocked_forward, _blocked_backward)
+
+
+def blocked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    *,
+    causal: bool = False,
+    q_block: int = 128,
+) -> jax.Array:
+    """`jax.nn.dot_product_attention(q, k, v, mask=mask)` for XLA:CPU (see the notes above).
+
+    Same shapes and semantics as `attention_core`, except for rows that may attend
+    nothing (padding queries): they output zeros and pass no gradient, where the
+    reference spreads their weights uniformly over all keys. Such rows carry no loss
+    weight and are never attended, so the losses and gradients agree.
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"attention shapes q {q.shape}, k {k.shape}, v {v.shape}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"{q.shape[2]} query heads do not group over {k.shape[2]} kv heads")
+    if q_block < 1:
+        raise ValueError(f"q_block={q_block} must be >= 1")
+    return _blocked_attention(q, k, v, mask, bool(causal), int(q_block))
 
 
 class Attention(nnx.Module):
@@ -220,9 +391,20 @@ class Attention(nnx.Module):
         o = with_logical_constraint(o, ("batch", "length", "heads", "head_dim"), self.rules)
         return self.o_proj(o)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, *, causal: bool = False
+    ) -> jax.Array:
+        """causal: `mask` never lets a query see a later position (see `attention_core`)."""
         q, k, v = self.project_qkv(x, positions)
-        o = attention_core(q, k, v, mask, implementation=self.cfg.attention_impl)
+        o = attention_core(
+            q,
+            k,
+            v,
+            mask,
+            implementation=self.cfg.attention_impl,
+            causal=causal,
+            q_block=getattr(self.cfg, "attention_q_block", 128),
+        )
         return self.project_out(o)
 
 

@@ -60,7 +60,11 @@ class DecoderBlock(nnx.Module):
         attn_key = mlp_key = None
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
-        h = self.attn(self.pre_attn_norm(x), positions, mask)
+        # Without a bidirectional prefix the stack's mask is causal (DecoderStack drops
+        # prefix_mask), which lets the 'cpu' attention skip the blocks above the diagonal.
+        h = self.attn(
+            self.pre_attn_norm(x), positions, mask, causal=not self.cfg.prefix_bidirectional
+        )
         x = x + dropout(h, self.cfg.dropout_rate, attn_key)
         h = self.mlp(self.pre_mlp_norm(x))
         x = x + dropout(h, self.cfg.dropout_rate, mlp_key)
@@ -99,6 +103,10 @@ class DecoderBlock(nnx.Module):
         q, k, v = self.attn.project_qkv(self.pre_attn_norm(x), positions)
         cache_k = _write_cache(cache_k, k, index, self.rules)
         cache_v = _write_cache(cache_v, v, index, self.rules)
+        # Attention must read the very buffers the loop carries: without the barrier
+        # XLA:CPU fuses a second copy of each update into the attention's input (a full
+        # cache copy per layer and token).
+        cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
         o = attention_core(
             q,
             _read_cache(cache_k, q.dtype),
