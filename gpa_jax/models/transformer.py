@@ -103,10 +103,6 @@ class DecoderBlock(nnx.Module):
         q, k, v = self.attn.project_qkv(self.pre_attn_norm(x), positions)
         cache_k = _write_cache(cache_k, k, index, self.rules)
         cache_v = _write_cache(cache_v, v, index, self.rules)
-        # Attention must read the very buffers the loop carries: without the barrier
-        # XLA:CPU fuses a second copy of each update into the attention's input (a full
-        # cache copy per layer and token).
-        cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
         o = attention_core(
             q,
             _read_cache(cache_k, q.dtype),
