@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gpa_jax.models.layers import to_dtype
 from gpa_jax.sharding import with_logical_constraint
 
 PAD_ID = 0
@@ -187,6 +188,20 @@ def select_tokens(logits, step, arrays, seen, mode: Mode):
 # --- the compiled program ---------------------------------------------------------------
 
 
+def _compute_dtype_weights(state: nnx.State, dtype: Any) -> nnx.State:
+    """Matrices (ndim >= 2: kernels, the embedding table) cast to the compute dtype once,
+    before the loop. The layers cast them at every use anyway, so the values are the
+    same; the loop then reads half the bytes per step in bfloat16. Norm scales keep their
+    dtype (RMSNorm applies them in float32)."""
+
+    def cast(x):
+        if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, state)
+
+
 def _generate(
     state: nnx.State,
     arrays: dict[str, jax.Array],
@@ -195,8 +210,9 @@ def _generate(
     max_steps: int,
     mode: Mode,
     rules: Any,
+    compute_dtype: Any,
 ) -> dict[str, jax.Array]:
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, _compute_dtype_weights(state, compute_dtype))
     tokens = arrays["tokens"]
     B, P = tokens.shape
     S = P + max_steps
@@ -271,6 +287,7 @@ class Decoder:
                 max_steps=max_steps,
                 mode=mode,
                 rules=self.rules,
+                compute_dtype=to_dtype(self.cfg.dtype),
             )
             self._compiled[key] = jax.jit(fn)
         return self._compiled[key]
