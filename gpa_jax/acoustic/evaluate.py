@@ -167,8 +167,8 @@ def evaluate(
     rows["original"] = {
         "mel_distance": 0.0,
         "sim_target": float(np.mean(speaker_lib.cosine(orig_emb, a_cent))),
-        "sim_prompt_B": float("nan"),
-        "sim_source_A": float("nan"),
+        "sim_prompt_B": None,  # no prompt: not applicable (None keeps the JSON strict)
+        "sim_source_A": None,
     }
     if sample_dir:
         from gpa_jax.audio.io import save_wav
@@ -212,7 +212,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     cols = ("mel_distance", "sim_target", "sim_prompt_B", "sim_source_A")
     lines = ["| system | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in result["systems"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in cols) + " |")
+        cells = ("-" if row[c] is None else f"{row[c]:.4f}" for c in cols)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

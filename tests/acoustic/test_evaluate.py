@@ -1,5 +1,6 @@
 """Evaluation plumbing on a small random-init codec: prompts, bounds, metrics, files."""
 
+import json
 import os
 
 import numpy as np
@@ -79,6 +80,7 @@ def test_evaluate_reports_bounds_and_stages(token_corpus, tmp_path):
             "moves_towards_prompt_speaker",
         }  # fmt: skip
         assert np.isfinite(list(rows[name].values())).all()
+    json.dumps(result, allow_nan=False)  # strict JSON (the launcher's last line)
     files = os.listdir(tmp_path / "samples")
     assert any(f.endswith("_nar.wav") for f in files) and any("_prompt-" in f for f in files)
     assert "| nar |" in evaluate.format_table(result)
