@@ -74,6 +74,7 @@ def test_evaluate_reports_bounds_and_stages(token_corpus, tmp_path):
     assert set(rows) == {"upper (full codec)", "lower (RVQ-1 only)", "nar", "vocoder", "original"}
     assert rows["upper (full codec)"]["mel_distance"] < 1e-3
     assert rows["lower (RVQ-1 only)"]["mel_distance"] > 0.01
+    assert result["bounds_informative"] and result["bounds_gap"] > 0
     for name in ("nar", "vocoder"):
         assert set(result["checks"][name]) == {
             "mel_between_bounds", "mel_better_than_lower", "sim_above_lower",
