@@ -1,9 +1,13 @@
 """codec_tiny: a SpeechTokenizer-shaped codec that trains on 2 CPU cores.
 
 Same architecture, strides (hop 320, 50 Hz at 16 kHz), RVQ depth (8 layers), EMA settings
-and loss weights as `codec_paper`; only widths shrink: n_filters 8 (channels 8..128),
-D 64, 256 codes per layer, one LSTM layer, and a 32-bin log-mel stand-in teacher computed
-on the fly (no HuBERT on CPU). Short crops, small batch, a 3-scale discriminator.
+and reconstruction/commitment/distillation weights as `codec_paper`; widths shrink
+(n_filters 8: channels 8..128, D 64, 256 codes per layer, one LSTM layer). The semantic
+teacher is the offline CTC content recogniser (`gpa_jax.codec.teacher`, 256-d hidden
+features), trained on the corpus before the codec. Short crops, small batch, and the
+adversarial terms off: in a CPU budget of minutes the discriminator would halve the
+steps while adding sharpness rather than intelligibility (switch it on with
+--config.loss.adversarial=True; the 3-scale discriminator below is then used).
 """
 
 import ml_collections
@@ -14,8 +18,16 @@ from gpa_jax.codec.config import codec_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     return codec_config(
-        codec=dict(n_filters=8, dimension=64, lstm_layers=1, codebook_size=256, kmeans_iters=10),
-        teacher=dict(kind="log_mel", dim=32, layer=""),
+        codec=dict(
+            n_filters=8,
+            dimension=64,
+            lstm_layers=1,
+            codebook_size=256,
+            kmeans_iters=10,
+            conv_init_gain=2.0,
+        ),
+        teacher=dict(kind="ctc", dim=256, layer="last", ctc_steps=300),
+        loss=dict(adversarial=False),
         discriminator=dict(
             filters=8,
             n_ffts=(512, 256, 128),
@@ -24,4 +36,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         optimizer=dict(learning_rate=1e-3, num_train_steps=2000),
         data=dict(crop_seconds=1.0, batch_size=4),
+        train=dict(log_every=50, summary_every=500, checkpoint_every=500),
     )

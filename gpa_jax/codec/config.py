@@ -5,12 +5,14 @@ config file states only what differs (`configs/codec_tiny.py`). Layout (`kind='c
 
     seed           root of every random choice (params, RVQ k-means / dead codes, data)
     codec          model: SEANet widths and strides, LSTM, RVQ (sizes, EMA, dead codes)
-    teacher        semantic teacher: kind none|hubert_features|log_mel, dim, path, layer
+    teacher        semantic teacher: kind none|hubert_features|ctc|log_mel, dim, path, layer
     loss           weights of the generator terms, adversarial switch, mel-loss settings
     discriminator  MS-STFT discriminator (used when loss.adversarial)
     optimizer      Adam settings for `gpa_jax.codec.train`
     data           training corpus (TFDS name, splits), crop length, batch size, workers
     train          run length and the log / summary / checkpoint cadence
+    eval           codec metrics job (split, utterances, batch)
+    probe          per-RVQ-layer content probe (layers, data sizes, probe size)
 
 Sources of the defaults: SpeechTokenizer (Zhang et al. 2023/ICLR 2024) and its release,
 `config/spt_base_cfg.json` + `modules/seanet.py` + `quantization/vq.py`
@@ -47,6 +49,9 @@ def _codec_defaults() -> dict[str, Any]:
         compress=2,
         true_skip=False,
         pad_mode="reflect",
+        # Conv kernels start as torch's default init times conv_init_gain (1 = the
+        # reference's init; see `seanet.scale_conv_weights` for why small fast runs use 2).
+        conv_init_gain=1.0,
         # RVQ: 8 layers x 1024 codes (release config); EMA decay 0.99, Laplace epsilon 1e-5,
         # k-means init with 50 iterations, dead-code threshold 2 (release `vq.py` /
         # `core_vq.py` defaults). SpeechTokenizer trains with all 8 layers every step
@@ -65,7 +70,28 @@ def _codec_defaults() -> dict[str, Any]:
 def _teacher_defaults() -> dict[str, Any]:
     # HuBERT-base features (768-d), averaged over all layers ("semantic_model_layer": "avg"
     # in the release config; the paper found the average the better RVQ-1 teacher).
-    return dict(kind="hubert_features", dim=768, layer="avg", path="")
+    # path: the FeatureStore of precomputed features (hubert_features) or the CTC
+    # teacher's directory (ctc; "" = <workdir>/codec/teacher, trained there if missing).
+    # center: subtract each teacher track's mean over the crop before the D-axis loss
+    # (not in the paper; see `losses._centered`).
+    # ctc_*: the offline CTC content teacher (`gpa_jax.codec.teacher`; our choice, sized
+    # to train in a few minutes on 2 CPU cores): dim = its hidden width, `layer` one of
+    # last|avg|<block index>.
+    return dict(
+        kind="hubert_features",
+        dim=768,
+        layer="avg",
+        path="",
+        center=False,
+        ctc_layers=4,
+        ctc_kernel_size=5,
+        ctc_n_mels=80,
+        ctc_steps=600,
+        ctc_batch_size=16,
+        ctc_learning_rate=2e-3,
+        ctc_max_seconds=8.0,
+        ctc_eval_utterances=200,
+    )
 
 
 def _loss_defaults() -> dict[str, Any]:
@@ -143,6 +169,30 @@ def _train_defaults() -> dict[str, Any]:
     )
 
 
+def _eval_defaults() -> dict[str, Any]:
+    # `gpa_jax.codec.evaluate` (launch.eval_codec): utterances of the split (0 = all),
+    # encode/decode batch, and whether to transcribe reconstructions with the CTC teacher.
+    return dict(split="test", max_utterances=200, batch_size=8, teacher_cer=True)
+
+
+def _probe_defaults() -> dict[str, Any]:
+    # `gpa_jax.codec.probe` (launch.probe_codec): one small CTC recogniser per RVQ layer
+    # (1-based layer numbers) on that layer's code embeddings, trained on
+    # train_utterances of the training split, scored (CER) on test_utterances of `split`.
+    return dict(
+        layers=(1, 2),
+        split="test",
+        train_utterances=600,
+        test_utterances=200,
+        hidden=128,
+        num_layers=2,
+        kernel_size=5,
+        steps=300,
+        batch_size=16,
+        learning_rate=2e-3,
+    )
+
+
 _SECTIONS = {
     "codec": _codec_defaults,
     "teacher": _teacher_defaults,
@@ -151,6 +201,8 @@ _SECTIONS = {
     "optimizer": _optimizer_defaults,
     "data": _data_defaults,
     "train": _train_defaults,
+    "eval": _eval_defaults,
+    "probe": _probe_defaults,
 }
 
 

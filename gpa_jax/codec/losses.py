@@ -67,20 +67,40 @@ def d_axis_distill_loss(pred: jax.Array, teacher: jax.Array) -> jax.Array:
     return -jnp.mean(jax.nn.log_sigmoid(cos))
 
 
-def teacher_features(wav: jax.Array, config: ml_collections.ConfigDict) -> jax.Array | None:
-    """Teacher features computable inside the train step, [b, frames, teacher.dim], or None.
+def teacher_features(
+    wav: jax.Array,
+    config: ml_collections.ConfigDict,
+    *,
+    teacher_model: Any = None,
+    lengths: jax.Array | None = None,
+    precomputed: jax.Array | None = None,
+) -> jax.Array | None:
+    """Distillation targets for a batch, [b, frames, teacher.dim], or None ('none').
 
-    kind 'log_mel' is a CPU stand-in for a semantic teacher: log-mel frames at the codec's
-    frame rate (hop = codec hop, window = 2 hops, teacher.dim mel bins); it exercises the
-    distillation path on small runs but carries no content supervision. kind
-    'hubert_features' comes precomputed with the batch (from `teacher.path`), kind 'none'
-    has no teacher; both return None here.
+    kind 'ctc': the trained `teacher.ContentTeacher` (`teacher_model`) run on the crops;
+    kind 'hubert_features': the frame-aligned precomputed features that came with the
+    batch (`precomputed`); kind 'log_mel': a CPU stand-in, log-mel frames at the codec's
+    frame rate (hop = codec hop, window = 2 hops, teacher.dim mel bins), which exercises
+    the distillation path but carries no content supervision.
     """
     kind = config.teacher.kind
-    if kind in ("none", "hubert_features"):
+    if kind == "none":
         return None
+    if kind == "ctc":
+        if teacher_model is None:
+            raise ValueError("teacher.kind='ctc' needs the trained teacher model")
+        return _centered(teacher_model(wav, lengths), config)
+    if kind == "hubert_features":
+        if precomputed is None:
+            raise ValueError(
+                "teacher.kind='hubert_features' needs precomputed features in the batch "
+                "(batch['teacher'], from the FeatureStore at teacher.path)"
+            )
+        return _centered(precomputed, config)
     if kind != "log_mel":
-        raise ValueError(f"unknown teacher.kind {kind!r}; expected none|hubert_features|log_mel")
+        raise ValueError(
+            f"unknown teacher.kind {kind!r}; expected none|hubert_features|ctc|log_mel"
+        )
     hop = 1
     for s in config.codec.strides:
         hop *= int(s)
@@ -94,6 +114,18 @@ def teacher_features(wav: jax.Array, config: ml_collections.ConfigDict) -> jax.A
         fmax=sr / 2,
     )
     return log_mel_jnp(wav, cfg)
+
+
+def _centered(features: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+    """With teacher.center, each feature track minus its mean over the crop's frames.
+
+    The D-axis loss takes cosines along time; a teacher track with a large constant part
+    is then matched well by a *constant* prediction (the projection's bias), which lets
+    RVQ-1 ignore the content. Centring leaves only the part that changes with the words.
+    """
+    if not config.teacher.center:
+        return features
+    return features - jnp.mean(features, axis=1, keepdims=True)
 
 
 def hinge_discriminator_loss(

@@ -61,6 +61,7 @@ class Codec(nnx.Module):
             true_skip=cfg.true_skip,
             lstm_layers=cfg.lstm_layers,
             pad_mode=cfg.pad_mode,
+            init_gain=float(cfg.conv_init_gain),
             rngs=rngs,
         )
         self.encoder = SEANetEncoder(bidirectional=cfg.encoder_bidirectional, **common)

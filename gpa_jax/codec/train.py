@@ -124,11 +124,14 @@ class CodecState:
 
 def check_trainable(config: ml_collections.ConfigDict) -> None:
     """Rejects configs this trainer cannot feed, with what to change."""
-    if config.teacher.kind == "hubert_features":
+    kind = config.teacher.kind
+    if kind not in ("none", "hubert_features", "ctc", "log_mel"):
+        raise ValueError(f"teacher.kind {kind!r}: expected none|hubert_features|ctc|log_mel")
+    if kind == "hubert_features" and not config.teacher.path:
         raise ValueError(
-            "teacher.kind='hubert_features' needs precomputed HuBERT features per crop, which "
-            "the codec data pipeline does not provide yet; train with "
-            "--config.teacher.kind=log_mel (CPU stand-in) or --config.teacher.kind=none"
+            "teacher.kind='hubert_features' needs teacher.path: a feature store made by "
+            "`python -m launch.precompute_hubert --model_dir=<local HF model> ...`; on CPU "
+            "use --config.teacher.kind=ctc (trained here) instead"
         )
 
 
@@ -154,19 +157,23 @@ def make_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
         return _STEP_CACHE[key]
     codebook_size = int(config.codec.codebook_size)
 
-    def gen_loss(model: Codec, disc, wav, mask, lengths):
+    def gen_loss(model: Codec, disc, teacher_model, wav, mask, lengths, precomputed):
         out = dict(model(wav, train=True, lengths=lengths))
         # Padding (zeros in `wav`) is kept out of the reconstruction terms.
         out["recon"] = out["recon"] * mask
-        teacher = teacher_features(wav, config)
+        teacher = teacher_features(
+            wav, config, teacher_model=teacher_model, lengths=lengths, precomputed=precomputed
+        )
         total, metrics = generator_loss(out, wav, config, teacher=teacher, discriminator=disc)
         return total, (metrics, out)
 
     @nnx.jit
-    def generator_step(model, optimizer, disc, batch):
+    def generator_step(model, optimizer, disc, teacher_model, batch):
         wav, mask, lengths = batch["audio"], batch["mask"], batch["lengths"]
         grad_fn = nnx.value_and_grad(gen_loss, has_aux=True)
-        (_, (metrics, out)), grads = grad_fn(model, disc, wav, mask, lengths)
+        (_, (metrics, out)), grads = grad_fn(
+            model, disc, teacher_model, wav, mask, lengths, batch.get("teacher")
+        )
         optimizer.update(model, grads)
         metrics = dict(metrics)
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -262,6 +269,34 @@ def restore_codec(
     return model, int(step)
 
 
+# --- the content teacher ---------------------------------------------------------------
+
+
+def ensure_teacher(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    data_dir: str | None = None,
+    train_set: tuple[list[np.ndarray], list[str]] | None = None,
+    progress: bool = True,
+):
+    """The CTC content teacher of teacher.path (default <workdir>/codec/teacher), trained
+    first (on config.data.corpus, or `train_set`) when that directory has none."""
+    from gpa_jax.codec import teacher as teacher_lib
+
+    directory = teacher_lib.teacher_dir(config, workdir)
+    if not os.path.isfile(os.path.join(directory, "meta.json")):
+        if train_set is None and data_dir is None:
+            raise FileNotFoundError(
+                f"no CTC teacher in {directory!r} and no corpus to train one (data_dir)"
+            )
+        meta = teacher_lib.train_teacher(
+            config, directory, data_dir=data_dir, train_set=train_set, progress=progress
+        )
+        logging.info("codec: trained the CTC teacher: %s", meta)
+    return teacher_lib.load_teacher(config, directory)
+
+
 # --- summaries ---------------------------------------------------------------------------
 
 
@@ -324,27 +359,49 @@ def train(
     summary_clip: np.ndarray | None = None,
     on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     progress: bool = True,
+    teacher_set: tuple[Sequence[np.ndarray], Sequence[str]] | None = None,
 ) -> TrainResult:
     """Trains (or resumes) the codec of `config` up to `total_steps(config)`.
 
     Audio comes from `config.data.corpus` in the TFDS `data_dir`, or from `clips`
-    (in-memory waveforms at the codec rate: tests, notebooks). The audio summaries use the
+    (in-memory waveforms at the codec rate: tests, notebooks). With teacher.kind 'ctc' the
+    content teacher is loaded from teacher.path (default <workdir>/codec/teacher) or first
+    trained there on the training clips' transcripts (or `teacher_set`: waveforms and
+    transcripts). The audio summaries use the
     first validation clip (or `summary_clip`). `on_batch(step, batch)` sees every batch.
     """
     from tqdm import tqdm
 
     sr = int(config.codec.sample_rate)
     tc = config.train
+    check_trainable(config)
     if clips is None:
-        loaded = codec_data.train_clips(config, data_dir)
+        store = codec_data.train_clips(config, data_dir, workdir)
         logging.info(
             "codec: %d training clips from %s/%s (skipped: %s)",
-            len(loaded.audio),
+            len(store),
             config.data.corpus,
             config.data.split,
-            loaded.skipped or "none",
+            store.index["skipped"] or "none",
         )
-        clips = loaded.audio
+        clips = store
+    teacher_model, features = None, None
+    if config.teacher.kind == "ctc":
+        if teacher_set is None and isinstance(clips, codec_data.ClipStore):
+            teacher_set = clips.transcribed(float(config.teacher.ctc_max_seconds))
+        teacher_model = ensure_teacher(
+            config, workdir, data_dir=data_dir, train_set=teacher_set, progress=progress
+        )
+    elif config.teacher.kind == "hubert_features":
+        features = codec_data.FeatureStore(config.teacher.path)
+        if features.dim != int(config.teacher.dim) or features.frame_hop != math.prod(
+            config.codec.strides
+        ):
+            raise ValueError(
+                f"feature store {config.teacher.path}: dim {features.dim}, hop "
+                f"{features.frame_hop}; the config wants teacher.dim {config.teacher.dim} and "
+                f"the codec hop {math.prod(config.codec.strides)}"
+            )
     if summary_clip is None and data_dir is not None:
         summary_clip = codec_data.load_clips(
             config.data.corpus,
@@ -363,6 +420,7 @@ def train(
         batch_size=int(config.data.batch_size),
         seed=int(config.seed),
         num_workers=int(config.data.num_workers),
+        features=features,
     )
     iterator = iter(dataset)
     state = CodecState.create(config)
@@ -386,7 +444,9 @@ def train(
             if on_batch is not None:
                 on_batch(step, batch)
             jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
-            metrics, recon = generator_step(state.model, state.optimizer, state.disc, jbatch)
+            metrics, recon = generator_step(
+                state.model, state.optimizer, state.disc, teacher_model, jbatch
+            )
             if state.disc is not None:
                 metrics["d_loss"] = discriminator_step(
                     state.disc, state.disc_optimizer, jbatch["audio"], recon

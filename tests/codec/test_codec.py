@@ -105,7 +105,10 @@ def test_forward_outputs_and_state_partition(tiny):
 @pytest.mark.slow
 def test_overfits_one_batch():
     """80 Adam steps on two 0.25 s clips cut the multi-scale mel loss by > 4x (~7x seen)."""
-    config = load_config("configs/codec_tiny.py", {"loss.adversarial": False})
+    config = load_config(
+        "configs/codec_tiny.py",
+        {"loss.adversarial": False, "teacher.kind": "log_mel", "teacher.dim": 32},
+    )
     codec = Codec.from_config(config)
     t = np.arange(4000) / 16000
     tone = sum(0.3 / k * np.sin(2 * np.pi * 220 * k * t) for k in range(1, 5))

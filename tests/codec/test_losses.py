@@ -92,7 +92,14 @@ def test_ms_stft_discriminator_shapes_and_finite_grads():
 
 def test_generator_loss_weights_terms_and_switches_adversarial():
     config = load_config(
-        "configs/codec_tiny.py", {"loss.mel_scales": (6,), "discriminator.n_ffts": (128,)}
+        "configs/codec_tiny.py",
+        {
+            "loss.mel_scales": (6,),
+            "discriminator.n_ffts": (128,),
+            "loss.adversarial": True,
+            "teacher.kind": "log_mel",
+            "teacher.dim": 32,
+        },
     )
     config.unlock()
     config.discriminator.hop_lengths, config.discriminator.win_lengths = (32,), (128,)

@@ -11,7 +11,6 @@ from gpa_jax.codec import data as codec_data
 from gpa_jax.codec import decode
 from gpa_jax.codec import train as codec_train
 from gpa_jax.tasks.token_shards import iter_utterances, read_manifest
-from tests.codec.test_train import tiny_config
 
 CORPUS = "synthetic_speech/tiny"
 MAX_SECONDS = 6.0  # the tiny corpus has train clips up to ~8 s: some are skipped
@@ -19,14 +18,11 @@ KWARGS = dict(batch_size=8, bucket_frames=300, progress=False)
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    from data import corpora, synthetic_speech
+def job(tiny_workdir):
+    from data import corpora
 
-    workdir = str(tmp_path_factory.mktemp("codec_tokenize"))
+    config, workdir = tiny_workdir
     data_dir = paths.tfds_dir(workdir)
-    synthetic_speech.build("tiny", data_dir)
-    config = tiny_config(**{"train.num_steps": 1, "data.corpus": CORPUS})
-    codec_train.train(config, workdir, data_dir=data_dir, progress=False)
     results = codec_data.tokenize_workdir(config, workdir, max_seconds=MAX_SECONDS, **KWARGS)
     lengths = {}
     for split in results:

@@ -17,6 +17,11 @@ TINY_OVERRIDES = {
     "data.crop_seconds": 0.25,
     "data.batch_size": 2,
     "codec.kmeans_init": False,
+    # The log-mel stand-in teacher and the discriminator keep these tests fast and cover
+    # the adversarial path; the CTC teacher has its own tests (test_teacher.py).
+    "teacher.kind": "log_mel",
+    "teacher.dim": 32,
+    "loss.adversarial": True,
     "loss.mel_scales": (5, 6, 7),
     "train.log_every": 1,
     "train.checkpoint_every": 2,
@@ -134,5 +139,7 @@ def test_config_has_train_section_and_rejects_hubert_without_features():
     config = load_config("configs/codec_paper.py")
     assert config.train.keep_checkpoints >= 1 and config.data.num_workers == 0
     assert codec_train.total_steps(config) == config.optimizer.num_train_steps
-    with pytest.raises(ValueError, match="hubert_features"):
+    with pytest.raises(ValueError, match="teacher.path"):
         codec_train.check_trainable(config)
+    with pytest.raises(ValueError, match="teacher.kind 'hubrt'"):
+        codec_train.check_trainable(load_config("configs/codec_paper.py", ["teacher.kind=hubrt"]))

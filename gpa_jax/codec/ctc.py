@@ -1,0 +1,310 @@
+"""Small CTC character recognisers: the offline content teacher and the RVQ content probe.
+
+`CTCRecognizer` is a 1-D conv stack over frame features [b, T, F] (residual blocks of
+conv -> LayerNorm -> GELU) with a linear CTC head over `VOCAB` (blank = 0). Two users:
+
+- `teacher.ContentTeacher` runs it on per-utterance-normalised log-mel (100 Hz, one
+  stride-2 conv down to the codec's 50 Hz), trained on the corpus transcripts across all
+  training voices, so its hidden features follow the words, not the voice (the role
+  HuBERT plays in SpeechTokenizer);
+- `probe` trains one per RVQ layer on that layer's code embeddings and reports the
+  character error rate on held-out speech.
+
+`train_ctc` is the shared loop: length-bucketed padded batches (one compile per bucket),
+optax Adam with warm-up + cosine, CTC loss normalised by transcript length. Error rates
+come from `jiwer.cer` on greedy CTC decodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+# `gpa_jax.text.normalize_transcript` leaves exactly these characters (a-z, 0-9, ', space).
+VOCAB = " '0123456789abcdefghijklmnopqrstuvwxyz"
+BLANK = 0
+VOCAB_SIZE = len(VOCAB) + 1
+_CHAR_ID = {c: i + 1 for i, c in enumerate(VOCAB)}
+
+
+def text_to_ids(text: str) -> np.ndarray:
+    """Normalised transcript -> int32 label ids (1..len(VOCAB)); other characters raise."""
+    bad = sorted({c for c in text if c not in _CHAR_ID})
+    if bad:
+        raise ValueError(
+            f"transcript {text[:60]!r} has characters {bad} outside the CTC vocabulary "
+            f"{VOCAB!r}; normalise it with gpa_jax.text.normalize_transcript first"
+        )
+    return np.asarray([_CHAR_ID[c] for c in text], np.int32)
+
+
+def greedy_decode(logits: np.ndarray, num_frames: int) -> str:
+    """Best-path CTC decode of one utterance's logits [T, VOCAB_SIZE] (first num_frames)."""
+    best = np.argmax(np.asarray(logits)[:num_frames], axis=-1)
+    out, prev = [], BLANK
+    for k in best:
+        if k != prev and k != BLANK:
+            out.append(VOCAB[k - 1])
+        prev = k
+    return " ".join("".join(out).split())
+
+
+def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus-level CER (jiwer), with empty hypotheses counted as all deletions."""
+    import jiwer
+
+    return float(jiwer.cer(list(references), [h if h else "" for h in hypotheses]))
+
+
+class ConvBlock(nnx.Module):
+    """x + GELU(LayerNorm(conv_k(x))), with padded frames zeroed after the block."""
+
+    def __init__(self, width: int, kernel_size: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(width, width, (kernel_size,), padding="SAME", rngs=rngs)
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        return (x + jax.nn.gelu(self.norm(self.conv(x)))) * mask
+
+
+class CTCRecognizer(nnx.Module):
+    """[b, T, in_dim] -> (logits [b, T', VOCAB_SIZE], hidden per block) with T' = ceil(T / stride)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        num_layers: int,
+        kernel_size: int = 5,
+        stride: int = 1,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if stride not in (1, 2):
+            raise ValueError(f"CTCRecognizer stride must be 1 or 2, got {stride}")
+        self.stride = stride
+        self.hidden = hidden
+        self.conv_in = nnx.Conv(
+            in_dim, hidden, (kernel_size,), strides=(stride,), padding="SAME", rngs=rngs
+        )
+        self.blocks = nnx.List(
+            [ConvBlock(hidden, kernel_size, rngs=rngs) for _ in range(num_layers)]
+        )
+        self.head = nnx.Linear(hidden, VOCAB_SIZE, rngs=rngs)
+
+    def output_mask(self, mask: jax.Array) -> jax.Array:
+        """Input frame mask [b, T] -> output frame mask [b, T'] (float)."""
+        if self.stride == 1:
+            return mask.astype(jnp.float32)
+        return mask[:, :: self.stride].astype(jnp.float32)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        out_mask = self.output_mask(mask)[..., None]
+        h = jax.nn.gelu(self.conv_in(x * mask[..., None].astype(x.dtype))) * out_mask
+        hidden = []
+        for block in self.blocks:
+            h = block(h, out_mask)
+            hidden.append(h)
+        return self.head(h), hidden
+
+
+def ctc_loss(logits: jax.Array, frame_mask: jax.Array, labels: jax.Array, label_mask: jax.Array):
+    """Mean over the batch of CTC loss / transcript length."""
+    per = optax.ctc_loss(logits, 1.0 - frame_mask, labels, 1.0 - label_mask, blank_id=BLANK)
+    return jnp.mean(per / jnp.maximum(jnp.sum(label_mask, -1), 1.0))
+
+
+@dataclasses.dataclass
+class CTCExample:
+    """One training utterance: model input (waveform [n] or frames [T, F]) and its text."""
+
+    inputs: np.ndarray
+    text: str
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(1, -(-n // multiple)) * multiple
+
+
+def padded_batch(
+    inputs: Sequence[np.ndarray],
+    texts: Sequence[str] | None,
+    *,
+    length_multiple: int,
+    label_multiple: int = 64,
+) -> dict[str, np.ndarray]:
+    """Zero-pads inputs (axis 0) to a bucket of `length_multiple` and labels to 64s."""
+    lengths = np.asarray([len(x) for x in inputs], np.int32)
+    t = _round_up(int(lengths.max()), length_multiple)
+    x = np.zeros((len(inputs), t) + inputs[0].shape[1:], np.float32)
+    mask = np.zeros((len(inputs), t), np.float32)
+    for i, a in enumerate(inputs):
+        x[i, : len(a)] = a
+        mask[i, : len(a)] = 1.0
+    batch = {"inputs": x, "mask": mask, "lengths": lengths}
+    if texts is not None:
+        ids = [text_to_ids(s) for s in texts]
+        n = _round_up(max(len(i) for i in ids), label_multiple)
+        labels = np.zeros((len(ids), n), np.int32)
+        label_mask = np.zeros((len(ids), n), np.float32)
+        for i, a in enumerate(ids):
+            labels[i, : len(a)] = a
+            label_mask[i, : len(a)] = 1.0
+        batch["labels"], batch["label_mask"] = labels, label_mask
+    return batch
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Index batches of similar lengths (sorted, chunked, chunk order shuffled)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = [c for c in chunks if len(c) == batch_size] or chunks
+    rng.shuffle(chunks)
+    return chunks
+
+
+@dataclasses.dataclass
+class CTCTrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def train_ctc(
+    model: nnx.Module,
+    apply_fn: Callable[[nnx.Module, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    examples: Sequence[CTCExample],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    length_multiple: int,
+    seed: int,
+    warmup_steps: int = 50,
+    desc: str = "ctc",
+    progress: bool = True,
+) -> CTCTrainResult:
+    """Trains `model` with CTC: apply_fn(model, inputs, mask) -> (logits, frame_mask).
+
+    Batches group utterances of similar length (bucketed by `length_multiple` input
+    steps, so each bucket compiles once). Adam, linear warm-up then cosine decay,
+    global-norm clipping at 1.
+    """
+    from tqdm import tqdm
+
+    if not examples:
+        raise ValueError(f"{desc}: no training examples")
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, min(warmup_steps, max(1, steps // 10)), max(steps, 2)
+    )
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    def loss_fn(model, batch):
+        logits, frame_mask = apply_fn(model, batch["inputs"], batch["mask"])
+        return ctc_loss(logits, frame_mask, batch["labels"], batch["label_mask"])
+
+    @nnx.jit
+    def step(model, optimizer, batch):
+        loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+        optimizer.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    lengths = [len(e.inputs) for e in examples]
+    queue: list[np.ndarray] = []
+    losses: list[float] = []
+    t0 = time.time()
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+    for i in range(steps):
+        if not queue:
+            queue = length_batches(lengths, batch_size, rng)
+        idx = queue.pop()
+        batch = padded_batch(
+            [examples[j].inputs for j in idx],
+            [examples[j].text for j in idx],
+            length_multiple=length_multiple,
+        )
+        loss = float(step(model, optimizer, {k: jnp.asarray(v) for k, v in batch.items()}))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{desc}: non-finite CTC loss at step {i + 1}")
+        losses.append(loss)
+        bar.update(1)
+        if (i + 1) % 25 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}")
+            logging.log_every_n_seconds(
+                logging.INFO, "%s: step %d loss %.3f", 30, desc, i + 1, np.mean(losses[-25:])
+            )
+    bar.close()
+    return CTCTrainResult(steps, float(np.mean(losses[-25:])), time.time() - t0)
+
+
+def transcribe(
+    model: nnx.Module,
+    apply_fn: Callable[[nnx.Module, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    inputs: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    length_multiple: int,
+) -> list[str]:
+    """Greedy CTC transcripts of `inputs`, in order (batched by similar length)."""
+    jitted = nnx.jit(apply_fn)
+    out: list[str | None] = [None] * len(inputs)
+    order = np.argsort([len(x) for x in inputs], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = padded_batch([inputs[j] for j in idx], None, length_multiple=length_multiple)
+        logits, frame_mask = jitted(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["mask"]))
+        logits, frames = np.asarray(logits), np.asarray(frame_mask).sum(-1).astype(int)
+        for row, j in enumerate(idx):
+            out[j] = greedy_decode(logits[row], frames[row])
+    return [s or "" for s in out]
+
+
+def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> None:
+    """Params of `module` (Orbax) + meta.json under `directory` (overwritten)."""
+    import json
+    import os
+
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.join(directory, "params"), params, force=True)
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+
+
+def load_module(module: nnx.Module, directory: str) -> dict[str, Any]:
+    """Restores params saved by `save_module` into `module`; returns its meta.json."""
+    import json
+    import os
+
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    meta_path = os.path.join(directory, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"no trained model in {directory!r} (missing meta.json)")
+    state = nnx.state(module, nnx.Param)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as ckpt:
+        restored = ckpt.restore(os.path.join(directory, "params"), abstract)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(module, state)
+    with open(meta_path) as f:
+        return json.load(f)

@@ -1,0 +1,256 @@
+"""Semantic teachers for RVQ-1 distillation, and the offline one that is trained here.
+
+`teacher.kind` (config section `teacher`) picks the D-axis target of the codec's RVQ-1:
+- 'ctc' (the CPU default, `configs/codec_tiny.py`): `ContentTeacher`, a small conv CTC
+  character recogniser on log-mel, trained on the corpus transcripts across all training
+  voices before the codec (`train_teacher`, a few minutes on 2 cores). Its last hidden
+  layer is what a character classifier reads out, so it tracks the words; training on
+  every voice with one shared output, on per-utterance-normalised log-mel, pushes it to
+  ignore the voice. That is the property SpeechTokenizer takes from HuBERT, here without
+  a download. Its features run inside the codec's train step on the same crops.
+- 'hubert_features': features of a HuggingFace audio encoder, precomputed offline by
+  `launch/precompute_hubert.py` (extra `[hubert]`) into a `FeatureStore` at
+  `teacher.path`; the crop pipeline slices them frame-aligned with the audio.
+- 'log_mel': log-mel at the codec frame rate, a stand-in that only exercises the path.
+- 'none': no distillation.
+
+Why a CTC recogniser rather than phone labels: `flite -psdur` segments exist only for the
+4 flite voices and espeak-ng gives phonemes without times, while every utterance has its
+transcript, and CTC needs no alignment. A character error rate on held-out sentences
+(`meta.json`: `validation_cer`) shows the teacher learnt content.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from gpa_jax.audio.features import MelConfig, log_mel_jnp
+from gpa_jax.codec import ctc
+
+# Log-mel front end: Whisper-like 25 ms / 10 ms frames (100 Hz), so the recogniser's one
+# stride-2 conv lands on the codec's 50 Hz frames.
+_HOP = 160
+_WIN = 400
+
+
+def _mel_config(config: ml_collections.ConfigDict) -> MelConfig:
+    sr = int(config.codec.sample_rate)
+    return MelConfig(
+        sample_rate=sr,
+        n_fft=_WIN,
+        win_length=_WIN,
+        hop_length=_HOP,
+        n_mels=int(config.teacher.ctc_n_mels),
+        fmax=sr / 2,
+    )
+
+
+def _hop(config: ml_collections.ConfigDict) -> int:
+    return int(np.prod([int(s) for s in config.codec.strides]))
+
+
+class ContentTeacher(nnx.Module):
+    """Waveform [b, n] -> content features [b, ceil(n / hop), teacher.dim] (see module doc)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        t = config.teacher
+        if int(config.codec.sample_rate) // _HOP * _HOP != int(config.codec.sample_rate):
+            raise ValueError("the CTC teacher's front end expects a sample rate divisible by 160")
+        if _hop(config) != 2 * _HOP:
+            raise ValueError(
+                f"the CTC teacher yields frames every {2 * _HOP} samples; the codec hop is "
+                f"{_hop(config)} (strides {tuple(config.codec.strides)})"
+            )
+        self.mel = _mel_config(config)
+        self.hop = _hop(config)
+        self.layer = str(t.layer)
+        self.net = ctc.CTCRecognizer(
+            int(t.ctc_n_mels),
+            int(t.dim),
+            int(t.ctc_layers),
+            int(t.ctc_kernel_size),
+            stride=2,
+            rngs=rngs,
+        )
+        self._check_layer(int(t.ctc_layers))
+
+    def _check_layer(self, num_layers: int) -> None:
+        if self.layer in ("", "last", "avg"):
+            return
+        if not self.layer.isdigit() or not 0 <= int(self.layer) < num_layers:
+            raise ValueError(
+                f"teacher.layer {self.layer!r}: expected 'last', 'avg' or a block index "
+                f"0..{num_layers - 1} for the CTC teacher"
+            )
+
+    def frontend(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-utterance normalised log-mel [b, frames, n_mels] and its frame mask."""
+        mel = log_mel_jnp(wav.astype(jnp.float32), self.mel)
+        frames = mel.shape[1]
+        valid = 1 + lengths // _HOP
+        mask = (jnp.arange(frames)[None, :] < valid[:, None]).astype(jnp.float32)
+        m = mask[..., None]
+        count = jnp.maximum(jnp.sum(m, 1, keepdims=True), 1.0)
+        mean = jnp.sum(mel * m, 1, keepdims=True) / count
+        var = jnp.sum(jnp.square(mel - mean) * m, 1, keepdims=True) / count
+        return (mel - mean) * jax.lax.rsqrt(var + 1e-5) * m, mask
+
+    def logits(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """CTC logits [b, T', vocab] and output frame mask (training / transcription)."""
+        x, mask = self.frontend(wav, lengths)
+        logits, _ = self.net(x, mask)
+        return logits, self.net.output_mask(mask)
+
+    def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """Distillation target [b, ceil(n / hop), dim] for waveforms [b, n]."""
+        b, n = wav.shape
+        if lengths is None:
+            lengths = jnp.full((b,), n, jnp.int32)
+        x, mask = self.frontend(wav, lengths)
+        _, hidden = self.net(x, mask)
+        if self.layer in ("", "last"):
+            feats = hidden[-1]
+        elif self.layer == "avg":
+            feats = sum(hidden) / len(hidden)
+        else:
+            feats = hidden[int(self.layer)]
+        frames = -(-n // self.hop)
+        return jax.lax.stop_gradient(feats[:, :frames])
+
+
+def _apply_wav(model: ContentTeacher, wav: jax.Array, mask: jax.Array):
+    return model.logits(wav, jnp.sum(mask, -1).astype(jnp.int32))
+
+
+def teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where the CTC teacher lives: teacher.path, else <workdir>/codec/teacher."""
+    return config.teacher.path or os.path.join(workdir, "codec", "teacher")
+
+
+def _meta_matches(meta: dict[str, Any], config: ml_collections.ConfigDict) -> bool:
+    return meta.get("teacher_config") == _arch(config)
+
+
+def _arch(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    t = config.teacher
+    return {
+        "dim": int(t.dim),
+        "ctc_layers": int(t.ctc_layers),
+        "ctc_kernel_size": int(t.ctc_kernel_size),
+        "ctc_n_mels": int(t.ctc_n_mels),
+        "sample_rate": int(config.codec.sample_rate),
+    }
+
+
+def load_teacher(config: ml_collections.ConfigDict, directory: str) -> ContentTeacher:
+    """The trained CTC teacher in `directory` (its architecture must match the config)."""
+    import json
+
+    meta_path = os.path.join(directory, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"no CTC teacher in {directory!r} (missing meta.json)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if not _meta_matches(meta, config):
+        raise ValueError(
+            f"teacher in {directory!r} was trained with {meta.get('teacher_config')}, but the "
+            f"config asks for {_arch(config)}: retrain it (delete the directory) or fix teacher.*"
+        )
+    model = ContentTeacher(config, rngs=nnx.Rngs(0))
+    ctc.load_module(model, directory)
+    return model
+
+
+def train_teacher(
+    config: ml_collections.ConfigDict,
+    directory: str,
+    *,
+    data_dir: str | None = None,
+    train_set: tuple[list[np.ndarray], list[str]] | None = None,
+    validation_set: tuple[list[np.ndarray], list[str]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the CTC content teacher and saves it to `directory`; returns its meta.
+
+    Data: (waveforms, transcripts) given directly, else config.data.corpus's train and
+    validation splits from `data_dir`. meta: training time, final loss, validation CER.
+    """
+    from gpa_jax.codec import data as codec_data
+
+    t = config.teacher
+    sr = int(config.codec.sample_rate)
+    if train_set is None:
+        clips = codec_data.load_clips(
+            config.data.corpus,
+            config.data.split,
+            data_dir=data_dir,
+            sample_rate=sr,
+            max_seconds=float(t.ctc_max_seconds),
+        )
+        train_set = (clips.audio, clips.texts)
+    if validation_set is None and data_dir is not None:
+        val = codec_data.load_clips(
+            config.data.corpus,
+            config.data.validation_split,
+            data_dir=data_dir,
+            sample_rate=sr,
+            max_seconds=float(t.ctc_max_seconds),
+            limit=int(t.ctc_eval_utterances),
+        )
+        validation_set = (val.audio, val.texts)
+    examples = [ctc.CTCExample(w, s) for w, s in zip(*train_set, strict=True)]
+    model = ContentTeacher(config, rngs=nnx.Rngs(int(config.seed) + 101))
+    length_multiple = 2 * sr  # 2 s buckets
+    logging.info("teacher: training a CTC recogniser on %d utterances", len(examples))
+    result = ctc.train_ctc(
+        model,
+        _apply_wav,
+        examples,
+        steps=int(t.ctc_steps),
+        batch_size=int(t.ctc_batch_size),
+        learning_rate=float(t.ctc_learning_rate),
+        length_multiple=length_multiple,
+        seed=int(config.seed) + 7,
+        desc="teacher",
+        progress=progress,
+    )
+    meta: dict[str, Any] = {
+        "teacher_config": _arch(config),
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "train_seconds": result.seconds,
+        "train_utterances": len(examples),
+    }
+    if validation_set is not None and validation_set[0]:
+        hyps = ctc.transcribe(
+            model,
+            _apply_wav,
+            validation_set[0],
+            batch_size=int(t.ctc_batch_size),
+            length_multiple=length_multiple,
+        )
+        meta["validation_cer"] = ctc.char_error_rate(validation_set[1], hyps)
+        meta["validation_utterances"] = len(hyps)
+        meta["validation_examples"] = [
+            {"ref": r, "hyp": h} for r, h in list(zip(validation_set[1], hyps, strict=True))[:3]
+        ]
+    ctc.save_module(model, directory, meta)
+    logging.info("teacher: saved to %s (%s)", directory, {k: meta[k] for k in meta if "cer" in k})
+    return meta
+
+
+def transcribe_waveforms(
+    model: ContentTeacher, wavs: list[np.ndarray], batch_size: int = 16, sample_rate: int = 16000
+) -> list[str]:
+    """Greedy transcripts of waveforms by the CTC teacher (an ASR judge for codec output)."""
+    return ctc.transcribe(
+        model, _apply_wav, wavs, batch_size=batch_size, length_multiple=2 * sample_rate
+    )

@@ -1,0 +1,129 @@
+"""The CTC machinery and the offline content teacher: vocabulary, learning, features, reuse."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gpa_jax.codec import ctc
+from gpa_jax.codec import teacher as teacher_lib
+from gpa_jax.codec import train as codec_train
+from tests.codec.test_train import tiny_config
+
+SR = 16000
+LETTERS = "abcde"
+FREQS = {c: 300.0 + 250.0 * i for i, c in enumerate(LETTERS)}
+
+
+def tone_utterance(text: str, rng: np.random.Generator) -> np.ndarray:
+    """Each letter is a 0.12 s tone of its own pitch, letters separated by 0.04 s of quiet."""
+    parts = []
+    for c in text:
+        t = np.arange(int(0.12 * SR)) / SR
+        parts.append(0.3 * np.sin(2 * np.pi * FREQS[c] * t * rng.uniform(0.97, 1.03)))
+        parts.append(np.zeros(int(0.04 * SR)))
+    return (np.concatenate(parts) + 0.003 * rng.normal(size=sum(map(len, parts)))).astype(
+        np.float32
+    )
+
+
+def tone_corpus(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    rng = np.random.default_rng(seed)
+    texts = ["".join(rng.choice(list(LETTERS), size=rng.integers(3, 7))) for _ in range(n)]
+    return [tone_utterance(s, rng) for s in texts], texts
+
+
+def teacher_config(**overrides):
+    return tiny_config(
+        **{
+            "teacher.kind": "ctc",
+            "teacher.dim": 48,
+            "teacher.ctc_layers": 2,
+            "teacher.ctc_n_mels": 32,
+            "teacher.ctc_steps": 150,
+            "teacher.ctc_batch_size": 8,
+            "teacher.ctc_learning_rate": 3e-3,
+            **overrides,
+        }
+    )
+
+
+def test_vocabulary_round_trip_and_greedy_decode():
+    ids = ctc.text_to_ids("it's 42 cats")
+    assert ids.min() >= 1 and ids.max() < ctc.VOCAB_SIZE
+    logits = np.full((2 * len(ids) + 1, ctc.VOCAB_SIZE), -5.0)
+    for t, k in enumerate(ids):  # each label, then a blank (repeats survive)
+        logits[2 * t, k] = 5.0
+        logits[2 * t + 1, ctc.BLANK] = 5.0
+    assert ctc.greedy_decode(logits, len(logits)) == "it's 42 cats"
+    assert ctc.greedy_decode(logits, 2) == "i"
+    with pytest.raises(ValueError, match="outside the CTC vocabulary"):
+        ctc.text_to_ids("Hello!")
+    assert ctc.char_error_rate(["abc"], ["abd"]) == pytest.approx(1 / 3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    config = teacher_config()
+    directory = str(tmp_path_factory.mktemp("teacher"))
+    meta = teacher_lib.train_teacher(
+        config,
+        directory,
+        train_set=tone_corpus(96, seed=0),
+        validation_set=tone_corpus(24, seed=1),
+        progress=False,
+    )
+    return config, directory, meta
+
+
+def test_ctc_teacher_learns_to_read_held_out_utterances(trained):
+    config, directory, meta = trained
+    # Untrained, the greedy decode is (near) empty: CER ~ 1. Learnt: most letters right.
+    assert meta["validation_cer"] < 0.35, meta
+    assert meta["teacher_config"]["dim"] == 48 and meta["steps"] == 150
+    model = teacher_lib.load_teacher(config, directory)
+    audio, texts = tone_corpus(6, seed=5)
+    hyps = teacher_lib.transcribe_waveforms(model, audio)
+    assert ctc.char_error_rate(texts, hyps) < 0.5
+
+
+def test_teacher_features_follow_the_codec_frames(trained):
+    import jax.numpy as jnp
+
+    config, directory, _ = trained
+    model = teacher_lib.load_teacher(config, directory)
+    audio, _ = tone_corpus(2, seed=3)
+    n = min(len(a) for a in audio)
+    batch = jnp.asarray(np.stack([a[:n] for a in audio]))
+    feats = np.asarray(model(batch))
+    assert feats.shape == (2, -(-n // 320), 48)
+    assert np.all(np.isfinite(feats)) and feats.std() > 0
+    # A zero-padded item with its length gives nearly the features of the clip alone
+    # (only the last STFT frame differs: zeros instead of reflection, which shifts the
+    # per-utterance normalisation a little); padding without the length would not.
+    padded = np.zeros((1, n + 6400), np.float32)
+    padded[0, :n] = audio[0][:n]
+    with_len = np.asarray(model(jnp.asarray(padded), jnp.asarray([n])))[0, : feats.shape[1] - 4]
+    no_len = np.asarray(model(jnp.asarray(padded)))[0, : feats.shape[1] - 4]
+    err = np.abs(with_len - feats[0, :-4]).mean()
+    assert err < 0.02 and err < 0.5 * np.abs(no_len - feats[0, :-4]).mean()
+    with pytest.raises(ValueError, match="trained with"):
+        teacher_lib.load_teacher(teacher_config(**{"teacher.dim": 64}), directory)
+    with pytest.raises(ValueError, match="teacher.layer"):
+        teacher_lib.ContentTeacher(
+            teacher_config(**{"teacher.layer": "9"}), rngs=__import__("flax").nnx.Rngs(0)
+        )
+
+
+def test_codec_trains_against_the_ctc_teacher_and_reuses_it(trained, tmp_path):
+    config, directory, _ = trained
+    config = teacher_config(**{"train.num_steps": 2, "teacher.path": directory})
+    audio, texts = tone_corpus(4, seed=7)
+    stamp = os.path.getmtime(os.path.join(directory, "meta.json"))
+    result = codec_train.train(config, str(tmp_path), clips=audio, progress=False)
+    assert np.isfinite(result.metrics["loss/distill"])
+    assert os.path.getmtime(os.path.join(directory, "meta.json")) == stamp  # not retrained
+    # No teacher at the default place and nothing to train one on: a clear error.
+    fresh = teacher_config(**{"train.num_steps": 1})
+    with pytest.raises(FileNotFoundError, match="no CTC teacher"):
+        codec_train.train(fresh, str(tmp_path / "other"), clips=audio, progress=False)
