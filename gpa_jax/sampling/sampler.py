@@ -26,8 +26,11 @@ RVQ-1 only; the acoustic stage that adds RVQ-2..N is a callable passed as `acous
 
     acoustic(rvq1_codes: int [T], prompt_codes: int [n_q, T_ref]) -> codes int [n_q, T]
 
-called for every TTS/VC result with the request's reference codes as the prompt; its
-output is `Result.codes` (decode it with `gpa_jax.codec.api.decode`).
+called for every TTS/VC result with the request's reference codes as the prompt (all
+results of a `generate` call at once through `acoustic.complete_batch(rvq1s, prompts)`
+when it has one, e.g. `gpa_jax.acoustic.api.AcousticStage`); its output is
+`Result.codes` (decode it with `gpa_jax.codec.api.decode`; a vocoder-variant stage returns
+a latent for `gpa_jax.acoustic.api.decode_latent` instead).
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ class Result:
     stop: str | None = None  # "eos" | "max_length"
     text: str | None = None  # asr
     rvq1: np.ndarray | None = None  # tts/vc: int32 [T] RVQ-1 codes
-    codes: np.ndarray | None = None  # tts/vc: [n_q, T] from the acoustic stage, if given
+    # tts/vc with an acoustic stage: what it returns (NAR: codes [n_q, T]; vocoder: latent)
+    codes: np.ndarray | None = None
     prompt_length: int = 0
     max_new_tokens: int = 0
 
@@ -365,12 +369,28 @@ class Sampler:
             result.text = self.vocab.decode(tokens.tolist())
         else:
             result.rvq1 = self.vocab.ids_to_audio(tokens, 0)
-            if self.acoustic is not None and len(result.rvq1):
-                try:
-                    result.codes = np.asarray(self.acoustic(result.rvq1, np.asarray(r.reference)))
-                except Exception as e:  # noqa: BLE001  (one request's failure, reported)
-                    result.error = f"acoustic stage failed: {type(e).__name__}: {e}"
         return result
+
+    def _complete(self, done: list[tuple[Result, Request]]) -> None:
+        """Runs the acoustic stage on every TTS/VC result with codes (batched when the
+        stage has `complete_batch`); a failure is reported on the requests it hit."""
+        items = [(res, req) for res, req in done if res.rvq1 is not None and len(res.rvq1)]
+        if self.acoustic is None or not items:
+            return
+        rvq1 = [res.rvq1 for res, _ in items]
+        prompts = [np.asarray(req.reference) for _, req in items]
+        batched = getattr(self.acoustic, "complete_batch", None)
+        try:
+            outs = list(batched(rvq1, prompts)) if batched else None
+        except Exception as e:  # noqa: BLE001  (reported per request, then retried alone)
+            logging.warning("batched acoustic stage failed (%s); running items one by one", e)
+            outs = None
+        for i, (res, _) in enumerate(items):
+            try:
+                out = outs[i] if outs is not None else self.acoustic(rvq1[i], prompts[i])
+                res.codes = np.asarray(out)
+            except Exception as e:  # noqa: BLE001  (one request's failure, reported)
+                res.error = f"acoustic stage failed: {type(e).__name__}: {e}"
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         """One Result per request, in order (errors per request, see module docstring)."""
@@ -390,4 +410,5 @@ class Sampler:
             out = self._run_chunk(chunk)
             for row, p in enumerate(chunk):
                 results[p.index] = self._result(p, out, row)
+        self._complete([(results[p.index], p.request) for p in ready])
         return results  # type: ignore[return-value]

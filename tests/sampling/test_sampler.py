@@ -184,6 +184,29 @@ def test_reference_is_cropped_and_acoustic_hook_is_called(lm, vocab):
     assert r.codes.shape == (N_Q, len(r.rvq1)) and calls[0][1] == (N_Q, 50)
     np.testing.assert_array_equal(calls[0][0], r.rvq1)
 
+    class Stage:  # the acoustic API's batched entry point is used when present
+        def __init__(self):
+            self.batches = []
+
+        def complete_batch(self, rvq1s, prompts):
+            self.batches.append(len(rvq1s))
+            return [np.stack([t] * N_Q) for t in rvq1s]
+
+        def __call__(self, rvq1, prompt):
+            raise AssertionError("the batched entry point should have been used")
+
+    stage = Stage()
+    batched = Sampler(config, model, vocab, acoustic=stage)
+    results = batched.generate(
+        [
+            Request.tts("hi", _codes(20, 1), max_new_tokens=4),
+            Request.asr(_codes(20, 2)),
+            Request.vc(_codes(20, 3), _codes(20, 4), max_new_tokens=4),
+        ]
+    )
+    assert stage.batches == [2] and results[1].codes is None
+    assert results[0].codes.shape == (N_Q, len(results[0].rvq1))
+
 
 def test_params_only_restore_from_trainer_checkpoint_onto_another_mesh(tmp_path, lm, vocab):
     config, model = lm
