@@ -152,3 +152,46 @@ def test_trained_nar_follows_the_prompt_speaker(token_corpus):
         own = np.mean(out[1:] == pattern(s))
         others = max(np.mean(out[1:] == pattern(o)) for o in speakers.values() if o != s)
         assert own > others + 0.2, (who, own, others)
+
+
+CODEC_CONFIG = """
+from gpa_jax.codec.config import codec_config
+
+
+def get_config(arg=None):
+    return codec_config(
+        codec=dict(n_filters=4, dimension=8, lstm_layers=1, codebook_size=16, n_q=4),
+        teacher=dict(kind="none"),
+        loss=dict(adversarial=False),
+    )
+"""
+
+
+def test_vocoder_trains_with_the_frozen_codec_codebooks(token_corpus, tmp_path):
+    """The vocoder through the trainer: codebooks read from a codec checkpoint, frozen."""
+    from gpa_jax.codec import train as codec_train
+    from gpa_jax.config_utils import load_config
+
+    spec = tmp_path / "codec_small.py"
+    spec.write_text(CODEC_CONFIG)
+    codec_state = codec_train.CodecState.create(load_config(str(spec)))
+    codec_dir = str(tmp_path / "codec")
+    codec_train.save_checkpoint(codec_train.checkpoint_manager(codec_dir), 7, codec_state, {})
+    books = kind.codec_codebooks(codec_state.model)
+
+    config = tiny_config(
+        token_corpus[0], "model.variant=vocoder", "data.task_names=('latent',)",
+        "train.num_steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+        f"codec.config={spec}", f"codec.checkpoint_dir={codec_dir}", "mesh.shape=(2, 2, 2)", "model.num_kv_heads=2",
+    )  # fmt: skip
+    workdir = str(tmp_path / "vocoder")
+    result = trainer.train(config, workdir, writer=MemoryWriter(), progress=False)
+    assert result.step == 2
+    assert {"train/l1", "train/l2", "train/rel_l2", "train/latent/loss"} <= set(
+        result.train_metrics
+    )
+    assert "train/accuracy" not in result.train_metrics
+    stage = AcousticStage.from_workdir(config, workdir)
+    np.testing.assert_array_equal(np.asarray(stage.model.codebooks[...]), books)  # frozen
+    latent = stage.complete(np.arange(10) % CODEBOOK, np.zeros((N_Q, 5), np.int64))
+    assert latent.shape == (10, 8) and latent.dtype == np.float32
