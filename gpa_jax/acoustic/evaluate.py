@@ -261,7 +261,8 @@ def run(
             raise ValueError(f"stage {name}: token_dir {cfg.data.token_dir} != {token_dir}")
     codec, codec_step = load_codec(first)
     stages = {name: AcousticStage.from_workdir(cfg, wd) for name, (cfg, wd) in stage_specs.items()}
-    max_len = min(s.cfg.max_len for s in stages.values())
+    # Rows as long as in training (positions the model has seen), prompt included.
+    max_len = min(int(cfg.train.seq_len) for cfg, _ in stage_specs.values())
     prompt_frames = int(first.data.prompt_max_frames)
     bank = load_code_bank(token_dir, split)
     prompt_bank = bank if prompt_split == split else load_code_bank(token_dir, prompt_split)
