@@ -82,7 +82,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "train.keep_checkpoints",
         "train.keep_best",
         "data.source",
-        "data.task_names",
+        "tasks.corpus",
+        "tasks.rates",
     ),
     # The acoustic stage (gpa_jax.acoustic): NAR RVQ-2..N model or one-step vocoder,
     # trained by the LM trainer through its model-kind hook (training/model_kinds.py).

@@ -5,19 +5,21 @@
 
 Reads the normalised transcripts of `--split` straight from the TFDS text feature (audio
 is not decoded) in `--tfds_data_dir` (default <workdir>/tfds) and writes the model to
-`--output` (default <workdir>/spm/<corpus>_<vocab_size>.model). Point the LM config's
-`tasks.vocab.spm_model` at it (with `tasks.vocab.text = "spm"`).
+`--output` (default <workdir>/spm/<corpus with / as _>_<vocab_size>.model), which is
+where an LM config with `tasks.corpus` = --corpus, `tasks.vocab.spm_vocab_size` =
+--vocab_size and an empty `tasks.vocab.spm_model` looks for it when trained with the same
+--workdir (gpa_jax.tasks.config.resolve_paths).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from absl import app, flags, logging
 
 from gpa_jax import paths
 from gpa_jax.tasks import spm
+from gpa_jax.tasks.config import default_spm_model
 from launch import common
 
 _CORPUS = flags.DEFINE_string("corpus", "synthetic_speech/default", "TFDS corpus[/config].")
@@ -28,16 +30,12 @@ _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "Mo
 _OUTPUT = flags.DEFINE_string("output", None, "Output .model path.")
 
 
-def default_output(workdir: str, corpus: str, vocab_size: int) -> str:
-    return os.path.join(workdir, "spm", f"{corpus.replace('/', '_')}_{vocab_size}.model")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = common.workdir()
     data_dir = _DATA_DIR.value or paths.tfds_dir(workdir)
-    output = _OUTPUT.value or default_output(workdir, _CORPUS.value, _VOCAB_SIZE.value)
+    output = _OUTPUT.value or default_spm_model(workdir, _CORPUS.value, _VOCAB_SIZE.value)
     start = time.time()
     sentences = spm.corpus_transcripts(_CORPUS.value, _SPLIT.value, data_dir)
     pieces = spm.train_sentencepiece(

@@ -15,7 +15,8 @@ Top-level LM config layout (what `lm_config` returns; config files add `optimize
     sharding_rules  ((logical_axis, mesh_axis | (mesh_axes...) | None), ...)
     seed            root of every random choice (params init, dropout, data order)
     train           loop, batch shape and checkpoint cadence (training.train_step.train_config)
-    data            batch source and task names (training.train_step.data_config)
+    data            batch source (training.train_step.data_config)
+    tasks           SeqIO tasks/mixture over token shards (gpa_jax.tasks.config.tasks_config)
 """
 
 from __future__ import annotations
@@ -163,12 +164,14 @@ def lm_config(
     seed: int = 0,
     train: ml_collections.ConfigDict | None = None,
     data: ml_collections.ConfigDict | None = None,
+    tasks: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
-    """The top-level LM config (kind 'lm') with the trainer's `train` and `data` sections.
+    """The top-level LM config (kind 'lm') with the trainer's `train`, `data`, `tasks` sections.
 
     Config files add `optimizer` (see gpa_jax.training.train_step.optimizer_config).
     """
-    # Imported here: the training package sits above the models package.
+    # Imported here: the training and tasks packages sit above the models package.
+    from gpa_jax.tasks.config import tasks_config
     from gpa_jax.training.train_step import data_config, train_config
 
     config = ml_collections.ConfigDict()
@@ -179,4 +182,5 @@ def lm_config(
     config.sharding_rules = tuple(tuple(rule) for rule in sharding_rules)
     config.train = train if train is not None else train_config()
     config.data = data if data is not None else data_config()
+    config.tasks = tasks if tasks is not None else tasks_config()
     return config

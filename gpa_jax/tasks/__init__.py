@@ -8,6 +8,7 @@
     tasks              register_tasks(): <ns>_tts/_asr/_vc + mixture <ns>_mix
     feature_converter  packing prefix-LM converter with per-token task ids
     pipeline           make_batches / make_iterator: numpy batches in the trainer layout
+    baseline           per-task unigram baselines of the loss-weighted output tokens
 
 Names are imported lazily, so `from gpa_jax.tasks import token_shards` (the codec
 tokenization job's only need) does not pull in TensorFlow and seqio.

@@ -1,11 +1,15 @@
-"""`config.tasks`: the one home of the data/task settings of LM training.
+"""`config.tasks`: the one home of the task/mixture settings of LM training.
 
-LM config files include it as `config.tasks = tasks_config(...)`. Fields:
+`gpa_jax.models.config.lm_config` puts `config.tasks = tasks_config()` into every LM
+config; config files override fields. Fields:
 
-    token_dir         token-shard directory (gpa_jax.tasks.token_shards), e.g.
-                      <workdir>/tokens/synthetic_speech_default
+    corpus            TFDS speech corpus the tokens and the text vocabulary come from
+                      ("name/config"); names the default paths below
+    token_dir         token-shard directory (gpa_jax.tasks.token_shards); "" = the one
+                      `launch.tokenize` writes: <workdir>/tokens/<corpus>
+    train_split       split the trainer trains on (and the unigram baseline is counted on)
+    eval_split        split of the trainer's evals
     namespace         registry prefix: tasks <ns>_tts/_asr/_vc, mixture <ns>_mix
-    sequence_length   packed length L; an example is [inputs + targets] <= L (length rule)
     pack              pack several examples per row (else one example per row, padded)
     rates             mixture rates per task (relative numbers of examples)
     ref_max_frames    reference clip crop, frames (150 = 3 s at 50 Hz)
@@ -14,30 +18,41 @@ LM config files include it as `config.tasks = tasks_config(...)`. Fields:
                       first n layers, frame-major interleaved (needs vocab.audio_streams >= n)
     trim_ref_to_fit   shorten the reference before dropping an over-long example
     verify_checksums  check shard sha256s against the manifest when loading a split
-    vocab.text        "spm" (SentencePiece model at vocab.spm_model) or "byte"
-    vocab.spm_model   path written by `python -m launch.train_spm`
+    vocab.text        "spm" (SentencePiece model) or "byte"
+    vocab.spm_model   SentencePiece model path; "" = the one `launch.train_spm` writes by
+                      default: <workdir>/spm/<corpus with / as _>_<spm_vocab_size>.model
+    vocab.spm_vocab_size  the size asked of `launch.train_spm` (names the default path)
     vocab.audio_streams  audio id ranges in the vocabulary (1 = RVQ-1 only, as the AR LM
                       of GPA/USLM; 8 to give every RVQ layer ids)
 
-The data seed is the config's top-level `seed` (passed to make_batches), not a field here.
+Deliberately NOT here (one source of truth each):
+- the packed sequence length L is `config.train.seq_len` (the trainer's batch shape;
+  the tasks' length rule receives it as `register_tasks(..., sequence_length=L)`);
+- the task names and their ids are `TASK_NAMES` below (id i + 1 in `decoder_task_ids`
+  is TASK_NAMES[i], its tag token is <|TASK_NAMES[i]|>: gpa_jax.tasks.vocab);
+- the data seed is the config's top-level `seed`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
 
-TASK_NAMES = ("tts", "asr", "vc")
+# Append only: the position fixes the task's id in batches and its tag token's id.
+TASK_NAMES: tuple[str, ...] = ("tts", "asr", "vc")
 
 
 def tasks_config(**overrides: Any) -> ml_collections.ConfigDict:
     """Defaults for `config.tasks`; keyword overrides per field (rates and vocab as dicts)."""
     config = ml_collections.ConfigDict(
         dict(
+            corpus="synthetic_speech/default",
             token_dir="",
+            train_split="train",
+            eval_split="validation",
             namespace="gpa",
-            sequence_length=1024,
             pack=True,
             rates=dict(tts=0.4, asr=0.3, vc=0.3),
             ref_max_frames=150,
@@ -45,7 +60,7 @@ def tasks_config(**overrides: Any) -> ml_collections.ConfigDict:
             ref_layers=1,
             trim_ref_to_fit=True,
             verify_checksums=True,
-            vocab=dict(text="spm", spm_model="", audio_streams=1),
+            vocab=dict(text="spm", spm_model="", spm_vocab_size=1024, audio_streams=1),
         )
     )
     unknown = sorted(set(overrides) - set(config.keys()))
@@ -79,5 +94,35 @@ def validate_tasks_config(config: ml_collections.ConfigDict) -> None:
             f"need 0 < ref_min_frames ({config.ref_min_frames}) <= ref_max_frames "
             f"({config.ref_max_frames})"
         )
-    if config.sequence_length < 8:
-        raise ValueError(f"tasks.sequence_length={config.sequence_length} is too short")
+    if config.vocab.text not in ("spm", "byte"):
+        raise ValueError(f"tasks.vocab.text={config.vocab.text!r}; expected 'spm' or 'byte'")
+
+
+def default_token_dir(workdir: str, corpus: str) -> str:
+    """Where `launch.tokenize` writes a corpus' shards (gpa_jax.codec.data.tokens_dir)."""
+    return os.path.join(workdir, "tokens", *corpus.split("/"))
+
+
+def default_spm_model(workdir: str, corpus: str, vocab_size: int) -> str:
+    """Where `launch.train_spm` writes its model unless told otherwise."""
+    return os.path.join(workdir, "spm", f"{corpus.replace('/', '_')}_{vocab_size}.model")
+
+
+def resolve_paths(config: ml_collections.ConfigDict, workdir: str | None) -> tuple[str, str]:
+    """(token_dir, spm_model) of `config.tasks`, defaults filled in from `workdir`.
+
+    spm_model is "" for a byte-level text vocabulary. Raises naming the field when a path
+    is needed but neither set nor derivable (no workdir).
+    """
+    token_dir, spm_model = config.token_dir, config.vocab.spm_model
+    if not token_dir:
+        if workdir is None:
+            raise ValueError("tasks.token_dir is empty and no work directory was given")
+        token_dir = default_token_dir(workdir, config.corpus)
+    if config.vocab.text == "spm" and not spm_model:
+        if workdir is None:
+            raise ValueError("tasks.vocab.spm_model is empty and no work directory was given")
+        spm_model = default_spm_model(workdir, config.corpus, config.vocab.spm_vocab_size)
+    if config.vocab.text != "spm":
+        spm_model = ""
+    return token_dir, spm_model

@@ -44,9 +44,10 @@ import numpy as np
 from absl import logging
 
 from gpa_jax.tasks import token_shards
+from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.vocab import SpeechVocabulary
 
-TASKS = ("tts", "asr", "vc")
+TASKS = TASK_NAMES
 # Plan row columns.
 TGT, REF, REF_START, REF_LEN, SRC = range(5)
 PLAN_COLUMNS = 5
@@ -190,7 +191,7 @@ class TaskStats:
 
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
-    """The config.tasks fields planning reads (see gpa_jax.tasks.config)."""
+    """The config.tasks fields planning reads (see gpa_jax.tasks.config), plus L."""
 
     sequence_length: int
     ref_max_frames: int
@@ -199,9 +200,12 @@ class PlanSettings:
     trim_ref_to_fit: bool
 
     @classmethod
-    def from_config(cls, config: Any) -> PlanSettings:
+    def from_config(cls, config: Any, sequence_length: int) -> PlanSettings:
+        """`config` = config.tasks; `sequence_length` = config.train.seq_len."""
+        if int(sequence_length) < 8:
+            raise ValueError(f"sequence length {sequence_length} is too short (need >= 8)")
         return cls(
-            sequence_length=int(config.sequence_length),
+            sequence_length=int(sequence_length),
             ref_max_frames=int(config.ref_max_frames),
             ref_min_frames=int(config.ref_min_frames),
             ref_layers=int(config.ref_layers),

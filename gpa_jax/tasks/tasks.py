@@ -272,11 +272,14 @@ def register_tasks(
     vocab: SpeechVocabulary,
     config: Any,
     *,
+    sequence_length: int,
     namespace: str | None = None,
 ) -> SpeechTasks:
     """Registers <ns>_tts/_asr/_vc and the mixture <ns>_mix (rates from config.rates).
 
-    `config` is the `config.tasks` section (gpa_jax.tasks.config.tasks_config). Calling it
+    `config` is the `config.tasks` section (gpa_jax.tasks.config.tasks_config);
+    `sequence_length` is the packed row length L (config.train.seq_len), which the length
+    rule bounds every example by. Calling it
     again with the same namespace replaces the earlier registrations (idempotent), so tests
     can register tmp directories under their own namespaces. Nothing is read until a
     dataset or counters are asked for.
@@ -295,7 +298,7 @@ def register_tasks(
             f"the vocabulary's {vocab.num_audio_streams} audio streams"
         )
     splits = tuple(sorted(manifest["splits"]))
-    settings = planning.PlanSettings.from_config(config)
+    settings = planning.PlanSettings.from_config(config, sequence_length)
     features = {
         "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
         "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),

@@ -40,6 +40,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gpa_jax.tasks.config import TASK_NAMES
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
@@ -49,8 +51,8 @@ DELIM_START, DELIM_END = 16, 64  # [start, end) of delimiter ids
 TEXT_OFFSET = 64
 PAD_TO_MULTIPLE = 128
 
-# Append only: an entry's position fixes its id.
-TASK_TAGS: tuple[str, ...] = ("tts", "asr", "vc")
+# Append only: an entry's position fixes its id. Task tags are the task table itself.
+TASK_TAGS: tuple[str, ...] = TASK_NAMES
 DELIMITERS: tuple[str, ...] = ("text", "ref_audio", "src_audio", "tgt_audio")
 assert len(TASK_TAGS) <= TAG_END - TAG_START
 assert len(DELIMITERS) <= DELIM_END - DELIM_START

@@ -1,4 +1,9 @@
-"""LM training: loss, optimizer and sharded step here; the loop in `trainer`, Orbax in `checkpoint`."""
+"""LM training: loss, optimizer and sharded step here; the loop in `trainer`, Orbax in `checkpoint`.
+
+Batches from `data_iter` (SeqIO task mixture or synthetic), model families through
+`model_kinds`, metric writers in `metrics`, the per-task loss-vs-unigram table in
+`lm_report`.
+"""
 
 from gpa_jax.training.train_step import (
     create_train_state,

@@ -191,6 +191,9 @@ def make_manager(
         create=not read_only,
         read_only=read_only,
     )
+    directory = os.fspath(directory)
+    if "://" not in directory:  # Orbax needs absolute local paths (gs://... stay as they are).
+        directory = os.path.abspath(directory)
     directory = epath.Path(directory)
     if read_only and not directory.exists():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
@@ -229,7 +232,9 @@ def _meta(step: int, config: ml_collections.ConfigDict | None) -> dict[str, Any]
     if config is not None:
         meta["config"] = json.loads(config.to_json_best_effort())
         if "data" in config:
-            meta["task_names"] = list(config.data.task_names)
+            from gpa_jax.training.data_iter import task_names
+
+            meta["task_names"] = list(task_names(config))
     return meta
 
 

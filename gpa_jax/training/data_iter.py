@@ -1,4 +1,12 @@
-"""What the trainer reads batches from: the iterator contract and a synthetic source.
+"""What the trainer reads batches from: the iterator contract and the batch sources.
+
+Sources (`config.data.source`):
+
+    "tasks"      the SeqIO task mixture over token shards (gpa_jax.tasks): train
+                 iterator on config.tasks.train_split, eval on config.tasks.eval_split,
+                 rows of length config.train.seq_len (`TaskData`)
+    "synthetic"  deterministic random packed batches (`SyntheticLMBatches`; tests,
+                 benchmarks, smoke runs without data)
 
 Contract (grain's `DatasetIterator` protocol, so grain and SeqIO pipelines plug in as is):
 
@@ -12,23 +20,34 @@ the batches it would have seen. Batches carry the train_step.py layout (int32
 decoder_positions, decoder_loss_weights, optional decoder_prefix_mask) plus
 
     decoder_task_ids   int32 [rows, length]  task of each token's segment: id i + 1 is
-                       config.data.task_names[i]; 0 = padding / unknown task
+                       task_names(config)[i]; 0 = padding / unknown task
 
-from which the trainer reports loss and accuracy per task. Multi-host: each host's
-iterator yields its own `batch_size // process_count` rows (host p gets rows
-[p * n, (p + 1) * n) of the global batch), which `jax.make_array_from_process_local_data`
-assembles.
+from which the trainer reports loss and accuracy per task. An eval iterator may carry
+`reference_losses: dict[str, float]`, per-task losses of a reference model on the eval
+split (the tasks source sets the unigram baseline, `gpa_jax.tasks.baseline`); the trainer
+reports them next to the eval losses as eval/<task>/unigram_loss.
+
+Multi-host: each host's iterator yields its own `batch_size // process_count` rows of
+every global batch, which `jax.make_array_from_process_local_data` assembles. (The
+synthetic source slices one global batch: host p gets rows [p * n, (p + 1) * n). The
+tasks source gives each host every process_count-th planned example instead, so hosts
+read disjoint examples without building the global batch.)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import ml_collections
 import numpy as np
+from absl import logging
+
+from gpa_jax.tasks.config import TASK_NAMES, resolve_paths
 
 TASK_IDS_KEY = "decoder_task_ids"
+SOURCES = ("tasks", "synthetic")
 # Stream tags that keep the train and eval batches of one seed disjoint.
 _STREAMS = {"train": 0, "eval": 1}
 
@@ -44,6 +63,19 @@ class CheckpointableIterator(Protocol):
     def get_state(self) -> dict[str, Any] | bytes: ...
 
     def set_state(self, state: dict[str, Any] | bytes) -> None: ...
+
+
+def task_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Names of task ids 1, 2, ... in `decoder_task_ids` for this config.
+
+    LM configs: the task table `gpa_jax.tasks.config.TASK_NAMES` (the same table fixes
+    the tasks' tag tokens, so there is nothing to configure). A model kind whose data
+    section defines its own `task_names` (e.g. the acoustic stage) uses that.
+    """
+    data = config.get("data")
+    if data is not None and "task_names" in data:
+        return tuple(data.task_names)
+    return TASK_NAMES
 
 
 def task_names_in(task_ids: np.ndarray, task_names: tuple[str, ...] | list[str]) -> list[str]:
@@ -85,7 +117,7 @@ class SyntheticLMBatches:
         self.batch_size = int(config.train.batch_size)
         self.seq_len = int(config.train.seq_len)
         self.vocab_size = int(config.model.vocab_size)
-        self.num_tasks = len(config.data.task_names)
+        self.num_tasks = len(task_names(config))
         if self.batch_size % process_count:
             raise ValueError(
                 f"train.batch_size={self.batch_size} does not split over {process_count} hosts"
@@ -175,17 +207,145 @@ class SyntheticLMBatches:
             start += seg_len
 
 
+class TaskData:
+    """The SeqIO task mixture of `config.tasks` over its token shards, for one host.
+
+    Resolves the token directory and SentencePiece model (defaults under `workdir`,
+    gpa_jax.tasks.config), builds the vocabulary (codebook size from the shards'
+    manifest), registers the tasks with the length rule L = config.train.seq_len, and
+    makes the train / eval iterators (`gpa_jax.tasks.pipeline.DataIterator`, a
+    tf.data checkpoint as state: see that module for why tf.data and not grain) and the
+    per-task unigram baselines. Registration plans every split (cached per process).
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike | None = None,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        from gpa_jax.tasks import register_tasks, token_shards
+        from gpa_jax.tasks.vocab import SpeechVocabulary, make_text_vocabulary
+
+        if "tasks" not in config:
+            raise ValueError("config.data.source='tasks' needs a config.tasks section")
+        tc, trc = config.tasks, config.train
+        self.config = config
+        self.token_dir, self.spm_model = resolve_paths(
+            tc, None if workdir is None else os.fspath(workdir)
+        )
+        try:
+            manifest = token_shards.read_manifest(self.token_dir, verify=False)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"no token shards for config.tasks.corpus={tc.corpus!r} ({error}); write "
+                "them with `python -m launch.tokenize --workdir=W --corpus=...` or set "
+                "config.tasks.token_dir"
+            ) from None
+        if tc.vocab.text == "spm" and not os.path.exists(self.spm_model):
+            raise FileNotFoundError(
+                f"SentencePiece model {self.spm_model!r} (config.tasks.vocab.spm_model) does "
+                f"not exist; train it with `python -m launch.train_spm --corpus={tc.corpus} "
+                f"--vocab_size={tc.vocab.spm_vocab_size} --workdir=W`"
+            )
+        self.vocab = SpeechVocabulary(
+            make_text_vocabulary(tc.vocab.text, self.spm_model),
+            num_audio_streams=tc.vocab.audio_streams,
+            codebook_size=int(manifest["codebook_size"]),
+        )
+        if self.vocab.vocab_size > config.model.vocab_size:
+            raise ValueError(
+                f"the data's vocabulary has {self.vocab.vocab_size} ids ({self.vocab}) but "
+                f"model.vocab_size={config.model.vocab_size}: raise model.vocab_size"
+            )
+        self.handle = register_tasks(
+            self.token_dir, self.vocab, tc, sequence_length=int(trc.seq_len)
+        )
+        for split in (tc.train_split, tc.eval_split):
+            if split not in self.handle.splits:
+                raise ValueError(
+                    f"{self.token_dir} has no split {split!r} (config.tasks.train_split / "
+                    f"eval_split); it has {list(self.handle.splits)}"
+                )
+        if trc.batch_size % process_count:
+            raise ValueError(
+                f"train.batch_size={trc.batch_size} does not split over {process_count} hosts"
+            )
+        self.rows = int(trc.batch_size) // process_count
+        self.seed = int(config.seed)
+        self.process_index, self.process_count = process_index, process_count
+
+    def iterator(self, split: str) -> Any:
+        """A checkpointable iterator over `split`'s mixture, this host's rows, forever."""
+        import seqio
+
+        from gpa_jax.tasks import make_iterator
+
+        shard = (
+            seqio.ShardInfo(self.process_index, self.process_count)
+            if self.process_count > 1
+            else None
+        )
+        logging.info("task data %s:\n%s", split, self.handle.log_summary(split, self.seed))
+        return make_iterator(
+            self.handle.mixture,
+            split,
+            int(self.config.train.seq_len),
+            self.rows,
+            seed=self.seed,
+            shuffle=True,
+            vocab=self.vocab,
+            pack=bool(self.config.tasks.pack),
+            shard_info=shard,
+        )
+
+    def unigram_baselines(self) -> dict[str, Any]:
+        """Per task: the unigram baseline of the eval split (gpa_jax.tasks.baseline)."""
+        from gpa_jax.tasks.baseline import unigram_baselines
+
+        tc = self.config.tasks
+        return unigram_baselines(
+            self.handle,
+            tc.train_split,
+            tc.eval_split,
+            seed=self.seed,
+            vocab_size=int(self.config.model.vocab_size),
+        )
+
+    def iterators(self, with_eval: bool) -> tuple[Any, Any]:
+        train = self.iterator(self.config.tasks.train_split)
+        if not with_eval:
+            return train, None
+        evals = self.iterator(self.config.tasks.eval_split)
+        evals.reference_losses = {
+            task: b.eval_cross_entropy
+            for task, b in self.unigram_baselines().items()
+            if b.eval_tokens
+        }
+        return train, evals
+
+
 def make_iterators(
-    config: ml_collections.ConfigDict, *, process_index: int = 0, process_count: int = 1
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | os.PathLike | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> tuple[CheckpointableIterator, CheckpointableIterator | None]:
-    """(train, eval) iterators for `config.data.source`; eval is None when evals are off."""
+    """(train, eval) iterators for `config.data.source`; eval is None when evals are off.
+
+    `workdir` fills in the tasks source's default paths (gpa_jax.tasks.config).
+    """
     source = config.data.source
+    with_eval = bool(config.train.eval_every)
     if source == "synthetic":
         kw = dict(process_index=process_index, process_count=process_count)
         train = SyntheticLMBatches(config, split="train", **kw)
-        evals = SyntheticLMBatches(config, split="eval", **kw) if config.train.eval_every else None
+        evals = SyntheticLMBatches(config, split="eval", **kw) if with_eval else None
         return train, evals
-    raise ValueError(
-        f"config.data.source={source!r}; supported: 'synthetic' (the SeqIO task mixture "
-        "plugs in here through the same get_state/set_state iterator contract)"
-    )
+    if source == "tasks":
+        data = TaskData(config, workdir, process_index=process_index, process_count=process_count)
+        return data.iterators(with_eval)
+    raise ValueError(f"config.data.source={source!r}; supported: {SOURCES}")

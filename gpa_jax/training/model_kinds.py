@@ -16,7 +16,7 @@ Contract of `batch_sums(model, batch, dropout_key, config)`: loss-weighted *sums
     weight_sum   sum of decoder_loss_weights
 
 and optionally z_sum, correct_sum (-> accuracy), task_nll_sum / task_correct_sum /
-task_weight_sum ([num_tasks + 1] per decoder_task_ids, names from config.data.task_names)
+task_weight_sum ([num_tasks + 1] per decoder_task_ids, names from data_iter.task_names)
 and any other `<name>_sum`, which the trainer reports as `<split>/<name>` (its mean over
 weight_sum).
 """
@@ -43,7 +43,8 @@ class ModelKind:
     model_factory: Callable[[ml_collections.ConfigDict], Callable[[nnx.Rngs], nnx.Module]]
     # (model, batch, dropout_key | None, config) -> sums (module docstring).
     batch_sums: Callable[..., dict[str, jax.Array]]
-    # (config, *, process_index, process_count) -> (train iterator, eval iterator | None).
+    # (config, *, workdir, process_index, process_count) -> (train iterator, eval iterator
+    # | None); workdir (the run's) locates default data paths under it.
     make_iterators: Callable[..., tuple[Any, Any]]
     # Keys every batch must carry; each array is [rows, seq_len, ...] (trailing dims free).
     batch_keys: tuple[str, ...]
@@ -64,18 +65,19 @@ def _lm_model_factory(config: ml_collections.ConfigDict) -> Callable[[nnx.Rngs],
 
 
 def _lm_batch_sums(model, batch, dropout_key, config):
+    from gpa_jax.training.data_iter import task_names
     from gpa_jax.training.trainer import _token_sums
 
     return _token_sums(
-        model, batch, dropout_key, float(config.optimizer.z_loss), len(config.data.task_names)
+        model, batch, dropout_key, float(config.optimizer.z_loss), len(task_names(config))
     )
 
 
-def _lm_make_iterators(config, *, process_index: int = 0, process_count: int = 1):
+def _lm_make_iterators(config, *, workdir=None, process_index: int = 0, process_count: int = 1):
     from gpa_jax.training import data_iter
 
     return data_iter.make_iterators(
-        config, process_index=process_index, process_count=process_count
+        config, workdir=workdir, process_index=process_index, process_count=process_count
     )
 
 

@@ -99,12 +99,15 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
 
 
 def data_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """`config.data`: where batches come from and the task-id -> name table.
+    """`config.data`: where batches come from (gpa_jax.training.data_iter.SOURCES).
 
-    source: 'synthetic' (gpa_jax.training.data_iter.SyntheticLMBatches). task_names[i]
-    is the name of task id i + 1 in the batches' `decoder_task_ids` (0 = padding/unknown).
+    source: 'tasks' (the SeqIO mixture of `config.tasks` over token shards; what the
+    configs/gpa_*.py files train on) or 'synthetic' (random packed batches, needing no
+    data: the default, for tests, benchmarks and smoke runs). Task ids in batches name
+    gpa_jax.tasks.config.TASK_NAMES (not configurable: the same table fixes the tasks'
+    tag tokens).
     """
-    values = dict(source="synthetic", task_names=("tts", "asr", "vc"))
+    values = dict(source="synthetic")
     return _section("data", values, overrides)
 
 
@@ -117,18 +120,28 @@ def _section(name: str, values: dict[str, Any], overrides: dict[str, Any]):
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Learning rate per optimizer step from `config.optimizer`: linear warmup from 0, cosine decay.
+    """Learning rate per optimizer update from `config.optimizer`: linear warmup, cosine decay.
 
-    Separate from `make_optimizer` so the trainer logs the rate the optimizer really uses.
+    `schedule(count)` is the rate of update count + 1 (optax counts updates from 0), so
+    with W = warmup_steps the first update already uses learning_rate / W, update k
+    (1-based) uses learning_rate * k / W up to update W, which reaches the peak; the
+    cosine then decays to learning_rate * end_lr_fraction at update total_steps. (A
+    warmup from 0 would spend the first update at rate 0.) Separate from
+    `make_optimizer` so the trainer logs the rate the optimizer really uses.
     """
     opt = config.optimizer
-    return optax.warmup_cosine_decay_schedule(
+    base = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=opt.learning_rate,
         warmup_steps=opt.warmup_steps,
         decay_steps=max(opt.total_steps, opt.warmup_steps + 1),
         end_value=opt.learning_rate * opt.end_lr_fraction,
     )
+
+    def schedule(count):
+        return base(count + 1)
+
+    return schedule
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

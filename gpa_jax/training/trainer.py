@@ -22,15 +22,17 @@ checkpoint) on batches from `gpa_jax.training.data_iter` (or iterators passed in
   which differs whenever micro-batches hold different numbers of loss tokens, as packed
   batches do, and it would make each micro-batch a separate jit call.)
 - Metrics: loss (with z-loss), nll, z-loss, token accuracy, per-task loss and accuracy
-  from `decoder_task_ids` (task names from config.data.task_names), grad norm, learning
+  from `decoder_task_ids` (task names from data_iter.task_names), grad norm, learning
   rate, steps/s and tokens/s; every train.log_every steps to the metric writer
   (TensorBoard under <workdir>/tensorboard + absl log lines) and a tqdm bar with ETA.
   Device metrics are fetched one step late, so the host never waits on the step it
   just dispatched.
 - Eval: every train.eval_every steps (and at the end), train.eval_steps batches from the
   eval iterator, always from the same start: the per-task eval loss is comparable
-  across evals and runs. eval/loss (cross-entropy without z-loss) ranks checkpoints for
-  train.keep_best.
+  across evals and runs. With the tasks source, each eval also writes the per-task
+  unigram baseline (eval/<task>/unigram_loss, gpa_jax.tasks.baseline) and the end of
+  the run logs the table of both (lm_report.loss_table). eval/loss (cross-entropy
+  without z-loss) ranks checkpoints for train.keep_best.
 - Checkpoints: every train.checkpoint_every steps, at the end, and when SIGTERM/SIGINT
   arrives (the step in flight finishes, the state is saved, `train` returns with
   preempted=True; launch.train then exits 143/130). A second SIGINT aborts at once.
@@ -458,14 +460,17 @@ def train(
     """
     workdir = os.fspath(workdir)
     tc = config.train
-    task_names = tuple(config.data.task_names)
+    task_names = data_lib.task_names(config)
     mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
     check_config(config, mesh)
     primary = jax.process_index() == 0
     kind = model_kinds.get_kind(config)
     if train_iter is None:
         train_iter, default_eval = kind.make_iterators(
-            config, process_index=jax.process_index(), process_count=jax.process_count()
+            config,
+            workdir=workdir,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
         eval_iter = default_eval if eval_iter is None else eval_iter
     own_writer = writer is None
@@ -507,6 +512,8 @@ def train(
             logging.info("initialised the train state in %.1f s", time.time() - t0)
         train_step, eval_step, batch_sharding = make_step_fns(config, graphdef, shardings, mesh)
         eval_start = eval_iter.get_state() if eval_iter is not None else None
+        # Per-task losses of a reference model on the eval data (data_iter contract).
+        reference_losses = dict(getattr(eval_iter, "reference_losses", None) or {})
         rows = tc.batch_size // jax.process_count()
         tokens_per_step = tc.batch_size * tc.seq_len
         result = TrainResult(step=start_step, start_step=start_step)
@@ -579,6 +586,8 @@ def train(
                 batch = _device_batch(next(eval_iter), batch_sharding, rows, tc.seq_len, kind)
                 sums.add(jax.device_get(eval_step(state, batch)))
             scalars = sums.means("eval")
+            for name, value in reference_losses.items():
+                scalars[f"eval/{name}/unigram_loss"] = float(value)
             writer.write_scalars(step_no, scalars)
             result.eval_metrics = scalars
             return scalars
@@ -648,6 +657,12 @@ def train(
         if pending is not None:
             process(pending)
         result.step = step
+        if reference_losses and result.eval_metrics and primary:
+            from gpa_jax.training.lm_report import loss_table
+
+            logging.info(
+                "eval loss per task vs unigram baseline:\n%s", loss_table(result.eval_metrics)
+            )
         return result
     finally:
         stop.restore()

@@ -79,7 +79,6 @@ def vocab():
 
 def small_config(**overrides):
     values = dict(
-        sequence_length=SEQ_LEN,
         ref_max_frames=40,
         ref_min_frames=10,
         vocab=dict(text="byte", audio_streams=N_Q),
@@ -91,5 +90,7 @@ def small_config(**overrides):
 @pytest.fixture(scope="session")
 def registered(parallel_corpus, vocab):
     directory, written = parallel_corpus
-    handle = tasks_lib.register_tasks(directory, vocab, small_config(), namespace="test_par")
+    handle = tasks_lib.register_tasks(
+        directory, vocab, small_config(), sequence_length=SEQ_LEN, namespace="test_par"
+    )
     return handle, written

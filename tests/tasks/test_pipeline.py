@@ -83,7 +83,11 @@ def test_unpacked_rows_hold_one_example_with_loss_on_its_targets(registered):
 def test_mixture_rates_are_roughly_respected(parallel_corpus, vocab):
     directory, _ = parallel_corpus
     handle = tasks_lib.register_tasks(
-        directory, vocab, small_config(rates=dict(tts=0.6, asr=0.3, vc=0.1)), namespace="test_rate"
+        directory,
+        vocab,
+        small_config(rates=dict(tts=0.6, asr=0.3, vc=0.1)),
+        sequence_length=SEQ_LEN,
+        namespace="test_rate",
     )
     batches = make_batches(
         handle.mixture, "train", SEQ_LEN, batch_size=50, seed=1, shuffle=True, pack=False
@@ -98,7 +102,9 @@ def test_mixture_rates_are_roughly_respected(parallel_corpus, vocab):
 
 def test_nonparallel_mixture_still_yields_without_vc(nonparallel_corpus, vocab):
     directory, _ = nonparallel_corpus
-    handle = tasks_lib.register_tasks(directory, vocab, small_config(), namespace="test_np_mix")
+    handle = tasks_lib.register_tasks(
+        directory, vocab, small_config(), sequence_length=SEQ_LEN, namespace="test_np_mix"
+    )
     batches = make_batches(
         handle.mixture, "train", SEQ_LEN, batch_size=64, seed=0, shuffle=True, pack=False
     )

@@ -114,7 +114,11 @@ def test_counters_for_dropped_and_trimmed_examples(registered):
 def test_without_trimming_the_longish_example_is_dropped(parallel_corpus, vocab):
     directory, _ = parallel_corpus
     handle = tasks_lib.register_tasks(
-        directory, vocab, small_config(trim_ref_to_fit=False), namespace="test_notrim"
+        directory,
+        vocab,
+        small_config(trim_ref_to_fit=False),
+        sequence_length=SEQ_LEN,
+        namespace="test_notrim",
     )
     stats = handle.stats("train")["tts"]
     assert stats.ref_trimmed == 0 and stats.dropped["too_long"] == 2
@@ -123,7 +127,7 @@ def test_without_trimming_the_longish_example_is_dropped(parallel_corpus, vocab)
 def test_multi_layer_reference_is_frame_major(parallel_corpus, vocab):
     directory, _ = parallel_corpus
     handle = tasks_lib.register_tasks(
-        directory, vocab, small_config(ref_layers=3), namespace="test_ref3"
+        directory, vocab, small_config(ref_layers=3), sequence_length=SEQ_LEN, namespace="test_ref3"
     )
     bank = handle.sources["tts"].bank("train")
     rows, examples = _examples(handle, "tts")
@@ -138,9 +142,13 @@ def test_multi_layer_reference_is_frame_major(parallel_corpus, vocab):
 
 def test_same_seed_same_examples_other_seed_other_pairs(parallel_corpus, vocab):
     directory, _ = parallel_corpus
-    a = tasks_lib.register_tasks(directory, vocab, small_config(), namespace="test_det")
+    a = tasks_lib.register_tasks(
+        directory, vocab, small_config(), sequence_length=SEQ_LEN, namespace="test_det"
+    )
     rows_a, ex_a = _examples(a, "vc", seed=7)
-    b = tasks_lib.register_tasks(directory, vocab, small_config(), namespace="test_det")
+    b = tasks_lib.register_tasks(
+        directory, vocab, small_config(), sequence_length=SEQ_LEN, namespace="test_det"
+    )
     assert a.sources["vc"] is not b.sources["vc"]  # Re-registration replaced the task.
     rows_b, ex_b = _examples(b, "vc", seed=7)
     np.testing.assert_array_equal(rows_a, rows_b)
@@ -164,7 +172,9 @@ def test_same_seed_same_examples_other_seed_other_pairs(parallel_corpus, vocab):
 
 def test_nonparallel_corpus_gives_empty_vc_with_warning(nonparallel_corpus, vocab, caplog):
     directory, _ = nonparallel_corpus
-    handle = tasks_lib.register_tasks(directory, vocab, small_config(), namespace="test_np")
+    handle = tasks_lib.register_tasks(
+        directory, vocab, small_config(), sequence_length=SEQ_LEN, namespace="test_np"
+    )
     with caplog.at_level(logging.WARNING):
         stats = handle.stats("train")
     assert stats["vc"].examples == 0
@@ -187,7 +197,9 @@ def test_registry_names_and_mismatched_codebook(registered, parallel_corpus):
         seqio.ByteVocabulary(), num_audio_streams=4, codebook_size=CODEBOOK * 2
     )
     with pytest.raises(ValueError, match="codebook_size"):
-        tasks_lib.register_tasks(parallel_corpus[0], other, small_config(), namespace="bad")
+        tasks_lib.register_tasks(
+            parallel_corpus[0], other, small_config(), sequence_length=SEQ_LEN, namespace="bad"
+        )
 
 
 def test_tasks_config_rejects_unknown_and_inconsistent_fields():

@@ -141,6 +141,6 @@ def test_train_spm_launch_reads_tfds_transcripts(tmp_path):
         train_spm.main(["train_spm"])
     text_vocab = vocab_lib.make_text_vocabulary("spm", output)
     assert 3 < text_vocab.vocab_size <= 40
-    assert train_spm.default_output("W", "synthetic_speech/default", 1024) == (
+    assert train_spm.default_spm_model("W", "synthetic_speech/default", 1024) == (
         "W/spm/synthetic_speech_default_1024.model"
     )

@@ -15,6 +15,7 @@ from gpa_jax.training import (
     optimizer_config,
     train_step,
 )
+from gpa_jax.training.train_step import make_schedule
 from tests.models.helpers import numpy_model
 
 MODEL = dict(
@@ -100,11 +101,18 @@ def test_optimizer_schedule_clipping_and_decay_mask():
     params = {"kernel": jnp.ones((2, 2)), "norm": {"scale": jnp.ones((2, 2))}}
     state = tx.init(params)
     zero_grads = jax.tree.map(jnp.zeros_like, params)
-    # Step 0 of the warmup has lr 0; step 1 has lr 0.5: decay only the kernel.
-    _, state = tx.update(zero_grads, state, params)
-    updates, _ = tx.update(zero_grads, state, params)
+    # Warmup over 2 updates: the first already uses lr 1/2, the second the peak 1.0
+    # (no update is spent at lr 0). Zero gradients: the update is weight decay alone,
+    # -lr * 0.5 * param, on the kernel only.
+    updates, state = tx.update(zero_grads, state, params)
     np.testing.assert_allclose(updates["kernel"], -0.5 * 0.5 * np.ones((2, 2)), rtol=1e-6)
     np.testing.assert_allclose(updates["norm"]["scale"], 0.0)
+    updates, _ = tx.update(zero_grads, state, params)
+    np.testing.assert_allclose(updates["kernel"], -1.0 * 0.5 * np.ones((2, 2)), rtol=1e-6)
+    schedule = make_schedule(config)
+    lrs = [float(schedule(k)) for k in range(10)]
+    assert lrs[:2] == [0.5, 1.0] and all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    assert lrs[-1] == pytest.approx(0.1)  # end_lr_fraction of the peak at update total_steps
     # Global-norm clipping: a huge gradient is rescaled to norm clip_norm before Adam.
     clip = optax.clip_by_global_norm(config.optimizer.clip_norm)
     big = {"kernel": jnp.full((2, 2), 100.0)}

@@ -20,10 +20,15 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from gpa_jax import sharding
-from gpa_jax.config_utils import load_config
+from gpa_jax.config_utils import ConfigError, load_config
 from gpa_jax.training import checkpoint as ckpt
 from gpa_jax.training import trainer
-from gpa_jax.training.data_iter import SyntheticLMBatches, make_iterators, task_names_in
+from gpa_jax.training.data_iter import (
+    SyntheticLMBatches,
+    make_iterators,
+    task_names,
+    task_names_in,
+)
 from gpa_jax.training.metrics import MemoryWriter, create_default_writer, read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,6 +53,7 @@ OVERRIDES = (
     "optimizer.learning_rate=0.003",
     "optimizer.warmup_steps=2",
     "optimizer.total_steps=100",
+    "data.source=synthetic",
 )
 
 
@@ -108,7 +114,7 @@ def test_synthetic_batches_are_packed_deterministic_and_resumable():
         b["decoder_target_tokens"][:, :-1][inner[:, 1:]],
     )
     assert (b["decoder_input_tokens"][pos == 0] == 0).all()
-    assert len(set(task_names_in(tid, config.data.task_names))) >= 2
+    assert len(set(task_names_in(tid, task_names(config)))) >= 2
 
     # Same seed -> same batches; set_state jumps to any position; streams differ.
     other = SyntheticLMBatches(config, seed=5)
@@ -129,9 +135,13 @@ def test_synthetic_batches_are_packed_deterministic_and_resumable():
 
 
 def test_config_carries_train_and_data_sections():
-    config = tiny_config("train.grad_accum_steps=2", "data.task_names=('tts', 'asr')")
-    assert config.train.grad_accum_steps == 2 and config.data.task_names == ("tts", "asr")
-    assert config.data.source == "synthetic"
+    config = tiny_config("train.grad_accum_steps=2")
+    assert config.train.grad_accum_steps == 2 and config.data.source == "synthetic"
+    # One task table (it also fixes the tag tokens): not a config field.
+    assert "task_names" not in config.data and task_names(config) == ("tts", "asr", "vc")
+    assert load_config(os.path.join(REPO, CONFIG)).data.source == "tasks"
+    with pytest.raises(ConfigError, match="task_names"):
+        tiny_config("data.task_names=('tts',)")
     with pytest.raises(ValueError, match="must divide over the 4 batch shards"):
         trainer.check_config(
             tiny_config("train.grad_accum_steps=4"), sharding.make_mesh(config.mesh)
@@ -210,7 +220,7 @@ def test_nan_stops_the_run_naming_step_and_tasks(three_steps, tmp_path):
     with pytest.raises(trainer.NonFiniteLossError) as err:
         trainer.train(config, tmp_path, writer=MemoryWriter(), progress=False)
     batch = SyntheticLMBatches(config).batch_at(3)  # the batch of step 4
-    tasks = task_names_in(batch["decoder_task_ids"], config.data.task_names)
+    tasks = task_names_in(batch["decoder_task_ids"], task_names(config))
     message = str(err.value)
     assert "non-finite loss at step 4" in message, message
     assert f"tasks in its batch: {', '.join(tasks)}" in message, message
