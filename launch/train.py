@@ -6,7 +6,9 @@
 Rerunning the same command resumes from the newest checkpoint in <workdir>/checkpoints
 (state, optimizer and data position). SIGTERM or Ctrl-C saves a checkpoint at the
 current step and exits with status 143 / 130; a second Ctrl-C aborts without saving.
-Metrics: `tensorboard --logdir <workdir>/tensorboard`.
+Metrics: `tensorboard --logdir <workdir>/tensorboard`. With the task data (the gpa_*
+configs) the run ends by printing the last eval's loss per task next to its unigram
+baseline (`python -m launch.lm_report` prints it again later).
 
 Multi-host (TPU pods, multi-node GPU): run the same command on every host (see
 launch/tpu_pod.sh). --multihost=auto (default) calls jax.distributed.initialize() when
@@ -50,7 +52,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    from gpa_jax.training import trainer  # after flag parsing: imports JAX
+    from gpa_jax.training import lm_report, trainer  # after flag parsing: imports JAX
 
     trainer.maybe_initialize_distributed(
         {"auto": None, "true": True, "false": False}[_MULTIHOST.value]
@@ -64,6 +66,8 @@ def main(argv):
     if "eval/loss" in result.eval_metrics:
         summary += f", eval loss {result.eval_metrics['eval/loss']:.4f}"
     print(f"{'stopped' if result.preempted else 'finished'} at {summary}; workdir {workdir}")
+    if lm_report.table_rows(result.eval_metrics):  # the tasks source's per-task baselines
+        print(lm_report.loss_table(result.eval_metrics))
     if result.preempted:
         sys.exit(trainer.EXIT_CODES[result.signal])
 
