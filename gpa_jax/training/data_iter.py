@@ -207,6 +207,46 @@ class SyntheticLMBatches:
             start += seg_len
 
 
+def task_vocabulary(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
+) -> Any:
+    """The SpeechVocabulary of `config.tasks` (text vocabulary + the shards' codebook size).
+
+    Shared by the trainer's task data and everything that reads its checkpoints (sampler,
+    evaluation), so both sides always build the same id layout.
+    """
+    from gpa_jax.tasks import token_shards
+    from gpa_jax.tasks.vocab import SpeechVocabulary, make_text_vocabulary
+
+    tc = config.tasks
+    token_dir, spm_model = resolve_paths(tc, None if workdir is None else os.fspath(workdir))
+    try:
+        manifest = token_shards.read_manifest(token_dir, verify=False)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"no token shards for config.tasks.corpus={tc.corpus!r} ({error}); write "
+            "them with `python -m launch.tokenize --workdir=W --corpus=...` or set "
+            "config.tasks.token_dir"
+        ) from None
+    if tc.vocab.text == "spm" and not os.path.exists(spm_model):
+        raise FileNotFoundError(
+            f"SentencePiece model {spm_model!r} (config.tasks.vocab.spm_model) does "
+            f"not exist; train it with `python -m launch.train_spm --corpus={tc.corpus} "
+            f"--vocab_size={tc.vocab.spm_vocab_size} --workdir=W`"
+        )
+    vocab = SpeechVocabulary(
+        make_text_vocabulary(tc.vocab.text, spm_model),
+        num_audio_streams=tc.vocab.audio_streams,
+        codebook_size=int(manifest["codebook_size"]),
+    )
+    if vocab.vocab_size > config.model.vocab_size:
+        raise ValueError(
+            f"the data's vocabulary has {vocab.vocab_size} ids ({vocab}) but "
+            f"model.vocab_size={config.model.vocab_size}: raise model.vocab_size"
+        )
+    return vocab
+
+
 class TaskData:
     """The SeqIO task mixture of `config.tasks` over its token shards, for one host.
 
@@ -226,8 +266,7 @@ class TaskData:
         process_index: int = 0,
         process_count: int = 1,
     ):
-        from gpa_jax.tasks import register_tasks, token_shards
-        from gpa_jax.tasks.vocab import SpeechVocabulary, make_text_vocabulary
+        from gpa_jax.tasks import register_tasks
 
         if "tasks" not in config:
             raise ValueError("config.data.source='tasks' needs a config.tasks section")
@@ -236,30 +275,7 @@ class TaskData:
         self.token_dir, self.spm_model = resolve_paths(
             tc, None if workdir is None else os.fspath(workdir)
         )
-        try:
-            manifest = token_shards.read_manifest(self.token_dir, verify=False)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"no token shards for config.tasks.corpus={tc.corpus!r} ({error}); write "
-                "them with `python -m launch.tokenize --workdir=W --corpus=...` or set "
-                "config.tasks.token_dir"
-            ) from None
-        if tc.vocab.text == "spm" and not os.path.exists(self.spm_model):
-            raise FileNotFoundError(
-                f"SentencePiece model {self.spm_model!r} (config.tasks.vocab.spm_model) does "
-                f"not exist; train it with `python -m launch.train_spm --corpus={tc.corpus} "
-                f"--vocab_size={tc.vocab.spm_vocab_size} --workdir=W`"
-            )
-        self.vocab = SpeechVocabulary(
-            make_text_vocabulary(tc.vocab.text, self.spm_model),
-            num_audio_streams=tc.vocab.audio_streams,
-            codebook_size=int(manifest["codebook_size"]),
-        )
-        if self.vocab.vocab_size > config.model.vocab_size:
-            raise ValueError(
-                f"the data's vocabulary has {self.vocab.vocab_size} ids ({self.vocab}) but "
-                f"model.vocab_size={config.model.vocab_size}: raise model.vocab_size"
-            )
+        self.vocab = task_vocabulary(config, workdir)
         self.handle = register_tasks(
             self.token_dir, self.vocab, tc, sequence_length=int(trc.seq_len)
         )
