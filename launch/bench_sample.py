@@ -25,6 +25,12 @@ Precision: like with like. Torch runs in float32 (and, with --torch_dtypes, bflo
 the headline ratios compare JAX with the torch run of the precision of
 `config.model.dtype`.
 
+Torch threads: OpenMP spin-waiting makes multi-threaded torch collapse on an
+oversubscribed machine (measured: 10x slower at 2 threads than at 1 with other jobs
+running), so by default (--torch_threads=0) each batch size first probes torch's default
+thread count and 1 thread on a short generate and times the faster (reported as
+`b<B>_torch_threads`): the ratio is against torch's best setting, not its worst.
+
 Timing: one untimed call per side and batch size (compile / warm-up), then --rounds
 rounds that time every side in turn (order alternating), so load from other processes
 on a shared machine hits both alike. tokens/s = batch * new_tokens / wall time of a
@@ -60,6 +66,9 @@ _TORCH_DTYPES = flags.DEFINE_list(
     "torch_dtypes", [], "Torch precisions to run (default: the config's compute dtype)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and prompts.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "Torch intra-op threads; 0 = the faster of its default and 1 (probed)."
+)
 
 
 def _torch_available() -> str | None:
@@ -103,6 +112,27 @@ class TorchSide:
         self.dtype = dtype
         if dtype == "bfloat16":
             self.model = self.model.to(torch.bfloat16)
+
+    def choose_threads(self, prompts: np.ndarray, threads: int, probe_tokens: int = 16) -> int:
+        """Sets torch's thread count: `threads`, or (0) the faster of default and 1."""
+        torch = self.torch
+        if threads > 0:
+            torch.set_num_threads(threads)
+            return threads
+        if not hasattr(self, "default_threads"):
+            self.default_threads = torch.get_num_threads()
+        default = self.default_threads
+        best, best_t = default, None
+        for n in sorted({default, 1}, reverse=True):
+            torch.set_num_threads(n)
+            self.generate(prompts, probe_tokens)  # warm-up at this setting
+            t = time.perf_counter()
+            self.generate(prompts, probe_tokens)
+            elapsed = time.perf_counter() - t
+            if best_t is None or elapsed < best_t:
+                best, best_t = n, elapsed
+        torch.set_num_threads(best)
+        return best
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().float().numpy() for k, v in self.model.state_dict().items()}
@@ -201,12 +231,25 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def run(config, *, batch_sizes, prompt_len, new_tokens, rounds, torch_mode, torch_dtypes, seed):
+def run(
+    config,
+    *,
+    batch_sizes,
+    prompt_len,
+    new_tokens,
+    rounds,
+    torch_mode,
+    torch_dtypes,
+    seed,
+    torch_threads=0,
+):
     m = config.model
     why_not = _torch_available() if torch_mode != "false" else "--torch=false"
     if why_not and torch_mode == "true":
         raise RuntimeError(f"--torch=true but torch is unavailable: {why_not}")
-    torch_dtypes = list(torch_dtypes) or [m.dtype if m.dtype in ("float32", "bfloat16") else "float32"]
+    torch_dtypes = list(torch_dtypes) or [
+        m.dtype if m.dtype in ("float32", "bfloat16") else "float32"
+    ]
     torch_sides = {}
     if not why_not:
         import torch
@@ -225,11 +268,18 @@ def run(config, *, batch_sizes, prompt_len, new_tokens, rounds, torch_mode, torc
         t0 = time.perf_counter()
         jax_tokens = jax_side.generate(batch, new_tokens)
         compile_s = time.perf_counter() - t0
-        sides = {"jax": lambda: jax_side.generate(batch, new_tokens)}
+        sides = {"jax": lambda batch=batch: jax_side.generate(batch, new_tokens)}
         outputs = {"jax": jax_tokens}
+        threads = {}
         for dt, side in torch_sides.items():
+            threads[dt] = side.choose_threads(prompts, torch_threads)
             outputs[f"torch_{dt}"] = side.generate(prompts, new_tokens)  # warm-up
-            sides[f"torch_{dt}"] = lambda side=side: side.generate(prompts, new_tokens)
+
+            def call(side=side, n=threads[dt], prompts=prompts):
+                side.torch.set_num_threads(n)
+                return side.generate(prompts, new_tokens)
+
+            sides[f"torch_{dt}"] = call
         times: dict[str, list[float]] = {name: [] for name in sides}
         for r in range(rounds):
             order = list(sides) if r % 2 == 0 else list(sides)[::-1]
@@ -243,6 +293,7 @@ def run(config, *, batch_sizes, prompt_len, new_tokens, rounds, torch_mode, torc
             entry[f"{name}_best_tok_s"] = b * new_tokens / min(ts)
         for name in torch_sides:
             entry[f"agreement_{name}"] = _agreement(jax_tokens, outputs[f"torch_{name}"])
+            entry[f"torch_threads_{name}"] = threads[name]
         results[b] = entry
         logging.info("batch %d: %s", b, {k: round(v, 3) for k, v in entry.items()})
     headline = f"torch_{m.dtype}"
@@ -261,6 +312,7 @@ def run(config, *, batch_sizes, prompt_len, new_tokens, rounds, torch_mode, torc
         for dt in torch_sides:
             summary[f"b{b}_torch_{dt}_tok_s"] = round(entry[f"torch_{dt}_tok_s"], 1)
             summary[f"b{b}_agreement_{dt}"] = round(entry[f"agreement_{dt}"], 4)
+            summary[f"b{b}_torch_threads_{dt}"] = entry[f"torch_threads_{dt}"]
         ratio = None
         if f"{headline}_tok_s" in entry:
             ratio = round(entry["jax_tok_s"] / entry[f"{headline}_tok_s"], 3)
@@ -273,7 +325,10 @@ def run(config, *, batch_sizes, prompt_len, new_tokens, rounds, torch_mode, torc
 
 
 def _print_table(results: dict[int, dict[str, float]]) -> None:
-    names = sorted({k[: -len("_tok_s")] for e in results.values() for k in e if k.endswith("_tok_s") and "best" not in k})
+    names = sorted(
+        {k[: -len("_tok_s")] for e in results.values() for k in e if k.endswith("_tok_s")}
+        - {k[: -len("_tok_s")] for e in results.values() for k in e if "_best_" in k}
+    )
     print(f"{'batch':>5}  " + "  ".join(f"{n + ' tok/s':>22}" for n in names))
     for b, e in results.items():
         print(f"{b:>5}  " + "  ".join(f"{e[n + '_tok_s']:>22.1f}" for n in names))
@@ -292,6 +347,7 @@ def main(argv):
         torch_mode=_TORCH.value,
         torch_dtypes=_TORCH_DTYPES.value,
         seed=_SEED.value,
+        torch_threads=_TORCH_THREADS.value,
     )
     _print_table(results)
     print(json.dumps(summary))

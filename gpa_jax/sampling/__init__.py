@@ -1,9 +1,9 @@
 """Inference for the LM: prefill + KV-cache decode, and the task-level sampler.
 
-    decode    one compiled program per (batch, prompt, steps) bucket: prefill of
-              left-padded prompts, a lax.while_loop decode with fused sampling
-    config    sampling_config(): bucketing, per-task sampling defaults, length limits
-    sampler   Sampler (from params or a checkpoint, params only), Request, Result
+decode    one compiled program per (batch, prompt, steps) bucket: prefill of
+          left-padded prompts, a lax.while_loop decode with fused sampling
+config    sampling_config(): bucketing, per-task sampling defaults, length limits
+sampler   Sampler (from params or a checkpoint, params only), Request, Result
 """
 
 from gpa_jax.sampling.config import sampling_config

@@ -163,7 +163,11 @@ def config_from_checkpoint(ckpt_dir: str, step: int | None = None) -> ml_collect
     """The training config saved in a checkpoint's `meta` item (latest step by default)."""
     from gpa_jax.training import checkpoint as ckpt
 
-    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+    steps = (
+        sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+        if os.path.isdir(ckpt_dir)
+        else []
+    )
     if not steps:
         raise FileNotFoundError(f"no checkpoint steps in {ckpt_dir}")
     step = steps[-1] if step is None else int(step)
@@ -216,7 +220,8 @@ class Sampler:
         tasks = config.get("tasks") if hasattr(config, "get") else None
         s = self.sampling
         self.ref_max_frames = int(
-            s.ref_max_frames or (tasks.ref_max_frames if tasks is not None else DEFAULT_REF_MAX_FRAMES)
+            s.ref_max_frames
+            or (tasks.ref_max_frames if tasks is not None else DEFAULT_REF_MAX_FRAMES)
         )
         self.ref_layers = int(s.ref_layers or (tasks.ref_layers if tasks is not None else 1))
         if self.ref_layers > vocab.num_audio_streams:
@@ -249,7 +254,9 @@ class Sampler:
         config = config_from_checkpoint(ckpt_dir, step) if config is None else config
         mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
         params = ckpt.restore_params_only(ckpt_dir, config, mesh, step)
-        logging.info("restored params of %s (step %s) onto mesh %s", ckpt_dir, step, dict(mesh.shape))
+        logging.info(
+            "restored params of %s (step %s) onto mesh %s", ckpt_dir, step, dict(mesh.shape)
+        )
         return cls(config, params, vocab, mesh=mesh, **kwargs)
 
     # --- requests -> prompts -----------------------------------------------------------
@@ -294,7 +301,9 @@ class Sampler:
         if task in ("asr", "vc"):
             src = self._codes(request.source, "source", 1)[0]
             source = self.vocab.audio_to_ids(src, 0)
-            expected = (s.asr.tokens_per_frame if task == "asr" else s.vc.frames_per_frame) * len(src)
+            expected = (s.asr.tokens_per_frame if task == "asr" else s.vc.frames_per_frame) * len(
+                src
+            )
         if task in ("tts", "vc"):
             if request.reference is None:
                 raise RequestError(f"{task} needs a reference (codes of the target voice)")

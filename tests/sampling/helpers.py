@@ -65,7 +65,11 @@ def greedy_reference(m, prompt, steps, id_range=None, allow_eos=False) -> list[i
     for _ in range(steps):
         logits = full_logits(m, prompt, out)[-1]
         ids = np.arange(len(logits))
-        allowed = np.ones_like(ids, bool) if id_range is None else (ids >= id_range[0]) & (ids < id_range[1])
+        allowed = (
+            np.ones_like(ids, bool)
+            if id_range is None
+            else (ids >= id_range[0]) & (ids < id_range[1])
+        )
         allowed |= (ids == decode.EOS_ID) & allow_eos
         if not allow_eos:
             allowed &= ids != decode.EOS_ID
@@ -75,8 +79,19 @@ def greedy_reference(m, prompt, steps, id_range=None, allow_eos=False) -> list[i
     return out
 
 
-def batch(prompts, *, max_new, temperature=0.0, top_k=0, top_p=1.0, penalty=1.0,
-          id_range=(2, BASE.vocab_size), allow_eos=False, seeds=None, **kw) -> decode.Batch:
+def batch(
+    prompts,
+    *,
+    max_new,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    penalty=1.0,
+    id_range=(2, BASE.vocab_size),
+    allow_eos=False,
+    seeds=None,
+    **kw,
+) -> decode.Batch:
     n = len(prompts)
 
     def per_row(v):

@@ -20,6 +20,7 @@ _TINY = [
     "--prompt_len=10",
     "--new_tokens=12",
     "--rounds=1",
+    "--torch_threads=1",  # no thread probe: a test checks behaviour, not speed
 ]
 HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
 

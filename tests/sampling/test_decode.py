@@ -4,8 +4,6 @@ Tolerance: the cache path runs the same float32 ops on the same values, in anoth
 order (padding, one token at a time); logits agree to 1e-4 absolute (they are O(10)).
 """
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -95,7 +93,7 @@ def test_stops_on_eos_and_on_each_rows_max_length():
     dec = decode.Decoder(m)
     out = dec(h.batch(prompts, max_new=[12, 6], allow_eos=True, prompt_length=8), 16)
     assert out["hit_eos"][0] and out["num_tokens"][0] == stop_at + 1
-    assert out["tokens"][0, : stop_at].tolist() == ref[0][:stop_at]
+    assert out["tokens"][0, :stop_at].tolist() == ref[0][:stop_at]
     assert out["tokens"][0, stop_at] == decode.EOS_ID
     assert (out["tokens"][0, stop_at + 1 :] == decode.PAD_ID).all()
     if target not in ref[1][:6]:
@@ -142,7 +140,7 @@ def test_top_k_top_p_and_temperature_shape_the_distribution():
     dec = decode.Decoder(m)
     prompt = h.prompts([7])[0]
     logits = h.full_logits(m, prompt, [])[-1].astype(np.float64)
-    logits[: 2] = -np.inf  # id range (2, V)
+    logits[:2] = -np.inf  # id range (2, V)
     order = np.argsort(-logits)
     # Temperatures relative to the logit gaps (the numpy-init logits are O(10)).
     gap = logits[order[0]] - logits[order[4]]
@@ -158,6 +156,7 @@ def test_top_k_top_p_and_temperature_shape_the_distribution():
     nucleus = set(order[: int(np.searchsorted(cum, 0.5) + 1)].tolist())
     draws = _first_token_draws(dec, prompt, n, temperature=t, top_p=0.5)
     assert set(draws.tolist()) <= nucleus
+
     # Unrestricted sampling follows softmax(logits / T): the frequency of the best id,
     # at the temperatures that give it probability 0.3 and 0.7.
     def best_prob(temperature):

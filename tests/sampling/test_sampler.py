@@ -7,21 +7,19 @@ import shutil
 import jax
 import numpy as np
 import pytest
+import seqio
 from flax import nnx
 
 from gpa_jax import sharding
 from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
 from gpa_jax.sampling import Request, Sampler, SamplingParams, sampling_config
-from gpa_jax.sampling import decode as decode_lib
-from gpa_jax.tasks import pipeline, planning
+from gpa_jax.tasks import pipeline
 from gpa_jax.tasks import tasks as tasks_lib
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.training import checkpoint as ckpt
 from gpa_jax.training.train_step import make_optimizer, optimizer_config
 from tests.models.helpers import numpy_model
 from tests.tasks.conftest import CODEBOOK, N_Q, SEQ_LEN, small_config, write_corpus
-
-import seqio
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +88,7 @@ def test_prompt_is_what_the_trainer_feeds_for_the_same_example(registered, vocab
         s = bank.audio_start[u] + start
         return bank.codes[:, s : s + (bank.frames[u] if n is None else n)]
 
-    for row, ex in list(zip(rows, ds.as_numpy_iterator()))[:4]:
+    for row, ex in list(zip(rows, ds.as_numpy_iterator(), strict=False))[:4]:
         t, r, start, n, src = (int(x) for x in row)
         if task == "asr":
             request = Request.asr(utt(t))
