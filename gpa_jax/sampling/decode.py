@@ -225,7 +225,11 @@ def _generate(
     rules: Any,
     compute_dtype: Any,
 ) -> dict[str, jax.Array]:
-    model = nnx.merge(graphdef, _compute_dtype_weights(state, compute_dtype))
+    weights = _compute_dtype_weights(state, compute_dtype)
+    # The loop body rebuilds its own module from the raw arrays: Variables (and nnx.scan
+    # over stacked layers) must not cross into the while_loop's trace.
+    leaves, treedef = jax.tree.flatten(weights)
+    model = nnx.merge(graphdef, weights)
     tokens = arrays["tokens"]
     B, P = tokens.shape
     S = P + max_steps
@@ -255,7 +259,8 @@ def _generate(
         index = P + step - 1  # slot of the token being fed
         kv_mask = (all_slots >= pad[:, None]) & (all_slots <= index)
         pos = (arrays["lengths"] + step - 1)[:, None]
-        logits, cache = model.decode_step(tok[:, None], pos, kv_mask, cache, index)
+        step_model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        logits, cache = step_model.decode_step(tok[:, None], pos, kv_mask, cache, index)
         new = select_tokens(logits[:, 0], step, arrays, seen, mode)
         new = jnp.where(done, PAD_ID, new)
         out = jax.lax.dynamic_update_slice_in_dim(out, new[:, None], step, axis=1)

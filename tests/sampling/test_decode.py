@@ -194,3 +194,15 @@ def test_choose_mode_and_make_batch_errors():
         h.batch(h.prompts([9]), max_new=4, prompt_length=8)
     with pytest.raises(ValueError, match="max_len"):
         decode.Decoder(h.model())(h.batch(h.prompts([100]), max_new=40), 40)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_scanned_layers_decode_inside_the_loop(dtype):
+    """nnx.scan over stacked layers runs inside the while_loop (module rebuilt there)."""
+    m = h.model(scan_layers=True, dtype=dtype)
+    prompts = h.prompts([5, 8])
+    out = decode.Decoder(m)(h.batch(prompts, max_new=6), 8)
+    assert out["num_tokens"].tolist() == [6, 6]
+    if dtype == "float32":
+        for i, p in enumerate(prompts):
+            assert out["tokens"][i, :6].tolist() == h.greedy_reference(m, p, 6)
