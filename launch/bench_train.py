@@ -24,7 +24,8 @@ Timing: `--warmup` untimed steps per side (compiles, allocator warm-up), then `-
 rounds in which every side runs `--steps` timed steps in turn (the order rotates each
 round), so load from other processes on a shared machine hits all sides alike. A side's
 tokens/s is tokens per step over its median step time; the spread over all its steps
-(best, worst) is printed too. MFU uses MaxText's FLOPs (gpa_jax.models.flops) over the
+(best, worst) is printed too. `--compare` adds JAX sides with other overrides (e.g. the
+reference attention) to the same interleaved timing. MFU uses MaxText's FLOPs (gpa_jax.models.flops) over the
 peak from --peak_tflops, else the known table for the accelerator kind (CPUs need the flag).
 
 The last stdout line is one JSON object (tokens_per_s, torch_tokens_per_s, ratio, mfu, ...).
@@ -32,6 +33,7 @@ The last stdout line is one JSON object (tokens_per_s, torch_tokens_per_s, ratio
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -58,6 +60,11 @@ _TORCH_ATTENTION = flags.DEFINE_enum(
     "torch_attention", "packed", ["packed", "causal"],
     "packed: the JAX side's mask (segments + causal + padding); causal: sdpa is_causal only.",
 )  # fmt: skip
+_COMPARE = flags.DEFINE_multi_string(
+    "compare", [],
+    "Extra JAX side: comma-separated config overrides on top of --config, e.g. "
+    "--compare=model.attention_impl=xla (repeatable); timed interleaved with the rest.",
+)  # fmt: skip
 _PEAK_TFLOPS = flags.DEFINE_float(
     "peak_tflops", None,
     "Peak TFLOP/s of all devices used, for MFU (required for CPUs; default: known table).",
@@ -78,7 +85,7 @@ def _median_rate(times: list[float], tokens: int) -> dict[str, float]:
 class JaxSide:
     """The trainer's jitted train step on the config's mesh, one fixed device batch."""
 
-    def __init__(self, config, batch: dict[str, Any]):
+    def __init__(self, config, batch: dict[str, Any], label: str | None = None):
         import jax
         import numpy as np
         from flax import nnx
@@ -87,7 +94,7 @@ class JaxSide:
         from gpa_jax.training import checkpoint as ckpt_lib
         from gpa_jax.training import trainer
 
-        self.name = f"jax[{config.model.dtype}]"
+        self.name = f"jax[{config.model.dtype}]" if label is None else f"jax[{label}]"
         self._jax = jax
         mesh = sharding_lib.make_mesh(config.mesh)
         graphdef, shardings, _ = ckpt_lib.abstract_train_state(config, mesh)
@@ -200,7 +207,7 @@ def _torch_available() -> str | None:
 
 def run(config, *, steps: int, rounds: int, warmup: int, torch_mode: str,
         torch_dtypes: list[str], torch_attention: str,
-        peak_tflops: float | None) -> dict[str, Any]:  # fmt: skip
+        peak_tflops: float | None, compare: list[str] = ()) -> dict[str, Any]:  # fmt: skip
     """Builds the sides, warms them up, times them interleaved; returns the JSON summary."""
     from gpa_jax.models import LMConfig
     from gpa_jax.models import flops as flops_lib
@@ -219,6 +226,10 @@ def run(config, *, steps: int, rounds: int, warmup: int, torch_mode: str,
     sides: list[Any] = []
     jax_side = JaxSide(config, batch)
     sides.append(jax_side)
+    for spec in compare:
+        variant = copy.deepcopy(config)
+        config_utils.apply_overrides(variant, [o for o in spec.split(",") if o], "--compare")
+        sides.append(JaxSide(variant, batch, label=spec))
     torch_missing = None
     if torch_mode != "false":
         torch_missing = _torch_available()
@@ -260,6 +271,9 @@ def run(config, *, steps: int, rounds: int, warmup: int, torch_mode: str,
     jax_rate = rates[jax_side.name]["tokens_per_s"]
     mfu = None if peak is None else flops_lib.mfu(flops.total, jax_rate, peak * 1e12)
 
+    for spec in compare:
+        r = rates[f"jax[{spec}]"]
+        r["ratio_to_main"] = r["tokens_per_s"] / jax_rate
     same = f"torch[{'bfloat16' if cfg.dtype == 'bfloat16' else 'float32'}]"
     torch_rate = rates.get(same, {}).get("tokens_per_s")
     summary: dict[str, Any] = {
@@ -297,7 +311,8 @@ def _print_table(summary: dict[str, Any]) -> None:
     for name, r in summary["sides"].items():
         print(f"  {name:16s} {r['tokens_per_s']:9.0f} tokens/s (median step "
               f"{r['median_step_s']:.3f} s; best {r['best_tokens_per_s']:.0f}, "
-              f"worst {r['worst_tokens_per_s']:.0f})")  # fmt: skip
+              f"worst {r['worst_tokens_per_s']:.0f})"
+              + (f"; {r['ratio_to_main']:.2f}x the first JAX side" if "ratio_to_main" in r else ""))  # fmt: skip
     if summary["ratio"] is not None:
         print(f"ratio JAX / torch at the same precision ({summary['dtype']}): "
               f"{summary['ratio']:.2f}x")  # fmt: skip
@@ -322,6 +337,7 @@ def main(argv):
         torch_dtypes=_TORCH_DTYPES.value,
         torch_attention=_TORCH_ATTENTION.value,
         peak_tflops=_PEAK_TFLOPS.value,
+        compare=_COMPARE.value,
     )
     _print_table(summary)
     print(json.dumps(summary))

@@ -49,7 +49,12 @@ def test_bench_reports_jax_and_torch_side_by_side():
 
 
 def test_bench_without_torch_and_cpu_mfu_needs_a_peak():
-    stdout, summary = _bench("--torch=false", "--config.model.attention_impl=cpu")
+    stdout, summary = _bench(
+        "--torch=false", "--config.model.attention_impl=cpu", "--compare=model.attention_impl=xla"
+    )
     assert summary["torch_tokens_per_s"] is None and summary["ratio"] is None
     assert summary["mfu"] is None and "--peak_tflops" in stdout
-    assert list(summary["sides"]) == ["jax[float32]"]
+    # --compare adds a JAX side with its overrides, timed in the same rounds.
+    assert list(summary["sides"]) == ["jax[float32]", "jax[model.attention_impl=xla]"]
+    other = summary["sides"]["jax[model.attention_impl=xla]"]
+    assert other["ratio_to_main"] == other["tokens_per_s"] / summary["tokens_per_s"]
