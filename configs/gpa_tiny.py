@@ -4,12 +4,28 @@ vocab 4096, d 256, 6 layers, 4 heads / 2 kv heads (head_dim 64), SwiGLU 1024, ti
 QK-norm: the HF Qwen3 baseline's shape, so JAX and PyTorch throughput compare 1:1.
 Float32 compute and unrolled layers: faster on a 2-core CPU (PERFORMANCE.md), and
 compile time is no issue at 6 layers. `arg` = "bf16" switches compute to bfloat16.
+
+Data: the SeqIO task mixture (config.tasks) over the token shards of the default
+synthetic corpus, found under the run's work directory as the earlier stages write them:
+
+    python -m launch.train_spm --corpus=synthetic_speech/default --workdir=W
+    python -m launch.tokenize --config=configs/codec_tiny.py --workdir=W \\
+        --corpus=synthetic_speech/default
+    python -m launch.train --config=configs/gpa_tiny.py --workdir=W
+
+Training is sized for the demo's budget (about 15 minutes on 2 CPU cores): NUM_STEPS
+steps of 8 x 512 tokens, the cosine schedule ending with the run. The vocabulary the
+data needs (SentencePiece 1024 + 64 control ids + one RVQ-1 range, padded to 128) fits
+in vocab_size 4096; the trainer checks that.
 """
 
 import ml_collections
 
 from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import optimizer_config
+from gpa_jax.tasks.config import tasks_config
+from gpa_jax.training.train_step import data_config, optimizer_config
+
+NUM_STEPS = 400
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,8 +44,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 'cpu' attention on the CPU backend (layers.blocked_attention), jax's own on GPU/TPU.
         attention_impl="auto",
     )
-    config = lm_config(model=model, mesh=mesh_config(shape=(-1, 1, 1)))
+    config = lm_config(
+        model=model,
+        mesh=mesh_config(shape=(-1, 1, 1)),
+        data=data_config(source="tasks"),
+        tasks=tasks_config(corpus="synthetic_speech/default"),
+    )
+    config.train.num_steps = NUM_STEPS
+    config.train.batch_size = 8
+    config.train.seq_len = 512
+    config.train.log_every = 20
+    config.train.eval_every = 100
+    config.train.eval_steps = 16
+    config.train.checkpoint_every = 100
     config.optimizer = optimizer_config(
-        learning_rate=1e-3, warmup_steps=200, total_steps=5000, weight_decay=0.01
+        learning_rate=2e-3, warmup_steps=50, total_steps=NUM_STEPS, weight_decay=0.01
     )
     return config
