@@ -65,9 +65,13 @@ def join(pieces: list[Any], xp: Any = np) -> Any:
     return xp.concat([xp.cast(xp.reshape(p, [-1]), xp.int32) for p in pieces], axis=0)
 
 
-def reference_ids(codes: Any, vocab: SpeechVocabulary, xp: Any = np) -> Any:
-    """Reference codes [layers, frames] -> ids, frame-major: A0 A1 .. A<n-1> per frame."""
-    layers = codes.shape[0]
+def reference_ids(
+    codes: Any, vocab: SpeechVocabulary, xp: Any = np, layers: int | None = None
+) -> Any:
+    """Reference codes [layers, frames] -> ids, frame-major: A0 A1 .. A<n-1> per frame.
+
+    `layers` defaults to codes.shape[0] (give it where that is not static, in tf.data)."""
+    layers = int(codes.shape[0]) if layers is None else int(layers)
     offsets = np.asarray([vocab.audio_range(k)[0] for k in range(layers)], np.int32)
     block = xp.cast(codes, xp.int32) if xp is not np else np.asarray(codes, np.int32)
     return xp.reshape(xp.transpose(block + offsets[:, None]), [-1])

@@ -44,9 +44,9 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from gpa_jax.tasks import planning, token_shards
+from gpa_jax.tasks import layout, planning, token_shards
 from gpa_jax.tasks.config import TASK_NAMES, validate_tasks_config
-from gpa_jax.tasks.vocab import EOS_ID, SpeechVocabulary
+from gpa_jax.tasks.vocab import SpeechVocabulary
 
 DEFAULT_SEED = 0
 
@@ -171,10 +171,6 @@ class SpeechTaskSource(seqio.DataSource):
         return ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _const(*ids: int) -> tf.Tensor:
-    return tf.constant(list(ids), dtype=tf.int32)
-
-
 def _audio(t: _BankTensors, vocab: SpeechVocabulary, u: tf.Tensor) -> tf.Tensor:
     """RVQ-1 ids of utterance u."""
     start = t.audio_start[u]
@@ -187,9 +183,8 @@ def _reference(
 ) -> tf.Tensor:
     """Reference crop ids, frame-major over the first ref_layers layers."""
     start = t.audio_start[row[planning.REF]] + row[planning.REF_START]
-    block = tf.cast(t.codes[: s.ref_layers, start : start + row[planning.REF_LEN]], tf.int32)
-    offsets = tf.constant([vocab.audio_range(k)[0] for k in range(s.ref_layers)], tf.int32)
-    return tf.reshape(tf.transpose(block + offsets[:, None]), [-1])
+    block = t.codes[: s.ref_layers, start : start + row[planning.REF_LEN]]
+    return layout.reference_ids(block, vocab, tf, layers=s.ref_layers)
 
 
 def _text(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
@@ -197,51 +192,33 @@ def _text(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
     return t.text_ids[start : start + t.text_len[u]]
 
 
+# The segment order lives in gpa_jax.tasks.layout, shared with the sampler.
+
+
 def _assemble_tts(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
-    d = vocab.delimiter_id
-    inputs = tf.concat(
-        [
-            _const(vocab.task_tag_id("tts"), d("ref_audio")),
-            _reference(t, vocab, s, row),
-            _const(d("text")),
-            _text(t, row[planning.TGT]),
-            _const(d("tgt_audio")),
-        ],
-        axis=0,
+    pieces = layout.input_segments(
+        "tts", vocab, text=_text(t, row[planning.TGT]), reference=_reference(t, vocab, s, row)
     )
-    targets = tf.concat([_audio(t, vocab, row[planning.TGT]), _const(EOS_ID)], axis=0)
-    return {"inputs": inputs, "targets": targets}
+    targets = layout.target_segments(_audio(t, vocab, row[planning.TGT]))
+    return {"inputs": layout.join(pieces, tf), "targets": layout.join(targets, tf)}
 
 
 def _assemble_asr(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
     del s
-    d = vocab.delimiter_id
-    inputs = tf.concat(
-        [
-            _const(vocab.task_tag_id("asr"), d("src_audio")),
-            _audio(t, vocab, row[planning.TGT]),
-            _const(d("text")),
-        ],
-        axis=0,
-    )
-    targets = tf.concat([_text(t, row[planning.TGT]), _const(EOS_ID)], axis=0)
-    return {"inputs": inputs, "targets": targets}
+    pieces = layout.input_segments("asr", vocab, source=_audio(t, vocab, row[planning.TGT]))
+    targets = layout.target_segments(_text(t, row[planning.TGT]))
+    return {"inputs": layout.join(pieces, tf), "targets": layout.join(targets, tf)}
 
 
 def _assemble_vc(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
-    d = vocab.delimiter_id
-    inputs = tf.concat(
-        [
-            _const(vocab.task_tag_id("vc"), d("ref_audio")),
-            _reference(t, vocab, s, row),
-            _const(d("src_audio")),
-            _audio(t, vocab, row[planning.SRC]),
-            _const(d("tgt_audio")),
-        ],
-        axis=0,
+    pieces = layout.input_segments(
+        "vc",
+        vocab,
+        reference=_reference(t, vocab, s, row),
+        source=_audio(t, vocab, row[planning.SRC]),
     )
-    targets = tf.concat([_audio(t, vocab, row[planning.TGT]), _const(EOS_ID)], axis=0)
-    return {"inputs": inputs, "targets": targets}
+    targets = layout.target_segments(_audio(t, vocab, row[planning.TGT]))
+    return {"inputs": layout.join(pieces, tf), "targets": layout.join(targets, tf)}
 
 
 _ASSEMBLERS = {"tts": _assemble_tts, "asr": _assemble_asr, "vc": _assemble_vc}
