@@ -1,6 +1,6 @@
 """Decode throughput of the sampler, side by side with HF transformers `generate` (PyTorch).
 
-    python -m launch.bench_sample                          # gpa_tiny, its dtype (float32)
+    python -m launch.bench_sample --config.model.attention_impl=auto   # gpa_tiny, float32
     python -m launch.bench_sample --config=configs/gpa_tiny.py:bf16
     python -m launch.bench_sample --batch_sizes=1,8,32 --new_tokens=200 --torch=false
 
@@ -20,6 +20,10 @@ The JAX model gets the torch model's weights, so both compute the same function;
 fraction of greedy tokens on which they agree is reported (`agreement`) as the check
 that the architectures match (float rounding may flip a near-tie and then the rest of
 that row).
+
+Attention: the decode runs `attention_core` with the config's `attention_impl`; on a CPU
+'auto' (= 'cpu', grouped heads) is the fast one: 'xla' (jax.nn.dot_product_attention)
+made a batch-32 decode step's attention ~9x slower in a micro-benchmark here.
 
 Precision: like with like. Torch runs in float32 (and, with --torch_dtypes, bfloat16);
 the headline ratios compare JAX with the torch run of the precision of
