@@ -242,20 +242,20 @@ def run(config, *, steps: int, rounds: int, warmup: int, torch_mode: str,
                 sides.append(TorchSide(config, batch, dtype, torch_attention))
 
     compile_s = {}
-    first_loss = {}
     for side in sides:
         t0 = time.perf_counter()
         for _ in range(warmup):
             loss = side.step()
         compile_s[side.name] = time.perf_counter() - t0
-        first_loss[side.name] = loss
         if not math.isfinite(loss):
             raise FloatingPointError(f"{side.name}: non-finite loss {loss} during warm-up")
-        print(f"{side.name}: warm-up {warmup} steps in {compile_s[side.name]:.1f} s, loss {loss:.4f}")
+        print(
+            f"{side.name}: warm-up {warmup} steps in {compile_s[side.name]:.1f} s, loss {loss:.4f}"
+        )
 
     times: dict[str, list[float]] = {side.name: [] for side in sides}
     for r in range(rounds):
-        order = sides[r % len(sides):] + sides[: r % len(sides)]
+        order = sides[r % len(sides) :] + sides[: r % len(sides)]
         for side in order:
             for _ in range(steps):
                 t0 = time.perf_counter()

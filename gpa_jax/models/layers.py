@@ -248,7 +248,9 @@ def _blocked_forward(q, k, v, mask, causal, q_block):
     outs, probs = [], []
     for a, z, keys in _query_blocks(t, k.shape[1], causal, q_block):
         s = jnp.einsum(
-            "bkgtd,bksd->bkgts", qh[:, :, :, a:z], kh[:, :, :keys],
+            "bkgtd,bksd->bkgts",
+            qh[:, :, :, a:z],
+            kh[:, :, :keys],
             preferred_element_type=jnp.float32,
         )
         s = jnp.where(mh[..., a:z, :keys], s * scale, _MASK_VALUE)
@@ -259,7 +261,9 @@ def _blocked_forward(q, k, v, mask, causal, q_block):
         inv = jnp.where(row_max > _MASK_VALUE, 1.0 / jnp.sum(e, axis=-1, keepdims=True), 0.0)
         p = e * inv
         o = jnp.einsum(
-            "bkgts,bksd->bkgtd", p.astype(v.dtype), vh[:, :, :keys],
+            "bkgts,bksd->bkgtd",
+            p.astype(v.dtype),
+            vh[:, :, :keys],
             preferred_element_type=jnp.float32,
         )
         outs.append(o)

@@ -14,10 +14,10 @@ from tests.models.helpers import numpy_model
 
 # Row 0: two packed segments and padding; row 1: one segment, no padding; row 2: all
 # padding but the first 3 positions (rows that attend nothing exist in every block).
-_SEGMENTS = np.array(
-    [[1] * 17 + [2] * 15 + [0] * 8, [1] * 40, [1] * 3 + [0] * 37], dtype=np.int32
+_SEGMENTS = np.array([[1] * 17 + [2] * 15 + [0] * 8, [1] * 40, [1] * 3 + [0] * 37], dtype=np.int32)
+_PREFIX = np.array(
+    [[1] * 5 + [0] * 12 + [1] * 4 + [0] * 19, [1] * 9 + [0] * 31, [1] * 2 + [0] * 38]
 )
-_PREFIX = np.array([[1] * 5 + [0] * 12 + [1] * 4 + [0] * 19, [1] * 9 + [0] * 31, [1] * 2 + [0] * 38])
 
 
 def _qkv(dtype, b=3, t=40, heads=4, kv_heads=2, d=16, seed=0):
@@ -33,7 +33,9 @@ def _loss(attn, q, k, v, mask, cotangent):
 
 
 def _value_and_grads(attn, q, k, v, mask, cotangent):
-    fn = jax.jit(jax.value_and_grad(lambda q, k, v: _loss(attn, q, k, v, mask, cotangent), (0, 1, 2)))
+    fn = jax.jit(
+        jax.value_and_grad(lambda q, k, v: _loss(attn, q, k, v, mask, cotangent), (0, 1, 2))
+    )
     out = jax.jit(attn)(q, k, v, mask)
     return out, fn(q, k, v)[1]
 
