@@ -93,7 +93,7 @@ def expand(sweep: Mapping[str, Any]) -> list[Run]:
     keys = list(sweep["grid"])
     runs = []
     for values in itertools.product(*(sweep["grid"][k] for k in keys)):
-        point = dict(zip(keys, values))
+        point = dict(zip(keys, values, strict=True))
         overrides = {**sweep["fixed"], **point}
         # Fails here, before any run starts, on unknown keys or wrongly typed values.
         config_utils.load_config(sweep["config"], [f"{k}={_flag_value(v)}" for k, v in overrides.items()])

@@ -1,11 +1,26 @@
 """README command 1: the whole chain on the embedded synthetic corpus, on CPU.
 
-    make demo                          # default size, work dir runs/demo
-    make demo DEMO_ARGS="--quick"      # tiny sizes, a quick smoke run
+    make demo                          # default sizes, work dir runs/demo
+    make demo DEMO_ARGS="--quick"      # tiny corpus and a few steps per stage (a smoke run)
+    make demo DEMO_ARGS="--from_stage=lm"   # rerun from a stage on (earlier ones are reused)
 
-Stages run in order and each reports what it made. The chain grows with the project:
-corpus -> codec -> tokens -> LM -> acoustic stage -> sampling -> evaluation; stages
-that are not built yet are not listed here (DESIGN.md has the full data flow).
+Stages, each the same function its own `launch.*` command runs, each resumable (a rerun
+reuses what a stage already made: the corpus, codec checkpoints, finished token splits,
+the SentencePiece model, LM / acoustic checkpoints):
+
+    corpus      synthetic multi-speaker corpus (TFDS)             launch.build_corpus
+    codec       CTC content teacher + SpeechTokenizer-style codec  launch.train_codec
+    codec_eval  mel distance / STOI / bitrate, RVQ-1 content probe launch.eval_codec, probe_codec
+    tokens      RVQ token shards of every split                    launch.tokenize
+    spm         SentencePiece text vocabulary                      launch.train_spm
+    lm          the GPA LM on the tts/asr/vc mixture (+ loss table) launch.train
+    acoustic    NAR and one-step-vocoder acoustic stages           launch.train (acoustic configs)
+    acoustic_eval  stages vs the codec's bounds                    launch.eval_acoustic
+    evaluate    every task on unseen sentences, seen voices        launch.evaluate
+
+Everything goes under the work dir (--workdir, else $GPA_JAX_WORKDIR, else runs/demo):
+tfds/, codec/, tokens/, spm/, checkpoints/ + tensorboard/ (the LM), acoustic/<variant>/,
+eval/results.{md,json} and samples/<task>/ (wavs + manifest.jsonl).
 """
 
 from __future__ import annotations
@@ -15,31 +30,153 @@ import time
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, paths
 from launch import common
-from launch.build_corpus import build_corpus
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+STAGES = ("corpus", "codec", "codec_eval", "tokens", "spm", "lm", "acoustic", "acoustic_eval", "evaluate")
 
-flags.DEFINE_bool("quick", False, "Tiny sizes everywhere: a smoke run of a few minutes.")
+flags.DEFINE_bool("quick", False, "Tiny corpus and a few steps per stage: a smoke run of minutes.")
+_FROM = flags.DEFINE_enum("from_stage", "corpus", STAGES, "First stage to run (earlier ones must be done).")
+_TO = flags.DEFINE_enum("to_stage", "evaluate", STAGES, "Last stage to run.")
+
+# --quick: the tiny corpus (60 utterances) and just enough steps to exercise every stage.
+QUICK = dict(
+    corpus="synthetic_speech/tiny",
+    codec=[
+        "data.corpus=synthetic_speech/tiny", "train.num_steps=40", "teacher.ctc_steps=30",
+        "teacher.ctc_eval_utterances=8", "eval.max_utterances=8", "probe.train_utterances=24",
+        "probe.test_utterances=8", "probe.steps=20", "train.checkpoint_every=40",
+        "train.summary_every=40", "codec.kmeans_iters=2",
+    ],
+    lm=[
+        "tasks.corpus=synthetic_speech/tiny", "tasks.vocab.text=byte", "train.num_steps=20",
+        "train.eval_every=10", "train.eval_steps=2", "train.checkpoint_every=10",
+        "optimizer.warmup_steps=2", "optimizer.total_steps=20",
+    ],
+    acoustic=["train.num_steps=20", "train.eval_every=10", "train.eval_steps=1",
+              "train.checkpoint_every=10", "optimizer.warmup_steps=2", "optimizer.total_steps=20"],
+    max_per_task=4,
+)
+
+
+def _configs(quick: bool):
+    corpus_spec = os.path.join(CONFIGS, f"corpus.py:{'tiny' if quick else 'default'}")
+    codec = config_utils.load_config(os.path.join(CONFIGS, "codec_tiny.py"), QUICK["codec"] if quick else [])
+    lm = config_utils.load_config(os.path.join(CONFIGS, "gpa_tiny.py"), QUICK["lm"] if quick else [])
+    return config_utils.load_config(corpus_spec), codec, lm
+
+
+def _stages(workdir: str, quick: bool):
+    from launch.build_corpus import build_corpus
+
+    corpus_cfg, codec_cfg, lm_cfg = _configs(quick)
+    acoustic_overrides = tuple(QUICK["acoustic"]) if quick else ()
+
+    def codec():
+        from gpa_jax.codec import jobs
+
+        jobs.train_codec(codec_cfg, workdir)
+
+    def codec_eval():
+        from gpa_jax.codec import evaluate, jobs, probe
+
+        print(evaluate.format_table(jobs.evaluate_codec(codec_cfg, workdir)))
+        print(probe.format_table(jobs.probe_codec(codec_cfg, workdir)))
+
+    def tokens():
+        from gpa_jax.codec import jobs
+
+        jobs.tokenize_corpus(codec_cfg, workdir)
+
+    def spm():
+        from gpa_jax.tasks import spm as spm_lib
+        from gpa_jax.tasks.config import resolve_paths
+
+        if lm_cfg.tasks.vocab.text != "spm":
+            print(f"text vocabulary: {lm_cfg.tasks.vocab.text} (no SentencePiece model needed)")
+            return
+        _, model = resolve_paths(lm_cfg.tasks, workdir)
+        if os.path.exists(model):
+            print(f"SentencePiece model {model} exists, reused")
+            return
+        sentences = spm_lib.corpus_transcripts(lm_cfg.tasks.corpus, lm_cfg.tasks.train_split, paths.tfds_dir(workdir))
+        spm_lib.train_sentencepiece(sentences, model, int(lm_cfg.tasks.vocab.spm_vocab_size))
+
+    def lm():
+        from gpa_jax.training import lm_report, trainer
+
+        trainer.train(lm_cfg, workdir)
+        print(lm_report.report(lm_cfg, workdir))
+
+    def token_dir() -> str:
+        from gpa_jax.tasks.config import resolve_paths
+
+        return resolve_paths(lm_cfg.tasks, workdir)[0]
+
+    def acoustic():
+        from gpa_jax.acoustic import recipe
+
+        for variant in ("nar", "vocoder"):
+            recipe.train_stage(variant, token_dir(), os.path.join(workdir, "acoustic", variant),
+                               overrides=acoustic_overrides)
+
+    def acoustic_eval():
+        from gpa_jax.acoustic import recipe
+
+        variants = ("nar", "vocoder")
+        result = recipe.evaluate_stages(
+            token_dir(), {v: os.path.join(workdir, "acoustic", v) for v in variants},
+            out_dir=os.path.join(workdir, "eval", "acoustic"), data_dir=paths.tfds_dir(workdir),
+            config_kwargs={v: {"overrides": acoustic_overrides} for v in variants},
+            **({"num_utterances": 4} if quick else {}),
+        )
+        print(recipe.format_table(result))
+
+    def evaluate():
+        from gpa_jax.acoustic import recipe  # noqa: F401  (imports the acoustic model kind)
+        from gpa_jax.evaluation import harness
+
+        _, md_path = harness.run_evaluation(
+            workdir, lm_config=lm_cfg, codec_config=codec_cfg,
+            max_per_task=QUICK["max_per_task"] if quick else 40,
+        )
+        print(open(md_path).read())
+
+    return {
+        "corpus": lambda: build_corpus(corpus_cfg, workdir),
+        "codec": codec,
+        "codec_eval": codec_eval,
+        "tokens": tokens,
+        "spm": spm,
+        "lm": lm,
+        "acoustic": acoustic,
+        "acoustic_eval": acoustic_eval,
+        "evaluate": evaluate,
+    }
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = common.workdir()
-    size = "tiny" if flags.FLAGS.quick else "default"
-    stages = [
-        ("corpus", lambda: build_corpus(config_utils.load_config(os.path.join(CONFIGS, f"corpus.py:{size}")), workdir)),
-    ]
-    logging.info("demo: work dir %s, %s sizes", workdir, size)
+    quick = flags.FLAGS.quick
+    first, last = STAGES.index(_FROM.value), STAGES.index(_TO.value)
+    if first > last:
+        raise app.UsageError(f"--from_stage={_FROM.value} comes after --to_stage={_TO.value}")
+    chosen = STAGES[first : last + 1]
+    stages = _stages(workdir, quick)
+    logging.info("demo: work dir %s, %s sizes, stages %s", workdir, "quick" if quick else "default", chosen)
     total = time.time()
-    for index, (name, run) in enumerate(stages, start=1):
+    for index, name in enumerate(chosen, start=1):
         start = time.time()
-        print(f"== [{index}/{len(stages)}] {name}", flush=True)
-        run()
-        print(f"== [{index}/{len(stages)}] {name} done in {time.time() - start:.1f} s", flush=True)
+        print(f"== [{index}/{len(chosen)}] {name}", flush=True)
+        stages[name]()
+        print(f"== [{index}/{len(chosen)}] {name} done in {time.time() - start:.1f} s", flush=True)
     print(f"demo finished in {time.time() - total:.1f} s; artefacts under {workdir}")
+    if "evaluate" in chosen:
+        print(f"results: {os.path.join(workdir, 'eval', 'results.md')}; samples: {os.path.join(workdir, 'samples')}")
 
 
 if __name__ == "__main__":

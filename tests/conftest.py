@@ -26,3 +26,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords and not _has_platform(platform):
                 item.add_marker(skip)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """The README's main command at --quick size, run once per test session.
+
+    Returns (workdir, CompletedProcess). The demo runs on one CPU device (no simulated
+    8-device flag), as a user's `make demo DEMO_ARGS=--quick` does.
+    """
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("quick_demo")
+    env = {**os.environ, "XLA_FLAGS": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.demo", "--quick", f"--workdir={workdir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=2400, check=False,
+    )
+    return workdir, result

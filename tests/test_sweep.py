@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from gpa_jax import config_utils, sweep as sweep_lib
+from gpa_jax import config_utils
+from gpa_jax import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,0 +1,383 @@
+"""Runs every task on a split and turns the generations into the evaluation table.
+
+    models = EvalModels(codec=codec, sampler=sampler, acoustic=stage, judge=judge,
+                        speaker=speaker_encoder)
+    results = evaluate_tasks(models, token_dir=..., corpus=..., data_dir=..., split="test",
+                             workdir=W, settings=PlanSettings(...), seed=0, max_per_task=40)
+
+Which examples: the split's token shards are planned with the training tasks' own rules
+(`gpa_jax.tasks.planning.plan_task`: TTS references are other utterances of the target's
+speaker with another text; VC sources are the same sentence by another speaker), then
+`max_per_task` rows are drawn with the seed. On the synthetic corpus's `test` split that
+is unseen sentences spoken by seen voices.
+
+What is measured:
+- ASR: source RVQ-1 codes -> LM (greedy) -> text; WER / CER against the transcript.
+- TTS: text + reference clip -> LM RVQ-1 -> acoustic stage (the reference's codes as the
+  voice prompt) -> codec decoder -> wav. Judge WER on it, next to the judge's WER on the
+  ground-truth recording of the same sentence by the same speaker; speaker similarity of
+  the output to the reference clip, and (mean) to reference clips of the other speakers in
+  the evaluated set.
+- VC: source utterance (speaker A) + reference clip of speaker B -> wav; judge WER; speaker
+  similarity to the reference (B) and to the source (A).
+Every generated wav lands in <workdir>/samples/<task>/ with a manifest line (see
+`gpa_jax.evaluation.results`); the reference / source clips are written next to them, so
+a manifest never points into a cache that may vanish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from gpa_jax.evaluation import asr_metrics
+from gpa_jax.evaluation.judge import Judge
+from gpa_jax.evaluation.results import SampleStore, markdown_table
+from gpa_jax.evaluation.speaker import SAMPLE_RATE as SPEAKER_RATE
+from gpa_jax.evaluation.speaker import SpeakerEncoder, cosine
+from gpa_jax.tasks import planning
+from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, SRC, TGT
+
+TASKS = ("asr", "tts", "vc")
+
+
+@dataclasses.dataclass
+class EvalModels:
+    codec: Any  # gpa_jax.codec.model.Codec
+    sampler: Any  # gpa_jax.sampling.Sampler (no acoustic hook needed)
+    acoustic: Any  # gpa_jax.acoustic.api.AcousticStage
+    judge: Judge
+    speaker: SpeakerEncoder | None = None
+    speaker_name: str = ""
+
+
+def _select(plan: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if n and len(plan) > n:
+        plan = plan[np.sort(rng.choice(len(plan), n, replace=False))]
+    return plan
+
+
+class SplitData:
+    """Codes (all layers) and recordings of the evaluated split, by bank index."""
+
+    def __init__(self, bank: planning.Bank, audio: dict[str, np.ndarray], hop: int):
+        self.bank, self.audio, self.hop = bank, audio, hop
+
+    def codes(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+        b = self.bank
+        lo = int(b.audio_start[u]) + start
+        hi = lo + int(b.frames[u] - start if frames is None else frames)
+        return np.asarray(b.codes[:, lo:hi], np.int32)
+
+    def wav(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+        wav = self.audio[self.bank.ids[u]]
+        end = None if frames is None else (start + frames) * self.hop
+        return wav[start * self.hop : end]
+
+
+def load_split(token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate) -> SplitData:
+    from gpa_jax.codec import data as codec_data
+
+    bank = planning.load_bank(token_dir, split, vocab, layers=n_q)
+    clips = codec_data.load_clips(corpus, split, data_dir=data_dir, sample_rate=sample_rate)
+    audio = dict(zip(clips.ids, clips.audio, strict=True))
+    missing = [i for i in bank.ids if i not in audio]
+    if missing:
+        raise ValueError(
+            f"{corpus}/{split}: {len(missing)} utterances of the token shards in {token_dir} "
+            f"have no readable recording (e.g. {missing[:3]}); re-tokenize the corpus"
+        )
+    return SplitData(bank, audio, hop)
+
+
+def _generate(models: EvalModels, requests, task: str) -> list:
+    results = models.sampler.generate(requests)
+    failed = [(r.id, r.error) for r in results if not r.ok]
+    if failed:
+        logging.warning("%s: %d requests failed, e.g. %s", task, len(failed), failed[:3])
+    return results
+
+
+def evaluate_tasks(
+    models: EvalModels,
+    *,
+    token_dir: str,
+    corpus: str,
+    data_dir: str,
+    split: str,
+    workdir: str,
+    settings: planning.PlanSettings,
+    seed: int = 0,
+    max_per_task: int = 40,
+    tasks: Sequence[str] = TASKS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Runs `tasks` on `split`; returns {task: figures} and writes the samples (module doc)."""
+    from gpa_jax.acoustic import api as acoustic_api
+    from gpa_jax.sampling import Request
+
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; expected a subset of {TASKS}")
+    codec, vocab = models.codec, models.sampler.vocab
+    rate = int(codec.sample_rate)
+    data = load_split(token_dir, vocab, corpus, split, data_dir, codec.n_q, codec.hop_length, rate)
+    bank = data.bank
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"split": split, "judge": models.judge.name}
+    bar = tqdm(total=len(tasks), desc="evaluate tasks", disable=not progress)
+
+    if "asr" in tasks:
+        plan, _ = planning.plan_task("asr", bank, settings, seed, split)
+        plan = _select(plan, max_per_task, rng)
+        requests = [Request.asr(data.codes(int(r[TGT]))[:1], id=bank.ids[r[TGT]]) for r in plan]
+        results = _generate(models, requests, "asr")
+        refs = [bank.texts[r[TGT]] for r in plan]
+        hyps = [res.text or "" for res in results]
+        out["asr"] = asr_metrics.error_rates(refs, hyps, ids=[bank.ids[r[TGT]] for r in plan]).as_dict()
+        out["asr"]["failed"] = sum(not res.ok for res in results)
+        store = SampleStore(workdir, "asr", rate)
+        for r, res in zip(plan, results, strict=True):
+            store.add(bank.ids[r[TGT]], data.wav(int(r[TGT])), text=bank.texts[r[TGT]],
+                      hypothesis=res.text or "", error=res.error, speaker=bank.speakers[r[TGT]],
+                      wer=asr_metrics.utterance_wer(bank.texts[r[TGT]], res.text or ""))
+        bar.update()
+
+    for task in ("tts", "vc"):
+        if task not in tasks:
+            continue
+        plan, _ = planning.plan_task(task, bank, settings, seed, split)
+        plan = _select(plan, max_per_task, rng)
+        if not len(plan):
+            out[task] = {"error": f"no {task} examples could be planned on {split}"}
+            bar.update()
+            continue
+        refs = [data.codes(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        if task == "tts":
+            requests = [Request.tts(bank.texts[r[TGT]], ref, id=bank.ids[r[TGT]], seed=seed + i)
+                        for i, (r, ref) in enumerate(zip(plan, refs, strict=True))]
+        else:
+            requests = [Request.vc(data.codes(int(r[SRC]))[:1], ref, id=bank.ids[r[TGT]], seed=seed + i)
+                        for i, (r, ref) in enumerate(zip(plan, refs, strict=True))]
+        results = _generate(models, requests, task)
+        ok = [i for i, res in enumerate(results) if res.ok]
+        wavs: dict[int, np.ndarray] = {}
+        if ok:
+            synth = acoustic_api.synthesize(
+                models.acoustic, codec, [results[i].rvq1 for i in ok], [refs[i] for i in ok]
+            )
+            wavs = dict(zip(ok, synth, strict=True))
+        texts = [bank.texts[r[TGT]] for r in plan]
+        truth = [data.wav(int(r[TGT])) for r in plan]
+        ref_wavs = [data.wav(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        gen_hyps = models.judge.transcribe([wavs[i] for i in ok], rate) if ok else []
+        hyp = dict(zip(ok, gen_hyps, strict=True))
+        truth_hyps = models.judge.transcribe(truth, rate)
+        figures: dict[str, Any] = {
+            "examples": len(plan),
+            "failed": len(plan) - len(ok),
+            "judge_wer_truth": asr_metrics.error_rates(texts, truth_hyps).wer,
+        }
+        if ok:
+            figures["judge_wer"] = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps).wer
+            figures["judge_cer"] = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps).cer
+        sims = _speaker_figures(models.speaker, task, plan, bank, data, wavs, ref_wavs, rate)
+        figures.update(sims.pop("_summary", {}))
+        out[task] = figures
+        store = SampleStore(workdir, task, rate)
+        for i, r in enumerate(plan):
+            uid = bank.ids[r[TGT]]
+            ref_path = store.add(f"{uid}.reference", ref_wavs[i], role="reference", speaker=bank.speakers[r[REF]],
+                                 utterance=bank.ids[r[REF]])
+            meta = dict(role="generated", text=texts[i], reference_wav=ref_path, speaker=bank.speakers[r[TGT]],
+                        reference_speaker=bank.speakers[r[REF]], reference_utterance=bank.ids[r[REF]],
+                        judge_hypothesis=hyp.get(i), error=results[i].error,
+                        stop=results[i].stop, **{k: v[i] for k, v in sims.items()})
+            if task == "vc":
+                src = int(r[SRC])
+                meta["source_wav"] = store.add(f"{uid}.source", data.wav(src), role="source",
+                                               speaker=bank.speakers[src], utterance=bank.ids[src])
+                meta["source_speaker"] = bank.speakers[src]
+            if i in wavs:
+                meta["judge_wer"] = asr_metrics.utterance_wer(texts[i], hyp[i])
+                store.add(uid, wavs[i], **meta)
+        bar.update()
+    bar.close()
+    return out
+
+
+def _speaker_figures(encoder, task, plan, bank, data, wavs, ref_wavs, rate) -> dict[str, Any]:
+    """Per-row similarities (lists, None where no output) plus a '_summary' of means."""
+    if encoder is None or not wavs:
+        return {}
+    if rate != SPEAKER_RATE:
+        raise ValueError(f"speaker encoders take {SPEAKER_RATE} Hz audio; the codec makes {rate} Hz")
+    ok = sorted(wavs)
+    gen = encoder.embed([wavs[i] for i in ok])
+    ref = encoder.embed(ref_wavs)
+    ref_speakers = np.array([bank.speakers[r[REF]] for r in plan])
+    rows: dict[str, list] = {"sim_reference": [None] * len(plan)}
+    to_ref = cosine(gen, ref[ok])
+    # Similarity to the other voices: mean over reference clips of other speakers.
+    to_others = []
+    for j, i in enumerate(ok):
+        others = ref_speakers != ref_speakers[i]
+        to_others.append(float(np.mean(cosine(gen[j][None], ref[others]))) if others.any() else np.nan)
+    summary = {"sim_reference": float(np.mean(to_ref)), "sim_other_voices": float(np.nanmean(to_others))}
+    for j, i in enumerate(ok):
+        rows["sim_reference"][i] = float(to_ref[j])
+    if task == "vc":
+        src = encoder.embed([data.wav(int(plan[i][SRC])) for i in ok])
+        to_src = cosine(gen, src)
+        summary["sim_source"] = float(np.mean(to_src))
+        rows["sim_source"] = [None] * len(plan)
+        for j, i in enumerate(ok):
+            rows["sim_source"][i] = float(to_src[j])
+    rows["_summary"] = summary  # type: ignore[assignment]
+    return rows
+
+
+def results_sections(results: dict[str, Any]) -> dict[str, str]:
+    """Markdown tables of `evaluate_tasks` output (plus 'codec' figures if present)."""
+    sections = {}
+    if "asr" in results:
+        a = results["asr"]
+        sections["ASR (LM, greedy)"] = markdown_table(
+            [{"split": results["split"], "utterances": a["num_utterances"], "WER": a["wer"], "CER": a["cer"],
+              "failed": a["failed"]}], ["split", "utterances", "WER", "CER", "failed"])
+    rows = []
+    for task in ("tts", "vc"):
+        if task in results and "error" not in results[task]:
+            f = results[task]
+            gap = f["judge_wer"] - f["judge_wer_truth"] if "judge_wer" in f else None
+            rows.append({"task": task, "examples": f["examples"], "failed": f["failed"],
+                         "judge WER": f.get("judge_wer"), "judge WER on truth": f["judge_wer_truth"],
+                         "gap (points)": None if gap is None else 100 * gap,
+                         "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
+                         "sim to source": f.get("sim_source")})
+    if rows:
+        sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
+            rows, ["task", "examples", "failed", "judge WER", "judge WER on truth", "gap (points)",
+                   "sim to reference", "sim to other voices", "sim to source"])
+    return sections
+
+
+# --- loading a trained chain from a work directory ------------------------------------------
+
+
+def load_models(
+    workdir: str,
+    *,
+    judge: Judge,
+    lm_config: Any = None,
+    codec_config: Any = None,
+    acoustic_variant: str = "nar",
+    acoustic_config: Any = None,
+    speaker_encoder: str = "lda",
+    speaker_split: str = "train",
+    data_dir: str | None = None,
+    speaker_utterances: int = 600,
+) -> EvalModels:
+    """The chain the demo trains in `workdir`: codec (<W>/codec), LM sampler (<W>/checkpoints,
+    params only), acoustic stage (<W>/acoustic/<variant>), plus the speaker encoder ('lda'
+    is fitted on `speaker_split` recordings; "" = none).
+
+    Defaults: the LM config saved with its checkpoint, configs/codec_tiny.py, and the tiny
+    acoustic config of `acoustic_variant` over the LM's token shards.
+    """
+    import os
+
+    from gpa_jax import config_utils, paths
+    from gpa_jax.acoustic import recipe
+    from gpa_jax.acoustic.api import AcousticStage
+    from gpa_jax.codec import data as codec_data
+    from gpa_jax.codec import train as codec_train
+    from gpa_jax.evaluation import speaker as speaker_lib
+    from gpa_jax.sampling import Sampler, config_from_checkpoint
+    from gpa_jax.tasks.config import resolve_paths
+    from gpa_jax.training import checkpoint as ckpt_lib
+    from gpa_jax.training.data_iter import task_vocabulary
+
+    lm_dir = ckpt_lib.checkpoint_dir(workdir)
+    lm_config = config_from_checkpoint(lm_dir) if lm_config is None else lm_config
+    if codec_config is None:
+        codec_config = config_utils.load_config(os.path.join(recipe.REPO, "configs", "codec_tiny.py"))
+    if acoustic_config is None:
+        acoustic_config = recipe.stage_config(acoustic_variant, resolve_paths(lm_config.tasks, workdir)[0])
+    codec, _ = codec_train.restore_codec(codec_config, codec_train.checkpoint_dir(workdir))
+    vocab = task_vocabulary(lm_config, workdir)
+    sampler = Sampler.from_checkpoint(lm_dir, vocab, config=lm_config)
+    stage = AcousticStage.from_workdir(acoustic_config, os.path.join(workdir, "acoustic", acoustic_variant))
+    encoder = None
+    if speaker_encoder:
+        clips = codec_data.load_clips(
+            lm_config.tasks.corpus, speaker_split, data_dir=data_dir or paths.tfds_dir(workdir),
+            sample_rate=int(codec.sample_rate), limit=speaker_utterances,
+        )
+        encoder = speaker_lib.make_speaker_encoder(speaker_encoder, wavs=clips.audio, speakers=clips.speakers)
+    return EvalModels(codec=codec, sampler=sampler, acoustic=stage, judge=judge, speaker=encoder,
+                      speaker_name=speaker_encoder)
+
+
+def domain_texts(token_dir: str, split: str = "train") -> list[str]:
+    """Transcripts of a token split (for the judge's domain LM: pass the training split)."""
+    from gpa_jax.tasks import token_shards
+
+    return sorted({u.text for u in token_shards.iter_utterances(token_dir, split) if u.text})
+
+
+def run_evaluation(
+    workdir: str,
+    *,
+    lm_config: Any,
+    codec_config: Any,
+    acoustic_variant: str = "nar",
+    split: str = "test",
+    max_per_task: int = 40,
+    judge_kind: str = "pocketsphinx",
+    judge_model_dir: str = "",
+    speaker_encoder: str = "lda",
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, Any], str]:
+    """Evaluates the chain trained in `workdir`; writes <workdir>/eval/results.{json,md} and
+    the samples; returns (results, path of results.md)."""
+    import json
+    import os
+
+    from gpa_jax import paths
+    from gpa_jax.evaluation.judge import make_judge
+    from gpa_jax.evaluation.results import write_results
+    from gpa_jax.tasks.config import resolve_paths
+
+    token_dir, _ = resolve_paths(lm_config.tasks, workdir)
+    data_dir = paths.tfds_dir(workdir)
+    judge = make_judge(judge_kind, domain_texts=domain_texts(token_dir), workdir=workdir,
+                       model_dir=judge_model_dir)
+    models = load_models(
+        workdir, judge=judge, lm_config=lm_config, codec_config=codec_config,
+        acoustic_variant=acoustic_variant, speaker_encoder=speaker_encoder, data_dir=data_dir,
+    )
+    settings = planning.PlanSettings.from_config(lm_config.tasks, int(lm_config.train.seq_len))
+    results = evaluate_tasks(
+        models, token_dir=token_dir, corpus=lm_config.tasks.corpus, data_dir=data_dir, split=split,
+        workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task, progress=progress,
+    )
+    results["acoustic_stage"] = acoustic_variant
+    results["speaker_encoder"] = speaker_encoder
+    sections = results_sections(results)
+    codec_eval = os.path.join(workdir, "codec", f"eval_{split}.json")
+    if os.path.isfile(codec_eval):
+        with open(codec_eval) as f:
+            results["codec"] = json.load(f)
+        rows = [{"decode": name, **{k: v for k, v in figures.items() if not isinstance(v, dict)}}
+                for name, figures in results["codec"].get("variants", {}).items()]
+        if rows:
+            sections["Codec resynthesis"] = markdown_table(rows, list(rows[0]))
+    _, md_path = write_results(workdir, results, sections)
+    return results, md_path

@@ -1,0 +1,49 @@
+"""Evaluates the trained chain in a work dir on every task: python -m launch.evaluate --workdir=W
+
+    python -m launch.evaluate --workdir=runs/demo --split=test --max_per_task=40 \
+        --acoustic=nar --judge=pocketsphinx
+
+Reads the codec (<W>/codec), the LM (<W>/checkpoints, params only), the acoustic stage
+(<W>/acoustic/<variant>) and the token shards; runs ASR, TTS and VC on `split` and writes
+<W>/eval/results.{md,json} and <W>/samples/<task>/*.wav + manifest.jsonl
+(gpa_jax/evaluation/harness.py says what is measured). --config is the LM config.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from gpa_jax import config_utils
+from launch import common
+
+config_utils.define_config_flag("configs/gpa_tiny.py")
+_CODEC = flags.DEFINE_string("codec_config", "configs/codec_tiny.py", "Codec config the work dir's codec was trained with.")
+_ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage (trained under <W>/acoustic/<name>).")
+_SPLIT = flags.DEFINE_string("split", "test", "Split of the token shards to evaluate.")
+_MAX = flags.DEFINE_integer("max_per_task", 40, "Examples per task (0 = all).")
+_JUDGE = flags.DEFINE_enum("judge", "pocketsphinx", ["pocketsphinx", "faster_whisper"], "Judge ASR for TTS/VC.")
+_JUDGE_DIR = flags.DEFINE_string("judge_model_dir", "", "Local model directory (faster_whisper).")
+_SPEAKER = flags.DEFINE_enum("speaker_encoder", "lda", ["lda", "mfcc"], "Speaker encoder for similarity.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from gpa_jax.evaluation import harness
+
+    _, md_path = harness.run_evaluation(
+        common.workdir(),
+        lm_config=config_utils.config_from_flags(),
+        codec_config=config_utils.load_config(_CODEC.value),
+        acoustic_variant=_ACOUSTIC.value,
+        split=_SPLIT.value,
+        max_per_task=_MAX.value,
+        judge_kind=_JUDGE.value,
+        judge_model_dir=_JUDGE_DIR.value,
+        speaker_encoder=_SPEAKER.value,
+    )
+    print(open(md_path).read())
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=config_utils.flags_parser)
