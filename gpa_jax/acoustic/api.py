@@ -70,11 +70,29 @@ def _vocoder_latent(model: AcousticModel, codes, prompt_mask, segment_ids):
 class AcousticStage:
     """A trained AcousticModel behind the `complete(rvq1_tokens, prompt_codes)` interface."""
 
-    def __init__(self, model: AcousticModel, *, bucket_frames: int = DEFAULT_BUCKET_FRAMES):
+    def __init__(
+        self,
+        model: AcousticModel,
+        *,
+        bucket_frames: int = DEFAULT_BUCKET_FRAMES,
+        prompt_frames: int | None = None,
+        chunk_frames: int | None = None,
+    ):
+        """prompt_frames / chunk_frames: the prompt and target lengths the model was trained
+        on (data.prompt_max_frames / target_max_frames; `from_workdir` reads them). Longer
+        prompts keep their first prompt_frames frames; longer targets are completed in
+        consecutive chunks of chunk_frames, each with the same prompt, and joined."""
         self.model = model
         self.cfg = model.cfg
         self.variant = model.cfg.variant
         self.bucket_frames = int(bucket_frames)
+        self.prompt_frames = int(prompt_frames or self.cfg.max_len // 2)
+        self.chunk_frames = int(chunk_frames or self.cfg.max_len - self.prompt_frames)
+        if self.prompt_frames + self.chunk_frames > self.cfg.max_len:
+            raise ValueError(
+                f"prompt_frames {self.prompt_frames} + chunk_frames {self.chunk_frames} exceed "
+                f"model.max_len={self.cfg.max_len}"
+            )
 
     @classmethod
     def from_workdir(
@@ -98,6 +116,8 @@ class AcousticStage:
                 f"--config=<acoustic config> --workdir={workdir}"
             )
         model = ckpt_lib.restore_model(directory, config, mesh, step)
+        kwargs.setdefault("prompt_frames", int(config.data.prompt_max_frames))
+        kwargs.setdefault("chunk_frames", int(config.data.target_max_frames))
         return cls(model, **kwargs)
 
     # --- inputs ---------------------------------------------------------------------------
@@ -154,6 +174,28 @@ class AcousticStage:
         """Lists of items -> list of NAR codes int32 [n_q, T_i] / vocoder latents [T_i, D]."""
         if not len(rvq1_tokens):
             return []
+        if len(rvq1_tokens) != len(prompt_codes):
+            raise ValueError(f"{len(rvq1_tokens)} rvq1 token arrays but {len(prompt_codes)} prompts")
+        # Long inputs: the trained prompt length, and the target in trained-length chunks.
+        owner, pieces, prompts = [], [], []
+        for i, (tokens, prompt) in enumerate(zip(rvq1_tokens, prompt_codes, strict=True)):
+            tokens, prompt = np.asarray(tokens), np.asarray(prompt)
+            if prompt.ndim == 2:
+                prompt = prompt[:, : self.prompt_frames]
+            starts = range(0, max(tokens.size, 1), self.chunk_frames) if tokens.ndim == 1 else [0]
+            for start in starts:
+                owner.append(i)
+                pieces.append(tokens[start : start + self.chunk_frames] if tokens.ndim == 1 else tokens)
+                prompts.append(prompt)
+        outs = self._complete_rows(pieces, prompts)
+        joined: list[list[np.ndarray]] = [[] for _ in rvq1_tokens]
+        for i, out in zip(owner, outs, strict=True):
+            joined[i].append(out)
+        axis = 1 if self.variant == "nar" else 0
+        return [np.concatenate(parts, axis=axis) for parts in joined]
+
+    def _complete_rows(self, rvq1_tokens, prompt_codes) -> list[np.ndarray]:
+        """Items that fit model.max_len -> NAR codes [n_q, T_i] / vocoder latents [T_i, D]."""
         codes, prompt_mask, segment_ids, spans = self._rows(rvq1_tokens, prompt_codes)
         args = (jnp.asarray(codes), jnp.asarray(prompt_mask), jnp.asarray(segment_ids))
         if self.variant == "nar":

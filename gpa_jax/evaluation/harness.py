@@ -260,6 +260,9 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
                          "gap (points)": None if gap is None else 100 * gap,
                          "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
                          "sim to source": f.get("sim_source")})
+    missing = [f"{task}: {results[task]['error']}" for task in ("tts", "vc") if "error" in results.get(task, {})]
+    if missing:
+        sections["Not evaluated"] = "\n".join(f"- {m}" for m in missing)
     if rows:
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
             rows, ["task", "examples", "failed", "judge WER", "judge WER on truth", "gap (points)",

@@ -149,3 +149,18 @@ def test_scanned_and_unrolled_layers_agree():
     scanned.heads.set_value(unrolled.heads[...])
     del sc
     np.testing.assert_allclose(np.asarray(scanned(batch)), np.asarray(unrolled(batch)), atol=1e-4)
+
+
+def test_long_targets_are_completed_in_chunks(nar):
+    """A target longer than the model's rows is filled chunk by chunk with the same prompt."""
+    from gpa_jax.acoustic.api import AcousticStage
+
+    stage = AcousticStage(nar, prompt_frames=8, chunk_frames=20)
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(0, CODEBOOK, (N_Q, 30))  # longer than prompt_frames: cropped
+    long = rng.integers(0, CODEBOOK, 50)  # 3 chunks: 20 + 20 + 10
+    out = stage.complete(long, prompt)
+    assert out.shape == (N_Q, 50)
+    np.testing.assert_array_equal(out[0], long)  # RVQ-1 is kept as given
+    pieces = stage.complete([long[:20], long[20:40], long[40:]], [prompt[:, :8]] * 3)
+    np.testing.assert_array_equal(out, np.concatenate(pieces, axis=1))
