@@ -85,3 +85,14 @@ def test_bench_launcher_prints_json_last(tmp_path):
     assert figures["rtf"] > 0 and figures["peak_mb"] > 0
     assert figures["rtf"] == pytest.approx(figures["encode_rtf"] + figures["decode_rtf"])
     assert figures["codec"] == "fresh init" and figures["audio_seconds"] == 1.0
+
+
+def test_jobs_functions_run_the_launchers_work(tiny_workdir):
+    from gpa_jax.codec import jobs
+
+    config, workdir = tiny_workdir
+    result = jobs.evaluate_codec(
+        config, workdir, split="validation", max_utterances=2, progress=False
+    )
+    assert result["split"] == "validation" and result["num_utterances"] == 2
+    assert os.path.isfile(evaluate.eval_path(workdir, "validation"))
