@@ -16,8 +16,10 @@
     tts.frames_per_char    expected RVQ-1 frames per character of normalised text
     vc.frames_per_frame    expected output frames per source frame
 
-A request whose prompt plus its expected output length does not fit max_total_len is
-rejected as over-long; otherwise its new-token budget is capped to what fits.
+A TTS/VC request whose prompt plus its expected output length does not fit max_total_len
+first has its reference shortened, as training does (never below the LM config's
+tasks.ref_min_frames); if it still does not fit it is rejected as over-long. Otherwise its
+new-token budget is capped to what fits.
 
 Length defaults: speech runs at roughly 12-16 characters per second, i.e. 3-4 RVQ-1 frames
 per character at 50 Hz (4 is the upper end); with byte text ids one character is one token,

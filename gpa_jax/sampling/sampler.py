@@ -58,6 +58,7 @@ from gpa_jax.text import normalize_transcript
 
 Acoustic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_REF_MAX_FRAMES = 150
+DEFAULT_REF_MIN_FRAMES = 50
 
 
 class RequestError(ValueError):
@@ -224,6 +225,7 @@ class Sampler:
             or (tasks.ref_max_frames if tasks is not None else DEFAULT_REF_MAX_FRAMES)
         )
         self.ref_layers = int(s.ref_layers or (tasks.ref_layers if tasks is not None else 1))
+        self.ref_min_frames = int(tasks.ref_min_frames if tasks is not None else DEFAULT_REF_MIN_FRAMES)
         if self.ref_layers > vocab.num_audio_streams:
             raise ValueError(
                 f"ref_layers={self.ref_layers} but the vocabulary has "
@@ -304,16 +306,28 @@ class Sampler:
             expected = (s.asr.tokens_per_frame if task == "asr" else s.vc.frames_per_frame) * len(
                 src
             )
+        ref = None
         if task in ("tts", "vc"):
             if request.reference is None:
                 raise RequestError(f"{task} needs a reference (codes of the target voice)")
             ref = self._codes(request.reference, "reference", self.ref_layers)
-            reference = layout.reference_ids(ref[:, : self.ref_max_frames], self.vocab)
-        pieces = layout.input_segments(
-            task, self.vocab, text=text, reference=reference, source=source
-        )
-        prompt = layout.join([[layout.PROMPT_START], *pieces])
-        need = len(prompt) + math.ceil(expected) + 1
+            ref = ref[:, : self.ref_max_frames]
+
+        def build(ref_codes):
+            reference = None if ref_codes is None else layout.reference_ids(ref_codes, self.vocab)
+            pieces = layout.input_segments(
+                task, self.vocab, text=text, reference=reference, source=source
+            )
+            prompt = layout.join([[layout.PROMPT_START], *pieces])
+            return prompt, len(prompt) + math.ceil(expected) + 1
+
+        prompt, need = build(ref)
+        if need > self.max_total_len and ref is not None:
+            # The training length rule (gpa_jax.tasks.planning): shorten the reference by
+            # just enough frames to fit, but not below ref_min_frames.
+            shorter = ref.shape[1] - -(-(need - self.max_total_len) // ref.shape[0])
+            if shorter >= min(self.ref_min_frames, ref.shape[1]) and shorter > 0:
+                prompt, need = build(ref[:, :shorter])
         if need > self.max_total_len:
             raise RequestError(
                 f"over-long input: prompt of {len(prompt)} tokens + ~{math.ceil(expected) + 1} "
