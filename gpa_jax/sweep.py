@@ -5,7 +5,8 @@ A sweep file `configs/sweeps/<name>.py` defines `get_sweep() -> dict` with
     name       the sweep's name (its runs live in <workdir>/sweeps/<name>/<run>/)
     entry      the launch module every run executes, e.g. "launch.train"
     config     the config spec every run starts from, e.g. "configs/gpa_tiny.py"
-    fixed      {dotted key: value} applied to every run
+    fixed      {dotted key: value} applied to every run; "{workdir}" in a string value is
+               the sweep's work dir (e.g. the token shards the demo wrote there)
     grid       {dotted key: [values, ...]}: the runs are the Cartesian product, in order
     metrics    TensorBoard tags gathered from each run (last logged value), e.g. "eval/loss"
     args       optional extra flags for the entry point, e.g. ["--noprogress"]
@@ -88,13 +89,18 @@ def _run_name(point: Mapping[str, Any]) -> str:
     return ",".join(parts) or "base"
 
 
-def expand(sweep: Mapping[str, Any]) -> list[Run]:
+def _fill(value: Any, workdir: str) -> Any:
+    return value.format(workdir=workdir) if isinstance(value, str) else value
+
+
+def expand(sweep: Mapping[str, Any], workdir: str = ".") -> list[Run]:
     """The runs of a sweep: the grid's Cartesian product, each checked against the config."""
     keys = list(sweep["grid"])
+    fixed = {k: _fill(v, workdir) for k, v in sweep["fixed"].items()}
     runs = []
     for values in itertools.product(*(sweep["grid"][k] for k in keys)):
         point = dict(zip(keys, values, strict=True))
-        overrides = {**sweep["fixed"], **point}
+        overrides = {**fixed, **point}
         # Fails here, before any run starts, on unknown keys or wrongly typed values.
         config_utils.load_config(sweep["config"], [f"{k}={_flag_value(v)}" for k, v in overrides.items()])
         runs.append(Run(_run_name(point), overrides))
@@ -118,7 +124,7 @@ def command(sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.
 def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict[str, Any]]:
     """Runs every unfinished run in order, then gathers the results (see `gather`)."""
     root = sweep_dir(workdir, sweep)
-    runs = expand(sweep)
+    runs = expand(sweep, workdir)
     for index, run in enumerate(runs, start=1):
         run_dir = os.path.join(root, run.name)
         if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
@@ -145,7 +151,7 @@ def gather(sweep: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
     from gpa_jax.training.metrics import read_scalars
 
     rows = []
-    for run in expand(sweep):
+    for run in expand(sweep, workdir):
         run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
         row: dict[str, Any] = {"run": run.name, **{k: run.overrides[k] for k in sweep["grid"]}}
         status_path = os.path.join(run_dir, "status.json")
@@ -180,7 +186,7 @@ def write_table(sweep: Mapping[str, Any], workdir: str, rows: list[dict[str, Any
 def pod_commands(sweep: Mapping[str, Any], workdir: str) -> list[str]:
     """One `launch/tpu_pod.sh train` line per run, for a pod (WORKDIR set per run)."""
     lines = []
-    for run in expand(sweep):
+    for run in expand(sweep, workdir):
         run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
         extra = " ".join(shlex.quote(a) for a in [*run.flags(), *sweep["args"]])
         lines.append(

@@ -52,10 +52,14 @@ def test_bad_grid_fails_before_running(tmp_path):
 
 
 def test_print_mode_emits_one_pod_command_per_run(tmp_path):
-    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2], "model.embed_dim": [16, 32]}))
+    fixed = {"train.num_steps": 2, "tasks.token_dir": "{workdir}/tokens"}
+    sweep = sweep_lib.load_sweep(
+        _write(tmp_path, {"model.num_layers": [1, 2], "model.embed_dim": [16, 32]}, fixed)
+    )
     lines = sweep_lib.pod_commands(sweep, "gs://b/w")
     assert len(lines) == 4
     assert all("bash launch/tpu_pod.sh train" in line for line in lines)
+    assert all("--config.tasks.token_dir=gs://b/w/tokens" in line for line in lines)
     assert "--config.model.num_layers=2 --config.model.embed_dim=32" in lines[-1]
 
 

@@ -2,8 +2,9 @@
 
     python -m launch.sweep --sweep=configs/sweeps/lm_size.py --workdir=runs/demo
 
-Runs on the token shards the demo made under the same work dir (config.tasks.token_dir is
-derived from it); six runs of 1,000 steps each.
+Runs on the token shards and SentencePiece model the demo made under the same work dir
+(each run has its own work dir below it, so the paths are given explicitly); six runs of
+the tiny recipe's length each.
 """
 
 
@@ -12,7 +13,10 @@ def get_sweep():
         name="lm_size",
         entry="launch.train",
         config="configs/gpa_tiny.py",
-        fixed={"train.num_steps": 1000},
+        fixed={
+            "tasks.token_dir": "{workdir}/tokens/synthetic_speech/default",
+            "tasks.vocab.spm_model": "{workdir}/spm/synthetic_speech_default_1024.model",
+        },
         grid={"model.num_layers": [2, 4, 6], "model.embed_dim": [128, 256]},
         metrics=["eval/loss", "eval/tts/loss", "eval/asr/loss", "eval/vc/loss"],
         args=["--noprogress"],
