@@ -41,19 +41,8 @@ from absl import logging
 
 from gpa_jax.acoustic.api import AcousticStage, synthesize
 from gpa_jax.acoustic.data import CodeBank, cross_candidates, load_code_bank, reference_candidates
-from gpa_jax.audio.features import MelConfig, log_mel
+from gpa_jax.codec.evaluate import mel_distance
 from gpa_jax.evaluation import speaker as speaker_lib
-
-
-def mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int = 16000) -> float:
-    """Mean absolute log-mel difference; the estimate is cut / zero-padded to the reference."""
-    cfg = MelConfig(sample_rate=sample_rate)
-    n = len(reference)
-    est = np.zeros(n, np.float32)
-    est[: min(n, len(estimate))] = estimate[:n]
-    return float(
-        np.mean(np.abs(log_mel(np.asarray(reference, np.float32), cfg) - log_mel(est, cfg)))
-    )
 
 
 def load_originals(
