@@ -51,7 +51,7 @@ class EvalModels:
     codec: Any  # gpa_jax.codec.model.Codec
     sampler: Any  # gpa_jax.sampling.Sampler (no acoustic hook needed)
     acoustic: Any  # gpa_jax.acoustic.api.AcousticStage
-    judge: Judge
+    judge: Judge | None
     speaker: SpeakerEncoder | None = None
     speaker_name: str = ""
 
@@ -276,7 +276,7 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
 def load_models(
     workdir: str,
     *,
-    judge: Judge,
+    judge: Judge | None = None,
     lm_config: Any = None,
     codec_config: Any = None,
     acoustic_variant: str = "nar",

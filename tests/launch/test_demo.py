@@ -42,3 +42,37 @@ def test_quick_demo_evaluation_outputs(quick_demo):
                  if r.get("role") == "generated"]
     for row in generated:
         assert row["text"] and row["reference_wav"].endswith(".wav") and row["speaker"]
+
+
+def _sample(workdir, *flags):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "XLA_FLAGS": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "launch.sample", f"--workdir={workdir}", *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+
+
+def test_sample_serves_wav_requests_and_names_bad_files(quick_demo, tmp_path):
+    import soundfile as sf
+
+    workdir, result = quick_demo
+    assert result.returncode == 0
+    rows = read_manifest(str(workdir / "samples" / "asr" / "manifest.jsonl"))
+    wav = rows[0]["wav"]
+    asr = _sample(workdir, "--task=asr", f"--audio={wav}")
+    assert asr.returncode == 0, asr.stderr[-3000:]
+    out = tmp_path / "tts.wav"
+    tts = _sample(workdir, "--task=tts", "--text=the cat sat on the mat", f"--ref={wav}", f"--out={out}")
+    assert tts.returncode == 0, tts.stderr[-3000:]
+    audio, rate = sf.read(str(out))
+    assert rate == 16000 and len(audio) > 0 and f"wrote {out}" in tts.stdout
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEjunk")
+    bad = _sample(workdir, "--task=vc", f"--audio={broken}", f"--ref={wav}")
+    assert bad.returncode != 0 and "broken.wav" in bad.stderr
