@@ -184,8 +184,8 @@ def evaluate_tasks(
             "judge_wer_truth": asr_metrics.error_rates(texts, truth_hyps).wer,
         }
         if ok:
-            figures["judge_wer"] = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps).wer
-            figures["judge_cer"] = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps).cer
+            rates = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps)
+            figures["judge_wer"], figures["judge_cer"] = rates.wer, rates.cer
         sims = _speaker_figures(models.speaker, task, plan, bank, data, wavs, ref_wavs, rate)
         figures.update(sims.pop("_summary", {}))
         out[task] = figures
