@@ -28,6 +28,7 @@ a manifest never points into a cache that may vanish.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -194,14 +195,15 @@ def evaluate_tasks(
             uid = bank.ids[r[TGT]]
             ref_path = store.add(f"{uid}.reference", ref_wavs[i], role="reference", speaker=bank.speakers[r[REF]],
                                  utterance=bank.ids[r[REF]])
-            meta = dict(role="generated", text=texts[i], reference_wav=ref_path, speaker=bank.speakers[r[TGT]],
+            meta = dict(role="generated", text=texts[i], reference_wav=os.path.basename(ref_path), speaker=bank.speakers[r[TGT]],
                         reference_speaker=bank.speakers[r[REF]], reference_utterance=bank.ids[r[REF]],
                         judge_hypothesis=hyp.get(i), error=results[i].error,
                         stop=results[i].stop, **{k: v[i] for k, v in sims.items()})
             if task == "vc":
                 src = int(r[SRC])
-                meta["source_wav"] = store.add(f"{uid}.source", data.wav(src), role="source",
-                                               speaker=bank.speakers[src], utterance=bank.ids[src])
+                meta["source_wav"] = os.path.basename(store.add(
+                    f"{uid}.source", data.wav(src), role="source", speaker=bank.speakers[src],
+                    utterance=bank.ids[src]))
                 meta["source_speaker"] = bank.speakers[src]
             if i in wavs:
                 meta["judge_wer"] = asr_metrics.utterance_wer(texts[i], hyp[i])
@@ -293,8 +295,6 @@ def load_models(
     Defaults: the LM config saved with its checkpoint, configs/codec_tiny.py, and the tiny
     acoustic config of `acoustic_variant` over the LM's token shards.
     """
-    import os
-
     from gpa_jax import config_utils, paths
     from gpa_jax.acoustic import recipe
     from gpa_jax.acoustic.api import AcousticStage
@@ -351,7 +351,6 @@ def run_evaluation(
     """Evaluates the chain trained in `workdir`; writes <workdir>/eval/results.{json,md} and
     the samples; returns (results, path of results.md)."""
     import json
-    import os
 
     from gpa_jax import paths
     from gpa_jax.evaluation.judge import make_judge

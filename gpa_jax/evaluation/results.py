@@ -1,9 +1,10 @@
 """Where evaluation output goes, so that anyone can listen to it and re-score it.
 
     <workdir>/samples/<task>/<name>.wav        every generated waveform
-    <workdir>/samples/<task>/manifest.jsonl    one JSON line per wav: path (relative to the
-                                               manifest), reference text, reference / source
-                                               wav paths, speaker ids, the judge's transcript
+    <workdir>/samples/<task>/manifest.jsonl    one JSON line per wav: its file name, reference
+                                               text, reference / source wav file names (in
+                                               the same folder), speaker ids, the judge's
+                                               transcript
     <workdir>/eval/results.json                all figures, machine-readable
     <workdir>/eval/results.md                  the same as Markdown tables
 
@@ -50,7 +51,7 @@ class SampleStore:
 
 
 def read_manifest(path: str) -> list[dict[str, Any]]:
-    """The manifest's lines as dicts, with 'wav' made an absolute path."""
+    """The manifest's lines as dicts, with 'wav' and every '*_wav' made absolute paths."""
     root = os.path.dirname(os.path.abspath(path))
     rows = []
     with open(path) as f:
@@ -59,7 +60,9 @@ def read_manifest(path: str) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
-            row["wav"] = os.path.join(root, row["wav"])
+            for key in [k for k in row if k == "wav" or k.endswith("_wav")]:
+                if row[key]:
+                    row[key] = os.path.join(root, row[key])
             rows.append(row)
     return rows
 
