@@ -16,10 +16,11 @@
     tts.frames_per_char    expected RVQ-1 frames per character of normalised text
     vc.frames_per_frame    expected output frames per source frame
 
-A TTS/VC request whose prompt plus its expected output length does not fit max_total_len
-first has its reference shortened, as training does (never below the LM config's
-tasks.ref_min_frames); if it still does not fit it is rejected as over-long. Otherwise its
-new-token budget is capped to what fits.
+The expected lengths below are generous (the slow end of speech, byte-level text), so
+the fit check asks for room for expected / length_margin output tokens after the prompt:
+a TTS/VC request that lacks it first has its reference shortened, as training does (never
+below the LM config's tasks.ref_min_frames); a request that still lacks it is rejected as
+over-long. Otherwise its new-token budget is capped to what fits.
 
 Length defaults: speech runs at roughly 12-16 characters per second, i.e. 3-4 RVQ-1 frames
 per character at 50 Hz (4 is the upper end); with byte text ids one character is one token,

@@ -319,7 +319,7 @@ class Sampler:
                 task, self.vocab, text=text, reference=reference, source=source
             )
             prompt = layout.join([[layout.PROMPT_START], *pieces])
-            return prompt, len(prompt) + math.ceil(expected) + 1
+            return prompt, len(prompt) + math.ceil(expected / s.length_margin) + 1
 
         prompt, need = build(ref)
         if need > self.max_total_len and ref is not None:
@@ -330,7 +330,7 @@ class Sampler:
                 prompt, need = build(ref[:, :shorter])
         if need > self.max_total_len:
             raise RequestError(
-                f"over-long input: prompt of {len(prompt)} tokens + ~{math.ceil(expected) + 1} "
+                f"over-long input: prompt of {len(prompt)} tokens + ~{math.ceil(expected / s.length_margin) + 1} "
                 f"expected output tokens exceeds the limit of {self.max_total_len}"
             )
         room = self.max_total_len - len(prompt)

@@ -239,13 +239,14 @@ def test_references_are_trimmed_to_fit_like_training(lm, vocab):
     s, limit = sampling_config(), sampler.max_total_len
     ref_min = int(config.tasks.ref_min_frames)
     text = "ab cd " * 4  # 23 normalised characters
-    expected = int(np.ceil(s.tts.frames_per_char * len(text.strip())))
+    # The fit check asks for room for expected / length_margin output tokens.
+    expected = int(np.ceil(s.tts.frames_per_char * len(text.strip()) / s.length_margin))
     fixed = 1 + 4 + len(text.strip())  # PROMPT_START, tag + delimiters, byte text ids
     frames = limit - fixed - expected - 1 + 10  # 10 frames too many for one RVQ-1 layer
     assert frames - 10 >= ref_min
     prepared = sampler.prepare(Request.tts(text, _codes(frames, 0)))
     assert len(prepared.prompt) == fixed + frames - 10
     assert len(prepared.prompt) + expected + 1 == limit
-    too_long = "ab cd " * 40  # leaves fewer than ref_min_frames for the reference
+    too_long = "ab cd " * 70  # leaves fewer than ref_min_frames for the reference
     (result,) = sampler.generate([Request.tts(too_long, _codes(frames, 1), id="x")])
     assert not result.ok and "over-long" in result.error
