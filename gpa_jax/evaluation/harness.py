@@ -45,6 +45,8 @@ from gpa_jax.tasks import planning
 from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, SRC, TGT
 
 TASKS = ("asr", "tts", "vc")
+# Outputs shorter than this (0.1 s at 50 Hz) count as failed: nothing to judge or embed.
+MIN_OUTPUT_FRAMES = 5
 
 
 @dataclasses.dataclass
@@ -166,6 +168,9 @@ def evaluate_tasks(
             requests = [Request.vc(data.codes(int(r[SRC]))[:1], ref, id=bank.ids[r[TGT]], seed=seed + i)
                         for i, (r, ref) in enumerate(zip(plan, refs, strict=True))]
         results = _generate(models, requests, task)
+        for res in results:  # an almost empty output cannot be judged: it counts as failed
+            if res.ok and len(res.rvq1) < MIN_OUTPUT_FRAMES:
+                res.error = f"generated only {len(res.rvq1)} frames (< {MIN_OUTPUT_FRAMES})"
         ok = [i for i, res in enumerate(results) if res.ok]
         wavs: dict[int, np.ndarray] = {}
         if ok:
