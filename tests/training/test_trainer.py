@@ -199,8 +199,12 @@ def test_grad_accumulation_matches_the_full_batch(tmp_path):
         assert sorted(one) == sorted(two) == [1, 2, 3]
         for step in one:  # float summation order differs: relative 1e-5
             assert two[step] == pytest.approx(one[step], rel=1e-5), (tag, step)
+    # Adam divides by sqrt(v): for a weight whose gradient is near zero, summation-order
+    # noise in g becomes a visible change of its update (CI saw 1.6e-5 on one weight).
+    # Every step moves a weight by at most ~lr, so allow 1 % of one step's largest move.
+    atol = 0.01 * config.optimizer.learning_rate
     for name, value in runs[1][1].items():
-        np.testing.assert_allclose(runs[2][1][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(runs[2][1][name], value, rtol=1e-4, atol=atol, err_msg=name)
 
 
 def test_nan_stops_the_run_naming_step_and_tasks(three_steps, tmp_path):
