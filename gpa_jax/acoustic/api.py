@@ -1,11 +1,12 @@
 """numpy-in / numpy-out acoustic stage for the sampler: RVQ-1 tokens + prompt -> codes/latent.
 
     stage = AcousticStage.from_workdir(config, workdir)         # params-only restore
-    codes = stage.complete(rvq1_tokens, prompt_codes)            # NAR: int32 [n_q, T]
-    wav = codec_api.decode(codec, codes)                         # the codec decoder
-
-    latent = vocoder.complete(rvq1_tokens, prompt_codes)         # vocoder: float32 [T, D]
+    latent = stage.complete(rvq1_tokens, prompt_codes)           # float32 [T, D]
     wav = decode_latent(codec, latent)                           # codec.decoder(latent)
+
+    greedy = AcousticStage.from_workdir(nar_config, workdir, nar_decoding="greedy")
+    codes = greedy.complete(rvq1_tokens, prompt_codes)           # int32 [n_q, T]
+    wav = codec_api.decode(codec, codes)                         # the codec decoder
 
 `synthesize(stage, codec, rvq1_tokens, prompt_codes)` does either in one call. Inputs:
 rvq1_tokens int [T] (codes 0..codebook_size-1 of RVQ layer 1, i.e. the LM's audio tokens
@@ -13,12 +14,14 @@ minus their vocabulary offset) and prompt_codes int [n_q, P] (all RVQ layers of 
 clip, `codec_api.encode` of it). Batched: pass lists; each item may have its own T and P.
 
 How the NAR stage fills the stack: rows are [prompt][target] as in training; for k = 1 ..
-n_q-1 the model predicts layer k of every target frame at once (greedy argmax, as USLM's
-NAR), writes it into the row and moves on, so layer k sees the predicted layers 1..k-1.
-The whole loop is one jitted `fori_loop`. Rows are padded to a multiple of `bucket_frames`
+n_q-1 the model predicts layer k of every target frame at once, writes the argmax code into
+the row (as USLM's NAR) and moves on, so layer k sees the predicted layers 1..k-1. It
+returns those codes (nar_decoding="greedy") or, by default, the expected latent under its
+per-layer distributions (nar_decoding="expected"; NAR_DECODINGS says why). `stage.output`
+is "codes" or "latent". The whole loop is one jitted `fori_loop`. Rows are padded to a multiple of `bucket_frames`
 and the batch to the next power of two, so jit compiles once per (batch, bucket) shape.
 
-The vocoder returns the codec's latent (the sum of codebook vectors it predicts), which is
+The vocoder always returns the codec's latent (the sum of codebook vectors it predicts), which is
 the input of the codec's SEANet decoder: `decode_latent` runs `codec.decoder` on it. It
 can also be quantized back to codes with the codec's RVQ (`latent_to_codes`), which makes
 it a drop-in for code-based consumers at the price of a re-quantization error.
@@ -38,6 +41,20 @@ from flax import nnx
 from gpa_jax.acoustic.model import VOCODER_STAGE, AcousticModel
 
 DEFAULT_BUCKET_FRAMES = 25
+# What the NAR stage outputs (`nar_decoding`):
+#   "greedy"   codes int32 [n_q, T]: layer k's argmax code per frame (USLM).
+#   "expected" the latent float32 [T, D] that is the expectation of the quantized latent
+#              under the model: RVQ-1's code vector + sum over k of sum_c p_k(c) e_k(c),
+#              the minimum-mean-squared-error estimate. It goes to the codec decoder as
+#              the vocoder's latent does. Where the model is unsure of layer k the term
+#              shrinks towards 0; a greedy code adds a full-size vector there, and no
+#              code of a layer is near 0 (tiny codec: the smallest vector of each layer
+#              is about half the median norm), so wrong codes move the spectrum further
+#              than leaving the layer out (tiny codec, default corpus: greedy is worse
+#              than RVQ-1-only decoding, the expectation is between the bounds; see
+#              issue 5's note). Layer k+1 is conditioned on layer k's argmax code in both.
+NAR_DECODINGS = ("greedy", "expected")
+DEFAULT_NAR_DECODING = "expected"
 
 
 def _bucket(n: int, size: int) -> int:
@@ -46,19 +63,36 @@ def _bucket(n: int, size: int) -> int:
 
 @nnx.jit
 def _fill_layers(model: AcousticModel, codes, prompt_mask, segment_ids):
-    """Fills layers 1..n_q-1 of the target frames (see module docstring)."""
+    """Greedy codes: fills layers 1..n_q-1 of the target frames (module docstring)."""
+    return _nar_loop(model, codes, prompt_mask, segment_ids, None)[0]
+
+
+@nnx.jit
+def _expected_latent(model: AcousticModel, codes, prompt_mask, segment_ids, codebooks):
+    """The posterior-mean latent of the target frames [b, l, D] (NAR_DECODINGS)."""
+    return _nar_loop(model, codes, prompt_mask, segment_ids, codebooks)[1]
+
+
+def _nar_loop(model, codes, prompt_mask, segment_ids, codebooks):
+    """Layer k = 1..n_q-1 in turn: predict it for every target frame, write the argmax code
+    into the row (layer k+1 sees it, as in training) and, given the codebooks, add the
+    posterior mean of layer k's code vectors to the latent (RVQ-1's vector to start)."""
     n_q = model.cfg.n_q
     target = (segment_ids > 0) & ~prompt_mask.astype(bool)
     layer = jnp.arange(n_q)[None, None, :]
+    latent = None if codebooks is None else codebooks[0][codes[..., 0]]
 
-    def step(k, codes):
+    def step(k, carry):
+        codes, latent = carry
         stage = jnp.full(codes.shape[:1], k, jnp.int32)
-        h = model.hidden(codes, stage, prompt_mask, segment_ids)
-        pred = jnp.argmax(model.stage_logits(h, stage), axis=-1).astype(codes.dtype)
-        write = (layer == k) & target[..., None]
-        return jnp.where(write, pred[..., None], codes)
+        logits = model.stage_logits(model.hidden(codes, stage, prompt_mask, segment_ids), stage)
+        pred = jnp.argmax(logits, axis=-1).astype(codes.dtype)
+        codes = jnp.where((layer == k) & target[..., None], pred[..., None], codes)
+        if latent is not None:
+            latent = latent + jax.nn.softmax(logits, axis=-1) @ codebooks[k]
+        return codes, latent
 
-    return jax.lax.fori_loop(1, n_q, step, codes)
+    return jax.lax.fori_loop(1, n_q, step, (codes, latent))
 
 
 @nnx.jit
@@ -77,14 +111,32 @@ class AcousticStage:
         bucket_frames: int = DEFAULT_BUCKET_FRAMES,
         prompt_frames: int | None = None,
         chunk_frames: int | None = None,
+        nar_decoding: str = "greedy",
+        codebooks: np.ndarray | None = None,
     ):
         """prompt_frames / chunk_frames: the prompt and target lengths the model was trained
         on (data.prompt_max_frames / target_max_frames; `from_workdir` reads them). Longer
         prompts keep their first prompt_frames frames; longer targets are completed in
-        consecutive chunks of chunk_frames, each with the same prompt, and joined."""
+        consecutive chunks of chunk_frames, each with the same prompt, and joined.
+
+        nar_decoding (NAR only): NAR_DECODINGS; "expected" needs the codec's `codebooks`
+        [n_q, codebook_size, D] (`from_workdir` loads them). `output` says what
+        `complete` returns: "codes" (NAR, greedy) or "latent" (vocoder; NAR, expected)."""
+        if nar_decoding not in NAR_DECODINGS:
+            raise ValueError(f"nar_decoding {nar_decoding!r} is not one of {sorted(NAR_DECODINGS)}")
+        if model.cfg.variant == "nar" and nar_decoding == "expected":
+            shape = (model.cfg.n_q, model.cfg.codebook_size, model.cfg.latent_dim)
+            if codebooks is None or np.shape(codebooks) != shape:
+                raise ValueError(
+                    f"nar_decoding='expected' needs the codec's codebooks of shape {shape}, got "
+                    f"{None if codebooks is None else np.shape(codebooks)}"
+                )
+        self.nar_decoding = nar_decoding
+        self.codebooks = None if codebooks is None else jnp.asarray(codebooks, jnp.float32)
         self.model = model
         self.cfg = model.cfg
         self.variant = model.cfg.variant
+        self.output = "codes" if self.variant == "nar" and nar_decoding == "greedy" else "latent"
         self.bucket_frames = int(bucket_frames)
         self.prompt_frames = int(prompt_frames or self.cfg.max_len // 2)
         self.chunk_frames = int(chunk_frames or self.cfg.max_len - self.prompt_frames)
@@ -118,6 +170,12 @@ class AcousticStage:
         model = ckpt_lib.restore_model(directory, config, mesh, step)
         kwargs.setdefault("prompt_frames", int(config.data.prompt_max_frames))
         kwargs.setdefault("chunk_frames", int(config.data.target_max_frames))
+        if model.cfg.variant == "nar":
+            kwargs.setdefault("nar_decoding", DEFAULT_NAR_DECODING)
+            if kwargs["nar_decoding"] == "expected" and kwargs.get("codebooks") is None:
+                from gpa_jax.acoustic.kind import codec_codebooks, load_codec
+
+                kwargs["codebooks"] = codec_codebooks(load_codec(config)[0])
         return cls(model, **kwargs)
 
     # --- inputs ---------------------------------------------------------------------------
@@ -171,7 +229,7 @@ class AcousticStage:
     def complete_batch(
         self, rvq1_tokens: Sequence[np.ndarray], prompt_codes: Sequence[np.ndarray]
     ) -> list[np.ndarray]:
-        """Lists of items -> list of NAR codes int32 [n_q, T_i] / vocoder latents [T_i, D]."""
+        """Lists of items -> list of codes int32 [n_q, T_i] or latents [T_i, D] (`output`)."""
         if not len(rvq1_tokens):
             return []
         if len(rvq1_tokens) != len(prompt_codes):
@@ -191,21 +249,24 @@ class AcousticStage:
         joined: list[list[np.ndarray]] = [[] for _ in rvq1_tokens]
         for i, out in zip(owner, outs, strict=True):
             joined[i].append(out)
-        axis = 1 if self.variant == "nar" else 0
+        axis = 1 if self.output == "codes" else 0
         return [np.concatenate(parts, axis=axis) for parts in joined]
 
     def _complete_rows(self, rvq1_tokens, prompt_codes) -> list[np.ndarray]:
-        """Items that fit model.max_len -> NAR codes [n_q, T_i] / vocoder latents [T_i, D]."""
+        """Items that fit model.max_len -> codes [n_q, T_i] or latents [T_i, D] (`output`)."""
         codes, prompt_mask, segment_ids, spans = self._rows(rvq1_tokens, prompt_codes)
         args = (jnp.asarray(codes), jnp.asarray(prompt_mask), jnp.asarray(segment_ids))
-        if self.variant == "nar":
+        if self.output == "codes":
             out = np.asarray(_fill_layers(self.model, *args))
             return [np.ascontiguousarray(out[b, s:e].T, np.int32) for b, (s, e) in enumerate(spans)]
-        out = np.asarray(_vocoder_latent(self.model, *args))
+        if self.variant == "nar":
+            out = np.asarray(_expected_latent(self.model, *args, self.codebooks))
+        else:
+            out = np.asarray(_vocoder_latent(self.model, *args))
         return [np.ascontiguousarray(out[b, s:e], np.float32) for b, (s, e) in enumerate(spans)]
 
     def complete(self, rvq1_tokens, prompt_codes):
-        """One item (arrays) -> NAR codes [n_q, T] / vocoder latent [T, D]; lists -> lists."""
+        """One item (arrays) -> codes [n_q, T] or latent [T, D] (`output`); lists -> lists."""
         if isinstance(rvq1_tokens, np.ndarray | jax.Array) and np.ndim(rvq1_tokens) == 1:
             return self.complete_batch([rvq1_tokens], [prompt_codes])[0]
         return self.complete_batch(list(rvq1_tokens), list(prompt_codes))
@@ -247,6 +308,6 @@ def synthesize(stage: AcousticStage, codec, rvq1_tokens, prompt_codes) -> list[n
     from gpa_jax.codec import api as codec_api
 
     outs = stage.complete_batch(list(rvq1_tokens), list(prompt_codes))
-    if stage.variant == "nar":
+    if stage.output == "codes":
         return codec_api.decode_batch(codec, outs)
     return [decode_latent(codec, latent) for latent in outs]

@@ -7,7 +7,9 @@ RVQ-1 codes and a voice prompt, the waveforms compared with u's original audio a
     lower    RVQ-1-only decode: layers 2..n_q left out (what no acoustic stage gives)
     <stage>  each acoustic stage (NAR, vocoder) from RVQ-1 + a prompt of speaker A: a crop
              of another utterance of A with another text (from `prompt_split`, default
-             train: never the target utterance)
+             train: never the target utterance). A NAR stage is scored twice: its default
+             expected-latent output ("nar") and its argmax codes ("nar (greedy codes)"),
+             see gpa_jax.acoustic.api.NAR_DECODINGS
 
 Metrics:
     mel_distance   mean |log-mel(output) - log-mel(original)| (80 bins, 10 ms hop;
@@ -169,7 +171,9 @@ def evaluate(
                 os.path.join(sample_dir, f"{ex['id']}_original.wav"), refs[i], codec.sample_rate
             )
             for name, out in outputs.items():
-                tag = name.split(" ")[0]
+                # "nar (greedy codes)" -> "nar-greedy", "upper (full codec)" -> "upper"
+                head, _, detail = name.partition(" (")
+                tag = head if head in ("upper", "lower") or not detail else f"{head}-{detail.split()[0]}"
                 save_wav(
                     os.path.join(sample_dir, f"{ex['id']}_{tag}.wav"),
                     out["same"][i],
@@ -249,7 +253,14 @@ def run(
         if cfg.data.token_dir != token_dir:
             raise ValueError(f"stage {name}: token_dir {cfg.data.token_dir} != {token_dir}")
     codec, codec_step = load_codec(first)
-    stages = {name: AcousticStage.from_workdir(cfg, wd) for name, (cfg, wd) in stage_specs.items()}
+    stages = {}
+    for name, (cfg, wd) in stage_specs.items():
+        stages[name] = AcousticStage.from_workdir(cfg, wd)
+        if stages[name].variant == "nar":  # the ablation: USLM's argmax codes, same model
+            stages[f"{name} (greedy codes)"] = AcousticStage(
+                stages[name].model, prompt_frames=stages[name].prompt_frames,
+                chunk_frames=stages[name].chunk_frames, nar_decoding="greedy",
+            )  # fmt: skip
     # Rows as long as in training (positions the model has seen), prompt included.
     max_len = min(int(cfg.train.seq_len) for cfg, _ in stage_specs.values())
     prompt_frames = int(first.data.prompt_max_frames)

@@ -164,3 +164,33 @@ def test_long_targets_are_completed_in_chunks(nar):
     np.testing.assert_array_equal(out[0], long)  # RVQ-1 is kept as given
     pieces = stage.complete([long[:20], long[20:40], long[40:]], [prompt[:, :8]] * 3)
     np.testing.assert_array_equal(out, np.concatenate(pieces, axis=1))
+
+
+def test_expected_decoding_is_the_posterior_mean_latent(nar):
+    """nar_decoding="expected": RVQ-1's code vector + sum_k E_{p_k}[e_k], where p_k is the
+    model's distribution for layer k given the greedy codes of layers < k."""
+    from gpa_jax.acoustic.api import AcousticStage
+
+    rng = np.random.default_rng(5)
+    books = rng.standard_normal((N_Q, CODEBOOK, CFG.latent_dim)).astype(np.float32)
+    greedy = AcousticStage(nar)
+    expected = AcousticStage(nar, nar_decoding="expected", codebooks=books)
+    assert (greedy.output, expected.output) == ("codes", "latent")
+    prompt, tokens = rng.integers(0, CODEBOOK, (N_Q, 7)), rng.integers(0, CODEBOOK, 12)
+    codes = greedy.complete(tokens, prompt)
+    latent = expected.complete(tokens, prompt)
+    assert latent.shape == (12, CFG.latent_dim) and latent.dtype == np.float32
+    # The reference: one forward pass per layer on the greedy row, by hand.
+    row, pm, seg, _ = greedy._rows([tokens], [prompt])
+    row[0, 7:19] = codes.T  # layers >= k are invisible at stage k (the leak test)
+    want = books[0][tokens]
+    for k in range(1, N_Q):
+        stage = jnp.full((row.shape[0],), k, jnp.int32)
+        h = nar.hidden(jnp.asarray(row), stage, jnp.asarray(pm), jnp.asarray(seg))
+        p = np.asarray(jax.nn.softmax(nar.stage_logits(h, stage), axis=-1))[0, 7:19]
+        want = want + p @ books[k]
+    np.testing.assert_allclose(latent, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="codebooks"):
+        AcousticStage(nar, nar_decoding="expected")
+    with pytest.raises(ValueError, match="nar_decoding"):
+        AcousticStage(nar, nar_decoding="beam")

@@ -98,8 +98,8 @@ def test_launch_style_training_resumes_and_serves_complete(token_corpus, tmp_pat
     assert (result.start_step, result.step) == (3, 5)
     assert ckpt.make_manager(ckpt.checkpoint_dir(workdir), read_only=True).latest_step() == 5
 
-    stage = AcousticStage.from_workdir(longer, workdir)
-    assert stage.variant == "nar"
+    stage = AcousticStage.from_workdir(longer, workdir, nar_decoding="greedy")
+    assert stage.variant == "nar" and stage.output == "codes"
     items = [v[2] for k, v in sorted(written["validation"].items())][:3]
     rvq1 = [c[0] for c in items]
     prompts = [items[(i + 1) % 3][:, :9] for i in range(3)]
