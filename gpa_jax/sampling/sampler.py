@@ -29,8 +29,9 @@ RVQ-1 only; the acoustic stage that adds RVQ-2..N is a callable passed as `acous
 called for every TTS/VC result with the request's reference codes as the prompt (all
 results of a `generate` call at once through `acoustic.complete_batch(rvq1s, prompts)`
 when it has one, e.g. `gpa_jax.acoustic.api.AcousticStage`); its output is
-`Result.codes` (decode it with `gpa_jax.codec.api.decode`; a vocoder-variant stage returns
-a latent for `gpa_jax.acoustic.api.decode_latent` instead).
+`Result.codes`: codes int [n_q, T] for `gpa_jax.codec.api.decode` when the stage's
+`output` is "codes" (NAR, greedy), else a latent [T, D] for
+`gpa_jax.acoustic.api.decode_latent` (vocoder; NAR's default expected latent).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Result:
     stop: str | None = None  # "eos" | "max_length"
     text: str | None = None  # asr
     rvq1: np.ndarray | None = None  # tts/vc: int32 [T] RVQ-1 codes
-    # tts/vc with an acoustic stage: what it returns (NAR: codes [n_q, T]; vocoder: latent)
+    # tts/vc with an acoustic stage: what it returns (codes [n_q, T] or latent [T, D])
     codes: np.ndarray | None = None
     prompt_length: int = 0
     max_new_tokens: int = 0
