@@ -215,67 +215,82 @@ def _compute_dtype_weights(state: nnx.State, dtype: Any) -> nnx.State:
     return jax.tree.map(cast, state)
 
 
-def _generate(
-    state: nnx.State,
-    arrays: dict[str, jax.Array],
-    *,
-    graphdef: nnx.GraphDef,
-    max_steps: int,
-    mode: Mode,
-    rules: Any,
-    compute_dtype: Any,
-) -> dict[str, jax.Array]:
-    weights = _compute_dtype_weights(state, compute_dtype)
-    # The loop body rebuilds its own module from the raw arrays: Variables (and nnx.scan
-    # over stacked layers) must not cross into the while_loop's trace.
-    leaves, treedef = jax.tree.flatten(weights)
-    model = nnx.merge(graphdef, weights)
+def _start(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype):
+    """Prefill + the first sampled token: the decode carry at step 1."""
+    model = nnx.merge(graphdef, _compute_dtype_weights(state, compute_dtype))
     tokens = arrays["tokens"]
     B, P = tokens.shape
-    S = P + max_steps
     pad = P - arrays["lengths"]  # [B]
     slots = jnp.arange(P, dtype=jnp.int32)[None, :]
     segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
     positions = jnp.maximum(slots - pad[:, None], 0)
     tokens = with_logical_constraint(tokens, ("batch", "length"), rules)
-    h, cache = model.prefill(tokens, segment_ids, positions, segment_ids, S)
+    h, cache = model.prefill(tokens, segment_ids, positions, segment_ids, P + max_steps)
     logits = model.logits(h[:, -1:])[:, 0]
-
     seen = jnp.zeros((B, logits.shape[-1]), jnp.bool_) if mode.repetition_penalty else None
-    rows = jnp.arange(B)
     tok = select_tokens(logits, 0, arrays, seen, mode)
-    done = (tok == EOS_ID) | (arrays["max_new"] <= 1)
-    out = jnp.full((B, max_steps), PAD_ID, jnp.int32).at[:, 0].set(tok)
     if seen is not None:
-        seen = seen.at[rows, tok].set(True)
-    all_slots = jnp.arange(S, dtype=jnp.int32)[None, :]
+        seen = seen.at[jnp.arange(B), tok].set(True)
+    return {
+        "step": jnp.asarray(1, jnp.int32),
+        "tok": tok,
+        "done": (tok == EOS_ID) | (arrays["max_new"] <= 1),
+        "out": jnp.full((B, max_steps), PAD_ID, jnp.int32).at[:, 0].set(tok),
+        "cache": cache,
+        "seen": seen,
+    }
 
-    def cond(carry):
-        step, _, done, *_ = carry
-        return (step < max_steps) & ~jnp.all(done)
 
-    def body(carry):
-        step, tok, done, out, cache, seen = carry
+def _advance(state, arrays, carry, stop, *, graphdef, max_steps, mode, compute_dtype):
+    """Decode steps until step `stop` (traced: one compile for every stop), max_steps or
+    every row done. Called once with stop = max_steps, or chunk by chunk when streaming."""
+    weights = _compute_dtype_weights(state, compute_dtype)
+    # The loop body rebuilds its own module from the raw arrays: Variables (and nnx.scan
+    # over stacked layers) must not cross into the while_loop's trace.
+    leaves, treedef = jax.tree.flatten(weights)
+    B, P = arrays["tokens"].shape
+    pad = P - arrays["lengths"]  # [B]
+    all_slots = jnp.arange(P + max_steps, dtype=jnp.int32)[None, :]
+    rows = jnp.arange(B)
+    stop = jnp.minimum(stop, max_steps)
+
+    def cond(c):
+        return (c["step"] < stop) & ~jnp.all(c["done"])
+
+    def body(c):
+        step, done, seen = c["step"], c["done"], c["seen"]
         index = P + step - 1  # slot of the token being fed
         kv_mask = (all_slots >= pad[:, None]) & (all_slots <= index)
         pos = (arrays["lengths"] + step - 1)[:, None]
         step_model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-        logits, cache = step_model.decode_step(tok[:, None], pos, kv_mask, cache, index)
+        logits, cache = step_model.decode_step(c["tok"][:, None], pos, kv_mask, c["cache"], index)
         new = select_tokens(logits[:, 0], step, arrays, seen, mode)
         new = jnp.where(done, PAD_ID, new)
-        out = jax.lax.dynamic_update_slice_in_dim(out, new[:, None], step, axis=1)
+        out = jax.lax.dynamic_update_slice_in_dim(c["out"], new[:, None], step, axis=1)
         if seen is not None:
             seen = seen.at[rows, new].set(seen[rows, new] | ~done)
         done = done | (new == EOS_ID) | (step + 1 >= arrays["max_new"])
-        return step + 1, new, done, out, cache, seen
+        return {"step": step + 1, "tok": new, "done": done, "out": out, "cache": cache, "seen": seen}
 
-    carry = (jnp.asarray(1, jnp.int32), tok, done, out, cache, seen)
-    steps, _, _, out, _, _ = jax.lax.while_loop(cond, body, carry)
+    return jax.lax.while_loop(cond, body, carry)
+
+
+def _outputs(carry, arrays, max_steps):
+    out = carry["out"]
     is_eos = out == EOS_ID
     hit_eos = jnp.any(is_eos, axis=1)
     first_eos = jnp.argmax(is_eos, axis=1)
     num = jnp.where(hit_eos, first_eos + 1, jnp.minimum(arrays["max_new"], max_steps))
-    return {"tokens": out, "num_tokens": num.astype(jnp.int32), "hit_eos": hit_eos, "steps": steps}
+    return {"tokens": out, "num_tokens": num.astype(jnp.int32), "hit_eos": hit_eos,
+            "steps": carry["step"]}  # fmt: skip
+
+
+def _generate(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype):
+    """The whole generation as one program: _start, then _advance to max_steps."""
+    kw = dict(graphdef=graphdef, max_steps=max_steps, mode=mode, compute_dtype=compute_dtype)
+    carry = _start(state, arrays, rules=rules, **kw)
+    carry = _advance(state, arrays, carry, jnp.asarray(max_steps, jnp.int32), **kw)
+    return _outputs(carry, arrays, max_steps)
 
 
 class Decoder:
@@ -296,19 +311,25 @@ class Decoder:
         self.rules = getattr(model, "rules", None)
         self._compiled: dict[tuple[int, Mode], Any] = {}
 
-    def _fn(self, max_steps: int, mode: Mode):
-        key = (max_steps, mode)
+    def _fn(self, max_steps: int, mode: Mode, part: str = "generate"):
+        """The jitted `part` ("generate", "start" or "advance") for (max_steps, mode)."""
+        key = (max_steps, mode, part)
         if key not in self._compiled:
-            fn = functools.partial(
-                _generate,
-                graphdef=self.graphdef,
-                max_steps=max_steps,
-                mode=mode,
-                rules=self.rules,
-                compute_dtype=to_dtype(self.cfg.dtype),
-            )
-            self._compiled[key] = jax.jit(fn)
+            kw = dict(graphdef=self.graphdef, max_steps=max_steps, mode=mode,
+                      compute_dtype=to_dtype(self.cfg.dtype))  # fmt: skip
+            if part == "advance":  # the carry (KV cache included) is updated in place
+                fn = jax.jit(functools.partial(_advance, **kw), donate_argnums=(2,))
+            else:
+                fn = jax.jit(functools.partial(_start if part == "start" else _generate,
+                                               rules=self.rules, **kw))  # fmt: skip
+            self._compiled[key] = fn
         return self._compiled[key]
+
+    def _run(self, fn, *args):
+        if self.mesh is None:
+            return fn(*args)
+        with jax.set_mesh(self.mesh):
+            return fn(*args)
 
     def device_arrays(self, batch: Batch) -> dict[str, jax.Array]:
         arrays = {
@@ -319,7 +340,7 @@ class Decoder:
         arrays["keys"] = jax.vmap(jax.random.key)(jnp.asarray(batch.seeds))
         return arrays
 
-    def __call__(self, batch: Batch, max_steps: int, mode: Mode | None = None):
+    def _check(self, batch: Batch, max_steps: int, mode: Mode | None) -> Mode:
         if int(batch.max_new.max()) > max_steps:
             raise ValueError(f"max_new {int(batch.max_new.max())} > max_steps {max_steps}")
         longest = int((batch.lengths + batch.max_new).max())
@@ -328,11 +349,33 @@ class Decoder:
                 f"a row's prompt + max_new ({longest} tokens) exceeds the model's max_len "
                 f"{self.cfg.max_len}"
             )
-        mode = choose_mode(batch, self.cfg.vocab_size) if mode is None else mode
+        return choose_mode(batch, self.cfg.vocab_size) if mode is None else mode
+
+    def __call__(self, batch: Batch, max_steps: int, mode: Mode | None = None):
+        mode = self._check(batch, max_steps, mode)
         fn = self._fn(int(max_steps), mode)
-        if self.mesh is not None:
-            with jax.set_mesh(self.mesh):
-                out = fn(self.state, self.device_arrays(batch))
-        else:
-            out = fn(self.state, self.device_arrays(batch))
-        return jax.device_get(out)
+        return jax.device_get(self._run(fn, self.state, self.device_arrays(batch)))
+
+    def stream(self, batch: Batch, max_steps: int, chunk_steps: int, mode: Mode | None = None):
+        """The same generation, `chunk_steps` tokens at a time: yields (lo, hi, tokens,
+        done) after each chunk, where host `tokens` [B, hi - lo] are steps lo..hi-1 (PAD
+        for rows already stopped) and `done` [B] says which rows have stopped. Each
+        chunk is one compiled while_loop (one compile for all chunks). Same tokens as
+        `__call__` for the same batch (the same per-step keys and cache)."""
+        if chunk_steps < 1:
+            raise ValueError(f"chunk_steps={chunk_steps} must be >= 1")
+        mode = self._check(batch, max_steps, mode)
+        arrays = self.device_arrays(batch)
+        carry = self._run(self._fn(int(max_steps), mode, "start"), self.state, arrays)
+        advance = self._fn(int(max_steps), mode, "advance")
+        lo = 0
+        while True:
+            stop = min(lo + int(chunk_steps), int(max_steps))
+            carry = self._run(advance, self.state, arrays, carry, jnp.asarray(stop, jnp.int32))
+            hi = int(carry["step"])
+            done = np.asarray(carry["done"])
+            tokens = np.asarray(jax.device_get(carry["out"]))[:, lo:hi]  # host slice: no compile
+            yield lo, hi, tokens, done
+            lo = hi
+            if hi >= max_steps or done.all():
+                return

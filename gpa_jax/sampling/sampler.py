@@ -358,6 +358,10 @@ class Sampler:
         return _round_up(max(b, n), self.batch_multiple)
 
     def _run_chunk(self, chunk: Sequence[_Prepared]) -> dict[str, np.ndarray]:
+        return self.decoder(*self.decode_batch(chunk))
+
+    def decode_batch(self, chunk: Sequence[_Prepared]) -> tuple[decode_lib.Batch, int]:
+        """The bucketed decode batch of prepared requests and its step bound."""
         s = self.sampling
         longest = max(len(p.prompt) for p in chunk)
         P = _round_up(longest, int(s.prompt_bucket))
@@ -374,7 +378,7 @@ class Sampler:
             prompt_length=P,
             batch_size=self._bucket_batch(len(chunk)),
         )
-        return self.decoder(batch, steps)
+        return batch, steps
 
     def _result(self, p: _Prepared, out: dict[str, np.ndarray], row: int) -> Result:
         r = p.request

@@ -1,0 +1,195 @@
+"""Streaming TTS/VC: audio in chunks while the LM is still generating.
+
+    for chunk in stream_audio(sampler, codec, [Request.tts("hello there", ref)]):
+        play(chunk.wav)          # chunk.start: its first sample's offset in the utterance
+
+The LM decodes `chunk_frames` RVQ-1 frames at a time (`Decoder.stream`: one compiled
+while_loop per chunk, the KV cache carried between them, the same tokens as one-shot
+decoding). After each decode chunk every row with new frames is synthesized (acoustic
+stage + codec decoder, all rows of the batch at once) over a window that starts
+`context_frames` before its new frames, so the non-causal acoustic stage and the codec's
+convolutions see left context, and the window's audio is joined to what was emitted by a
+`Crossfader`: each sample of the utterance is emitted exactly once, the last `overlap`
+samples of a window are held back and crossfaded with the next window's decode of the
+same span. The samples of all chunks of a request, concatenated, are its utterance:
+frames * hop samples.
+
+Timing: every chunk carries `elapsed_s` since `stream_audio` was called (device work
+finished, the samples on the host); a request's first chunk gives its time to first chunk
+(TTFC). Rejected requests yield one final chunk with `error` set and no samples; a row
+whose synthesis fails ends the same way, the other rows go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from absl import logging
+
+from gpa_jax.sampling.decode import EOS_ID, PAD_ID
+from gpa_jax.sampling.sampler import Request, RequestError, Sampler
+
+Synthesize = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+DEFAULT_CHUNK_FRAMES = 25  # 0.5 s at 50 Hz
+DEFAULT_CONTEXT_FRAMES = 8
+DEFAULT_OVERLAP_FRAMES = 1
+
+
+@dataclasses.dataclass
+class AudioChunk:
+    index: int  # position of the request in the list given to stream_audio
+    id: str
+    wav: np.ndarray  # float32 [n] new samples
+    start: int  # offset of wav[0] in the utterance (samples)
+    final: bool  # the request's last chunk
+    elapsed_s: float  # since stream_audio was called
+    error: str | None = None
+
+
+class Crossfader:
+    """Joins the decodes of overlapping windows into one stream, each sample once.
+
+    push(wav, start, final): `wav` is the decode of samples [start, start + len(wav)) of
+    the utterance; `start` may not lie after the first sample not yet emitted, and the
+    window must reach past everything emitted or held. Returns the samples to emit now:
+    the held-back span crossfaded (linear ramps, summing to 1) with this window's decode of
+    it, then the window's new samples, minus the last `overlap` samples (held back for the
+    next window) unless `final`.
+    """
+
+    def __init__(self, overlap: int):
+        if overlap < 0:
+            raise ValueError(f"overlap={overlap} must be >= 0")
+        self.overlap = int(overlap)
+        self.emitted = 0  # samples emitted so far
+        self.tail = np.zeros(0, np.float32)  # held back: samples [emitted, emitted + len)
+
+    def push(self, wav: np.ndarray, start: int, final: bool = False) -> np.ndarray:
+        wav = np.asarray(wav, np.float32)
+        end = start + len(wav)
+        held_end = self.emitted + len(self.tail)
+        if start > self.emitted or end < held_end:
+            raise ValueError(
+                f"window [{start}, {end}) must cover the held-back span "
+                f"[{self.emitted}, {held_end})"
+            )
+        out = wav[self.emitted - start :].copy()
+        n = len(self.tail)
+        if n:
+            fade_in = (np.arange(n, dtype=np.float32) + 1.0) / (n + 1.0)
+            out[:n] = self.tail * (1.0 - fade_in) + out[:n] * fade_in
+        keep = len(out) if final else max(n, len(out) - self.overlap)
+        self.tail = out[keep:]
+        self.emitted += keep
+        return out[:keep]
+
+
+def default_synthesizer(sampler: Sampler, codec) -> Synthesize:
+    """rvq1 [T] lists + prompt codes [n_q, P] lists -> waveforms: the sampler's acoustic
+    stage (an `AcousticStage`) and the codec decoder, or RVQ-1-only decoding without one."""
+    from gpa_jax.acoustic import api as acoustic_api
+    from gpa_jax.codec import api as codec_api
+
+    stage = sampler.acoustic
+    if stage is None:
+        return lambda rvq1, prompts: codec_api.decode_batch(codec, [r[None] for r in rvq1])
+    if not hasattr(stage, "complete_batch"):
+        raise TypeError("streaming needs an AcousticStage-like acoustic stage (complete_batch)")
+    return lambda rvq1, prompts: acoustic_api.synthesize(stage, codec, rvq1, prompts)
+
+
+@dataclasses.dataclass
+class _Row:
+    index: int
+    request: Request
+    frames: list[int] = dataclasses.field(default_factory=list)  # RVQ-1 codes so far
+    synthesized: int = 0  # frames already covered by a decode window
+    finished: bool = False
+    fader: Crossfader | None = None
+
+
+def stream_audio(
+    sampler: Sampler,
+    codec,
+    requests: Sequence[Request],
+    *,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    context_frames: int = DEFAULT_CONTEXT_FRAMES,
+    overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
+    synthesize: Synthesize | None = None,
+) -> Iterator[AudioChunk]:
+    """Yields AudioChunks of TTS/VC `requests` as they are generated (module docstring).
+    Requests are served in batches of sampling.max_batch, in the order given."""
+    if chunk_frames < 1 or context_frames < 0 or overlap_frames < 0:
+        raise ValueError("chunk_frames must be >= 1, context_frames and overlap_frames >= 0")
+    if overlap_frames > context_frames:
+        raise ValueError(
+            f"overlap_frames={overlap_frames} > context_frames={context_frames}: the next "
+            "window must cover the held-back samples"
+        )
+    t0 = time.perf_counter()
+    synthesize = synthesize or default_synthesizer(sampler, codec)
+    hop = int(codec.hop_length)
+    prepared = []
+    for i, request in enumerate(requests):
+        try:
+            if request.task not in ("tts", "vc"):
+                raise RequestError(f"streaming serves tts and vc, not {request.task!r}")
+            prepared.append(sampler.prepare(request, i))
+        except RequestError as e:
+            logging.warning("request %s rejected: %s", request.id or i, e)
+            yield AudioChunk(i, request.id, np.zeros(0, np.float32), 0, True,
+                             time.perf_counter() - t0, str(e))  # fmt: skip
+    size = int(sampler.sampling.max_batch)
+    for lo in range(0, len(prepared), size):
+        chunk = prepared[lo : lo + size]
+        rows = [_Row(p.index, p.request, fader=Crossfader(overlap_frames * hop)) for p in chunk]
+        batch, steps = sampler.decode_batch(chunk)
+        for _, _, tokens, done in sampler.decoder.stream(batch, steps, chunk_frames):
+            for b, row in enumerate(rows):
+                if row.finished or row.fader is None:
+                    continue
+                new = tokens[b]
+                eos = np.flatnonzero(new == EOS_ID)  # the row's generation ended
+                new = new[: eos[0]] if eos.size else new
+                new = new[new != PAD_ID]  # after a row stopped
+                row.frames.extend(sampler.vocab.ids_to_audio(new, 0).tolist())
+                row.finished = bool(done[b])
+            yield from _synthesize_rows(rows, synthesize, hop, context_frames, t0)
+
+
+def _synthesize_rows(rows, synthesize, hop, context_frames, t0) -> Iterator[AudioChunk]:
+    """One decode window per row with new frames (or that just finished), batched."""
+    todo = [r for r in rows if r.fader is not None and (len(r.frames) > r.synthesized or r.finished)]
+    if not todo:
+        return
+    # Each window starts context_frames before the row's first new frame.
+    items = [(r, max(0, r.synthesized - context_frames)) for r in todo]
+    items = [(r, w0) for r, w0 in items if len(r.frames) > w0]
+    try:
+        wavs = synthesize(
+            [np.asarray(r.frames[w0:], np.int32) for r, w0 in items],
+            [np.asarray(r.request.reference) for r, _ in items],
+        ) if items else []  # fmt: skip
+    except Exception as e:  # noqa: BLE001  (reported on the rows it hit)
+        logging.warning("streaming synthesis failed: %s", e)
+        for r, _ in items:
+            r.fader = None
+            yield AudioChunk(r.index, r.request.id, np.zeros(0, np.float32), r.synthesized * hop,
+                             True, time.perf_counter() - t0, f"synthesis failed: {e}")  # fmt: skip
+        return
+    by_row = {id(r): (w0, wav) for (r, w0), wav in zip(items, wavs, strict=True)}
+    for r in todo:
+        start = r.fader.emitted
+        if id(r) in by_row:
+            w0, wav = by_row[id(r)]
+            out = r.fader.push(np.asarray(wav)[: (len(r.frames) - w0) * hop], w0 * hop, r.finished)
+        else:  # finished without new frames: flush what is held back
+            out = r.fader.push(r.fader.tail.copy(), r.fader.emitted, True)
+        r.synthesized = len(r.frames)
+        yield AudioChunk(r.index, r.request.id, out, start, r.finished, time.perf_counter() - t0)
+        if r.finished:
+            r.fader = None

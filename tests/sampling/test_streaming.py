@@ -1,0 +1,116 @@
+"""Streaming: chunked decoding gives the one-shot tokens; the crossfader emits every sample
+once; streamed TTS audio is the utterance (exactly, for a frame-local synthesizer)."""
+
+import types
+
+import numpy as np
+import pytest
+
+from gpa_jax.sampling import Request, decode
+from gpa_jax.sampling.streaming import Crossfader, stream_audio
+from tests.sampling import helpers as h
+from tests.sampling.test_sampler import _codes, _sampler, lm, vocab  # noqa: F401 (fixtures)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_chunked_decode_yields_the_one_shot_tokens(chunk):
+    dec = decode.Decoder(h.model())
+    prompts = h.prompts([6, 11, 4])
+    kw = dict(max_new=[9, 14, 5], temperature=[1.0, 0.0, 0.7], top_k=20, top_p=0.9,
+              prompt_length=16, batch_size=4, seeds=[5, 6, 7])  # fmt: skip
+    batch = h.batch(prompts, **kw)
+    whole = dec(batch, 16)
+    pieces, last = [], 0
+    for lo, hi, tokens, done in dec.stream(batch, 16, chunk):
+        assert lo == last and hi - lo == tokens.shape[1] and 0 < hi - lo <= chunk
+        pieces.append(tokens)
+        last = hi
+    assert done.all()
+    got = np.concatenate(pieces, axis=1)
+    np.testing.assert_array_equal(got, whole["tokens"][:, : got.shape[1]])
+    assert (whole["tokens"][:, got.shape[1] :] == decode.PAD_ID).all()
+
+
+def test_crossfader_emits_each_sample_once_and_rebuilds_a_consistent_signal():
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(1000).astype(np.float32)
+    fader, out, pos = Crossfader(overlap=16), [], 0
+    for end in (100, 130, 400, 401, 800, 1000):
+        start = max(0, pos - 40)  # windows reach back over the held-back samples
+        piece = fader.push(signal[start:end], start, final=end == 1000)
+        assert fader.emitted == pos + len(piece)
+        out.append(piece)
+        pos += len(piece)
+    # Overlapping decodes that agree crossfade into the signal itself, each sample once.
+    np.testing.assert_allclose(np.concatenate(out), signal, atol=1e-6)
+    # Disagreeing decodes: the joint ramps from one to the other, nothing repeated.
+    fader = Crossfader(overlap=4)
+    a = fader.push(np.ones(10, np.float32), 0)
+    b = fader.push(np.zeros(10, np.float32), 4, final=True)
+    joined = np.concatenate([a, b])
+    assert len(joined) == 14 and (joined[:6] == 1).all() and (joined[10:] == 0).all()
+    assert np.all(np.diff(joined[5:11]) < 0)  # a monotone fade
+    with pytest.raises(ValueError, match="held-back"):
+        Crossfader(overlap=4).push(np.ones(10), 3)
+
+
+def _local_synth(hop):
+    """A frame-local 'synthesizer': frame code c -> hop samples of c / 100 (so any window
+    of frames decodes to exactly the slice of the whole utterance)."""
+
+    def synth(rvq1s, prompts):
+        return [np.repeat(np.asarray(r, np.float32) / 100.0, hop) for r in rvq1s]
+
+    return synth
+
+
+def test_streamed_tts_is_the_utterance_in_contiguous_chunks(lm, vocab):  # noqa: F811
+    sampler = _sampler(lm, vocab, max_batch=4)
+    hop = 8
+    codec = types.SimpleNamespace(hop_length=hop)  # only hop_length is read with synthesize=
+    requests = [
+        Request.tts("hello there", _codes(30, 1), id="a", seed=1),
+        Request.tts("", _codes(30, 2), id="bad"),
+        Request.vc(_codes(20, 3), _codes(30, 4), id="v", seed=2),
+        Request.tts("a much longer sentence to say", _codes(30, 5), id="b", seed=3),
+    ]
+    chunks = list(stream_audio(sampler, codec, requests, chunk_frames=5, context_frames=3,
+                               overlap_frames=2, synthesize=_local_synth(hop)))  # fmt: skip
+    by_id = {}
+    for c in chunks:
+        by_id.setdefault(c.id, []).append(c)
+    assert [c.final for c in by_id["bad"]] == [True] and "empty text" in by_id["bad"][0].error
+    one_shot = {r.id: r for r in sampler.generate([requests[i] for i in (0, 2, 3)])}
+    for rid in ("a", "v", "b"):
+        got = by_id[rid]
+        assert [c.final for c in got] == [False] * (len(got) - 1) + [True]
+        assert all(c.error is None for c in got)
+        starts = np.cumsum([0] + [len(c.wav) for c in got])[:-1]
+        assert [c.start for c in got] == starts.tolist()  # contiguous, nothing repeated
+        assert all(x.elapsed_s <= y.elapsed_s for x, y in zip(got, got[1:]))
+        rvq1 = one_shot[rid].rvq1  # the same tokens as one-shot generation
+        assert len(rvq1) > 5 and len(got) > 1  # it really streamed
+        wav = np.concatenate([c.wav for c in got])
+        np.testing.assert_allclose(wav, np.repeat(rvq1 / 100.0, hop), atol=1e-6)
+
+
+def test_stream_with_the_codec_decoder_matches_one_shot_decoding(lm, vocab):  # noqa: F811
+    """RVQ-1-only decoding by the real (untrained) tiny codec: the streamed utterance has
+    the one-shot length and stays close to the one-shot decode (windows see left context
+    only, so the joints differ a little)."""
+    from flax import nnx
+
+    from gpa_jax.codec import api as codec_api
+    from gpa_jax.codec.model import Codec
+    from gpa_jax.config_utils import load_config
+
+    codec = Codec.from_config(load_config("configs/codec_tiny.py"), rngs=nnx.Rngs(0))
+    sampler = _sampler(lm, vocab, max_batch=2)
+    request = Request.tts("stream me", _codes(30, 7), id="s", seed=4)
+    got = list(stream_audio(sampler, codec, [request], chunk_frames=8, context_frames=8))
+    rvq1 = sampler.generate([request])[0].rvq1
+    whole = codec_api.decode(codec, rvq1[None])
+    wav = np.concatenate([c.wav for c in got])
+    assert len(got) > 1 and wav.shape == whole.shape == (len(rvq1) * codec.hop_length,)
+    err = np.abs(wav - whole).mean() / (np.abs(whole).mean() + 1e-9)
+    assert err < 0.5, err
