@@ -40,8 +40,21 @@ rounds that time every side in turn (order alternating), so load from other proc
 on a shared machine hits both alike. tokens/s = batch * new_tokens / wall time of a
 whole call (prefill + decode + host transfer), median over rounds (best also printed).
 
+TTS (with --workdir=W, the chain `make demo` trains there: codec, LM, acoustic stage):
+per concurrency N (--tts_concurrency), N TTS requests at once (texts of --tts_split, each
+with another utterance's codes as the reference, the task's sampling defaults, fixed
+seeds), timed after an untimed pass that compiles every shape:
+    one-shot   Sampler.generate + acoustic stage + codec decode of the whole batch;
+               RTF = wall time / seconds of audio, per request, averaged
+    streaming  gpa_jax.sampling.streaming.stream_audio (chunks of --chunk_frames):
+               TTFC = time to a request's first audio chunk, RTF = time to its last
+               chunk / its seconds of audio, averaged over requests
+"tts_rtf" is the one-shot RTF at the first concurrency, "tts_ttfc_s" / "tts_stream_rtf"
+the streaming ones; the whole table is printed and under "tts". On this CPU the table
+stops at small N; GPA's published concurrency table (1...160 requests) needs a GPU.
+
 The last stdout line is one JSON object: {"b1_ratio", "b32_ratio", per side tokens/s,
-"tts_rtf": null until the acoustic stage exists (issue 5), ...}.
+"tts_rtf", "tts_ttfc_s", ...}.
 """
 
 from __future__ import annotations
@@ -70,6 +83,12 @@ _TORCH_DTYPES = flags.DEFINE_list(
     "torch_dtypes", [], "Torch precisions to run (default: the config's compute dtype)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and prompts.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Work dir of a trained chain (make demo): adds the TTS RTF / TTFC table."
+)
+_TTS_CONCURRENCY = flags.DEFINE_list("tts_concurrency", ["1", "4", "16"], "Concurrent TTS requests.")
+_TTS_SPLIT = flags.DEFINE_string("tts_split", "test", "Token split the TTS texts come from.")
+_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 25, "Streaming chunk (RVQ-1 frames).")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "Torch intra-op threads; 0 = the faster of its default and 1 (probed)."
 )
@@ -322,10 +341,88 @@ def run(
             ratio = round(entry["jax_tok_s"] / entry[f"{headline}_tok_s"], 3)
         summary[f"b{b}_ratio"] = ratio
         summary[f"b{b}_first_call_s"] = round(entry["first_call_s"], 2)
-    # TTS real-time factor needs the acoustic stage (issue 5) and the codec decoder.
-    summary["tts_rtf"] = None
-    summary["tts_rtf_note"] = "pending: needs the acoustic stage (issue 5)"
     return summary, results
+
+
+def tts_requests(bank, n: int, seed: int):
+    """n TTS requests: texts of `bank` in order, each with the next utterance's codes as the
+    reference (the sampler crops it to its reference length)."""
+    from gpa_jax.sampling import Request
+
+    def codes(u):
+        lo = int(bank.audio_start[u])
+        return np.asarray(bank.codes[:, lo : lo + int(bank.frames[u])], np.int32)
+
+    u_n = bank.num_utterances
+    return [Request.tts(bank.texts[i % u_n], codes((i + 1) % u_n), id=bank.ids[i % u_n],
+                        seed=seed + i) for i in range(n)]  # fmt: skip
+
+
+def tts_benchmark(workdir: str, concurrency, *, split: str, chunk_frames: int, seed: int):
+    """One-shot and streaming TTS timings per concurrency (module docstring)."""
+    from gpa_jax.evaluation import harness
+    from gpa_jax.sampling import streaming
+    from gpa_jax.tasks import planning
+    from gpa_jax.tasks.config import resolve_paths
+
+    models = harness.load_models(workdir, speaker_encoder="")
+    codec, sampler = models.codec, models.sampler
+    rate = float(codec.sample_rate)
+    synth = streaming.synthesizer(codec, models.acoustic)
+    token_dir = resolve_paths(sampler.config.tasks, workdir)[0]
+    bank = planning.load_bank(token_dir, split, sampler.vocab, layers=codec.n_q)
+    sampler.sampling.max_batch = max(int(sampler.sampling.max_batch), max(concurrency))
+    rows = []
+    for n in concurrency:
+        requests = tts_requests(bank, n, seed)
+
+        def one_shot(requests=requests):
+            t = time.perf_counter()
+            results = sampler.generate(requests)
+            ok = [r for r in results if r.ok]
+            wavs = synth([r.rvq1 for r in ok], [q.reference for q, r in zip(requests, results)
+                                                 if r.ok])  # fmt: skip
+            return time.perf_counter() - t, [len(w) / rate for w in wavs]
+
+        def stream(requests=requests):
+            first, last, samples = {}, {}, {}
+            for c in streaming.stream_audio(sampler, codec, requests, chunk_frames=chunk_frames,
+                                            synthesize=synth):  # fmt: skip
+                if c.error:
+                    continue
+                first.setdefault(c.index, c.elapsed_s)
+                last[c.index] = c.elapsed_s
+                samples[c.index] = samples.get(c.index, 0) + len(c.wav)
+            done = [i for i in last if samples[i]]
+            return ([first[i] for i in done], [last[i] / (samples[i] / rate) for i in done],
+                    [samples[i] / rate for i in done])  # fmt: skip
+
+        one_shot(), stream()  # compiles every shape these requests need
+        wall, seconds = one_shot()
+        ttfc, stream_rtf, stream_seconds = stream()
+        row = {
+            "concurrency": n,
+            "ok": len(seconds),
+            "audio_s_mean": round(float(np.mean(seconds)), 3) if seconds else None,
+            "rtf": round(float(np.mean([wall / d for d in seconds if d > 0])), 4) if seconds else None,
+            "ttfc_s": round(float(np.mean(ttfc)), 4) if ttfc else None,
+            "ttfc_s_max": round(float(np.max(ttfc)), 4) if ttfc else None,
+            "stream_rtf": round(float(np.mean(stream_rtf)), 4) if stream_rtf else None,
+            "stream_audio_s_mean": round(float(np.mean(stream_seconds)), 3) if stream_seconds else None,
+        }
+        rows.append(row)
+        logging.info("tts concurrency %d: %s", n, row)
+    return rows
+
+
+def _print_tts_table(rows) -> None:
+    print(f"{'concurrent':>10} {'ok':>4} {'audio s':>8} {'RTF':>8} {'TTFC s':>8} {'max TTFC':>9} "
+          f"{'stream RTF':>11}")  # fmt: skip
+    for r in rows:
+        cells = [r[k] if r[k] is not None else float("nan")
+                 for k in ("audio_s_mean", "rtf", "ttfc_s", "ttfc_s_max", "stream_rtf")]  # fmt: skip
+        print(f"{r['concurrency']:>10} {r['ok']:>4} {cells[0]:>8.2f} {cells[1]:>8.4f} "
+              f"{cells[2]:>8.3f} {cells[3]:>9.3f} {cells[4]:>11.4f}")  # fmt: skip
 
 
 def _print_table(results: dict[int, dict[str, float]]) -> None:
@@ -354,6 +451,17 @@ def main(argv):
         torch_threads=_TORCH_THREADS.value,
     )
     _print_table(results)
+    summary.update(tts_rtf=None, tts_ttfc_s=None, tts_stream_rtf=None, tts=None)
+    if _WORKDIR.value:
+        rows = tts_benchmark(
+            _WORKDIR.value, [int(n) for n in _TTS_CONCURRENCY.value], split=_TTS_SPLIT.value,
+            chunk_frames=_CHUNK_FRAMES.value, seed=_SEED.value,
+        )  # fmt: skip
+        _print_tts_table(rows)
+        summary.update(tts=rows, tts_rtf=rows[0]["rtf"], tts_ttfc_s=rows[0]["ttfc_s"],
+                       tts_stream_rtf=rows[0]["stream_rtf"])  # fmt: skip
+    else:
+        summary["tts_note"] = "give --workdir=W (a chain trained by make demo) for TTS RTF / TTFC"
     print(json.dumps(summary))
 
 

@@ -3,6 +3,7 @@
     python -m launch.sample --workdir=W --task=asr --audio=x.wav
     python -m launch.sample --workdir=W --task=tts --text="hello there" --ref=r.wav --out=y.wav
     python -m launch.sample --workdir=W --task=vc  --audio=src.wav --ref=r.wav --out=y.wav
+    python -m launch.sample --workdir=W --task=tts --text="hello" --ref=r.wav --stream
 
 Audio is read with `gpa_jax.audio.io.load_audio` (any soundfile format, mono-ised,
 resampled to the codec's rate; unreadable / empty / corrupt files are an error naming the
@@ -10,6 +11,10 @@ file), encoded by the codec, served by the LM sampler (params only from <W>/chec
 the task's sampling defaults), completed by the acoustic stage (<W>/acoustic/<variant>)
 with the reference's codes as the voice prompt, and decoded. A request the sampler
 rejects (empty text, over-long input, ...) exits with status 2 and its reason.
+
+--stream (tts, vc): the audio is made chunk by chunk while the LM generates
+(`gpa_jax.sampling.streaming`); each chunk is logged with its time since the request, the
+first one being the time to first chunk, and the chunks are joined into --out.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ _TEXT = flags.DEFINE_string("text", None, "Text to speak (tts).")
 _OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc).")
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (tts, vc).")
+_STREAM = flags.DEFINE_bool("stream", False, "tts/vc: synthesize in chunks as tokens arrive.")
+_CHUNK = flags.DEFINE_integer("chunk_frames", 25, "--stream: RVQ-1 frames per chunk (50 Hz).")
 
 
 def main(argv):
@@ -67,6 +74,9 @@ def main(argv):
         request = Request.tts(_TEXT.value, codes["ref"], id="tts", seed=_SEED.value)
     else:
         request = Request.vc(codes["audio"][:1], codes["ref"], id=_AUDIO.value, seed=_SEED.value)
+    if _STREAM.value and task != "asr":
+        _stream(models, request)
+        return
     (result,) = models.sampler.generate([request])
     if not result.ok:
         print(f"request rejected: {result.error}", file=sys.stderr)
@@ -77,6 +87,30 @@ def main(argv):
     (wav,) = acoustic_api.synthesize(models.acoustic, codec, [result.rvq1], [request.reference])
     audio_io.save_wav(_OUT.value, wav, rate)
     print(f"wrote {_OUT.value}: {len(wav) / rate:.2f} s ({len(result.rvq1)} frames, stop: {result.stop})")
+
+
+def _stream(models, request) -> None:
+    import numpy as np
+
+    from gpa_jax.audio import io as audio_io
+    from gpa_jax.sampling import streaming
+
+    codec = models.codec
+    rate = int(codec.sample_rate)
+    pieces = []
+    for chunk in streaming.stream_audio(
+        models.sampler, codec, [request], chunk_frames=_CHUNK.value,
+        synthesize=streaming.synthesizer(codec, models.acoustic),
+    ):  # fmt: skip
+        if chunk.error:
+            print(f"request rejected: {chunk.error}", file=sys.stderr)
+            sys.exit(2)
+        pieces.append(chunk.wav)
+        print(f"chunk {len(pieces)}: {len(chunk.wav) / rate:.2f} s of audio at "
+              f"{chunk.elapsed_s:.3f} s{' (first chunk)' if len(pieces) == 1 else ''}")  # fmt: skip
+    wav = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    audio_io.save_wav(_OUT.value, wav, rate)
+    print(f"wrote {_OUT.value}: {len(wav) / rate:.2f} s in {len(pieces)} chunks")
 
 
 if __name__ == "__main__":

@@ -87,13 +87,13 @@ class Crossfader:
         return out[:keep]
 
 
-def default_synthesizer(sampler: Sampler, codec) -> Synthesize:
-    """rvq1 [T] lists + prompt codes [n_q, P] lists -> waveforms: the sampler's acoustic
-    stage (an `AcousticStage`) and the codec decoder, or RVQ-1-only decoding without one."""
+def synthesizer(codec, stage=None) -> Synthesize:
+    """rvq1 [T] lists + prompt codes [n_q, P] lists -> waveforms: an acoustic stage (an
+    `AcousticStage`: codes or latent, then the codec decoder), or without one RVQ-1-only
+    codec decoding."""
     from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.codec import api as codec_api
 
-    stage = sampler.acoustic
     if stage is None:
         return lambda rvq1, prompts: codec_api.decode_batch(codec, [r[None] for r in rvq1])
     if not hasattr(stage, "complete_batch"):
@@ -122,7 +122,8 @@ def stream_audio(
     synthesize: Synthesize | None = None,
 ) -> Iterator[AudioChunk]:
     """Yields AudioChunks of TTS/VC `requests` as they are generated (module docstring).
-    Requests are served in batches of sampling.max_batch, in the order given."""
+    Requests are served in batches of sampling.max_batch, in the order given. `synthesize`
+    defaults to `synthesizer(codec, sampler.acoustic)`."""
     if chunk_frames < 1 or context_frames < 0 or overlap_frames < 0:
         raise ValueError("chunk_frames must be >= 1, context_frames and overlap_frames >= 0")
     if overlap_frames > context_frames:
@@ -131,7 +132,7 @@ def stream_audio(
             "window must cover the held-back samples"
         )
     t0 = time.perf_counter()
-    synthesize = synthesize or default_synthesizer(sampler, codec)
+    synthesize = synthesize or synthesizer(codec, sampler.acoustic)
     hop = int(codec.hop_length)
     prepared = []
     for i, request in enumerate(requests):

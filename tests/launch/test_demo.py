@@ -76,3 +76,45 @@ def test_sample_serves_wav_requests_and_names_bad_files(quick_demo, tmp_path):
     broken.write_bytes(b"RIFF0000WAVEjunk")
     bad = _sample(workdir, "--task=vc", f"--audio={broken}", f"--ref={wav}")
     assert bad.returncode != 0 and "broken.wav" in bad.stderr
+
+
+def test_sample_streams_tts_in_chunks(quick_demo, tmp_path):
+    import soundfile as sf
+
+    workdir, result = quick_demo
+    assert result.returncode == 0
+    wav = read_manifest(str(workdir / "samples" / "asr" / "manifest.jsonl"))[0]["wav"]
+    out = tmp_path / "stream.wav"
+    text = "--text=the cat sat on the mat and looked at the dog"
+    tts = _sample(workdir, "--task=tts", text, f"--ref={wav}", f"--out={out}", "--stream",
+                  "--chunk_frames=10")  # fmt: skip
+    assert tts.returncode == 0, tts.stderr[-3000:]
+    chunks = [line for line in tts.stdout.splitlines() if line.startswith("chunk ")]
+    audio, rate = sf.read(str(out))
+    assert rate == 16000 and len(audio) > 0 and "(first chunk)" in chunks[0]
+    assert f"in {len(chunks)} chunks" in tts.stdout
+
+
+def test_bench_sample_reports_tts_rtf_and_ttfc(quick_demo):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    workdir, result = quick_demo
+    assert result.returncode == 0
+    bench = subprocess.run(
+        [sys.executable, "-m", "launch.bench_sample", "--torch=false", "--batch_sizes=1",
+         "--new_tokens=8", "--rounds=1", f"--workdir={workdir}", "--tts_concurrency=1,2",
+         "--tts_split=train", "--chunk_frames=10"],
+        cwd=REPO, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
+        timeout=900, check=False,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    summary = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert [r["concurrency"] for r in summary["tts"]] == [1, 2]
+    for row in summary["tts"]:
+        assert row["ok"] == row["concurrency"]
+        assert row["rtf"] > 0 and row["stream_rtf"] > 0 and 0 < row["ttfc_s"] <= row["ttfc_s_max"]
+    assert summary["tts_rtf"] == summary["tts"][0]["rtf"] and summary["tts_ttfc_s"] > 0
