@@ -359,7 +359,7 @@ def run_evaluation(
 
     from gpa_jax import paths
     from gpa_jax.evaluation.judge import make_judge
-    from gpa_jax.evaluation.results import write_results
+    from gpa_jax.evaluation.results import write_results, write_tensorboard
     from gpa_jax.tasks.config import resolve_paths
 
     token_dir, _ = resolve_paths(lm_config.tasks, workdir)
@@ -387,4 +387,9 @@ def run_evaluation(
         if rows:
             sections["Codec resynthesis"] = markdown_table(rows, list(rows[0]))
     _, md_path = write_results(workdir, results, sections)
+    from gpa_jax.training import checkpoint as ckpt_lib
+
+    lm_dir = ckpt_lib.checkpoint_dir(workdir)
+    step = max((int(d) for d in os.listdir(lm_dir) if d.isdigit()), default=0)
+    write_tensorboard(workdir, step, results, tasks=TASKS)
     return results, md_path

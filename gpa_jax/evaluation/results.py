@@ -7,6 +7,9 @@
                                                transcript
     <workdir>/eval/results.json                all figures, machine-readable
     <workdir>/eval/results.md                  the same as Markdown tables
+    <workdir>/eval/tensorboard/                the figures as scalars eval/<task>/<name>, a
+                                               few generated wavs as audio and the judge's /
+                                               ASR transcripts as text, at the LM's step
 
 A new evaluation run of a task replaces that task's samples (stale wavs of an older run
 are removed with their manifest), so a manifest always describes exactly its folder.
@@ -95,3 +98,55 @@ def write_results(workdir: str, results: Mapping[str, Any], sections: Mapping[st
         for title, body in sections.items():
             f.write(f"\n## {title}\n\n{body}\n")
     return json_path, md_path
+
+
+def scalar_figures(results: Mapping[str, Any]) -> dict[str, float]:
+    """Every number of the per-task figures as {"<task>/<name>": value} (nested dicts
+    one level down become <task>/<key>/<name>); booleans and strings are left out."""
+    out: dict[str, float] = {}
+
+    def add(prefix: str, figures: Mapping[str, Any]) -> None:
+        for key, value in figures.items():
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, int | float | np.floating | np.integer):
+                if np.isfinite(value):
+                    out[f"{prefix}/{key}"] = float(value)
+            elif isinstance(value, Mapping) and prefix.count("/") == 0:
+                add(f"{prefix}/{key}", value)
+
+    for task, figures in results.items():
+        if isinstance(figures, Mapping):
+            add(task, figures)
+    return out
+
+
+def write_tensorboard(
+    workdir: str, step: int, results: Mapping[str, Any], *, tasks: Sequence[str],
+    num_audio: int = 3,
+) -> str:  # fmt: skip
+    """Writes `results`' figures, the first `num_audio` generated wavs per task and their
+    transcripts under <workdir>/eval/tensorboard at `step`; returns the log dir."""
+    from gpa_jax.training.metrics import create_default_writer
+
+    logdir = os.path.join(workdir, "eval", "tensorboard")
+    writer = create_default_writer(logdir)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalar_figures(results).items()})
+    for task in tasks:
+        manifest = os.path.join(workdir, "samples", task, "manifest.jsonl")
+        if not os.path.isfile(manifest):
+            continue
+        rows = [r for r in read_manifest(manifest) if r.get("role", "generated") == "generated"]
+        texts = {}
+        for i, row in enumerate(rows[:num_audio]):
+            said = row.get("hypothesis") or row.get("judge_hypothesis") or ""
+            texts[f"eval/{task}/{i}"] = f"reference: {row.get('text', '')}\n\nheard: {said}"
+            if task != "asr" and os.path.isfile(row["wav"]):
+                wav = audio_io.load_audio(row["wav"], int(row["sample_rate"]))
+                writer.write_audios(step, {f"eval/{task}/{i}": wav[None, :, None]},
+                                    sample_rate=int(row["sample_rate"]))  # fmt: skip
+        if texts:
+            writer.write_texts(step, texts)
+    writer.flush()
+    writer.close()
+    return logdir

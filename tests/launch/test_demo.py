@@ -32,6 +32,10 @@ def test_quick_demo_evaluation_outputs(quick_demo):
         assert "judge_wer_truth" in results[task], results[task]
     md = (workdir / "eval" / "results.md").read_text()
     assert "ASR" in md and "TTS / VC" in md
+    from gpa_jax.training.metrics import read_scalars
+
+    scalars = read_scalars(str(workdir / "eval" / "tensorboard"))
+    assert scalars["eval/asr/wer"][0][1] == pytest.approx(results["asr"]["wer"], rel=1e-6)
     for task in ("asr", "tts", "vc"):
         rows = read_manifest(str(workdir / "samples" / task / "manifest.jsonl"))
         assert rows, task
