@@ -29,10 +29,10 @@ from typing import Any
 import ml_collections
 
 from gpa_jax.models.config import (
-    ATTENTION_IMPLS,
     DEFAULT_SHARDING_RULES,
-    DTYPES,
-    REMAT_POLICIES,
+    check_block_fields,
+    dataclass_config_dict,
+    dataclass_from_config,
     mesh_config,
 )
 
@@ -76,43 +76,17 @@ class AcousticConfig:
             raise ValueError(f"model.variant={self.variant!r}; expected one of {VARIANTS}")
         if self.n_q < 2:
             raise ValueError(f"model.n_q={self.n_q}: the acoustic stage needs >= 2 RVQ layers")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"model.num_heads={self.num_heads} must be a multiple of num_kv_heads="
-                f"{self.num_kv_heads}"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"model.remat_policy={self.remat_policy!r}; one of {REMAT_POLICIES}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"model.attention_impl={self.attention_impl!r}; one of {ATTENTION_IMPLS}"
-            )
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in DTYPES:
-                raise ValueError(f"model.{field}={getattr(self, field)!r}; one of {DTYPES}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"model.dropout_rate={self.dropout_rate} must be in [0, 1)")
+        check_block_fields(self)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> AcousticConfig:
         """From `config.model`; unknown keys are an error naming the valid ones."""
-        values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown acoustic model keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_config(cls, config, "acoustic model")
 
 
 def model_config(**overrides: Any) -> ml_collections.ConfigDict:
     """`config.model` with AcousticConfig's defaults and `overrides` (validated)."""
-    values = dataclasses.asdict(AcousticConfig(**overrides))
-    for field in dataclasses.fields(AcousticConfig):
-        if field.type == "float":
-            values[field.name] = float(values[field.name])
-    return ml_collections.ConfigDict(values)
+    return dataclass_config_dict(AcousticConfig, **overrides)
 
 
 def stage_task_names(n_q: int, variant: str) -> tuple[str, ...]:

@@ -98,49 +98,64 @@ class LMConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
-                f"{self.num_kv_heads} (grouped-query attention)"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
-                f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}"
-            )
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}"
-            )
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in DTYPES:
-                raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {DTYPES}")
+        check_block_fields(self)
         if self.attention_q_block < 1:
             raise ValueError(f"attention_q_block={self.attention_q_block} must be >= 1")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> LMConfig:
         """Builds from `config.model`; unknown keys are an error naming the valid ones."""
-        values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_config(cls, config, "model config")
+
+
+def check_block_fields(cfg: Any) -> None:
+    """The transformer-block fields an LMConfig and an AcousticConfig share: GQA heads,
+    RoPE head_dim, remat policy, attention implementation, dtypes, dropout."""
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ValueError(
+            f"num_heads={cfg.num_heads} must be a multiple of num_kv_heads="
+            f"{cfg.num_kv_heads} (grouped-query attention)"
+        )
+    if cfg.head_dim % 2:
+        raise ValueError(f"head_dim={cfg.head_dim} must be even for RoPE")
+    if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={cfg.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if cfg.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(
+            f"attention_impl={cfg.attention_impl!r}; expected one of {ATTENTION_IMPLS}"
+        )
+    for field in ("dtype", "param_dtype"):
+        if getattr(cfg, field) not in DTYPES:
+            raise ValueError(f"{field}={getattr(cfg, field)!r}; expected one of {DTYPES}")
+    if not 0.0 <= cfg.dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate={cfg.dropout_rate} must be in [0, 1)")
+
+
+def dataclass_from_config(cls: type, config: Any, what: str) -> Any:
+    """`cls(**config)` for a ConfigDict or mapping; unknown keys are an error naming `what`
+    and the valid keys."""
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {sorted(known)}")
+    return cls(**values)
+
+
+def dataclass_config_dict(cls: type, **overrides: Any) -> ml_collections.ConfigDict:
+    """A ConfigDict of `cls`'s defaults with `overrides` applied (validated by `cls`)."""
+    values = dataclasses.asdict(cls(**overrides))
+    # Store float fields as floats even when given as ints (rope_theta=10_000), so
+    # command-line overrides parse them as floats.
+    for field in dataclasses.fields(cls):
+        if field.type == "float":
+            values[field.name] = float(values[field.name])
+    return ml_collections.ConfigDict(values)
 
 
 def lm_model_config(**overrides: Any) -> ml_collections.ConfigDict:
     """`config.model` with LMConfig's defaults, `overrides` applied (and validated)."""
-    values = dataclasses.asdict(LMConfig(**overrides))
-    # Store float fields as floats even when given as ints (rope_theta=10_000), so
-    # command-line overrides parse them as floats.
-    for field in dataclasses.fields(LMConfig):
-        if field.type == "float":
-            values[field.name] = float(values[field.name])
-    return ml_collections.ConfigDict(values)
+    return dataclass_config_dict(LMConfig, **overrides)
 
 
 def mesh_config(
