@@ -110,8 +110,11 @@ def _stages(workdir: str, quick: bool):
     def lm():
         from gpa_jax.training import lm_report, trainer
 
+        from gpa_jax.evaluation import conditioning
+
         trainer.train(lm_cfg, workdir)
         print(lm_report.report(lm_cfg, workdir))
+        print(conditioning.format_report(conditioning.report_for_workdir(workdir)))
 
     def token_dir() -> str:
         from gpa_jax.tasks.config import resolve_paths

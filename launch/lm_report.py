@@ -1,20 +1,26 @@
-"""Prints the LM's validation loss per task next to its unigram baseline.
+"""Prints the LM's validation loss per task next to its unigram baseline, and whether the
+LM reads its input.
 
     python -m launch.lm_report --config=configs/gpa_tiny.py --workdir=W
 
 Reads the newest eval of the run in W (W/tensorboard) and recomputes the per-task
 unigram baselines from the run's token shards (gpa_jax.training.lm_report). Pass the
-same --config (and overrides) the run was trained with.
+same --config (and overrides) the run was trained with. Then (--conditioning, default
+on) the loss of each task's output given its own input vs another row's input, from the
+newest checkpoint (gpa_jax.evaluation.conditioning): a gain near 0 means the model
+ignores the input.
 """
 
 from __future__ import annotations
 
-from absl import app
+from absl import app, flags
 
 from gpa_jax import config_utils
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
+_CONDITIONING = flags.DEFINE_bool("conditioning", True, "Also report own- vs other-input loss.")
+_SPLIT = flags.DEFINE_string("conditioning_split", "validation", "Split of that report.")
 
 
 def main(argv):
@@ -23,6 +29,11 @@ def main(argv):
     from gpa_jax.training import lm_report
 
     print(lm_report.report(config_utils.config_from_flags(), common.workdir()))
+    if _CONDITIONING.value:
+        from gpa_jax.evaluation import conditioning
+
+        report = conditioning.report_for_workdir(common.workdir(), split=_SPLIT.value)
+        print(conditioning.format_report(report))
 
 
 if __name__ == "__main__":

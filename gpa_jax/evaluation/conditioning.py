@@ -1,0 +1,160 @@
+"""Does the LM read its input? Teacher-forced loss with the right vs another input.
+
+    report = conditioning_report(sampler, bank, settings, split="test")
+    print(format_report(report))
+
+For rows planned on a split by the training rules (`gpa_jax.tasks.planning`), the loss
+(nats per output token, <eos> included) of each task's output given its own input is set
+against the loss of the same output given another row's input:
+
+    asr  transcript | its source audio          vs  | another row's source audio
+    tts  target RVQ-1 | its text (+ reference)   vs  | another row's text, same reference
+    vc   target RVQ-1 | its source (+ reference) vs  | another row's source, same reference
+
+`gain` = mismatched - matched. A model that has learned the task loses much more with the
+wrong input; a gain near 0 means it models the output's prior only (e.g. plausible
+sentences for ASR, plausible speech of the reference voice for TTS) and ignores the
+input, however low its loss. Prompts are the sampler's (`Sampler.prepare`: the training
+layout), so this is the trainer's validation loss split by what the model attends to.
+Rows whose prompt + output do not fit the model are counted and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gpa_jax.tasks import planning
+from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, SRC, TGT
+from gpa_jax.text import normalize_transcript
+
+TASKS = ("asr", "tts", "vc")
+BATCH = 8
+
+
+@nnx.jit
+def _log_probs(model, tokens, segment_ids, positions, prefix_mask):
+    logits = model(tokens, segment_ids, positions, prefix_mask)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def sequence_nll(model, sequences: Sequence[tuple[np.ndarray, np.ndarray]], max_len: int) -> list[float]:
+    """Mean NLL of each (prompt, output) pair's output tokens, prompt as the bidirectional
+    prefix (as in training); batches of BATCH rows padded to `max_len`."""
+    out = []
+    for lo in range(0, len(sequences), BATCH):
+        chunk = sequences[lo : lo + BATCH]
+        tokens = np.zeros((BATCH, max_len), np.int32)
+        segment_ids = np.zeros((BATCH, max_len), np.int32)
+        prefix = np.zeros((BATCH, max_len), np.int32)
+        for b, (prompt, output) in enumerate(chunk):
+            seq = np.concatenate([prompt, output]).astype(np.int32)
+            tokens[b, : len(seq)] = seq
+            segment_ids[b, : len(seq)] = 1
+            prefix[b, : len(prompt)] = 1
+        positions = np.broadcast_to(np.arange(max_len, dtype=np.int32), (BATCH, max_len))
+        lp = np.asarray(_log_probs(model, *(jnp.asarray(a) for a in (tokens, segment_ids, positions, prefix))))
+        for b, (prompt, output) in enumerate(chunk):
+            at = np.arange(len(prompt) - 1, len(prompt) + len(output) - 1)  # predicts output
+            out.append(float(-np.mean(lp[b, at, np.asarray(output)])))
+    return out
+
+
+def _codes(bank: planning.Bank, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+    lo = int(bank.audio_start[u]) + start
+    hi = lo + int(bank.frames[u] - start if frames is None else frames)
+    return np.asarray(bank.codes[:, lo:hi], np.int32)
+
+
+def _pairs(sampler, bank, task: str, rows: np.ndarray, cond_rows: np.ndarray):
+    """(prompt, output) of each row's output under the input of the matching cond row."""
+    from gpa_jax.sampling import Request
+
+    vocab, pairs = sampler.vocab, []
+    for r, c in zip(rows, cond_rows, strict=True):
+        if task == "asr":
+            request = Request.asr(_codes(bank, int(c[TGT]))[:1])
+            output = vocab.encode(normalize_transcript(bank.texts[r[TGT]]))
+        else:
+            ref = _codes(bank, int(r[REF]), int(r[REF_START]), int(r[REF_LEN]))
+            if task == "tts":
+                request = Request.tts(bank.texts[c[TGT]], ref)
+            else:
+                request = Request.vc(_codes(bank, int(c[SRC]))[:1], ref)
+            output = vocab.audio_to_ids(_codes(bank, int(r[TGT]))[0], 0)
+        prompt = sampler.prepare(request).prompt
+        pairs.append((np.asarray(prompt, np.int32), np.asarray(list(output) + [1], np.int32)))
+    return pairs
+
+
+def conditioning_report(
+    sampler, bank: planning.Bank, settings: planning.PlanSettings, *, split: str,
+    num: int = 32, seed: int = 0, tasks: Sequence[str] = TASKS,
+) -> dict[str, Any]:  # fmt: skip
+    """{task: {rows, skipped, nll_matched, nll_mismatched, gain}} (module docstring)."""
+    max_len = int(sampler.max_total_len)
+    report: dict[str, Any] = {"split": split}
+    for task in tasks:
+        plan, _ = planning.plan_task(task, bank, settings, seed, split)
+        plan = plan[:num]
+        # The input of the next row with another text (rows are planned per utterance).
+        texts = [bank.text_index[r[TGT]] for r in plan]
+        cond = []
+        for i in range(len(plan)):
+            j = next((j for j in range(i + 1, i + len(plan)) if texts[j % len(plan)] != texts[i]), None)
+            cond.append(None if j is None else j % len(plan))
+        keep = [i for i, j in enumerate(cond) if j is not None]
+        matched = _pairs(sampler, bank, task, plan[keep], plan[keep])
+        mismatched = _pairs(sampler, bank, task, plan[keep], plan[[cond[i] for i in keep]])
+        fits = [k for k in range(len(keep)) if max(len(matched[k][0]) + len(matched[k][1]),
+                                                   len(mismatched[k][0]) + len(mismatched[k][1])) <= max_len]  # fmt: skip
+        if not fits:
+            report[task] = {"rows": 0, "skipped": len(plan)}
+            continue
+        a = sequence_nll(sampler.model, [matched[k] for k in fits], max_len)
+        b = sequence_nll(sampler.model, [mismatched[k] for k in fits], max_len)
+        report[task] = {
+            "rows": len(fits),
+            "skipped": len(plan) - len(fits),
+            "nll_matched": float(np.mean(a)),
+            "nll_mismatched": float(np.mean(b)),
+            "gain": float(np.mean(b) - np.mean(a)),
+        }
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    lines = [f"does the LM read its input? ({report['split']} split, nats per output token)",
+             f"{'task':<5} {'rows':>5} {'own input':>10} {'other input':>12} {'gain':>7}"]  # fmt: skip
+    for task in TASKS:
+        r = report.get(task)
+        if not r:
+            continue
+        if not r["rows"]:
+            lines.append(f"{task:<5} {0:>5}   (no row fits the model)")
+            continue
+        lines.append(f"{task:<5} {r['rows']:>5} {r['nll_matched']:>10.4f} "
+                     f"{r['nll_mismatched']:>12.4f} {r['gain']:>7.4f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def report_for_workdir(workdir: str, *, split: str = "validation", num: int = 32, seed: int = 0):
+    """Loads the LM of <workdir>/checkpoints (params only) and its token shards; the report."""
+    from gpa_jax.sampling import Sampler, config_from_checkpoint
+    from gpa_jax.tasks.config import resolve_paths
+    from gpa_jax.training import checkpoint as ckpt_lib
+    from gpa_jax.training.data_iter import task_vocabulary
+
+    lm_dir = ckpt_lib.checkpoint_dir(workdir)
+    config = config_from_checkpoint(lm_dir)
+    vocab = task_vocabulary(config, workdir)
+    sampler = Sampler.from_checkpoint(lm_dir, vocab, config=config)
+    token_dir = resolve_paths(config.tasks, workdir)[0]
+    settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
+    bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers)
+    return conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)

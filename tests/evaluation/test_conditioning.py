@@ -1,0 +1,51 @@
+"""The conditioning report: NLL of outputs given their own vs another row's input."""
+
+import numpy as np
+import pytest
+
+from gpa_jax.evaluation import conditioning
+from gpa_jax.tasks import planning
+from tests.sampling import helpers as h
+from tests.sampling.test_sampler import _sampler, lm, vocab  # noqa: F401 (fixtures)
+from tests.tasks.conftest import SEQ_LEN, small_config, write_corpus
+
+
+def test_sequence_nll_scores_the_output_tokens_after_the_prefix():
+    m = h.model()
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(2, 128, n).astype(np.int32), rng.integers(2, 128, k).astype(np.int32))
+             for n, k in ((7, 5), (12, 3), (4, 9))]  # fmt: skip
+    got = conditioning.sequence_nll(m, pairs, max_len=h.FULL_LEN)
+    for (prompt, output), nll in zip(pairs, got, strict=True):
+        logits = h.full_logits(m, prompt, output)  # no padding, prompt as the prefix
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)  # fmt: skip
+        want = -np.mean([logp[len(prompt) - 1 + i, t] for i, t in enumerate(output)])
+        assert nll == pytest.approx(want, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory, vocab):  # noqa: F811
+    directory = str(tmp_path_factory.mktemp("tokens"))
+    write_corpus(directory)
+    return planning.load_bank(directory, "train", vocab, layers=1)
+
+
+def test_mismatched_rows_keep_the_output_and_swap_the_input(lm, vocab, bank):  # noqa: F811
+    sampler = _sampler(lm, vocab)
+    settings = planning.PlanSettings.from_config(small_config(), SEQ_LEN)
+    report = conditioning.conditioning_report(sampler, bank, settings, split="train", num=6)
+    for task in conditioning.TASKS:
+        r = report[task]
+        assert r["rows"] > 0 and r["rows"] + r["skipped"] <= 6, (task, r)
+        assert r["gain"] == pytest.approx(r["nll_mismatched"] - r["nll_matched"])
+        assert np.isfinite([r["nll_matched"], r["nll_mismatched"]]).all()
+    plan, _ = planning.plan_task("tts", bank, settings, 0, "train")
+    rows = plan[:2]
+    own = conditioning._pairs(sampler, bank, "tts", rows, rows)
+    other = conditioning._pairs(sampler, bank, "tts", rows, rows[::-1])
+    for (p1, o1), (p2, o2), r, c in zip(own, other, rows, rows[::-1], strict=True):
+        np.testing.assert_array_equal(o1, o2)  # the same target
+        if bank.texts[r[0]] != bank.texts[c[0]]:
+            assert not np.array_equal(p1, p2)  # another text in the prompt
+    assert "gain" in conditioning.format_report(report)
