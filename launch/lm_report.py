@@ -21,6 +21,7 @@ from launch import common
 config_utils.define_config_flag("configs/gpa_tiny.py")
 _CONDITIONING = flags.DEFINE_bool("conditioning", True, "Also report own- vs other-input loss.")
 _SPLIT = flags.DEFINE_string("conditioning_split", "validation", "Split of that report.")
+_STEPS = flags.DEFINE_list("conditioning_steps", [], "Checkpoint steps for it (default: newest).")
 
 
 def main(argv):
@@ -32,8 +33,9 @@ def main(argv):
     if _CONDITIONING.value:
         from gpa_jax.evaluation import conditioning
 
-        report = conditioning.report_for_workdir(common.workdir(), split=_SPLIT.value)
-        print(conditioning.format_report(report))
+        for step in [int(s) for s in _STEPS.value] or [None]:
+            report = conditioning.report_for_workdir(common.workdir(), split=_SPLIT.value, step=step)
+            print(conditioning.format_report(report))
 
 
 if __name__ == "__main__":

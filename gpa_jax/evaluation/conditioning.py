@@ -21,6 +21,7 @@ Rows whose prompt + output do not fit the model are counted and skipped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,7 +130,8 @@ def conditioning_report(
 
 
 def format_report(report: Mapping[str, Any]) -> str:
-    lines = [f"does the LM read its input? ({report['split']} split, nats per output token)",
+    at = f"step {report['step']}, " if "step" in report else ""
+    lines = [f"does the LM read its input? ({at}{report['split']} split, nats per output token)",
              f"{'task':<5} {'rows':>5} {'own input':>10} {'other input':>12} {'gain':>7}"]  # fmt: skip
     for task in TASKS:
         r = report.get(task)
@@ -143,18 +145,25 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report_for_workdir(workdir: str, *, split: str = "validation", num: int = 32, seed: int = 0):
-    """Loads the LM of <workdir>/checkpoints (params only) and its token shards; the report."""
+def report_for_workdir(
+    workdir: str, *, split: str = "validation", num: int = 32, seed: int = 0,
+    step: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Loads the LM of <workdir>/checkpoints (params of `step`, default the newest) and its
+    token shards; the report (with the step)."""
     from gpa_jax.sampling import Sampler, config_from_checkpoint
     from gpa_jax.tasks.config import resolve_paths
     from gpa_jax.training import checkpoint as ckpt_lib
     from gpa_jax.training.data_iter import task_vocabulary
 
     lm_dir = ckpt_lib.checkpoint_dir(workdir)
-    config = config_from_checkpoint(lm_dir)
+    config = config_from_checkpoint(lm_dir, step)
     vocab = task_vocabulary(config, workdir)
-    sampler = Sampler.from_checkpoint(lm_dir, vocab, config=config)
+    sampler = Sampler.from_checkpoint(lm_dir, vocab, config=config, step=step)
     token_dir = resolve_paths(config.tasks, workdir)[0]
     settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
     bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers)
-    return conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
+    report = conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
+    steps = sorted(int(d) for d in os.listdir(lm_dir) if d.isdigit())
+    report["step"] = steps[-1] if step is None else int(step)
+    return report
