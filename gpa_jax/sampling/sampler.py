@@ -294,7 +294,7 @@ class Sampler:
         if task not in TASKS:
             raise RequestError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
         s = self.sampling
-        text = reference = source = None
+        text = source = None
         if task == "tts":
             normalized = normalize_transcript(request.text or "")
             if not normalized:
