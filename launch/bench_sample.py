@@ -380,7 +380,7 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, chunk_frames: int, s
             t = time.perf_counter()
             results = sampler.generate(requests)
             ok = [r for r in results if r.ok]
-            wavs = synth([r.rvq1 for r in ok], [q.reference for q, r in zip(requests, results)
+            wavs = synth([r.rvq1 for r in ok], [q.reference for q, r in zip(requests, results, strict=True)
                                                  if r.ok])  # fmt: skip
             return time.perf_counter() - t, [len(w) / rate for w in wavs]
 

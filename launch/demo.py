@@ -108,9 +108,8 @@ def _stages(workdir: str, quick: bool):
         spm_lib.train_sentencepiece(sentences, model, int(lm_cfg.tasks.vocab.spm_vocab_size))
 
     def lm():
-        from gpa_jax.training import lm_report, trainer
-
         from gpa_jax.evaluation import conditioning
+        from gpa_jax.training import lm_report, trainer
 
         trainer.train(lm_cfg, workdir)
         print(lm_report.report(lm_cfg, workdir))

@@ -24,8 +24,8 @@ def test_chunked_decode_yields_the_one_shot_tokens(chunk):
     for lo, hi, tokens, done in dec.stream(batch, 16, chunk):
         assert lo == last and hi - lo == tokens.shape[1] and 0 < hi - lo <= chunk
         pieces.append(tokens)
-        last = hi
-    assert done.all()
+        last, finished = hi, done
+    assert finished.all()
     got = np.concatenate(pieces, axis=1)
     np.testing.assert_array_equal(got, whole["tokens"][:, : got.shape[1]])
     assert (whole["tokens"][:, got.shape[1] :] == decode.PAD_ID).all()
@@ -87,7 +87,7 @@ def test_streamed_tts_is_the_utterance_in_contiguous_chunks(lm, vocab):  # noqa:
         assert all(c.error is None for c in got)
         starts = np.cumsum([0] + [len(c.wav) for c in got])[:-1]
         assert [c.start for c in got] == starts.tolist()  # contiguous, nothing repeated
-        assert all(x.elapsed_s <= y.elapsed_s for x, y in zip(got, got[1:]))
+        assert all(x.elapsed_s <= y.elapsed_s for x, y in zip(got, got[1:], strict=False))
         rvq1 = one_shot[rid].rvq1  # the same tokens as one-shot generation
         assert len(rvq1) > 5 and len(got) > 1  # it really streamed
         wav = np.concatenate([c.wav for c in got])
