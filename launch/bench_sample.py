@@ -69,6 +69,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from gpa_jax import config_utils
+from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
@@ -83,9 +84,8 @@ _TORCH_DTYPES = flags.DEFINE_list(
     "torch_dtypes", [], "Torch precisions to run (default: the config's compute dtype)."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and prompts.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Work dir of a trained chain (make demo): adds the TTS RTF / TTFC table."
-)
+# --workdir (launch.common's flag; here only when given): a chain trained by make demo,
+# for the TTS RTF / TTFC table.
 _TTS_CONCURRENCY = flags.DEFINE_list("tts_concurrency", ["1", "4", "16"], "Concurrent TTS requests.")
 _TTS_SPLIT = flags.DEFINE_string("tts_split", "test", "Token split the TTS texts come from.")
 _CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 25, "Streaming chunk (RVQ-1 frames).")
@@ -452,9 +452,9 @@ def main(argv):
     )
     _print_table(results)
     summary.update(tts_rtf=None, tts_ttfc_s=None, tts_stream_rtf=None, tts=None)
-    if _WORKDIR.value:
+    if flags.FLAGS["workdir"].present:
         rows = tts_benchmark(
-            _WORKDIR.value, [int(n) for n in _TTS_CONCURRENCY.value], split=_TTS_SPLIT.value,
+            common.workdir(), [int(n) for n in _TTS_CONCURRENCY.value], split=_TTS_SPLIT.value,
             chunk_frames=_CHUNK_FRAMES.value, seed=_SEED.value,
         )  # fmt: skip
         _print_tts_table(rows)
