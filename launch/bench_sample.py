@@ -349,12 +349,8 @@ def tts_requests(bank, n: int, seed: int):
     reference (the sampler crops it to its reference length)."""
     from gpa_jax.sampling import Request
 
-    def codes(u):
-        lo = int(bank.audio_start[u])
-        return np.asarray(bank.codes[:, lo : lo + int(bank.frames[u])], np.int32)
-
     u_n = bank.num_utterances
-    return [Request.tts(bank.texts[i % u_n], codes((i + 1) % u_n), id=bank.ids[i % u_n],
+    return [Request.tts(bank.texts[i % u_n], bank.utterance_codes((i + 1) % u_n), id=bank.ids[i % u_n],
                         seed=seed + i) for i in range(n)]  # fmt: skip
 
 

@@ -21,7 +21,6 @@ Rows whose prompt + output do not fit the model are counted and skipped.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,12 +65,6 @@ def sequence_nll(model, sequences: Sequence[tuple[np.ndarray, np.ndarray]], max_
     return out
 
 
-def _codes(bank: planning.Bank, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
-    lo = int(bank.audio_start[u]) + start
-    hi = lo + int(bank.frames[u] - start if frames is None else frames)
-    return np.asarray(bank.codes[:, lo:hi], np.int32)
-
-
 def _pairs(sampler, bank, task: str, rows: np.ndarray, cond_rows: np.ndarray):
     """(prompt, output) of each row's output under the input of the matching cond row."""
     from gpa_jax.sampling import Request
@@ -79,15 +72,15 @@ def _pairs(sampler, bank, task: str, rows: np.ndarray, cond_rows: np.ndarray):
     vocab, pairs = sampler.vocab, []
     for r, c in zip(rows, cond_rows, strict=True):
         if task == "asr":
-            request = Request.asr(_codes(bank, int(c[TGT]))[:1])
+            request = Request.asr(bank.utterance_codes(int(c[TGT]))[:1])
             output = vocab.encode(normalize_transcript(bank.texts[r[TGT]]))
         else:
-            ref = _codes(bank, int(r[REF]), int(r[REF_START]), int(r[REF_LEN]))
+            ref = bank.utterance_codes(int(r[REF]), int(r[REF_START]), int(r[REF_LEN]))
             if task == "tts":
                 request = Request.tts(bank.texts[c[TGT]], ref)
             else:
-                request = Request.vc(_codes(bank, int(c[SRC]))[:1], ref)
-            output = vocab.audio_to_ids(_codes(bank, int(r[TGT]))[0], 0)
+                request = Request.vc(bank.utterance_codes(int(c[SRC]))[:1], ref)
+            output = vocab.audio_to_ids(bank.utterance_codes(int(r[TGT]))[0], 0)
         prompt = sampler.prepare(request).prompt
         pairs.append((np.asarray(prompt, np.int32), np.asarray(list(output) + [1], np.int32)))
     return pairs
@@ -164,6 +157,5 @@ def report_for_workdir(
     settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
     bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers)
     report = conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
-    steps = sorted(int(d) for d in os.listdir(lm_dir) if d.isdigit())
-    report["step"] = steps[-1] if step is None else int(step)
+    report["step"] = ckpt_lib.saved_steps(lm_dir)[-1] if step is None else int(step)
     return report

@@ -72,10 +72,7 @@ class SplitData:
         self.bank, self.audio, self.hop = bank, audio, hop
 
     def codes(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
-        b = self.bank
-        lo = int(b.audio_start[u]) + start
-        hi = lo + int(b.frames[u] - start if frames is None else frames)
-        return np.asarray(b.codes[:, lo:hi], np.int32)
+        return self.bank.utterance_codes(u, start, frames)
 
     def wav(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
         wav = self.audio[self.bank.ids[u]]
@@ -389,7 +386,6 @@ def run_evaluation(
     _, md_path = write_results(workdir, results, sections)
     from gpa_jax.training import checkpoint as ckpt_lib
 
-    lm_dir = ckpt_lib.checkpoint_dir(workdir)
-    step = max((int(d) for d in os.listdir(lm_dir) if d.isdigit()), default=0)
-    write_tensorboard(workdir, step, results, tasks=TASKS)
+    steps = ckpt_lib.saved_steps(ckpt_lib.checkpoint_dir(workdir))
+    write_tensorboard(workdir, steps[-1] if steps else 0, results, tasks=TASKS)
     return results, md_path

@@ -165,11 +165,7 @@ def config_from_checkpoint(ckpt_dir: str, step: int | None = None) -> ml_collect
     """The training config saved in a checkpoint's `meta` item (latest step by default)."""
     from gpa_jax.training import checkpoint as ckpt
 
-    steps = (
-        sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-        if os.path.isdir(ckpt_dir)
-        else []
-    )
+    steps = ckpt.saved_steps(ckpt_dir)
     if not steps:
         raise FileNotFoundError(f"no checkpoint steps in {ckpt_dir}")
     step = steps[-1] if step is None else int(step)

@@ -82,6 +82,12 @@ class Bank:
     def num_layers(self) -> int:
         return int(self.codes.shape[0])
 
+    def utterance_codes(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
+        """int32 [layers, frames] of utterance u from frame `start` (default: to its end)."""
+        lo = int(self.audio_start[u]) + start
+        hi = lo + int(self.frames[u] - start if frames is None else frames)
+        return np.asarray(self.codes[:, lo:hi], np.int32)
+
 
 def load_bank(
     directory: str, split: str, vocab: SpeechVocabulary, layers: int, verify: bool = True

@@ -50,6 +50,14 @@ def checkpoint_dir(workdir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(workdir), "checkpoints")
 
 
+def saved_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps saved in a checkpoint directory, ascending ([] if it does not exist)."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
 # --- data-iterator state item ---------------------------------------------------------------
 
 
