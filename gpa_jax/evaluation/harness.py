@@ -300,6 +300,7 @@ def load_models(
     from gpa_jax import config_utils, paths
     from gpa_jax.acoustic import recipe
     from gpa_jax.acoustic.api import AcousticStage
+    from gpa_jax.acoustic.kind import codec_codebooks
     from gpa_jax.codec import data as codec_data
     from gpa_jax.codec import train as codec_train
     from gpa_jax.evaluation import speaker as speaker_lib
@@ -317,7 +318,11 @@ def load_models(
     codec, _ = codec_train.restore_codec(codec_config, codec_train.checkpoint_dir(workdir))
     vocab = task_vocabulary(lm_config, workdir)
     sampler = Sampler.from_checkpoint(lm_dir, vocab, config=lm_config)
-    stage = AcousticStage.from_workdir(acoustic_config, os.path.join(workdir, "acoustic", acoustic_variant))
+    # The codec loaded above gives the NAR's codebooks (no second codec restore).
+    stage = AcousticStage.from_workdir(
+        acoustic_config, os.path.join(workdir, "acoustic", acoustic_variant),
+        codebooks=codec_codebooks(codec),
+    )  # fmt: skip
     encoder = None
     if speaker_encoder:
         clips = codec_data.load_clips(
