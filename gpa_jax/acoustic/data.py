@@ -48,7 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from gpa_jax.tasks import token_shards
-from gpa_jax.tasks.pipeline import DataIterator
+from gpa_jax.tasks.pipeline import DataIterator, shuffled_epochs
 
 # Plan columns.
 TGT, TGT_START, TGT_LEN, REF, REF_START, REF_LEN = range(6)
@@ -276,10 +276,10 @@ class AcousticPairSource(seqio.DataSource):
         else:
             ref_codes = tf.constant(ref_bank.codes.T.astype(np.int32))
             ref_starts = tf.constant(ref_bank.start)
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(rows))
-        if shuffle:
-            ds = ds.shuffle(len(rows), seed=zlib.crc32(f"acoustic:{seed}".encode()),
-                            reshuffle_each_iteration=True)  # fmt: skip
+        if shuffle:  # endless, one permutation per epoch (see shuffled_epochs)
+            ds = shuffled_epochs(rows, zlib.crc32(f"acoustic:{seed}".encode()))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(tf.constant(rows))
 
         def assemble(row):
             t0 = starts[row[TGT]] + row[TGT_START]

@@ -17,7 +17,8 @@ What is measured:
   voice prompt) -> codec decoder -> wav. Judge WER on it, next to the judge's WER on the
   ground-truth recording of the same sentence by the same speaker; speaker similarity of
   the output to the reference clip, and (mean) to reference clips of the other speakers in
-  the evaluated set.
+  the evaluated set. Next to it, the judge's WER on the target's own RVQ-1 codes through
+  the same acoustic stage and decoder: the figure a perfect LM would get.
 - VC: source utterance (speaker A) + reference clip of speaker B -> wav; judge WER; speaker
   similarity to the reference (B) and to the source (A).
 Every generated wav lands in <workdir>/samples/<task>/ with a manifest line (see
@@ -181,10 +182,17 @@ def evaluate_tasks(
         gen_hyps = models.judge.transcribe([wavs[i] for i in ok], rate) if ok else []
         hyp = dict(zip(ok, gen_hyps, strict=True))
         truth_hyps = models.judge.transcribe(truth, rate)
+        # The ceiling the LM is judged against: the target's own RVQ-1 codes through the same
+        # acoustic stage and codec decoder (what a perfect LM would be heard as).
+        chain = acoustic_api.synthesize(
+            models.acoustic, codec, [data.codes(int(r[TGT]))[0] for r in plan], refs
+        )
+        chain_hyps = models.judge.transcribe(chain, rate)
         figures: dict[str, Any] = {
             "examples": len(plan),
             "failed": len(plan) - len(ok),
             "judge_wer_truth": asr_metrics.error_rates(texts, truth_hyps).wer,
+            "judge_wer_truth_tokens": asr_metrics.error_rates(texts, chain_hyps).wer,
         }
         if ok:
             rates = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps)
@@ -262,6 +270,7 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
             rows.append({"task": task, "examples": f["examples"], "failed": f["failed"],
                          "judge WER": f.get("judge_wer"), "judge WER on truth": f["judge_wer_truth"],
                          "gap (points)": None if gap is None else 100 * gap,
+                         "judge WER, truth tokens": f.get("judge_wer_truth_tokens"),
                          "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
                          "sim to source": f.get("sim_source")})
     missing = [f"{task}: {results[task]['error']}" for task in ("tts", "vc") if "error" in results.get(task, {})]
@@ -270,7 +279,7 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
     if rows:
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
             rows, ["task", "examples", "failed", "judge WER", "judge WER on truth", "gap (points)",
-                   "sim to reference", "sim to other voices", "sim to source"])
+                   "judge WER, truth tokens", "sim to reference", "sim to other voices", "sim to source"])
     return sections
 
 

@@ -96,11 +96,27 @@ class LMConfig:
     attention_q_block: int = 128
     # Std of the token-embedding init (also the tied output projection), as in Qwen.
     init_std: float = 0.02
+    # Guided attention (DC-TTS's diagonal prior, here on a decoder-only LM): the first
+    # `guide_heads` heads of every layer are pushed to attend, from output position t of T,
+    # to the conditioning input (TTS text, ASR / VC source) near position t/T of it, within
+    # a Gaussian of width `guide_sigma` (in fractions of the lengths). The penalty, 1 - the
+    # attention mass inside that band per output token, is added to the loss times
+    # `guide_weight` (0 = off). gpa_jax.training.attention_guide builds the band.
+    guide_weight: float = 0.0
+    guide_heads: int = 1
+    guide_sigma: float = 0.2
 
     def __post_init__(self):
         check_block_fields(self)
         if self.attention_q_block < 1:
             raise ValueError(f"attention_q_block={self.attention_q_block} must be >= 1")
+        if self.guide_weight < 0 or self.guide_sigma <= 0:
+            raise ValueError(
+                f"guide_weight={self.guide_weight} must be >= 0 and guide_sigma="
+                f"{self.guide_sigma} > 0"
+            )
+        if not 1 <= self.guide_heads <= self.num_heads:
+            raise ValueError(f"guide_heads={self.guide_heads}; expected 1..num_heads={self.num_heads}")
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> LMConfig:

@@ -349,6 +349,27 @@ def blocked_attention(
     return _blocked_attention(q, k, v, mask, bool(causal), int(q_block))
 
 
+def guided_attention_penalty(
+    q: jax.Array, k: jax.Array, mask: jax.Array, guide: jax.Array, queries: jax.Array, heads: int
+) -> jax.Array:
+    """Sum over guided queries of (1 - attention mass inside `guide`), mean over the first
+    `heads` heads.
+
+    q [b, l, h, d] and k [b, l, kv, d] as the attention sees them (normed, rotated); mask
+    [b, 1, l, l] bool; guide [b, l, l] in [0, 1] (0 off the band); queries [b, l] (1 on the
+    guided query rows). The probabilities are recomputed in float32 for these heads only,
+    so the fused attention kernels stay as they are.
+    """
+    group = q.shape[2] // k.shape[2]
+    k_heads = jnp.repeat(k[:, :, : -(-heads // group)], group, axis=2)[:, :, :heads]
+    logits = jnp.einsum(
+        "bqhd,bkhd->bhqk", q[:, :, :heads].astype(jnp.float32), k_heads.astype(jnp.float32)
+    ) / np.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
+    mass = jnp.einsum("bhqk,bqk->bhq", probs, guide.astype(jnp.float32))
+    return jnp.sum(queries.astype(jnp.float32)[:, None, :] * (1.0 - mass)) / heads
+
+
 class Attention(nnx.Module):
     """GQA self-attention with optional QK-norm (Qwen3) and RoPE.
 
@@ -396,10 +417,23 @@ class Attention(nnx.Module):
         return self.o_proj(o)
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, mask: jax.Array, *, causal: bool = False
-    ) -> jax.Array:
-        """causal: `mask` never lets a query see a later position (see `attention_core`)."""
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        *,
+        causal: bool = False,
+        guide: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """causal: `mask` never lets a query see a later position (see `attention_core`).
+
+        guide: (band [b, l, l], query rows [b, l]); then returns (output, penalty) with
+        `guided_attention_penalty` of the first cfg.guide_heads heads.
+        """
         q, k, v = self.project_qkv(x, positions)
+        penalty = None
+        if guide is not None:
+            penalty = guided_attention_penalty(q, k, mask, *guide, heads=self.cfg.guide_heads)
         o = attention_core(
             q,
             k,
@@ -409,7 +443,8 @@ class Attention(nnx.Module):
             causal=causal,
             q_block=getattr(self.cfg, "attention_q_block", 128),
         )
-        return self.project_out(o)
+        out = self.project_out(o)
+        return out if penalty is None else (out, penalty)
 
 
 class MLP(nnx.Module):

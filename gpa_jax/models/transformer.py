@@ -56,19 +56,26 @@ class DecoderBlock(nnx.Module):
         positions: jax.Array,
         mask: jax.Array,
         dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
+        guide: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """x -> x, or (x, guided-attention penalty) when `guide` is given (Attention)."""
         attn_key = mlp_key = None
         if dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
         # Without a bidirectional prefix the stack's mask is causal (DecoderStack drops
         # prefix_mask), which lets the 'cpu' attention skip the blocks above the diagonal.
         h = self.attn(
-            self.pre_attn_norm(x), positions, mask, causal=not self.cfg.prefix_bidirectional
-        )
+            self.pre_attn_norm(x), positions, mask, causal=not self.cfg.prefix_bidirectional,
+            guide=guide,
+        )  # fmt: skip
+        penalty = None
+        if guide is not None:
+            h, penalty = h
         x = x + dropout(h, self.cfg.dropout_rate, attn_key)
         h = self.mlp(self.pre_mlp_norm(x))
         x = x + dropout(h, self.cfg.dropout_rate, mlp_key)
-        return with_logical_constraint(x, _ACTIVATION, self.rules)
+        x = with_logical_constraint(x, _ACTIVATION, self.rules)
+        return x if penalty is None else (x, penalty)
 
     # --- KV-cache inference (deterministic: no dropout) -----------------------------------
 
@@ -161,8 +168,8 @@ def cache_logical_axes(cfg: LMConfig) -> dict[str, Any]:
 def _block_caller(remat_policy: str, prevent_cse: bool) -> Callable[..., jax.Array]:
     """block(x, ...) wrapped in nnx.remat according to the config's policy name."""
 
-    def call(block, x, positions, mask, key):
-        return block(x, positions, mask, key)
+    def call(block, x, positions, mask, key, guide=None):
+        return block(x, positions, mask, key, guide)
 
     if remat_policy == "none":
         return call
@@ -201,9 +208,11 @@ class DecoderStack(nnx.Module):
         prefix_mask: jax.Array | None = None,
         *,
         dropout_key: jax.Array | None = None,
-    ) -> jax.Array:
+        guide: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """x: [b, l, embed]; segment_ids/positions/prefix_mask: [b, l] (None = one segment
-        per row, positions 0..l-1, strictly causal). Returns [b, l, embed] (compute dtype).
+        per row, positions 0..l-1, strictly causal). Returns [b, l, embed] (compute dtype),
+        and with `guide` also the guided-attention penalty, the mean over layers.
 
         `prefix_mask` is honoured only when `cfg.prefix_bidirectional`; `dropout_key`
         None means deterministic.
@@ -226,6 +235,8 @@ class DecoderStack(nnx.Module):
         # XLA optimise the rematerialised block (JAX's recommendation for remat in scan).
         call = _block_caller(cfg.remat_policy, prevent_cse=not cfg.scan_layers)
 
+        if guide is not None:
+            return self._guided(x, positions, mask, keys, guide, call)
         if cfg.scan_layers:
             key_axis = None if keys is None else 0
 
@@ -238,6 +249,26 @@ class DecoderStack(nnx.Module):
             for i, block in enumerate(self.layers):
                 x = call(block, x, positions, mask, None if keys is None else keys[i])
         return self.final_norm(x)
+
+    def _guided(self, x, positions, mask, keys, guide, call):
+        """The layer loop of __call__ that also sums the blocks' guided-attention penalty."""
+        cfg = self.cfg
+        total = jnp.zeros((), jnp.float32)
+        if cfg.scan_layers:
+            key_axis = None if keys is None else 0
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, None, key_axis, None), out_axes=nnx.Carry)
+            def run(carry, block, positions, mask, key, guide):
+                h, acc = carry
+                h, penalty = call(block, h, positions, mask, key, guide)
+                return h, acc + penalty
+
+            x, total = run((x, total), self.layers, positions, mask, keys, guide)
+        else:
+            for i, block in enumerate(self.layers):
+                x, penalty = call(block, x, positions, mask, None if keys is None else keys[i], guide)
+                total = total + penalty
+        return self.final_norm(x), total / cfg.num_layers
 
     def prefill(
         self,
@@ -366,8 +397,10 @@ class DecoderLM(nnx.Module):
         rngs: nnx.Rngs | jax.Array | None = None,
         extra_embeddings: jax.Array | None = None,
         input_embeddings_fn: Callable[[jax.Array], jax.Array] | None = None,
-    ) -> jax.Array:
-        """Logits for `tokens` [b, l].
+        guide: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Logits for `tokens` [b, l]; with `guide` (band, query rows: see
+        `gpa_jax.training.attention_guide`) returns (logits, guided-attention penalty).
 
         extra_embeddings: [b, l, embed] added to the token embeddings (zeros where there
           is nothing to add), e.g. projected continuous audio features.
@@ -386,7 +419,10 @@ class DecoderLM(nnx.Module):
             if rngs is None:
                 raise ValueError("dropout_rate > 0 with deterministic=False needs rngs")
             dropout_key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
-        h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=dropout_key)
+        h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=dropout_key, guide=guide)
+        if guide is not None:
+            h, penalty = h
+            return self.logits(h), penalty
         return self.logits(h)
 
     # --- KV-cache inference (gpa_jax.sampling drives these) -------------------------------

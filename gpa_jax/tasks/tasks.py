@@ -24,9 +24,10 @@ Who is paired with whom, crops, the length rule and the counters: `gpa_jax.tasks
 The examples are assembled from an in-memory bank with TensorFlow ops (no py_function),
 so the whole input pipeline is checkpointable with tf.train.Checkpoint.
 
-Shuffling is done by the source: a full permutation of the split's examples from the seed,
-re-drawn every epoch (tf.data shuffle over example indices with reshuffle_each_iteration);
-so Tasks have shuffle_buffer_size=None. Per-epoch variety is in the order only: the
+Shuffling is done by the source: a shuffled source is an endless stream of epochs, each a
+full permutation of the split's examples drawn from (seed, task, epoch)
+(`gpa_jax.tasks.pipeline.shuffled_epochs`), so seqio's repeat never starts over and Tasks
+have shuffle_buffer_size=None. An unshuffled source is one epoch in plan order (evaluation). Per-epoch variety is in the order only: the
 references, crops and VC sources are fixed by the seed (re-plan with another seed for
 different pairings).
 """
@@ -46,6 +47,7 @@ from absl import logging
 
 from gpa_jax.tasks import layout, planning, token_shards
 from gpa_jax.tasks.config import TASK_NAMES, validate_tasks_config
+from gpa_jax.tasks.pipeline import shuffled_epochs
 from gpa_jax.tasks.vocab import SpeechVocabulary
 
 DEFAULT_SEED = 0
@@ -151,17 +153,20 @@ class SpeechTaskSource(seqio.DataSource):
         use_cached: bool = False,
         num_epochs: int | None = 1,
     ) -> tf.data.Dataset:
-        del sequence_length, use_cached, num_epochs  # Epochs are repeated by seqio.
+        # Unshuffled: seqio repeats the one epoch; shuffled: the source is endless itself.
+        del sequence_length, use_cached, num_epochs
         if split not in self.splits:
             raise ValueError(f"{self.task}: no split {split!r}; splits: {self.splits}")
         rows, _ = self.plan(split, seed)
         if shard_info is not None and shard_info.num_shards > 1:
             rows = rows[shard_info.index :: shard_info.num_shards]
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(rows, dtype=tf.int64))
-        if shuffle and len(rows):
+        rows = np.asarray(rows, np.int64)
+        if shuffle:
             # A different stream per task, so equal-length tasks do not share permutations.
             task_seed = zlib.crc32(f"{self.task}:{DEFAULT_SEED if seed is None else seed}".encode())
-            ds = ds.shuffle(len(rows), seed=task_seed, reshuffle_each_iteration=True)
+            ds = shuffled_epochs(rows, task_seed)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(tf.constant(rows, dtype=tf.int64))
         assemble = functools.partial(
             _ASSEMBLERS[self.task],
             t=_bank_tensors(self.bank(split)),

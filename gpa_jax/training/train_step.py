@@ -217,9 +217,10 @@ def cross_entropy_loss(
 
 
 def model_logits(
-    model: nnx.Module, batch: Batch, dropout_key: jax.Array | None = None
-) -> jax.Array:
-    """The model's logits on a packed batch (dropout on iff `dropout_key` is given)."""
+    model: nnx.Module, batch: Batch, dropout_key: jax.Array | None = None, guide: Any = None
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """The model's logits on a packed batch (dropout on iff `dropout_key` is given); with
+    `guide` (`attention_guide.attention_guide`) also the guided-attention penalty."""
     return model(
         batch["decoder_input_tokens"],
         batch["decoder_segment_ids"],
@@ -227,6 +228,7 @@ def model_logits(
         batch.get(PREFIX_KEY),
         deterministic=dropout_key is None,
         rngs=dropout_key,
+        guide=guide,
     )
 
 

@@ -64,10 +64,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpa_jax import sharding as sharding_lib
+from gpa_jax.training import attention_guide, model_kinds
 from gpa_jax.training import checkpoint as ckpt_lib
 from gpa_jax.training import data_iter as data_lib
 from gpa_jax.training import metrics as metrics_lib
-from gpa_jax.training import model_kinds
 from gpa_jax.training.train_step import (
     _DROPOUT_STREAM,
     make_schedule,
@@ -149,8 +149,15 @@ def _token_sums(
     z_loss: float,
     num_tasks: int,
 ) -> dict[str, jax.Array]:
-    """Loss-weighted sums over a batch: totals and per task id (0 = unknown/padding)."""
-    logits = model_logits(model, batch, dropout_key)
+    """Loss-weighted sums over a batch: totals and per task id (0 = unknown/padding);
+    with guided attention on (model.cfg.guide_weight > 0) also guide_sum, the penalty
+    summed over output tokens, added to loss_sum times the weight."""
+    weight = float(getattr(model.cfg, "guide_weight", 0.0))
+    guide = None
+    if weight > 0:
+        guide = attention_guide.attention_guide(batch, float(model.cfg.guide_sigma))
+    out = model_logits(model, batch, dropout_key, guide)
+    logits, penalty = out if guide is not None else (out, None)
     nll, z, correct = token_cross_entropy(logits, batch["decoder_target_tokens"], z_loss)
     w = batch["decoder_loss_weights"].astype(jnp.float32)
     task_ids = batch.get(TASK_IDS_KEY)
@@ -161,7 +168,7 @@ def _token_sums(
     def per_task(x):
         return jnp.einsum("bl,blt->t", x, onehot)
 
-    return {
+    sums = {
         "loss_sum": jnp.sum(w * (nll + z)),
         "nll_sum": jnp.sum(w * nll),
         "z_sum": jnp.sum(w * z),
@@ -171,6 +178,10 @@ def _token_sums(
         "task_correct_sum": per_task(w * correct),
         "task_weight_sum": per_task(w),
     }
+    if penalty is not None:
+        sums["guide_sum"] = penalty
+        sums["loss_sum"] = sums["loss_sum"] + weight * penalty
+    return sums
 
 
 def _split_micro(x: jax.Array, k: int, spec: PartitionSpec) -> jax.Array:

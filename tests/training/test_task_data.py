@@ -96,12 +96,6 @@ def test_bad_data_settings_name_the_fix(token_workdir, tmp_path):
         make_iterators(task_config("tasks.eval_split=test"), workdir=token_workdir)
 
 
-@pytest.mark.skip(
-    reason="flaky (issue 4): in about 1 of 2 runs the straight and the resumed run already "
-    "differ at step 1 (loss 6.2496 vs 6.2577), i.e. before any resume, so two task pipelines "
-    "built in one process do not always yield the same first batch; cause not found yet. "
-    "Resume determinism is shown on the synthetic source (tests/training/test_trainer.py)."
-)
 def test_resume_on_the_task_pipeline_reproduces_the_straight_run(token_workdir, tmp_path):
     """4 steps straight == 2 steps, stop, fresh process state, resume 2: every loss equal."""
     straight = _new_run(token_workdir, tmp_path / "straight")
