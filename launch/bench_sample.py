@@ -88,7 +88,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and prompts.")
 # for the TTS RTF / TTFC table.
 _TTS_CONCURRENCY = flags.DEFINE_list("tts_concurrency", ["1", "4", "16"], "Concurrent TTS requests.")
 _TTS_SPLIT = flags.DEFINE_string("tts_split", "test", "Token split the TTS texts come from.")
-_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", 25, "Streaming chunk (RVQ-1 frames).")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "Torch intra-op threads; 0 = the faster of its default and 1 (probed)."
 )
@@ -354,7 +353,7 @@ def tts_requests(bank, n: int, seed: int):
                         seed=seed + i) for i in range(n)]  # fmt: skip
 
 
-def tts_benchmark(workdir: str, concurrency, *, split: str, chunk_frames: int, seed: int):
+def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_options):
     """One-shot and streaming TTS timings per concurrency (module docstring)."""
     from gpa_jax.evaluation import harness
     from gpa_jax.sampling import streaming
@@ -382,8 +381,8 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, chunk_frames: int, s
 
         def stream(requests=requests):
             first, last, samples = {}, {}, {}
-            for c in streaming.stream_audio(sampler, codec, requests, chunk_frames=chunk_frames,
-                                            synthesize=synth):  # fmt: skip
+            for c in streaming.stream_audio(sampler, codec, requests, synthesize=synth,
+                                            **stream_options):  # fmt: skip
                 if c.error:
                     continue
                 first.setdefault(c.index, c.elapsed_s)
@@ -451,7 +450,7 @@ def main(argv):
     if flags.FLAGS["workdir"].present:
         rows = tts_benchmark(
             common.workdir(), [int(n) for n in _TTS_CONCURRENCY.value], split=_TTS_SPLIT.value,
-            chunk_frames=_CHUNK_FRAMES.value, seed=_SEED.value,
+            seed=_SEED.value, **common.stream_options(),
         )  # fmt: skip
         _print_tts_table(rows)
         summary.update(tts=rows, tts_rtf=rows[0]["rtf"], tts_ttfc_s=rows[0]["ttfc_s"],

@@ -33,7 +33,6 @@ _OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc).")
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (tts, vc).")
 _STREAM = flags.DEFINE_bool("stream", False, "tts/vc: synthesize in chunks as tokens arrive.")
-_CHUNK = flags.DEFINE_integer("chunk_frames", 25, "--stream: RVQ-1 frames per chunk (50 Hz).")
 
 
 def main(argv):
@@ -99,7 +98,7 @@ def _stream(models, request) -> None:
     rate = int(codec.sample_rate)
     pieces = []
     for chunk in streaming.stream_audio(
-        models.sampler, codec, [request], chunk_frames=_CHUNK.value,
+        models.sampler, codec, [request], **common.stream_options(),
         synthesize=streaming.synthesizer(codec, models.acoustic),
     ):  # fmt: skip
         if chunk.error:

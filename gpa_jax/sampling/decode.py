@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -293,6 +295,23 @@ def _generate(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype)
     return _outputs(carry, arrays, max_steps)
 
 
+def chunk_schedule(first: int, growth: float = 1.0, largest: int | None = None) -> Iterator[int]:
+    """Endless chunk sizes: `first`, then each the previous times `growth` (rounded up),
+    capped at `largest`. Growing chunks keep the first chunk (the latency to first audio)
+    small and make later ones, which play while the next is made, cost fewer passes."""
+    if first < 1 or growth < 1.0 or (largest is not None and largest < first):
+        raise ValueError(
+            f"chunk sizes need first >= 1, growth >= 1 and largest >= first; got first={first}, "
+            f"growth={growth}, largest={largest}"
+        )
+    size = int(first)
+    while True:
+        yield size
+        size = int(math.ceil(size * growth))
+        if largest is not None:
+            size = min(size, int(largest))
+
+
 class Decoder:
     """Compiled prefill + decode for one model (graphdef + params state).
 
@@ -356,21 +375,30 @@ class Decoder:
         fn = self._fn(int(max_steps), mode)
         return jax.device_get(self._run(fn, self.state, self.device_arrays(batch)))
 
-    def stream(self, batch: Batch, max_steps: int, chunk_steps: int, mode: Mode | None = None):
-        """The same generation, `chunk_steps` tokens at a time: yields (lo, hi, tokens,
-        done) after each chunk, where host `tokens` [B, hi - lo] are steps lo..hi-1 (PAD
-        for rows already stopped) and `done` [B] says which rows have stopped. Each
-        chunk is one compiled while_loop (one compile for all chunks). Same tokens as
-        `__call__` for the same batch (the same per-step keys and cache)."""
-        if chunk_steps < 1:
-            raise ValueError(f"chunk_steps={chunk_steps} must be >= 1")
+    def stream(
+        self,
+        batch: Batch,
+        max_steps: int,
+        chunk_steps: int,
+        mode: Mode | None = None,
+        *,
+        growth: float = 1.0,
+        max_chunk_steps: int | None = None,
+    ):
+        """The same generation in chunks: yields (lo, hi, tokens, done) after each chunk,
+        where host `tokens` [B, hi - lo] are steps lo..hi-1 (PAD for rows already stopped)
+        and `done` [B] says which rows have stopped. Chunk sizes follow `chunk_schedule`
+        (`chunk_steps`, then times `growth`, at most `max_chunk_steps`). Each chunk is one
+        compiled while_loop up to a traced stop step (one compile for all chunks). Same
+        tokens as `__call__` for the same batch (the same per-step keys and cache)."""
+        sizes = chunk_schedule(chunk_steps, growth, max_chunk_steps)
         mode = self._check(batch, max_steps, mode)
         arrays = self.device_arrays(batch)
         carry = self._run(self._fn(int(max_steps), mode, "start"), self.state, arrays)
         advance = self._fn(int(max_steps), mode, "advance")
         lo = 0
         while True:
-            stop = min(lo + int(chunk_steps), int(max_steps))
+            stop = min(lo + next(sizes), int(max_steps))
             carry = self._run(advance, self.state, arrays, carry, jnp.asarray(stop, jnp.int32))
             hi = int(carry["step"])
             done = np.asarray(carry["done"])

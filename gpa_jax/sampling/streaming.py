@@ -3,9 +3,12 @@
     for chunk in stream_audio(sampler, codec, [Request.tts("hello there", ref)]):
         play(chunk.wav)          # chunk.start: its first sample's offset in the utterance
 
-The LM decodes `chunk_frames` RVQ-1 frames at a time (`Decoder.stream`: one compiled
-while_loop per chunk, the KV cache carried between them, the same tokens as one-shot
-decoding). After each decode chunk every row with new frames is synthesized (acoustic
+The LM decodes RVQ-1 frames in chunks (`Decoder.stream`: one compiled while_loop per
+chunk, the KV cache carried between them, the same tokens as one-shot decoding): the
+first chunk has `chunk_frames` frames, each later one `chunk_growth` times the last, at
+most `max_chunk_frames`. A small first chunk keeps the time to first audio short; the
+later chunks play while the next is made, and larger ones cost fewer acoustic-stage and
+codec passes (each pass re-reads the voice prompt and `context_frames` of left context). After each decode chunk every row with new frames is synthesized (acoustic
 stage + codec decoder, all rows of the batch at once) over a window that starts
 `context_frames` before its new frames, so the non-causal acoustic stage and the codec's
 convolutions see left context, and the window's audio is joined to what was emitted by a
@@ -29,11 +32,13 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from gpa_jax.sampling.decode import EOS_ID, PAD_ID
+from gpa_jax.sampling.decode import EOS_ID, PAD_ID, chunk_schedule
 from gpa_jax.sampling.sampler import Request, RequestError, Sampler
 
 Synthesize = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 DEFAULT_CHUNK_FRAMES = 25  # 0.5 s at 50 Hz
+DEFAULT_CHUNK_GROWTH = 2.0
+DEFAULT_MAX_CHUNK_FRAMES = 100  # 2 s
 DEFAULT_CONTEXT_FRAMES = 8
 DEFAULT_OVERLAP_FRAMES = 1
 
@@ -117,6 +122,8 @@ def stream_audio(
     requests: Sequence[Request],
     *,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    chunk_growth: float = DEFAULT_CHUNK_GROWTH,
+    max_chunk_frames: int | None = DEFAULT_MAX_CHUNK_FRAMES,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
     overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
     synthesize: Synthesize | None = None,
@@ -124,8 +131,11 @@ def stream_audio(
     """Yields AudioChunks of TTS/VC `requests` as they are generated (module docstring).
     Requests are served in batches of sampling.max_batch, in the order given. `synthesize`
     defaults to `synthesizer(codec, sampler.acoustic)`."""
-    if chunk_frames < 1 or context_frames < 0 or overlap_frames < 0:
-        raise ValueError("chunk_frames must be >= 1, context_frames and overlap_frames >= 0")
+    if context_frames < 0 or overlap_frames < 0:
+        raise ValueError("context_frames and overlap_frames must be >= 0")
+    if max_chunk_frames is not None:
+        max_chunk_frames = max(int(max_chunk_frames), int(chunk_frames))
+    next(chunk_schedule(chunk_frames, chunk_growth, max_chunk_frames))  # checks the sizes
     if overlap_frames > context_frames:
         raise ValueError(
             f"overlap_frames={overlap_frames} > context_frames={context_frames}: the next "
@@ -149,7 +159,9 @@ def stream_audio(
         chunk = prepared[lo : lo + size]
         rows = [_Row(p.index, p.request, fader=Crossfader(overlap_frames * hop)) for p in chunk]
         batch, steps = sampler.decode_batch(chunk)
-        for _, _, tokens, done in sampler.decoder.stream(batch, steps, chunk_frames):
+        chunks = sampler.decoder.stream(batch, steps, chunk_frames, growth=chunk_growth,
+                                        max_chunk_steps=max_chunk_frames)  # fmt: skip
+        for _, _, tokens, done in chunks:
             for b, row in enumerate(rows):
                 if row.finished or row.fader is None:
                     continue

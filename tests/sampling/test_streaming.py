@@ -1,6 +1,7 @@
 """Streaming: chunked decoding gives the one-shot tokens; the crossfader emits every sample
 once; streamed TTS audio is the utterance (exactly, for a frame-local synthesizer)."""
 
+import itertools
 import types
 
 import numpy as np
@@ -29,6 +30,21 @@ def test_chunked_decode_yields_the_one_shot_tokens(chunk):
     got = np.concatenate(pieces, axis=1)
     np.testing.assert_array_equal(got, whole["tokens"][:, : got.shape[1]])
     assert (whole["tokens"][:, got.shape[1] :] == decode.PAD_ID).all()
+
+
+def test_growing_chunks_give_the_same_tokens_in_growing_pieces():
+    assert list(itertools.islice(decode.chunk_schedule(3, 2.0, 16), 6)) == [3, 6, 12, 16, 16, 16]
+    assert list(itertools.islice(decode.chunk_schedule(5), 3)) == [5, 5, 5]
+    with pytest.raises(ValueError, match="growth >= 1"):
+        next(decode.chunk_schedule(5, 0.5))
+    dec = decode.Decoder(h.model())
+    batch = h.batch(h.prompts([6, 11]), max_new=[15, 15], temperature=[1.0, 0.0], top_k=20,
+                    top_p=0.9, prompt_length=16, batch_size=2, seeds=[5, 6])  # fmt: skip
+    whole = dec(batch, 16)
+    pieces = list(dec.stream(batch, 16, 2, growth=2.0, max_chunk_steps=6))
+    assert [hi - lo for lo, hi, _, _ in pieces][:3] == [2, 4, 6]
+    got = np.concatenate([t for _, _, t, _ in pieces], axis=1)
+    np.testing.assert_array_equal(got, whole["tokens"][:, : got.shape[1]])
 
 
 def test_crossfader_emits_each_sample_once_and_rebuilds_a_consistent_signal():
