@@ -46,9 +46,11 @@ with another utterance's codes as the reference, the task's sampling defaults, f
 seeds), timed after an untimed pass that compiles every shape:
     one-shot   Sampler.generate + acoustic stage + codec decode of the whole batch;
                RTF = wall time / seconds of audio, per request, averaged
-    streaming  gpa_jax.sampling.streaming.stream_audio (chunks of --chunk_frames):
-               TTFC = time to a request's first audio chunk, RTF = time to its last
-               chunk / its seconds of audio, averaged over requests
+    streaming  gpa_jax.sampling.streaming.stream_audio (first chunk --chunk_frames,
+               then growing by --chunk_growth up to --max_chunk_frames): TTFC = time to
+               a request's first audio chunk, RTF = time to its last chunk / its seconds
+               of audio, averaged over requests; next to it the RTF with every chunk of
+               --chunk_frames (growth 1), the baseline the growth is measured against
 "tts_rtf" is the one-shot RTF at the first concurrency, "tts_ttfc_s" / "tts_stream_rtf"
 the streaming ones; the whole table is printed and under "tts". On this CPU the table
 stops at small N; GPA's published concurrency table (1...160 requests) needs a GPU.
@@ -379,10 +381,10 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_
                                                  if r.ok])  # fmt: skip
             return time.perf_counter() - t, [len(w) / rate for w in wavs]
 
-        def stream(requests=requests):
+        def stream(requests=requests, options=stream_options):
             first, last, samples = {}, {}, {}
             for c in streaming.stream_audio(sampler, codec, requests, synthesize=synth,
-                                            **stream_options):  # fmt: skip
+                                            **options):  # fmt: skip
                 if c.error:
                     continue
                 first.setdefault(c.index, c.elapsed_s)
@@ -392,9 +394,11 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_
             return ([first[i] for i in done], [last[i] / (samples[i] / rate) for i in done],
                     [samples[i] / rate for i in done])  # fmt: skip
 
-        one_shot(), stream()  # compiles every shape these requests need
+        fixed = {**stream_options, "chunk_growth": 1.0}  # the baseline: every chunk the first's size
+        one_shot(), stream(), stream(options=fixed)  # compiles every shape these requests need
         wall, seconds = one_shot()
         ttfc, stream_rtf, stream_seconds = stream()
+        _, fixed_rtf, _ = stream(options=fixed)
         row = {
             "concurrency": n,
             "ok": len(seconds),
@@ -403,6 +407,7 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_
             "ttfc_s": round(float(np.mean(ttfc)), 4) if ttfc else None,
             "ttfc_s_max": round(float(np.max(ttfc)), 4) if ttfc else None,
             "stream_rtf": round(float(np.mean(stream_rtf)), 4) if stream_rtf else None,
+            "stream_rtf_fixed_chunks": round(float(np.mean(fixed_rtf)), 4) if fixed_rtf else None,
             "stream_audio_s_mean": round(float(np.mean(stream_seconds)), 3) if stream_seconds else None,
         }
         rows.append(row)
@@ -412,12 +417,13 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_
 
 def _print_tts_table(rows) -> None:
     print(f"{'concurrent':>10} {'ok':>4} {'audio s':>8} {'RTF':>8} {'TTFC s':>8} {'max TTFC':>9} "
-          f"{'stream RTF':>11}")  # fmt: skip
+          f"{'stream RTF':>11} {'fixed-chunk RTF':>16}")  # fmt: skip
     for r in rows:
         cells = [r[k] if r[k] is not None else float("nan")
-                 for k in ("audio_s_mean", "rtf", "ttfc_s", "ttfc_s_max", "stream_rtf")]  # fmt: skip
+                 for k in ("audio_s_mean", "rtf", "ttfc_s", "ttfc_s_max", "stream_rtf",
+                           "stream_rtf_fixed_chunks")]  # fmt: skip
         print(f"{r['concurrency']:>10} {r['ok']:>4} {cells[0]:>8.2f} {cells[1]:>8.4f} "
-              f"{cells[2]:>8.3f} {cells[3]:>9.3f} {cells[4]:>11.4f}")  # fmt: skip
+              f"{cells[2]:>8.3f} {cells[3]:>9.3f} {cells[4]:>11.4f} {cells[5]:>16.4f}")  # fmt: skip
 
 
 def _print_table(results: dict[int, dict[str, float]]) -> None:

@@ -30,8 +30,9 @@ def test_quick_demo_evaluation_outputs(quick_demo):
     assert 0.0 <= results["asr"]["wer"] and results["asr"]["num_utterances"] > 0
     for task in ("tts", "vc"):
         assert "judge_wer_truth" in results[task], results[task]
+        assert results[task]["judge_wer_truth_tokens"] >= 0.0  # the chain's ceiling
     md = (workdir / "eval" / "results.md").read_text()
-    assert "ASR" in md and "TTS / VC" in md
+    assert "ASR" in md and "TTS / VC" in md and "judge WER, truth tokens" in md
     from gpa_jax.training.metrics import read_scalars
 
     scalars = read_scalars(str(workdir / "eval" / "tensorboard"))
@@ -121,4 +122,5 @@ def test_bench_sample_reports_tts_rtf_and_ttfc(quick_demo):
     for row in summary["tts"]:
         assert row["ok"] == row["concurrency"]
         assert row["rtf"] > 0 and row["stream_rtf"] > 0 and 0 < row["ttfc_s"] <= row["ttfc_s_max"]
+        assert row["stream_rtf_fixed_chunks"] > 0
     assert summary["tts_rtf"] == summary["tts"][0]["rtf"] and summary["tts_ttfc_s"] > 0
