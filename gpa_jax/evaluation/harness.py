@@ -17,8 +17,9 @@ What is measured:
   voice prompt) -> codec decoder -> wav. Judge WER on it, next to the judge's WER on the
   ground-truth recording of the same sentence by the same speaker; speaker similarity of
   the output to the reference clip, and (mean) to reference clips of the other speakers in
-  the evaluated set. Next to it, the judge's WER on the target's own RVQ-1 codes through
-  the same acoustic stage and decoder: the figure a perfect LM would get.
+  the evaluated set. Next to it, two ceilings: the judge's WER on the codec's resynthesis
+  of the target (all RVQ layers) and on the target's own RVQ-1 codes through the same
+  acoustic stage and decoder (the figure a perfect LM would get).
 - VC: source utterance (speaker A) + reference clip of speaker B -> wav; judge WER; speaker
   similarity to the reference (B) and to the source (A).
 Every generated wav lands in <workdir>/samples/<task>/ with a manifest line (see
@@ -120,6 +121,7 @@ def evaluate_tasks(
 ) -> dict[str, Any]:
     """Runs `tasks` on `split`; returns {task: figures} and writes the samples (module doc)."""
     from gpa_jax.acoustic import api as acoustic_api
+    from gpa_jax.codec import api as codec_api
     from gpa_jax.sampling import Request
 
     unknown = sorted(set(tasks) - set(TASKS))
@@ -182,17 +184,18 @@ def evaluate_tasks(
         gen_hyps = models.judge.transcribe([wavs[i] for i in ok], rate) if ok else []
         hyp = dict(zip(ok, gen_hyps, strict=True))
         truth_hyps = models.judge.transcribe(truth, rate)
-        # The ceiling the LM is judged against: the target's own RVQ-1 codes through the same
+        # Two ceilings between the recording and the LM's output: the codec decoding all
+        # RVQ layers of the target's codes, and the target's own RVQ-1 codes through the
         # acoustic stage and codec decoder (what a perfect LM would be heard as).
-        chain = acoustic_api.synthesize(
-            models.acoustic, codec, [data.codes(int(r[TGT]))[0] for r in plan], refs
-        )
-        chain_hyps = models.judge.transcribe(chain, rate)
+        target_codes = [data.codes(int(r[TGT])) for r in plan]
+        resynth = codec_api.decode_batch(codec, target_codes)
+        chain = acoustic_api.synthesize(models.acoustic, codec, [c[0] for c in target_codes], refs)
         figures: dict[str, Any] = {
             "examples": len(plan),
             "failed": len(plan) - len(ok),
             "judge_wer_truth": asr_metrics.error_rates(texts, truth_hyps).wer,
-            "judge_wer_truth_tokens": asr_metrics.error_rates(texts, chain_hyps).wer,
+            "judge_wer_codec": asr_metrics.error_rates(texts, models.judge.transcribe(resynth, rate)).wer,
+            "judge_wer_truth_tokens": asr_metrics.error_rates(texts, models.judge.transcribe(chain, rate)).wer,
         }
         if ok:
             rates = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps)
@@ -270,6 +273,7 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
             rows.append({"task": task, "examples": f["examples"], "failed": f["failed"],
                          "judge WER": f.get("judge_wer"), "judge WER on truth": f["judge_wer_truth"],
                          "gap (points)": None if gap is None else 100 * gap,
+                         "judge WER, codec resynthesis": f.get("judge_wer_codec"),
                          "judge WER, truth tokens": f.get("judge_wer_truth_tokens"),
                          "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
                          "sim to source": f.get("sim_source")})
@@ -279,7 +283,7 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
     if rows:
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
             rows, ["task", "examples", "failed", "judge WER", "judge WER on truth", "gap (points)",
-                   "judge WER, truth tokens", "sim to reference", "sim to other voices", "sim to source"])
+                   "judge WER, codec resynthesis", "judge WER, truth tokens", "sim to reference", "sim to other voices", "sim to source"])
     return sections
 
 

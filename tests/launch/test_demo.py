@@ -30,7 +30,7 @@ def test_quick_demo_evaluation_outputs(quick_demo):
     assert 0.0 <= results["asr"]["wer"] and results["asr"]["num_utterances"] > 0
     for task in ("tts", "vc"):
         assert "judge_wer_truth" in results[task], results[task]
-        assert results[task]["judge_wer_truth_tokens"] >= 0.0  # the chain's ceiling
+        assert results[task]["judge_wer_truth_tokens"] >= 0.0 and results[task]["judge_wer_codec"] >= 0.0
     md = (workdir / "eval" / "results.md").read_text()
     assert "ASR" in md and "TTS / VC" in md and "judge WER, truth tokens" in md
     from gpa_jax.training.metrics import read_scalars
