@@ -133,7 +133,7 @@ def stream_audio(
     defaults to `synthesizer(codec, sampler.acoustic)`."""
     if context_frames < 0 or overlap_frames < 0:
         raise ValueError("context_frames and overlap_frames must be >= 0")
-    if max_chunk_frames is not None:
+    if max_chunk_frames is not None:  # a first chunk above the cap makes the cap
         max_chunk_frames = max(int(max_chunk_frames), int(chunk_frames))
     next(chunk_schedule(chunk_frames, chunk_growth, max_chunk_frames))  # checks the sizes
     if overlap_frames > context_frames:
