@@ -27,9 +27,9 @@ so the whole input pipeline is checkpointable with tf.train.Checkpoint.
 Shuffling is done by the source: a shuffled source is an endless stream of epochs, each a
 full permutation of the split's examples drawn from (seed, task, epoch)
 (`gpa_jax.tasks.pipeline.shuffled_epochs`), so seqio's repeat never starts over and Tasks
-have shuffle_buffer_size=None. An unshuffled source is one epoch in plan order (evaluation). Per-epoch variety is in the order only: the
-references, crops and VC sources are fixed by the seed (re-plan with another seed for
-different pairings).
+have shuffle_buffer_size=None. An unshuffled source is one epoch in plan order
+(evaluation). Per-epoch variety is in the order only: the references, crops and VC
+sources are fixed by the seed (re-plan with another seed for different pairings).
 """
 
 from __future__ import annotations
