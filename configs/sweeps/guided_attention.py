@@ -5,10 +5,11 @@
 `model.guide_weight` 0 is the plain recipe. Besides the eval losses, each run's
 `launch.lm_report --workdir=<run dir> --conditioning_steps=400` gives the gain of the own
 over another example's input per task, the figure this sweep is about. A single 400-step
-trial on the default corpus, weight 0 -> 1 (nats per output token): gain ASR 0.040 ->
-0.173, TTS 0.0025 -> 0.0081, VC 0.0125 -> 0.0133, but eval loss ASR 3.553 -> 3.911,
-TTS 2.051 -> 2.094, VC 2.076 -> 2.110: the LM reads more of its input and learns the
-outputs' prior more slowly, so the weight stays 0 in gpa_tiny.
+trial per weight on the default corpus, weight 0 / 0.3 / 1 (nats per output token):
+gain ASR 0.040 / 0.161 / 0.173, TTS 0.0025 / 0.0068 / 0.0081, VC 0.0125 / 0.0136 /
+0.0133; eval loss ASR 3.553 / 3.625 / 3.911, TTS 2.051 / 2.084 / 2.094, VC 2.076 /
+2.098 / 2.110. The LM reads more of its input and learns the outputs' prior more slowly,
+so the weight stays 0 in gpa_tiny.
 Runs on the token shards and SentencePiece model the demo made under the same work dir.
 """
 
