@@ -283,7 +283,8 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
     if rows:
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
             rows, ["task", "examples", "failed", "judge WER", "judge WER on truth", "gap (points)",
-                   "judge WER, codec resynthesis", "judge WER, truth tokens", "sim to reference", "sim to other voices", "sim to source"])
+                   "judge WER, codec resynthesis", "judge WER, truth tokens", "sim to reference",
+                   "sim to other voices", "sim to source"])
     return sections
 
 

@@ -8,8 +8,10 @@ chunk, the KV cache carried between them, the same tokens as one-shot decoding):
 first chunk has `chunk_frames` frames, each later one `chunk_growth` times the last, at
 most `max_chunk_frames`. A small first chunk keeps the time to first audio short; the
 later chunks play while the next is made, and larger ones cost fewer acoustic-stage and
-codec passes (each pass re-reads the voice prompt and `context_frames` of left context). After each decode chunk every row with new frames is synthesized (acoustic
-stage + codec decoder, all rows of the batch at once) over a window that starts
+codec passes (each pass re-reads the voice prompt and `context_frames` of left context).
+
+After each decode chunk every row with new frames is synthesized (acoustic stage + codec
+decoder, all rows of the batch at once) over a window that starts
 `context_frames` before its new frames, so the non-causal acoustic stage and the codec's
 convolutions see left context, and the window's audio is joined to what was emitted by a
 `Crossfader`: each sample of the utterance is emitted exactly once, the last `overlap`
