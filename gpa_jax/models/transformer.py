@@ -177,6 +177,13 @@ def _block_caller(remat_policy: str, prevent_cse: bool) -> Callable[..., jax.Arr
     return nnx.remat(call, policy=policy, prevent_cse=prevent_cse)
 
 
+def _layer(call, block, carry, positions, mask, key, guide):
+    """One block on the carry (x, penalty sum); the sum grows only when a guide is given."""
+    x, total = carry
+    out = call(block, x, positions, mask, key, guide)
+    return (out, total) if guide is None else (out[0], total + out[1])
+
+
 class DecoderStack(nnx.Module):
     """Embeddings [b, l, embed] (+ packing/prefix info) -> final-normed hidden states."""
 
@@ -235,40 +242,21 @@ class DecoderStack(nnx.Module):
         # XLA optimise the rematerialised block (JAX's recommendation for remat in scan).
         call = _block_caller(cfg.remat_policy, prevent_cse=not cfg.scan_layers)
 
-        if guide is not None:
-            return self._guided(x, positions, mask, keys, guide, call)
-        if cfg.scan_layers:
-            key_axis = None if keys is None else 0
-
-            @nnx.scan(in_axes=(nnx.Carry, 0, None, None, key_axis), out_axes=nnx.Carry)
-            def run(h, block, positions, mask, key):
-                return call(block, h, positions, mask, key)
-
-            x = run(x, self.layers, positions, mask, keys)
-        else:
-            for i, block in enumerate(self.layers):
-                x = call(block, x, positions, mask, None if keys is None else keys[i])
-        return self.final_norm(x)
-
-    def _guided(self, x, positions, mask, keys, guide, call):
-        """The layer loop of __call__ that also sums the blocks' guided-attention penalty."""
-        cfg = self.cfg
-        total = jnp.zeros((), jnp.float32)
+        total = jnp.zeros((), jnp.float32)  # guided-attention penalty, summed over layers
         if cfg.scan_layers:
             key_axis = None if keys is None else 0
 
             @nnx.scan(in_axes=(nnx.Carry, 0, None, None, key_axis, None), out_axes=nnx.Carry)
             def run(carry, block, positions, mask, key, guide):
-                h, acc = carry
-                h, penalty = call(block, h, positions, mask, key, guide)
-                return h, acc + penalty
+                return _layer(call, block, carry, positions, mask, key, guide)
 
             x, total = run((x, total), self.layers, positions, mask, keys, guide)
         else:
             for i, block in enumerate(self.layers):
-                x, penalty = call(block, x, positions, mask, None if keys is None else keys[i], guide)
-                total = total + penalty
-        return self.final_norm(x), total / cfg.num_layers
+                key = None if keys is None else keys[i]
+                x, total = _layer(call, block, (x, total), positions, mask, key, guide)
+        x = self.final_norm(x)
+        return x if guide is None else (x, total / cfg.num_layers)
 
     def prefill(
         self,
