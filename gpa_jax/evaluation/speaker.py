@@ -1,12 +1,18 @@
 """Speaker similarity for evaluation: pluggable, offline speaker encoders.
 
-    encoder = make_speaker_encoder("lda", wavs=train_wavs, speakers=train_labels)
+    encoder = make_speaker_encoder("resemblyzer")
     emb = encoder.embed(wavs)                  # float32 [N, dim], L2-normalised
     sim = cosine(emb_a, emb_b)                 # in [-1, 1]
 
 An encoder is anything with `embed(wavs: Sequence[np.ndarray]) -> [N, dim]` (16 kHz mono
-float waveforms); `SpeakerEncoder` is that protocol. Two are provided:
+float waveforms); `SpeakerEncoder` is that protocol. Three are provided:
 
+- "resemblyzer" (`ResemblyzerEncoder`, the default): Resemblyzer's pretrained speaker
+  encoder (the GE2E speaker-verification model: a 3-layer LSTM on 40-band mels, 256-dim
+  embeddings averaged over 1.6 s windows), weights shipped in its wheel (the `eval` extra),
+  run on CPU. Its own preprocessing applies: loudness normalised, long silences cut by
+  WebRTC VAD. It needs no fitting on the corpus, so its similarities compare across
+  corpora and runs. The two below are fallbacks that need no torch.
 - "mfcc" (`MFCCStatsEncoder`): the untrained baseline. Per utterance, the mean and the
   standard deviation over frames of 20 MFCCs (c1..c19 and their deltas; c0, the loudness,
   is dropped), z-scored with statistics of a fitting set when one is given. Utterance-level
@@ -17,16 +23,16 @@ float waveforms); `SpeakerEncoder` is that protocol. Two are provided:
   speaker labels*: the same statistics, z-scored, projected by linear discriminant
   analysis (scikit-learn) onto the directions that best separate the training speakers
   (at most n_speakers - 1 dims, within-speaker scatter shrunk). LDA on cepstral
-  statistics is the classic i-vector/PLDA-era recipe in miniature; it needs no download
-  and trains in seconds on CPU, which matters here: neural speaker-verification models
-  (ECAPA-TDNN, WavLM-SV) would need pretrained weights that cannot be fetched offline.
+  statistics is the classic i-vector/PLDA-era recipe in miniature; it trains in seconds on
+  CPU, but only knows the voices it was fitted on.
 
-Both are deterministic. `speaker_id_accuracy` (nearest speaker centroid on held-out
+All are deterministic. `speaker_id_accuracy` (nearest speaker centroid on held-out
 utterances) says how much an encoder's similarities can be trusted on a corpus.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -34,7 +40,7 @@ import librosa
 import numpy as np
 
 SAMPLE_RATE = 16000
-ENCODERS = ("mfcc", "lda")
+ENCODERS = ("resemblyzer", "mfcc", "lda")
 
 
 @runtime_checkable
@@ -119,13 +125,59 @@ class LDASpeakerEncoder:
         return _normalise(self.lda.transform((_stats(wavs) - self.mean) / self.std))
 
 
+class ResemblyzerEncoder:
+    """Resemblyzer's pretrained speaker encoder on CPU (module docstring)."""
+
+    name = "resemblyzer"
+
+    def __init__(self, cpu_threads: int = 1):
+        # One torch thread by default: the LSTM is small, and more threads only fight the
+        # caller's own (a first call on a busy 2-core machine took seconds instead of ms).
+        self.cpu_threads = cpu_threads
+        try:
+            with warnings.catch_warnings():  # it imports a deprecated scipy.ndimage path
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import resemblyzer
+        except ImportError as error:
+            raise ImportError(
+                "speaker encoder 'resemblyzer' needs the eval extra: see launch/setup_env.sh "
+                "(pip install -e '.[eval]' && pip install --no-deps resemblyzer)"
+            ) from error
+        self._preprocess = resemblyzer.preprocess_wav
+        self._encoder = resemblyzer.VoiceEncoder("cpu", verbose=False)
+
+    def embed(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        if not len(wavs):
+            raise ValueError("no waveforms to embed")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads or threads)
+        try:
+            out = [self._embed_one(np.asarray(wav, np.float32)) for wav in wavs]
+        finally:
+            torch.set_num_threads(threads)
+        return _normalise(np.stack(out))
+
+    def _embed_one(self, wav: np.ndarray) -> np.ndarray:
+        if wav.ndim != 1 or wav.size < 400:
+            raise ValueError(f"speaker embedding needs a mono clip of >= 400 samples, got {wav.shape}")
+        with np.errstate(all="ignore"):  # a silent clip: its loudness is -inf dBFS
+            clean = self._preprocess(wav)
+        # VAD found no speech (or a silent clip): embed the clip as it is.
+        return self._encoder.embed_utterance(clean if clean.size >= 400 else wav)
+
+
 def make_speaker_encoder(
-    name: str,
+    name: str = "resemblyzer",
     *,
     wavs: Sequence[np.ndarray] | None = None,
     speakers: Sequence[str] | None = None,
 ) -> SpeakerEncoder:
-    """'mfcc' (fitting set optional, for z-scoring) or 'lda' (needs wavs + speaker labels)."""
+    """'resemblyzer' (pretrained, no fitting), 'mfcc' (fitting set optional, for z-scoring)
+    or 'lda' (needs wavs + speaker labels)."""
+    if name == "resemblyzer":
+        return ResemblyzerEncoder()
     if name == "mfcc":
         return MFCCStatsEncoder(wavs)
     if name == "lda":
