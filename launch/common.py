@@ -26,3 +26,15 @@ def stream_options() -> dict[str, float | int]:
     """The streaming flags as `stream_audio` keyword arguments."""
     return dict(chunk_frames=_CHUNK_FRAMES.value, chunk_growth=_CHUNK_GROWTH.value,
                 max_chunk_frames=_MAX_CHUNK.value)  # fmt: skip
+
+
+def codec_judge(kind: str = "whisper"):
+    """(judge, judge_report) for scoring codec resynthesis: Whisper tiny.en by default.
+
+    The codec layer takes both as arguments (`gpa_jax.codec.evaluate`), so it imports
+    nothing from the evaluation layer above it.
+    """
+    from gpa_jax.evaluation import asr_metrics
+    from gpa_jax.evaluation.judge import make_judge
+
+    return make_judge(kind), asr_metrics.judge_wer_report

@@ -10,7 +10,8 @@ the SentencePiece model, LM / acoustic checkpoints):
 
     corpus      synthetic multi-speaker corpus (TFDS)             launch.build_corpus
     codec       CTC content teacher + SpeechTokenizer-style codec  launch.train_codec
-    codec_eval  mel distance / STOI / bitrate, RVQ-1 content probe launch.eval_codec, probe_codec
+    codec_eval  judge WER (test, test_unseen_voice), mel distance,  launch.eval_codec, probe_codec
+                STOI, RVQ-1 content probe, quality per checkpoint
     tokens      RVQ token shards of every split                    launch.tokenize
     spm         SentencePiece text vocabulary                      launch.train_spm
     lm          the GPA LM on the tts/asr/vc mixture (+ loss table) launch.train
@@ -47,8 +48,8 @@ QUICK = dict(
     codec=[
         "data.corpus=synthetic_speech/tiny", "train.num_steps=40", "teacher.ctc_steps=30",
         "teacher.ctc_eval_utterances=8", "eval.max_utterances=8", "probe.train_utterances=24",
-        "probe.test_utterances=8", "probe.steps=20", "train.checkpoint_every=40",
-        "train.summary_every=40", "codec.kmeans_iters=2",
+        "probe.test_utterances=8", "probe.steps=20", "train.checkpoint_every=10",
+        "train.summary_every=40", "codec.kmeans_iters=2", "eval.per_voice=2", "curves.per_voice=1",
     ],
     lm=[
         "tasks.corpus=synthetic_speech/tiny", "tasks.vocab.text=byte", "train.num_steps=20", "train.batch_size=2",
@@ -83,10 +84,17 @@ def _stages(workdir: str, quick: bool):
         jobs.train_codec(codec_cfg, workdir)
 
     def codec_eval():
-        from gpa_jax.codec import evaluate, jobs, probe
+        from gpa_jax.codec import curves, evaluate, jobs, probe
 
-        print(evaluate.format_table(jobs.evaluate_codec(codec_cfg, workdir)))
+        judge, judge_report = common.codec_judge()
+        for split in ("test", "test_unseen_voice"):
+            result = jobs.evaluate_codec(
+                codec_cfg, workdir, split=split, judge=judge, judge_report=judge_report
+            )
+            print(f"codec on {split}:\n{evaluate.format_table(result)}")
         print(probe.format_table(jobs.probe_codec(codec_cfg, workdir)))
+        curves.codec_curves(codec_cfg, workdir, judge=judge, judge_report=judge_report)
+        print(open(curves.curves_path(workdir, "md")).read())
 
     def tokens():
         from gpa_jax.codec import jobs

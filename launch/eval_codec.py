@@ -1,12 +1,15 @@
-"""Codec metrics on a corpus split: mel distance, STOI, bitrate for full RVQ and RVQ-1 only.
+"""Codec metrics on a corpus split: judge WER, mel distance, STOI, bitrate (full RVQ, RVQ-1).
 
     python -m launch.eval_codec --config=configs/codec_tiny.py --workdir=runs/demo --split=test
+    python -m launch.eval_codec --workdir=runs/demo --curves      # every kept checkpoint
 
-Restores the latest codec checkpoint of <workdir>/codec/checkpoints (or --checkpoint_dir)
-and, with the CTC teacher of <workdir>/codec/teacher, also the teacher's character error
-rate on the reconstructions. Writes <workdir>/codec/eval_<split>.json and prints a table;
-the last stdout line is the result as one JSON object. The work is
-`gpa_jax.codec.evaluate.evaluate_workdir`.
+Restores the latest codec checkpoint of <workdir>/codec/checkpoints (or --checkpoint_dir),
+transcribes the recordings and both resyntheses with the judge (default Whisper tiny.en,
+offline; `--judge`), and with the CTC teacher of <workdir>/codec/teacher also gives the
+teacher's character error rate. Writes <workdir>/codec/eval_<split>.json and prints the
+tables; the last stdout line is the result as one JSON object. `--curves` instead scores
+every kept checkpoint (`gpa_jax.codec.curves`) into <workdir>/codec/curves.{md,json,png}.
+The work is `gpa_jax.codec.evaluate.evaluate_workdir`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ _MAX_UTTS = flags.DEFINE_integer(
 _CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "Codec checkpoints (default <workdir>/codec/checkpoints)."
 )
+_CURVES = flags.DEFINE_bool("curves", False, "Score every kept checkpoint into codec/curves.*.")
 
 
 def main(argv):
@@ -37,6 +41,15 @@ def main(argv):
     from gpa_jax.codec import evaluate  # Imported here: JAX starts only when the job runs.
 
     workdir = common.workdir()
+    judge, judge_report = common.codec_judge()
+    if _CURVES.value:
+        from gpa_jax.codec import curves
+
+        curves.codec_curves(
+            config, workdir, judge=judge, judge_report=judge_report, data_dir=flags.FLAGS.data_dir
+        )
+        print(open(curves.curves_path(workdir, "md")).read())
+        return
     result = evaluate.evaluate_workdir(
         config,
         workdir,
@@ -45,6 +58,8 @@ def main(argv):
         corpus=_CORPUS.value,
         max_utterances=_MAX_UTTS.value,
         checkpoint_dir=_CHECKPOINT_DIR.value,
+        judge=judge,
+        judge_report=judge_report,
     )
     print(
         f"{result['corpus']}/{result['split']}: {result['num_utterances']} utterances, "

@@ -201,3 +201,37 @@ def multi_scale_mel_loss(
         l2 = jnp.mean(jnp.square(jnp.log10(mel_p + log_floor) - jnp.log10(mel_t + log_floor)))
         total = total + l1 + l2
     return total / len(used)
+
+
+def istft(spec: jax.Array, n_fft: int, hop_length: int) -> jax.Array:
+    """Inverse STFT with 'same' padding: [..., frames, n_fft // 2 + 1] -> [..., frames * hop].
+
+    Vocos' convention for generator heads: each frame's inverse FFT is Hann-windowed,
+    overlap-added, divided by the summed squared window, and (n_fft - hop) / 2 samples
+    are trimmed from both ends, so frame f is centred on the middle of samples
+    [f * hop, (f + 1) * hop), the span a codec frame f encodes. n_fft must be a multiple
+    of hop (overlap-add is then n_fft / hop shifted adds, cheap and differentiable).
+    """
+    if n_fft % hop_length or (n_fft - hop_length) % 2:
+        raise ValueError(
+            f"istft needs n_fft ({n_fft}) to be a multiple of hop ({hop_length}), n_fft - hop even"
+        )
+    spec = jnp.asarray(spec)
+    frames = spec.shape[-2]
+    window = jnp.asarray(hann_window(n_fft), jnp.float32)
+    chunks = jnp.fft.irfft(spec, n=n_fft, axis=-1).astype(jnp.float32) * window
+    k = n_fft // hop_length
+    lead = chunks.shape[:-2]
+    chunks = chunks.reshape(*lead, frames, k, hop_length)
+    out = jnp.zeros((*lead, frames + k - 1, hop_length), jnp.float32)
+    for i in range(k):  # chunk i of frame f lands on output block f + i
+        out = out.at[..., i : i + frames, :].add(chunks[..., i, :])
+    env_frames = np.square(hann_window(n_fft)).reshape(k, hop_length)
+    envelope = np.zeros((frames + k - 1, hop_length))
+    for i in range(k):
+        envelope[i : i + frames] += env_frames[i]
+    pad = (n_fft - hop_length) // 2
+    out = out.reshape(*lead, (frames + k - 1) * hop_length)
+    envelope = envelope.reshape(-1)
+    out = out / jnp.asarray(np.maximum(envelope, 1e-11), jnp.float32)
+    return out[..., pad : pad + frames * hop_length]

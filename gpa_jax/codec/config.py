@@ -13,6 +13,7 @@ config file states only what differs (`configs/codec_tiny.py`). Layout (`kind='c
     train          run length and the log / summary / checkpoint cadence
     eval           codec metrics job (split, utterances, batch)
     probe          per-RVQ-layer content probe (layers, data sizes, probe size)
+    curves         quality per kept checkpoint (`curves.py`)
 
 Sources of the defaults: SpeechTokenizer (Zhang et al. 2023/ICLR 2024) and its release,
 `config/spt_base_cfg.json` + `modules/seanet.py` + `quantization/vq.py`
@@ -64,6 +65,16 @@ def _codec_defaults() -> dict[str, Any]:
         kmeans_iters=50,
         dead_code_threshold=2.0,
         quantizer_dropout=0.0,
+        # encoder: 'seanet' (the paper's waveform encoder) or 'mel' (`spectral.MelEncoder`);
+        # decoder: 'seanet' or 'vocos' (`spectral.VocosDecoder`, an inverse-STFT head). The
+        # spectral pair runs at the frame rate only; the next fields size it.
+        encoder="seanet",
+        decoder="seanet",
+        spectral_width=512,
+        encoder_layers=8,
+        decoder_layers=8,
+        spectral_n_mels=80,
+        convnext_mlp_ratio=3,
     )
 
 
@@ -85,12 +96,14 @@ def _teacher_defaults() -> dict[str, Any]:
         center=False,
         ctc_layers=4,
         ctc_kernel_size=5,
+        ctc_dilations=(1,),
         ctc_n_mels=80,
         ctc_steps=600,
         ctc_batch_size=16,
         ctc_learning_rate=2e-3,
         ctc_max_seconds=8.0,
         ctc_eval_utterances=200,
+        ctc_checkpoint_every=250,  # a stopped teacher run resumes from its last save
     )
 
 
@@ -107,6 +120,9 @@ def _loss_defaults() -> dict[str, Any]:
         lambda_mel=45.0,
         lambda_commit=10.0,
         lambda_distill=120.0,
+        # L1 of natural-log mel (80 bins, 25 ms / 10 ms: what Whisper-style recognisers
+        # read; HiFi-GAN / Vocos weight it 45). 0 = off, as in the paper.
+        lambda_log_mel=0.0,
         lambda_adv=1.0,
         lambda_fm=1.0,
         adversarial=True,
@@ -158,7 +174,8 @@ def _data_defaults() -> dict[str, Any]:
 def _train_defaults() -> dict[str, Any]:
     # num_steps 0 runs the whole schedule (optimizer.num_train_steps); a smaller value
     # stops early and a later run with a larger one resumes from the last checkpoint.
-    # summary_seconds: length of the fixed validation clip of the audio summaries.
+    # summary_seconds: length of the fixed validation clip of the audio summaries;
+    # keep_checkpoints 0 keeps every checkpoint (the quality curves score each).
     return dict(
         num_steps=0,
         log_every=50,
@@ -170,9 +187,10 @@ def _train_defaults() -> dict[str, Any]:
 
 
 def _eval_defaults() -> dict[str, Any]:
-    # `gpa_jax.codec.evaluate` (launch.eval_codec): utterances of the split (0 = all),
-    # encode/decode batch, and whether to transcribe reconstructions with the CTC teacher.
-    return dict(split="test", max_utterances=200, batch_size=8, teacher_cer=True)
+    # `gpa_jax.codec.evaluate` (launch.eval_codec): the first per_voice utterances of every
+    # voice of the split (0 = all), at most max_utterances (0 = no cap), encode/decode
+    # batch, and whether to transcribe reconstructions with the CTC teacher.
+    return dict(split="test", per_voice=12, max_utterances=0, batch_size=8, teacher_cer=True)
 
 
 def _probe_defaults() -> dict[str, Any]:
@@ -193,6 +211,12 @@ def _probe_defaults() -> dict[str, Any]:
     )
 
 
+def _curves_defaults() -> dict[str, Any]:
+    # `gpa_jax.codec.curves`: utterances per voice of eval.split scored at every kept
+    # checkpoint (judge WER of the resynthesis; the RVQ-1 probe uses the probe section).
+    return dict(per_voice=4)
+
+
 _SECTIONS = {
     "codec": _codec_defaults,
     "teacher": _teacher_defaults,
@@ -203,6 +227,7 @@ _SECTIONS = {
     "train": _train_defaults,
     "eval": _eval_defaults,
     "probe": _probe_defaults,
+    "curves": _curves_defaults,
 }
 
 

@@ -69,8 +69,10 @@ def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 class ConvBlock(nnx.Module):
     """x + GELU(LayerNorm(conv_k(x))), with padded frames zeroed after the block."""
 
-    def __init__(self, width: int, kernel_size: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(width, width, (kernel_size,), padding="SAME", rngs=rngs)
+    def __init__(self, width: int, kernel_size: int, dilation: int = 1, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(
+            width, width, (kernel_size,), padding="SAME", kernel_dilation=(dilation,), rngs=rngs
+        )
         self.norm = nnx.LayerNorm(width, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -87,9 +89,12 @@ class CTCRecognizer(nnx.Module):
         num_layers: int,
         kernel_size: int = 5,
         stride: int = 1,
+        dilations: tuple[int, ...] = (1,),
         *,
         rngs: nnx.Rngs,
     ):
+        """dilations: block i uses dilations[i % len(dilations)] (a cycle such as (1, 2, 4)
+        widens the context at no extra cost)."""
         if stride not in (1, 2):
             raise ValueError(f"CTCRecognizer stride must be 1 or 2, got {stride}")
         self.stride = stride
@@ -98,7 +103,10 @@ class CTCRecognizer(nnx.Module):
             in_dim, hidden, (kernel_size,), strides=(stride,), padding="SAME", rngs=rngs
         )
         self.blocks = nnx.List(
-            [ConvBlock(hidden, kernel_size, rngs=rngs) for _ in range(num_layers)]
+            [
+                ConvBlock(hidden, kernel_size, dilations[i % len(dilations)], rngs=rngs)
+                for i in range(num_layers)
+            ]
         )
         self.head = nnx.Linear(hidden, VOCAB_SIZE, rngs=rngs)
 
@@ -195,12 +203,18 @@ def train_ctc(
     warmup_steps: int = 50,
     desc: str = "ctc",
     progress: bool = True,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    stop_at: int | None = None,
 ) -> CTCTrainResult:
     """Trains `model` with CTC: apply_fn(model, inputs, mask) -> (logits, frame_mask).
 
     Batches group utterances of similar length (bucketed by `length_multiple` input
     steps, so each bucket compiles once). Adam, linear warm-up then cosine decay,
-    global-norm clipping at 1.
+    global-norm clipping at 1. With `checkpoint_dir`, model and optimizer are saved every
+    `checkpoint_every` steps and a rerun resumes from the latest save; the batch order is
+    a pure function of `seed`, so the resumed run sees exactly the batches it would have.
+    stop_at: end after that step (of the `steps`-long schedule), as a preempted run would.
     """
     from tqdm import tqdm
 
@@ -225,13 +239,27 @@ def train_ctc(
     rng = np.random.default_rng(seed)
     lengths = [len(e.inputs) for e in examples]
     queue: list[np.ndarray] = []
-    losses: list[float] = []
-    t0 = time.time()
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
-    for i in range(steps):
+
+    def next_indices() -> np.ndarray:
+        nonlocal queue
         if not queue:
             queue = length_batches(lengths, batch_size, rng)
-        idx = queue.pop()
+        return queue.pop()
+
+    manager, start = None, 0
+    if checkpoint_dir:
+        manager = _checkpoint_manager(checkpoint_dir)
+        start = manager.latest_step() or 0
+        if start:
+            _restore(manager, start, model, optimizer)
+            for _ in range(start):  # replay the batch order up to the saved step
+                next_indices()
+            logging.info("%s: resumed from step %d in %s", desc, start, checkpoint_dir)
+    losses: list[float] = []
+    t0 = time.time()
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not progress)
+    for i in range(start, min(steps, stop_at or steps)):
+        idx = next_indices()
         batch = padded_batch(
             [examples[j].inputs for j in idx],
             [examples[j].text for j in idx],
@@ -247,8 +275,52 @@ def train_ctc(
             logging.log_every_n_seconds(
                 logging.INFO, "%s: step %d loss %.3f", 30, desc, i + 1, np.mean(losses[-25:])
             )
+        if manager is not None and checkpoint_every and (i + 1) % checkpoint_every == 0:
+            _save(manager, i + 1, model, optimizer)
     bar.close()
-    return CTCTrainResult(steps, float(np.mean(losses[-25:])), time.time() - t0)
+    if manager is not None:
+        manager.close()
+    final = float(np.mean(losses[-25:])) if losses else float("nan")
+    return CTCTrainResult(steps, final, time.time() - t0)
+
+
+def _checkpoint_manager(directory: str):
+    import os
+
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
+    import orbax.checkpoint as ocp
+
+    items = {
+        "model": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+        "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
+    }
+    manager.save(
+        step, args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    )
+    manager.wait_until_finished()
+
+
+def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
+    import orbax.checkpoint as ocp
+
+    states = {"model": nnx.state(model, nnx.Param), "optimizer": nnx.state(optimizer)}
+    args = {
+        k: ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(v))
+        )
+        for k, v in states.items()
+    }
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    for name, state in states.items():
+        nnx.replace_by_pure_dict(state, restored[name])
+    nnx.update(model, states["model"])
+    nnx.update(optimizer, states["optimizer"])
 
 
 def transcribe(

@@ -46,8 +46,13 @@ def load_clips(
     sample_rate: int,
     max_seconds: float = 600.0,
     limit: int | None = None,
+    per_speaker: int | None = None,
 ) -> Clips:
-    """Reads a split into memory; bad audio is skipped and counted (never fatal)."""
+    """Reads a split into memory; bad audio is skipped and counted (never fatal).
+
+    per_speaker: keep only each speaker's first N utterances (in split order), so scores
+    weigh every voice alike; limit caps the total.
+    """
     from data import corpora  # Imported here: pulls in TFDS and registers builders.
 
     stats = corpora.LoadStats()
@@ -61,6 +66,8 @@ def load_clips(
         on_error="skip",
         stats=stats,
     ):
+        if per_speaker is not None and speakers.count(example["speaker"]) >= per_speaker:
+            continue
         audio.append(np.asarray(example["audio"], np.float32))
         ids.append(example["id"])
         texts.append(example["text"])

@@ -12,9 +12,16 @@ n_q layers ("full_rvq") and with the first layer only ("rvq1_only"). Per variant
 - bitrate_bps: layers x log2(codebook_size) x frame rate (what the tokens cost);
 - cer (when the CTC content teacher is available): character error rate of the teacher's
   greedy transcripts of the reconstructions against the transcripts, next to its CER on
-  the original audio: an ASR-judge view of intelligibility.
-The result is one JSON-able dict (`evaluate_codec`); `evaluate_workdir` restores the
-trained codec of a work directory and writes <workdir>/codec/eval_<split>.json.
+  the original audio;
+- judge (when a judge is given; `launch.eval_codec` passes Whisper tiny.en): the judge's
+  WER on the recordings and on each variant, as corpus WER and mean per-utterance WER,
+  overall and per voice (`judge_report`), with the text normaliser named. The judge and
+  its scoring come from `gpa_jax.evaluation` and are passed in: the codec layer imports
+  nothing above it.
+Utterances are the first `eval.per_voice` of every voice of the split (capped by
+`eval.max_utterances`), so each voice weighs alike. The result is one JSON-able dict
+(`evaluate_codec`); `evaluate_workdir` restores the trained codec of a work directory and
+writes <workdir>/codec/eval_<split>.json.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -61,27 +68,24 @@ def bitrate(codec: Codec, num_layers: int) -> float:
     return num_layers * math.log2(codec.codebook_size) * codec.sample_rate / codec.hop_length
 
 
-def evaluate_codec(
+# judge_report(references, hypotheses, groups) -> JSON-able WER report (corpus and mean
+# per-utterance WER, per group): `gpa_jax.evaluation.asr_metrics.judge_wer_report`.
+JudgeReport = Callable[[Sequence[str], Sequence[str], Sequence[str] | None], dict[str, Any]]
+
+
+def resynthesize(
     codec: Codec,
     audio: Sequence[np.ndarray],
     *,
-    texts: Sequence[str] | None = None,
-    teacher: Any = None,
     batch_size: int = 8,
     bucket_frames: int = api.DEFAULT_BUCKET_FRAMES,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Metrics of `codec` on waveforms at its rate (see module doc) -> JSON-able dict.
-
-    teacher (a `teacher.ContentTeacher`) with `texts` adds the ASR-judge CERs.
-    """
+) -> dict[str, list[np.ndarray]]:
+    """{variant: decoded waveforms cut to each input's length} for every `VARIANTS` entry."""
     from tqdm import tqdm
 
-    if not len(audio):
-        raise ValueError("evaluate_codec: no utterances")
     sr = codec.sample_rate
     recon: dict[str, list[np.ndarray]] = {name: [] for name in VARIANTS}
-    t0 = time.time()
     bar = tqdm(total=len(audio), desc="eval codec", unit="utt", disable=not progress)
     for start in range(0, len(audio), batch_size):
         chunk = [np.asarray(a, np.float32) for a in audio[start : start + batch_size]]
@@ -92,6 +96,54 @@ def evaluate_codec(
             recon[name].extend(w[: len(a)] for w, a in zip(wavs, chunk, strict=True))
         bar.update(len(chunk))
     bar.close()
+    return recon
+
+
+def judge_variants(
+    judge: Any,
+    judge_report: JudgeReport,
+    audio: Sequence[np.ndarray],
+    recon: dict[str, list[np.ndarray]],
+    texts: Sequence[str],
+    speakers: Sequence[str] | None,
+    sample_rate: int,
+) -> dict[str, Any]:
+    """The judge's WER report on the recordings and on each resynthesis variant."""
+    out: dict[str, Any] = {"name": judge.name}
+    for name, wavs in {"recordings": list(audio), **recon}.items():
+        hyps = judge.transcribe(wavs, sample_rate)
+        out[name] = judge_report(texts, hyps, speakers)
+        out[name]["hypotheses"] = list(hyps)
+    return out
+
+
+def evaluate_codec(
+    codec: Codec,
+    audio: Sequence[np.ndarray],
+    *,
+    texts: Sequence[str] | None = None,
+    speakers: Sequence[str] | None = None,
+    teacher: Any = None,
+    judge: Any = None,
+    judge_report: JudgeReport | None = None,
+    batch_size: int = 8,
+    bucket_frames: int = api.DEFAULT_BUCKET_FRAMES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of `codec` on waveforms at its rate (see module doc) -> JSON-able dict.
+
+    teacher (a `teacher.ContentTeacher`) with `texts` adds the teacher's CERs; judge (with
+    `transcribe(wavs, sample_rate)` and `name`) plus judge_report adds the judge's WERs.
+    """
+    if not len(audio):
+        raise ValueError("evaluate_codec: no utterances")
+    if judge is not None and (texts is None or judge_report is None):
+        raise ValueError("evaluate_codec: a judge needs texts= and judge_report=")
+    sr = codec.sample_rate
+    t0 = time.time()
+    recon = resynthesize(
+        codec, audio, batch_size=batch_size, bucket_frames=bucket_frames, progress=progress
+    )
     codec_seconds = time.time() - t0
     seconds = float(sum(len(a) for a in audio) / sr)
     result: dict[str, Any] = {
@@ -121,6 +173,8 @@ def evaluate_codec(
         for name in VARIANTS:
             hyps = transcribe_waveforms(teacher, recon[name], sample_rate=sr)
             result["variants"][name]["cer"] = ctc.char_error_rate(texts, hyps)
+    if judge is not None:
+        result["judge"] = judge_variants(judge, judge_report, audio, recon, texts, speakers, sr)
     return result
 
 
@@ -142,6 +196,36 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{'original':<11} {'':>3} {'':>6} {'':>9} {'':>6} {result['original']['cer']:>6.3f}"
         )
+    if "judge" in result:
+        lines.append("")
+        lines.append(judge_table(result["judge"]))
+    return "\n".join(lines)
+
+
+def judge_table(judged: dict[str, Any]) -> str:
+    """Markdown: the judge's corpus WER (and mean per-utterance WER) per voice and overall,
+    on the recordings, the full-RVQ and the RVQ-1-only resynthesis."""
+    columns = ["recordings", *VARIANTS]
+    first = judged[columns[0]]
+    voices = sorted(first.get("per_group", {}))
+    head = "| voice | n | " + " | ".join(f"{c} WER (mean utt)" for c in columns) + " |"
+    lines = [
+        f"judge: {judged['name']}; normaliser: {first.get('normalizer', '?')}; corpus WER "
+        "(mean of per-utterance WER)",
+        "",
+        head,
+        "|" + "---|" * (len(columns) + 2),
+    ]
+
+    def cell(report: dict[str, Any]) -> str:
+        return f"{report['corpus_wer']:.3f} ({report['mean_utterance_wer']:.3f})"
+
+    for voice in voices:
+        n = first["per_group"][voice]["num_utterances"]
+        cells = " | ".join(cell(judged[c]["per_group"][voice]) for c in columns)
+        lines.append(f"| {voice} | {n} | {cells} |")
+    cells = " | ".join(f"**{cell(judged[c])}**" for c in columns)
+    lines.append(f"| all | {first['num_utterances']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -158,6 +242,8 @@ def evaluate_workdir(
     corpus: str | None = None,
     max_utterances: int | None = None,
     checkpoint_dir: str | None = None,
+    judge: Any = None,
+    judge_report: JudgeReport | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Restores <workdir>'s codec (and CTC teacher), evaluates `split` (default
@@ -181,6 +267,7 @@ def evaluate_workdir(
         sample_rate=codec.sample_rate,
         max_seconds=float(config.data.max_seconds),
         limit=limit,
+        per_speaker=int(ec.per_voice) or None,
     )
     teacher = None
     if ec.teacher_cer and config.teacher.kind == "ctc":
@@ -195,7 +282,10 @@ def evaluate_workdir(
         codec,
         clips.audio,
         texts=clips.texts,
+        speakers=clips.speakers,
         teacher=teacher,
+        judge=judge,
+        judge_report=judge_report,
         batch_size=int(ec.batch_size),
         progress=progress,
     )

@@ -65,10 +65,13 @@ def evaluate_codec(
     split: str | None = None,
     max_utterances: int | None = None,
     data_dir: str | None = None,
+    judge: Any = None,
+    judge_report: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Mel distance, STOI, bitrate (and teacher CER) for full RVQ and RVQ-1 only on
-    `split` (default config.eval.split); also written to <workdir>/codec/eval_<split>.json."""
+    """Judge WER (with a judge), mel distance, STOI, bitrate (and teacher CER) for full RVQ
+    and RVQ-1 only on `split` (default config.eval.split); also written to
+    <workdir>/codec/eval_<split>.json."""
     from gpa_jax.codec import evaluate
 
     return evaluate.evaluate_workdir(
@@ -77,6 +80,8 @@ def evaluate_codec(
         split=split,
         max_utterances=max_utterances,
         data_dir=data_dir,
+        judge=judge,
+        judge_report=judge_report,
         progress=progress,
     )
 

@@ -1,11 +1,13 @@
 """Codec training losses: reconstruction, commitment, D-axis distillation, adversarial.
 
 Generator objective (SpeechTokenizer paper Sec. 3.4, EnCodec's terms plus distillation):
-  L_G = l_wave * L_t + l_mel * L_f + l_adv * L_g + l_fm * L_feat + l_commit * L_w
-        + l_distill * L_distill
+  L_G = l_wave * L_t + l_mel * L_f + l_log_mel * L_lm + l_adv * L_g + l_fm * L_feat
+        + l_commit * L_w + l_distill * L_distill
 - L_t: mean |x - x_hat| (waveform L1);
 - L_f: EnCodec's multi-scale mel loss, `gpa_jax.audio.stft.multi_scale_mel_loss`
   (64 mels, windows 2^5..2^11);
+- L_lm: L1 of natural-log mel in the Whisper-like analysis (HiFi-GAN / Vocos' mel loss;
+  not in the paper, off unless lambda_log_mel > 0);
 - L_w: the RVQ commitment loss, mean over RVQ layers (`rvq.py`);
 - L_distill: D-axis loss between the projected RVQ-1 output and the teacher features;
 - L_g / L_feat: hinge adversarial and normalised feature-matching losses against the
@@ -43,6 +45,11 @@ def mel_loss(pred: jax.Array, target: jax.Array, config: ml_collections.ConfigDi
         n_mels=config.loss.mel_n_mels,
         scales=tuple(config.loss.mel_scales),
     )
+
+
+def log_mel_l1(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean |log-mel(x) - log-mel(x_hat)| with the Whisper-like analysis (`MelConfig()`)."""
+    return jnp.mean(jnp.abs(log_mel_jnp(pred) - log_mel_jnp(target)))
 
 
 def _safe_norm(x: jax.Array, axis: int) -> jax.Array:
@@ -190,6 +197,9 @@ def generator_loss(
         + lc.lambda_mel * metrics["mel"]
         + lc.lambda_commit * metrics["commit"]
     )
+    if lc.lambda_log_mel:
+        metrics["log_mel"] = log_mel_l1(recon, wav)
+        total = total + lc.lambda_log_mel * metrics["log_mel"]
     if teacher is not None:
         metrics["distill"] = d_axis_distill_loss(out["semantic_pred"], teacher)
         total = total + lc.lambda_distill * metrics["distill"]

@@ -23,6 +23,7 @@ from flax import nnx
 
 from gpa_jax.codec.rvq import ResidualVectorQuantizer
 from gpa_jax.codec.seanet import SEANetDecoder, SEANetEncoder, uniform_init
+from gpa_jax.codec.spectral import MelEncoder, VocosDecoder
 
 
 class Dense(nnx.Module):
@@ -64,7 +65,24 @@ class Codec(nnx.Module):
             init_gain=float(cfg.conv_init_gain),
             rngs=rngs,
         )
-        self.encoder = SEANetEncoder(bidirectional=cfg.encoder_bidirectional, **common)
+        spectral = dict(
+            hop_length=self.hop_length,
+            dimension=self.dimension,
+            width=int(cfg.spectral_width),
+            mlp_ratio=int(cfg.convnext_mlp_ratio),
+            rngs=rngs,
+        )
+        if cfg.encoder == "seanet":
+            self.encoder = SEANetEncoder(bidirectional=cfg.encoder_bidirectional, **common)
+        elif cfg.encoder == "mel":
+            self.encoder = MelEncoder(
+                sample_rate=self.sample_rate,
+                layers=int(cfg.encoder_layers),
+                n_mels=int(cfg.spectral_n_mels),
+                **spectral,
+            )
+        else:
+            raise ValueError(f"codec.encoder {cfg.encoder!r}: expected seanet|mel")
         self.quantizer = ResidualVectorQuantizer(
             dimension=self.dimension,
             n_q=self.n_q,
@@ -77,7 +95,12 @@ class Codec(nnx.Module):
             quantizer_dropout=cfg.quantizer_dropout,
             rngs=rngs,
         )
-        self.decoder = SEANetDecoder(**common)
+        if cfg.decoder == "seanet":
+            self.decoder = SEANetDecoder(**common)
+        elif cfg.decoder == "vocos":
+            self.decoder = VocosDecoder(layers=int(cfg.decoder_layers), **spectral)
+        else:
+            raise ValueError(f"codec.decoder {cfg.decoder!r}: expected seanet|vocos")
         self.teacher_dim = int(teacher_dim)
         self.semantic_proj = (
             Dense(self.dimension, self.teacher_dim, rngs=rngs)

@@ -78,6 +78,7 @@ class ContentTeacher(nnx.Module):
             int(t.ctc_layers),
             int(t.ctc_kernel_size),
             stride=2,
+            dilations=tuple(int(d) for d in t.ctc_dilations),
             rngs=rngs,
         )
         self._check_layer(int(t.ctc_layers))
@@ -145,6 +146,7 @@ def _arch(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "dim": int(t.dim),
         "ctc_layers": int(t.ctc_layers),
         "ctc_kernel_size": int(t.ctc_kernel_size),
+        "ctc_dilations": [int(d) for d in t.ctc_dilations],
         "ctc_n_mels": int(t.ctc_n_mels),
         "sample_rate": int(config.codec.sample_rate),
     }
@@ -221,6 +223,8 @@ def train_teacher(
         seed=int(config.seed) + 7,
         desc="teacher",
         progress=progress,
+        checkpoint_dir=os.path.join(directory, "train_state"),
+        checkpoint_every=int(t.ctc_checkpoint_every),
     )
     meta: dict[str, Any] = {
         "teacher_config": _arch(config),

@@ -226,7 +226,7 @@ def _abstract(tree: dict) -> dict:
 
 
 def checkpoint_manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 

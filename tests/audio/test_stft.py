@@ -124,3 +124,21 @@ def test_stft_resolution_validation():
         STFTResolution(512, 128, 1024)
     with pytest.raises(ValueError):
         STFTResolution(512, 0, 512)
+
+
+@pytest.mark.parametrize("hop", [160, 320])
+def test_istft_inverts_frames_centred_on_each_hop(hop):
+    """istft('same' padding) of the STFT whose frame f is centred at f * hop + hop / 2
+    gives the signal back, F frames -> F * hop samples."""
+    from gpa_jax.audio.stft import istft
+
+    n_fft, frames = 4 * hop, 24
+    x = np.random.default_rng(0).normal(size=(2, frames * hop)).astype(np.float32)
+    shifted = np.concatenate([x[:, hop // 2 :], np.zeros((2, hop // 2), np.float32)], axis=1)
+    spec = stft(jnp.asarray(shifted), n_fft, hop)[..., :frames, :]
+    y = np.asarray(istft(spec, n_fft, hop))
+    assert y.shape == x.shape
+    inner = slice(n_fft, -n_fft)  # the ends see the analysis' reflect padding
+    np.testing.assert_allclose(y[:, inner], x[:, inner], atol=1e-4)
+    with pytest.raises(ValueError, match="multiple"):
+        istft(spec, n_fft + 1, hop)

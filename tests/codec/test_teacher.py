@@ -127,3 +127,30 @@ def test_codec_trains_against_the_ctc_teacher_and_reuses_it(trained, tmp_path):
     fresh = teacher_config(**{"train.num_steps": 1})
     with pytest.raises(FileNotFoundError, match="no CTC teacher"):
         codec_train.train(fresh, str(tmp_path / "other"), clips=audio, progress=False)
+
+
+def test_ctc_training_resumes_exactly_from_its_checkpoint(tmp_path):
+    """A teacher run stopped at step 4 and rerun to 8 ends with the straight run's params."""
+    from flax import nnx
+
+    audio, texts = tone_corpus(12, seed=3)
+    examples = [ctc.CTCExample(a, s) for a, s in zip(audio, texts, strict=True)]
+    config = teacher_config()
+
+    def run(stop_at: int, directory: str):
+        model = teacher_lib.ContentTeacher(config, rngs=nnx.Rngs(5))
+        ctc.train_ctc(
+            model, teacher_lib._apply_wav, examples, steps=8, batch_size=4,
+            learning_rate=3e-3, length_multiple=SR, seed=1, progress=False,
+            checkpoint_dir=directory, checkpoint_every=4, stop_at=stop_at,
+        )  # fmt: skip
+        return [np.asarray(x) for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param))]
+
+    straight = run(8, str(tmp_path / "straight"))
+    run(4, str(tmp_path / "resumed"))  # "preempted" after its step-4 save
+    resumed = run(8, str(tmp_path / "resumed"))
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["8"]  # the latest save is kept
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    fresh = run(4, str(tmp_path / "other"))
+    assert not all(np.allclose(a, b) for a, b in zip(straight, fresh, strict=True))

@@ -18,7 +18,17 @@ def test_quick_demo_runs_every_stage(quick_demo):
     for split in ("train", "validation", "test", "test_unseen_voice"):
         assert f"\n{split} " in result.stdout  # the corpus summary
     assert "demo finished" in result.stdout
-    assert (workdir / "codec" / "eval_test.json").is_file()
+    codec_eval = json.loads((workdir / "codec" / "eval_test.json").read_text())
+    judged = codec_eval["judge"]  # the neural judge on recordings and both resyntheses
+    assert judged["name"].startswith("whisper") and judged["recordings"]["normalizer"]
+    for variant in ("recordings", "full_rvq", "rvq1_only"):
+        assert {"corpus_wer", "mean_utterance_wer", "per_group"} <= set(judged[variant])
+    assert (workdir / "codec" / "eval_test_unseen_voice.json").is_file()
+    curves = json.loads((workdir / "codec" / "curves.json").read_text())
+    assert [p["step"] for p in curves["points"]] == [10, 20, 30, 40]  # every kept checkpoint
+    assert {"full_rvq", "rvq1_only", "recordings", "probe_rvq1_cer"} <= set(curves["points"][0])
+    assert (workdir / "codec" / "curves.png").stat().st_size > 0
+    assert "| step |" in (workdir / "codec" / "curves.md").read_text()
     assert (workdir / "tokens" / "synthetic_speech" / "tiny" / "manifest.json").is_file()
 
 
