@@ -62,7 +62,8 @@ def codec_curves(
         config.data.corpus, pc.split, limit=int(pc.test_utterances), **load
     )
     done = {p["step"]: p for p in _load_points(workdir)}
-    recordings = None
+    recordings = judge_report(clips.texts, judge.transcribe(list(clips.audio), sr), clips.speakers)
+    header = {"judge": judge.name, "normalizer": recordings["normalizer"]}
     points = []
     for step in steps:
         if step in done:
@@ -70,34 +71,25 @@ def codec_curves(
             continue
         codec, _ = codec_train.restore_codec(config, directory, step)
         recon = codec_eval.resynthesize(codec, clips.audio, progress=progress)
-        if recordings is None:
-            hyps = judge.transcribe(list(clips.audio), sr)
-            recordings = judge_report(clips.texts, hyps, clips.speakers)
         point: dict[str, Any] = {"step": step, "utterances": len(clips.audio)}
         point["recordings"] = recordings["corpus_wer"]
         for name, wavs in recon.items():
             report = judge_report(clips.texts, judge.transcribe(wavs, sr), clips.speakers)
             point[name] = report["corpus_wer"]
             point[f"{name}_mean_utterance"] = report["mean_utterance_wer"]
-        probed = probe.probe_layers(
+        probed = probe.probe_configured(
+            config,
             codec,
             (probe_train.audio, probe_train.texts),
             (probe_test.audio, probe_test.texts),
             layers=[1],
-            hidden=int(pc.hidden),
-            num_layers=int(pc.num_layers),
-            kernel_size=int(pc.kernel_size),
-            steps=int(pc.steps),
-            batch_size=int(pc.batch_size),
-            learning_rate=float(pc.learning_rate),
-            seed=int(config.seed),
             progress=progress,
         )
         point["probe_rvq1_cer"] = probed["layers"]["rvq1"]["cer"]
         logging.info("codec curves: %s", point)
         points.append(point)
-        _write(workdir, points, judge.name, judge_report)
-    _write(workdir, points, judge.name, judge_report)
+        _write(workdir, points, header)
+    _write(workdir, points, header)
     return points
 
 
@@ -109,13 +101,12 @@ def _load_points(workdir: str) -> list[dict[str, Any]]:
         return json.load(f)["points"]
 
 
-def _write(workdir: str, points: list[dict[str, Any]], judge_name: str, judge_report) -> None:
+def _write(workdir: str, points: list[dict[str, Any]], header: dict[str, str]) -> None:
     os.makedirs(os.path.dirname(curves_path(workdir, "json")), exist_ok=True)
-    normaliser = judge_report(["a"], ["a"], None).get("normalizer", "?")
     with open(curves_path(workdir, "json"), "w") as f:
-        json.dump({"judge": judge_name, "normalizer": normaliser, "points": points}, f, indent=1)
+        json.dump({**header, "points": points}, f, indent=1)
     with open(curves_path(workdir, "md"), "w") as f:
-        f.write(format_markdown(points, judge_name, normaliser))
+        f.write(format_markdown(points, header["judge"], header["normalizer"]))
     _plot(points, curves_path(workdir, "png"))
 
 

@@ -106,6 +106,33 @@ def probe_layers(
     return result
 
 
+def probe_configured(
+    config: ml_collections.ConfigDict,
+    codec: Codec,
+    train: tuple[Sequence[np.ndarray], Sequence[str]],
+    test: tuple[Sequence[np.ndarray], Sequence[str]],
+    *,
+    layers: Sequence[int],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`probe_layers` with the probe's size, steps and seed from the config."""
+    pc = config.probe
+    return probe_layers(
+        codec,
+        train,
+        test,
+        layers=layers,
+        hidden=int(pc.hidden),
+        num_layers=int(pc.num_layers),
+        kernel_size=int(pc.kernel_size),
+        steps=int(pc.steps),
+        batch_size=int(pc.batch_size),
+        learning_rate=float(pc.learning_rate),
+        seed=int(config.seed),
+        progress=progress,
+    )
+
+
 def probe_codes(
     books: np.ndarray,
     train: tuple[Sequence[np.ndarray], Sequence[str]],
@@ -221,18 +248,12 @@ def probe_workdir(
         config.data.corpus, config.data.split, limit=int(pc.train_utterances), **load
     )
     test = codec_data.load_clips(config.data.corpus, split, limit=int(pc.test_utterances), **load)
-    result = probe_layers(
+    result = probe_configured(
+        config,
         codec,
         (train.audio, train.texts),
         (test.audio, test.texts),
         layers=[int(x) for x in pc.layers],
-        hidden=int(pc.hidden),
-        num_layers=int(pc.num_layers),
-        kernel_size=int(pc.kernel_size),
-        steps=int(pc.steps),
-        batch_size=int(pc.batch_size),
-        learning_rate=float(pc.learning_rate),
-        seed=int(config.seed),
         progress=progress,
     )
     result.update(

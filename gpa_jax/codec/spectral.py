@@ -90,7 +90,9 @@ class MelEncoder(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if hop_length % 2:
-            raise ValueError(f"the mel encoder stacks two mel frames per hop; hop {hop_length} is odd")
+            raise ValueError(
+                f"the mel encoder stacks two mel frames per hop; hop {hop_length} is odd"
+            )
         self.hop_length = hop_length
         self.mel = MelConfig(
             sample_rate=sample_rate,

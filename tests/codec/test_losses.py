@@ -123,11 +123,13 @@ def test_generator_loss_weights_terms_and_switches_adversarial():
     expect = (
         lc.lambda_wave * m["wave_l1"]
         + lc.lambda_mel * m["mel"]
+        + lc.lambda_log_mel * m["log_mel"]
         + lc.lambda_commit * m["commit"]
         + lc.lambda_distill * m["distill"]
         + lc.lambda_adv * m["adv"]
         + lc.lambda_fm * m["fm"]
     )
+    assert lc.lambda_log_mel > 0 and m["log_mel"] > 0  # codec_tiny's Whisper-like mel term
     np.testing.assert_allclose(total, expect, rtol=1e-5)
     np.testing.assert_allclose(m["wave_l1"], 0.01, rtol=1e-3)
     assert all(np.isfinite(float(v)) for v in m.values())
