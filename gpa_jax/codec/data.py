@@ -16,6 +16,7 @@ with the model checkpoint, so a resumed run sees exactly the batches a straight 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 from functools import partial
@@ -57,6 +58,7 @@ def load_clips(
 
     stats = corpora.LoadStats()
     audio, ids, texts, speakers = [], [], [], []
+    kept: collections.Counter[str] = collections.Counter()
     for example in corpora.speech_examples(
         corpus,
         split,
@@ -66,8 +68,9 @@ def load_clips(
         on_error="skip",
         stats=stats,
     ):
-        if per_speaker is not None and speakers.count(example["speaker"]) >= per_speaker:
+        if per_speaker is not None and kept[example["speaker"]] >= per_speaker:
             continue
+        kept[example["speaker"]] += 1
         audio.append(np.asarray(example["audio"], np.float32))
         ids.append(example["id"])
         texts.append(example["text"])
