@@ -79,7 +79,7 @@ def load_codec(config: ml_collections.ConfigDict):
 
 def codec_codebooks(codec) -> np.ndarray:
     """float32 [n_q, codebook_size, D] of a codec's RVQ."""
-    return np.asarray(jax.device_get(codec.quantizer.embed[...]), np.float32)
+    return np.asarray(jax.device_get(codec.quantizer.codebooks()), np.float32)
 
 
 def model_factory(config: ml_collections.ConfigDict):

@@ -65,6 +65,10 @@ def _codec_defaults() -> dict[str, Any]:
         kmeans_iters=50,
         dead_code_threshold=2.0,
         quantizer_dropout=0.0,
+        # quantizer: 'rvq' (the paper's) or 'split' (`rvq.SplitQuantizer`: RVQ-1 is a VQ of
+        # its own semantic_dim projection of the latent, 0 = dimension; Mimi's split).
+        quantizer="rvq",
+        semantic_dim=0,
         # encoder: 'seanet' (the paper's waveform encoder) or 'mel' (`spectral.MelEncoder`);
         # decoder: 'seanet' or 'vocos' (`spectral.VocosDecoder`, an inverse-STFT head). The
         # spectral pair runs at the frame rate only; the next fields size it.

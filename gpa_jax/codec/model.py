@@ -1,7 +1,7 @@
 """The SpeechTokenizer codec: SEANet encoder -> RVQ -> SEANet decoder, plus the semantic head.
 
 The semantic head is SpeechTokenizer's `transform`: a linear map from the RVQ-1 quantized
-output (dimension D) to the teacher's feature size, trained with the D-axis distillation
+output (dimension D; with the split quantizer, its semantic VQ's output) to the teacher's feature size, trained with the D-axis distillation
 loss (`losses.d_axis_distill_loss`) so that RVQ-1 carries content; when D equals the
 teacher size the reference uses the identity, and so do we. With no teacher
 (`teacher.kind == 'none'`) there is no head and no distillation.
@@ -21,21 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gpa_jax.codec.rvq import ResidualVectorQuantizer
-from gpa_jax.codec.seanet import SEANetDecoder, SEANetEncoder, uniform_init
+from gpa_jax.codec.rvq import ResidualVectorQuantizer, SplitQuantizer
+from gpa_jax.codec.seanet import Dense, SEANetDecoder, SEANetEncoder
 from gpa_jax.codec.spectral import MelEncoder, VocosDecoder
-
-
-class Dense(nnx.Module):
-    """Affine map [..., in] -> [..., out] with torch nn.Linear's init (U +-1/sqrt(in))."""
-
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
-        bound = 1.0 / math.sqrt(in_features)
-        self.kernel = nnx.Param(uniform_init(rngs.params(), (in_features, out_features), bound))
-        self.bias = nnx.Param(uniform_init(rngs.params(), (out_features,), bound))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.kernel[...] + self.bias[...]
 
 
 class Codec(nnx.Module):
@@ -83,8 +71,7 @@ class Codec(nnx.Module):
             )
         else:
             raise ValueError(f"codec.encoder {cfg.encoder!r}: expected seanet|mel")
-        self.quantizer = ResidualVectorQuantizer(
-            dimension=self.dimension,
+        codebook = dict(
             n_q=self.n_q,
             codebook_size=self.codebook_size,
             decay=cfg.ema_decay,
@@ -95,6 +82,16 @@ class Codec(nnx.Module):
             quantizer_dropout=cfg.quantizer_dropout,
             rngs=rngs,
         )
+        if cfg.quantizer == "rvq":
+            self.quantizer = ResidualVectorQuantizer(dimension=self.dimension, **codebook)
+            semantic_dim = self.dimension
+        elif cfg.quantizer == "split":
+            semantic_dim = int(cfg.semantic_dim) or self.dimension
+            self.quantizer = SplitQuantizer(
+                dimension=self.dimension, semantic_dim=semantic_dim, **codebook
+            )
+        else:
+            raise ValueError(f"codec.quantizer {cfg.quantizer!r}: expected rvq|split")
         if cfg.decoder == "seanet":
             self.decoder = SEANetDecoder(**common)
         elif cfg.decoder == "vocos":
@@ -103,8 +100,8 @@ class Codec(nnx.Module):
             raise ValueError(f"codec.decoder {cfg.decoder!r}: expected seanet|vocos")
         self.teacher_dim = int(teacher_dim)
         self.semantic_proj = (
-            Dense(self.dimension, self.teacher_dim, rngs=rngs)
-            if self.teacher_dim and self.teacher_dim != self.dimension
+            Dense(semantic_dim, self.teacher_dim, rngs=rngs)
+            if self.teacher_dim and self.teacher_dim != semantic_dim
             else None
         )
 
@@ -167,7 +164,8 @@ class Codec(nnx.Module):
         quantized, codes, aux = self.quantizer.quantize(
             latent, n_q, train, layer_outputs=True, rng=rng
         )
-        rvq1 = aux["layer_outputs"][0]
+        # What distillation reads: the split quantizer's semantic VQ output, else RVQ-1's.
+        rvq1 = aux["semantic"] if "semantic" in aux else aux["layer_outputs"][0]
         if self.teacher_dim == 0:
             semantic = None
         elif self.semantic_proj is None:

