@@ -108,6 +108,10 @@ def _teacher_defaults() -> dict[str, Any]:
         ctc_max_seconds=8.0,
         ctc_eval_utterances=200,
         ctc_checkpoint_every=250,  # a stopped teacher run resumes from its last save
+        # VQ bottleneck of ctc_vq_codes EMA codes before the character head (0 = none),
+        # commitment weight ctc_vq_commit (VQ-VAE's beta): its codes are content tokens.
+        ctc_vq_codes=0,
+        ctc_vq_commit=0.25,
     )
 
 

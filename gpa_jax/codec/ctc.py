@@ -30,6 +30,8 @@ import optax
 from absl import logging
 from flax import nnx
 
+from gpa_jax.codec.rvq import CodebookState
+
 # `gpa_jax.text.normalize_transcript` leaves exactly these characters (a-z, 0-9, ', space).
 VOCAB = " '0123456789abcdefghijklmnopqrstuvwxyz"
 BLANK = 0
@@ -116,14 +118,19 @@ class CTCRecognizer(nnx.Module):
             return mask.astype(jnp.float32)
         return mask[:, :: self.stride].astype(jnp.float32)
 
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    def features(self, x: jax.Array, mask: jax.Array) -> list[jax.Array]:
+        """Hidden states [b, T', hidden] after each block (padded frames zero)."""
         out_mask = self.output_mask(mask)[..., None]
         h = jax.nn.gelu(self.conv_in(x * mask[..., None].astype(x.dtype))) * out_mask
         hidden = []
         for block in self.blocks:
             h = block(h, out_mask)
             hidden.append(h)
-        return self.head(h), hidden
+        return hidden
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        hidden = self.features(x, mask)
+        return self.head(hidden[-1]), hidden
 
 
 def ctc_loss(logits: jax.Array, frame_mask: jax.Array, labels: jax.Array, label_mask: jax.Array):
@@ -207,7 +214,8 @@ def train_ctc(
     checkpoint_every: int = 0,
     stop_at: int | None = None,
 ) -> CTCTrainResult:
-    """Trains `model` with CTC: apply_fn(model, inputs, mask) -> (logits, frame_mask).
+    """Trains `model` with CTC: apply_fn(model, inputs, mask) -> (logits, frame_mask), or
+    (logits, frame_mask, extra_loss) for a model with a term of its own (a VQ's commitment).
 
     Batches group utterances of similar length (bucketed by `length_multiple` input
     steps, so each bucket compiles once). Adam, linear warm-up then cosine decay,
@@ -227,8 +235,9 @@ def train_ctc(
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     def loss_fn(model, batch):
-        logits, frame_mask = apply_fn(model, batch["inputs"], batch["mask"])
-        return ctc_loss(logits, frame_mask, batch["labels"], batch["label_mask"])
+        out = apply_fn(model, batch["inputs"], batch["mask"])
+        loss = ctc_loss(out[0], out[1], batch["labels"], batch["label_mask"])
+        return loss + out[2] if len(out) == 3 else loss
 
     @nnx.jit
     def step(model, optimizer, batch):
@@ -284,6 +293,11 @@ def train_ctc(
     return CTCTrainResult(steps, final, time.time() - t0)
 
 
+# What a saved recogniser holds: its params and, for a VQ bottleneck, the EMA codebooks.
+# (The VQ's random stream is not saved: a resumed VQ teacher draws fresh dead-code picks.)
+SAVED = (nnx.Param, CodebookState)
+
+
 def _checkpoint_manager(directory: str):
     import os
 
@@ -297,7 +311,7 @@ def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> No
     import orbax.checkpoint as ocp
 
     items = {
-        "model": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+        "model": nnx.to_pure_dict(nnx.state(model, SAVED)),
         "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
     }
     manager.save(
@@ -309,7 +323,7 @@ def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> No
 def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
     import orbax.checkpoint as ocp
 
-    states = {"model": nnx.state(model, nnx.Param), "optimizer": nnx.state(optimizer)}
+    states = {"model": nnx.state(model, SAVED), "optimizer": nnx.state(optimizer)}
     args = {
         k: ocp.args.StandardRestore(
             jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(v))
@@ -354,7 +368,7 @@ def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> Non
 
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
-    params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(module, SAVED))
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(directory, "params"), params, force=True)
     with open(os.path.join(directory, "meta.json"), "w") as f:
@@ -372,7 +386,7 @@ def load_module(module: nnx.Module, directory: str) -> dict[str, Any]:
     meta_path = os.path.join(directory, "meta.json")
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"no trained model in {directory!r} (missing meta.json)")
-    state = nnx.state(module, nnx.Param)
+    state = nnx.state(module, SAVED)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
     with ocp.StandardCheckpointer() as ckpt:
         restored = ckpt.restore(os.path.join(directory, "params"), abstract)

@@ -34,6 +34,7 @@ from flax import nnx
 
 from gpa_jax.audio.features import MelConfig, log_mel_jnp
 from gpa_jax.codec import ctc
+from gpa_jax.codec.rvq import ResidualVectorQuantizer
 
 # Log-mel front end: Whisper-like 25 ms / 10 ms frames (100 Hz), so the recogniser's one
 # stride-2 conv lands on the codec's 50 Hz frames.
@@ -82,6 +83,17 @@ class ContentTeacher(nnx.Module):
             rngs=rngs,
         )
         self._check_layer(int(t.ctc_layers))
+        # Optional VQ bottleneck between the last block and the character head: trained by
+        # the CTC loss (straight-through) plus commitment, its codes are content tokens.
+        codes = int(t.ctc_vq_codes)
+        self.vq = (
+            ResidualVectorQuantizer(
+                dimension=int(t.dim), n_q=1, codebook_size=codes, kmeans_iters=10, rngs=rngs
+            )
+            if codes
+            else None
+        )
+        self.vq_commit = float(t.ctc_vq_commit)
 
     def _check_layer(self, num_layers: int) -> None:
         if self.layer in ("", "last", "avg"):
@@ -104,11 +116,36 @@ class ContentTeacher(nnx.Module):
         var = jnp.sum(jnp.square(mel - mean) * m, 1, keepdims=True) / count
         return (mel - mean) * jax.lax.rsqrt(var + 1e-5) * m, mask
 
-    def logits(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """CTC logits [b, T', vocab] and output frame mask (training / transcription)."""
+    def forward(
+        self, wav: jax.Array, lengths: jax.Array, train: bool = False
+    ) -> dict[str, jax.Array | list[jax.Array]]:
+        """'logits' [b, T', vocab], 'mask' [b, T'], 'hidden' (per block), and with the VQ
+        bottleneck 'codes' int32 [b, T'] and 'commit' (train=True updates the codebook)."""
         x, mask = self.frontend(wav, lengths)
-        logits, _ = self.net(x, mask)
-        return logits, self.net.output_mask(mask)
+        hidden = self.net.features(x, mask)
+        out_mask = self.net.output_mask(mask)
+        out: dict[str, Any] = {"mask": out_mask, "hidden": hidden}
+        last = hidden[-1]
+        if self.vq is not None:
+            last, codes, aux = self.vq.quantize(last, train=train)
+            last = last * out_mask[..., None]
+            out.update(codes=codes[:, 0], commit=aux["commit_loss"])
+        out["logits"] = self.net.head(last)
+        return out
+
+    def logits(self, wav: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """CTC logits [b, T', vocab] and output frame mask (transcription)."""
+        out = self.forward(wav, lengths)
+        return out["logits"], out["mask"]
+
+    def codes(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """The VQ bottleneck's codes int32 [b, ceil(n / hop)] of waveforms [b, n]."""
+        if self.vq is None:
+            raise ValueError("this CTC teacher has no VQ bottleneck (teacher.ctc_vq_codes=0)")
+        b, n = wav.shape
+        if lengths is None:
+            lengths = jnp.full((b,), n, jnp.int32)
+        return self.forward(wav, lengths)["codes"][:, : -(-n // self.hop)]
 
     def __call__(self, wav: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         """Distillation target [b, ceil(n / hop), dim] for waveforms [b, n]."""
@@ -116,7 +153,7 @@ class ContentTeacher(nnx.Module):
         if lengths is None:
             lengths = jnp.full((b,), n, jnp.int32)
         x, mask = self.frontend(wav, lengths)
-        _, hidden = self.net(x, mask)
+        hidden = self.net.features(x, mask)
         if self.layer in ("", "last"):
             feats = hidden[-1]
         elif self.layer == "avg":
@@ -131,6 +168,13 @@ def _apply_wav(model: ContentTeacher, wav: jax.Array, mask: jax.Array):
     return model.logits(wav, jnp.sum(mask, -1).astype(jnp.int32))
 
 
+def _train_apply_wav(model: ContentTeacher, wav: jax.Array, mask: jax.Array):
+    out = model.forward(wav, jnp.sum(mask, -1).astype(jnp.int32), train=True)
+    if model.vq is None:
+        return out["logits"], out["mask"]
+    return out["logits"], out["mask"], model.vq_commit * out["commit"]
+
+
 def teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Where the CTC teacher lives: teacher.path, else <workdir>/codec/teacher."""
     return config.teacher.path or os.path.join(workdir, "codec", "teacher")
@@ -142,7 +186,7 @@ def _meta_matches(meta: dict[str, Any], config: ml_collections.ConfigDict) -> bo
 
 def _arch(config: ml_collections.ConfigDict) -> dict[str, Any]:
     t = config.teacher
-    return {
+    arch = {
         "dim": int(t.dim),
         "ctc_layers": int(t.ctc_layers),
         "ctc_kernel_size": int(t.ctc_kernel_size),
@@ -150,6 +194,9 @@ def _arch(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "ctc_n_mels": int(t.ctc_n_mels),
         "sample_rate": int(config.codec.sample_rate),
     }
+    if int(t.ctc_vq_codes):  # only when set, so teachers saved before it still match
+        arch["ctc_vq_codes"] = int(t.ctc_vq_codes)
+    return arch
 
 
 def load_teacher(config: ml_collections.ConfigDict, directory: str) -> ContentTeacher:
@@ -214,7 +261,7 @@ def train_teacher(
     logging.info("teacher: training a CTC recogniser on %d utterances", len(examples))
     result = ctc.train_ctc(
         model,
-        _apply_wav,
+        _train_apply_wav,
         examples,
         steps=int(t.ctc_steps),
         batch_size=int(t.ctc_batch_size),
