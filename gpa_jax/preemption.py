@@ -122,7 +122,9 @@ def _handle(signum: int, frame) -> None:
             break
     if state.signum is not None:
         if signum == signal.SIGINT:  # a second Ctrl-C: the user does not want to wait
-            raise _stopped(top.job if top else "job", signum, "second Ctrl-C: aborted without saving")
+            raise _stopped(
+                top.job if top else "job", signum, "second Ctrl-C: aborted without saving"
+            )
         logging.warning("received %s again: already stopping", signal_name(signum))
         return
     state.signum = signum
