@@ -29,19 +29,21 @@ def tfds_dir(workdir: str) -> str:
     return os.path.join(workdir, "tfds")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` all at once: temporary file in the same folder, then rename.
+def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> None:
+    """Writes `text` (str or bytes) to `path` all at once: a temporary file in the same
+    folder, then a rename.
 
     Local files: fsync + os.replace (atomic on POSIX). gs:// and other object stores:
-    one object write is already all-or-nothing, so the text is written directly.
+    one object write is already all-or-nothing, so the data is written directly.
     """
     path = os.fspath(path)
     if "://" in path:
-        epath.Path(path).write_text(text)
+        target = epath.Path(path)
+        target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
