@@ -184,3 +184,20 @@ def watch(
             state.previous.clear()
             state.signum = None
             state.stack.clear()
+
+
+def job(name: str, *, note: str = "rerun the same command to resume"):
+    """Decorates a launch entry point's `main`: SIGTERM/SIGINT stop it with 143 / 130 and
+    one message (immediate mode; the trainers inside push their own deferred handling)."""
+
+    def decorate(main: Callable) -> Callable:
+        import functools
+
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs):
+            with watch(name, immediate=True, note=note):
+                return main(*args, **kwargs)
+
+        return wrapped
+
+    return decorate

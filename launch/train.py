@@ -26,7 +26,7 @@ import os
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
@@ -48,6 +48,7 @@ class _QuietOrbax(py_logging.Filter):
         )
 
 
+@preemption.job("training", note="rerun the same command to resume from the last checkpoint")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
