@@ -14,9 +14,12 @@ A sweep file `configs/sweeps/<name>.py` defines `get_sweep() -> dict` with
 Each run is `python -m <entry> --config=<config> --workdir=<run dir> --config.<k>=<v> ...`.
 Every grid point's overrides are checked against the config before anything runs (an
 unknown key or a wrongly typed value fails the whole sweep up front). A run that finished
-writes `<run dir>/SWEEP_DONE`; rerunning the sweep skips finished runs and resumes the
-others (the trainer resumes from its checkpoints). A failing run is recorded with its exit
-code and log path and the sweep goes on with the next one.
+writes `<run dir>/SWEEP_DONE` (after its status.json, both atomically); rerunning the
+sweep skips finished runs and resumes the others (the trainer resumes from its
+checkpoints). A failing run is recorded with its exit code and log path and the sweep goes
+on with the next one. A preempted run (exit 143 / 130) stops the sweep with that status;
+SIGTERM / SIGINT to the sweep itself go to the running child (which saves and exits) and
+then stop the sweep the same way (`gpa_jax.preemption`); the rerun resumes at that run.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, paths, preemption
 
 DONE_MARKER = "SWEEP_DONE"
 _REQUIRED = ("name", "entry", "config", "grid", "metrics")
@@ -121,29 +124,61 @@ def command(sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.
     ]
 
 
+PREEMPTED_CODES = {code: sig for sig, code in preemption.EXIT_CODES.items()}
+
+
 def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict[str, Any]]:
-    """Runs every unfinished run in order, then gathers the results (see `gather`)."""
+    """Runs every unfinished run in order, then gathers the results (see `gather`).
+
+    Raises `preemption.Preempted` when a run is preempted or the sweep gets SIGTERM/SIGINT.
+    """
     root = sweep_dir(workdir, sweep)
     runs = expand(sweep, workdir)
-    for index, run in enumerate(runs, start=1):
-        run_dir = os.path.join(root, run.name)
-        if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
-            log(f"[{index}/{len(runs)}] {run.name}: done earlier, skipped")
-            continue
-        os.makedirs(run_dir, exist_ok=True)
-        cmd = command(sweep, run, run_dir)
-        log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
-        start = time.time()
-        with open(os.path.join(run_dir, "run.log"), "ab") as out:
-            rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
-        status = {"returncode": rc, "seconds": round(time.time() - start, 1)}
-        with open(os.path.join(run_dir, "status.json"), "w") as f:
-            json.dump(status, f)
-        if rc == 0:
-            open(os.path.join(run_dir, DONE_MARKER), "w").close()
-        log(f"[{index}/{len(runs)}] {run.name}: exit {rc} after {status['seconds']} s"
-            + ("" if rc == 0 else f" (log: {os.path.join(run_dir, 'run.log')})"))
+    child: list[subprocess.Popen] = []
+
+    def forward(signum: int) -> None:
+        # The child runs in its own session (a terminal's Ctrl-C reaches only the sweep),
+        # so it gets each signal exactly once, from here, and saves before exiting.
+        if child and child[0].poll() is None:
+            child[0].send_signal(signum)
+
+    with preemption.watch(f"sweep {sweep['name']}", on_signal=forward):
+        for index, run in enumerate(runs, start=1):
+            run_dir = os.path.join(root, run.name)
+            if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
+                log(f"[{index}/{len(runs)}] {run.name}: done earlier, skipped")
+                continue
+            if preemption.requested():
+                preemption.stop(f"runs before {run.name} are finished")
+            os.makedirs(run_dir, exist_ok=True)
+            cmd = command(sweep, run, run_dir)
+            log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
+            start = time.time()
+            with open(os.path.join(run_dir, "run.log"), "ab") as out:
+                child[:] = [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)]  # fmt: skip
+                rc = child[0].wait()
+                child.clear()
+            status = {"returncode": rc, "seconds": round(time.time() - start, 1)}
+            paths.atomic_write_json(os.path.join(run_dir, "status.json"), status)
+            if rc == 0:  # the marker a rerun trusts: written last, whole
+                paths.atomic_write_text(os.path.join(run_dir, DONE_MARKER), "")
+            log_path = os.path.join(run_dir, "run.log")
+            log(f"[{index}/{len(runs)}] {run.name}: exit {rc} after {status['seconds']} s"
+                + ("" if rc == 0 else f" (log: {log_path})"))  # fmt: skip
+            if rc in PREEMPTED_CODES:
+                raise preemption.Preempted(
+                    PREEMPTED_CODES[rc],
+                    _say(f"sweep {sweep['name']}: run {run.name} was stopped by "
+                         f"{preemption.signal_name(PREEMPTED_CODES[rc])} (its checkpoint is in "
+                         f"{run_dir}; log {log_path}); rerun the sweep to resume it"),
+                )  # fmt: skip
     return gather(sweep, workdir)
+
+
+def _say(message: str) -> str:
+    print(message, file=sys.stderr, flush=True)
+    return message
 
 
 def gather(sweep: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
@@ -158,7 +193,8 @@ def gather(sweep: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
         if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
             row["status"] = "done"
         elif os.path.exists(status_path):
-            row["status"] = f"failed (exit {json.load(open(status_path))['returncode']})"
+            rc = json.load(open(status_path))["returncode"]
+            row["status"] = f"{'preempted' if rc in PREEMPTED_CODES else 'failed'} (exit {rc})"
         else:
             row["status"] = "not run"
         scalars = read_scalars(os.path.join(run_dir, "tensorboard")) if os.path.isdir(run_dir) else {}
@@ -176,10 +212,8 @@ def write_table(sweep: Mapping[str, Any], workdir: str, rows: list[dict[str, Any
     root = sweep_dir(workdir, sweep)
     os.makedirs(root, exist_ok=True)
     table = markdown_table(rows, ["run", *sweep["grid"], "status", *sweep["metrics"]])
-    with open(os.path.join(root, "results.md"), "w") as f:
-        f.write(f"# Sweep {sweep['name']}\n\n{table}\n")
-    with open(os.path.join(root, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2, default=str)
+    paths.atomic_write_text(os.path.join(root, "results.md"), f"# Sweep {sweep['name']}\n\n{table}\n")
+    paths.atomic_write_json(os.path.join(root, "results.json"), rows, indent=2, default=str)
     return table
 
 

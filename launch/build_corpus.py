@@ -14,7 +14,7 @@ import time
 import ml_collections
 from absl import app, logging
 
-from gpa_jax import config_utils, paths
+from gpa_jax import config_utils, paths, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/corpus.py")
@@ -42,6 +42,10 @@ def build_corpus(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
+@preemption.job(
+    "corpus build",
+    note="TFDS keeps only finished builds; rerun the same command to build it",
+)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -22,6 +22,13 @@ the SentencePiece model, LM / acoustic checkpoints):
 Everything goes under the work dir (--workdir, else $GPA_JAX_WORKDIR, else runs/demo):
 tfds/, codec/, tokens/, spm/, checkpoints/ + tensorboard/ (the LM), acoustic/<variant>/,
 eval/results.{md,json} and samples/<task>/ (wavs + manifest.jsonl).
+
+A finished stage writes demo/<stage>.done (atomically, after all its outputs); a rerun
+skips stages marked done for the same size (--quick or not), and --from_stage=X reruns X
+and every later stage. SIGTERM / Ctrl-C stop the demo in the stage it is in, with status
+143 / 130 (`gpa_jax.preemption`): training stages save a checkpoint first, the others keep
+what they finished; the next stage is not started, and rerunning the same command
+resumes at the stopped stage.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import time
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils, paths
+from gpa_jax import config_utils, paths, preemption
 from launch import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,6 +178,24 @@ def _stages(workdir: str, quick: bool):
     }
 
 
+def marker_path(workdir: str, stage: str) -> str:
+    """demo/<stage>.done: written when a stage has finished (what a rerun skips on)."""
+    return os.path.join(workdir, "demo", f"{stage}.done")
+
+
+def stage_done(workdir: str, stage: str, quick: bool) -> bool:
+    import json
+
+    path = marker_path(workdir, stage)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            return json.load(f).get("quick") == quick
+    except ValueError:  # unreadable: treat as not done (markers are written atomically)
+        return False
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -182,12 +207,32 @@ def main(argv):
     chosen = STAGES[first : last + 1]
     stages = _stages(workdir, quick)
     logging.info("demo: work dir %s, %s sizes, stages %s", workdir, "quick" if quick else "default", chosen)
+    if flags.FLAGS["from_stage"].present:  # an explicit --from_stage reruns it and what follows
+        for name in STAGES[first:]:
+            if os.path.exists(marker_path(workdir, name)):
+                os.remove(marker_path(workdir, name))
     total = time.time()
-    for index, name in enumerate(chosen, start=1):
-        start = time.time()
-        print(f"== [{index}/{len(chosen)}] {name}", flush=True)
-        stages[name]()
-        print(f"== [{index}/{len(chosen)}] {name} done in {time.time() - start:.1f} s", flush=True)
+    # Immediate: a signal stops the stage it is in (training stages save first: they
+    # push their own deferred handling), and no later stage starts.
+    with preemption.watch("demo", immediate=True, note="rerun the same command to resume"):
+        for index, name in enumerate(chosen, start=1):
+            head = f"== [{index}/{len(chosen)}] {name}"
+            if stage_done(workdir, name, quick):
+                print(f"{head}: done earlier, skipped ({marker_path(workdir, name)})", flush=True)
+                continue
+            start = time.time()
+            print(head, flush=True)
+            try:
+                stages[name]()
+            except preemption.Preempted as stopped:
+                print(f"{head} stopped by {preemption.signal_name(stopped.signum)}; rerun the "
+                      f"same command to resume at this stage", flush=True)  # fmt: skip
+                raise
+            seconds = time.time() - start
+            # The stage's outputs are complete: record it, whole or not at all.
+            os.makedirs(os.path.dirname(marker_path(workdir, name)), exist_ok=True)
+            paths.atomic_write_json(marker_path(workdir, name), {"quick": quick, "seconds": round(seconds, 1)})
+            print(f"{head} done in {seconds:.1f} s", flush=True)
     print(f"demo finished in {time.time() - total:.1f} s; artefacts under {workdir}")
     if "evaluate" in chosen:
         print(f"results: {os.path.join(workdir, 'eval', 'results.md')}; samples: {os.path.join(workdir, 'samples')}")

@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from gpa_jax import paths
+from gpa_jax import paths, preemption
 from launch import common
 
 _NAR_CONFIG = flags.DEFINE_string("nar_config", None, "Config of the NAR stage (path[:arg]).")
@@ -58,6 +58,7 @@ def _stage(name, spec, workdir, overrides):
     return config, workdir
 
 
+@preemption.job("acoustic evaluation", note="no results were written; rerun the same command")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -18,7 +18,7 @@ import json
 
 from absl import app, flags
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -34,6 +34,7 @@ _CHECKPOINT_DIR = flags.DEFINE_string(
 _CURVES = flags.DEFINE_bool("curves", False, "Score every kept checkpoint into codec/curves.*.")
 
 
+@preemption.job("codec evaluation", note="no results were written; rerun the same command")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
@@ -28,6 +28,11 @@ _SPEAKER = flags.DEFINE_enum("speaker_encoder", "resemblyzer", ["resemblyzer", "
                              "Speaker encoder for similarity (resemblyzer: pretrained, eval extra).")
 
 
+@preemption.job(
+    "evaluation",
+    note="no results were written (eval/results.json appears "
+    "only when complete); rerun the same command",
+)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -14,7 +14,7 @@ import json
 
 from absl import app, flags
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -25,6 +25,7 @@ _CHECKPOINT_DIR = flags.DEFINE_string(
 )
 
 
+@preemption.job("codec probe", note="no results were written; rerun the same command")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

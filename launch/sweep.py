@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from gpa_jax import preemption
 from gpa_jax import sweep as sweep_lib
 from launch import common
 
@@ -20,6 +21,7 @@ _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/lm_
 _MODE = flags.DEFINE_enum("mode", "run", ["run", "print", "gather"], "What to do (see module docstring).")
 
 
+@preemption.job("sweep", note="rerun the same command to resume")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

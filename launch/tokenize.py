@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -35,6 +35,11 @@ _MAX_SECONDS = flags.DEFINE_float(
 _RECORDS_PER_SHARD = flags.DEFINE_integer("records_per_shard", 4096, "Utterances per shard.")
 
 
+@preemption.job(
+    "tokenization",
+    note="finished splits are kept (manifest); rerun the same "
+    "command to resume at the first unfinished split",
+)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -5,7 +5,8 @@
 
 Rerunning the same command resumes from the newest checkpoint in <workdir>/checkpoints
 (state, optimizer and data position). SIGTERM or Ctrl-C saves a checkpoint at the
-current step and exits with status 143 / 130; a second Ctrl-C aborts without saving.
+current step, prints where, and exits with status 143 / 130 (gpa_jax.preemption); a
+second Ctrl-C aborts without saving.
 Metrics: `tensorboard --logdir <workdir>/tensorboard`. With the task data (the gpa_*
 configs) the run ends by printing the last eval's loss per task next to its unigram
 baseline (`python -m launch.lm_report` prints it again later).
@@ -22,11 +23,10 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
-import sys
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
@@ -48,6 +48,7 @@ class _QuietOrbax(py_logging.Filter):
         )
 
 
+@preemption.job("training", note="rerun the same command to resume from the last checkpoint")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -65,11 +66,9 @@ def main(argv):
         summary += f", train loss {result.train_metrics['train/loss']:.4f}"
     if "eval/loss" in result.eval_metrics:
         summary += f", eval loss {result.eval_metrics['eval/loss']:.4f}"
-    print(f"{'stopped' if result.preempted else 'finished'} at {summary}; workdir {workdir}")
+    print(f"finished at {summary}; workdir {workdir}")
     if lm_report.table_rows(result.eval_metrics):  # the tasks source's per-task baselines
         print(lm_report.loss_table(result.eval_metrics))
-    if result.preempted:
-        sys.exit(trainer.EXIT_CODES[result.signal])
 
 
 if __name__ == "__main__":

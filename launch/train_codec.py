@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils, paths
+from gpa_jax import config_utils, paths, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir of the corpus (default <workdir>/tfds).")
 
 
+@preemption.job("codec training", note="rerun the same command to resume from the last checkpoint")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -33,7 +33,6 @@ bounds coincide (its decoder ignores layers 2..N): then no comparison means anyt
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.acoustic.api import AcousticStage, synthesize
 from gpa_jax.acoustic.data import CodeBank, cross_candidates, load_code_bank, reference_candidates
 from gpa_jax.codec.evaluate import mel_distance
@@ -173,7 +173,11 @@ def evaluate(
             for name, out in outputs.items():
                 # "nar (greedy codes)" -> "nar-greedy", "upper (full codec)" -> "upper"
                 head, _, detail = name.partition(" (")
-                tag = head if head in ("upper", "lower") or not detail else f"{head}-{detail.split()[0]}"
+                tag = (
+                    head
+                    if head in ("upper", "lower") or not detail
+                    else f"{head}-{detail.split()[0]}"
+                )
                 save_wav(
                     os.path.join(sample_dir, f"{ex['id']}_{tag}.wav"),
                     out["same"][i],
@@ -316,8 +320,9 @@ def run(
     )  # fmt: skip
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
-        with open(os.path.join(out_dir, "results.md"), "w") as f:
-            f.write(format_table(result) + "\n")
+        # Whole or absent (gpa_jax.paths): a killed evaluation never looks finished.
+        paths.atomic_write_text(os.path.join(out_dir, "results.md"), format_table(result) + "\n")
+        paths.atomic_write_json(
+            os.path.join(out_dir, "results.json"), result, indent=1, sort_keys=True
+        )
     return result

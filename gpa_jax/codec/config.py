@@ -184,6 +184,9 @@ def _train_defaults() -> dict[str, Any]:
     # stops early and a later run with a larger one resumes from the last checkpoint.
     # summary_seconds: length of the fixed validation clip of the audio summaries;
     # keep_checkpoints 0 keeps every checkpoint (the quality curves score each).
+    # divergence_factor: a finite generator loss (or CTC teacher loss) above this times its
+    # running average marks the checkpoints saved around it as diverged; the newest good
+    # one is always kept (gpa_jax.recovery; 0 = off).
     return dict(
         num_steps=0,
         log_every=50,
@@ -191,6 +194,7 @@ def _train_defaults() -> dict[str, Any]:
         checkpoint_every=1000,
         keep_checkpoints=3,
         summary_seconds=4.0,
+        divergence_factor=4.0,
     )
 
 

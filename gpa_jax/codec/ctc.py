@@ -30,6 +30,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from gpa_jax import paths, preemption, recovery
 from gpa_jax.codec.rvq import CodebookState
 
 # `gpa_jax.text.normalize_transcript` leaves exactly these characters (a-z, 0-9, ', space).
@@ -213,6 +214,7 @@ def train_ctc(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 0,
     stop_at: int | None = None,
+    divergence_factor: float = 0.0,
 ) -> CTCTrainResult:
     """Trains `model` with CTC: apply_fn(model, inputs, mask) -> (logits, frame_mask), or
     (logits, frame_mask, extra_loss) for a model with a term of its own (a VQ's commitment).
@@ -223,6 +225,10 @@ def train_ctc(
     `checkpoint_every` steps and a rerun resumes from the latest save; the batch order is
     a pure function of `seed`, so the resumed run sees exactly the batches it would have.
     stop_at: end after that step (of the `steps`-long schedule), as a preempted run would.
+    With `checkpoint_dir`, resume falls back past broken checkpoints, SIGTERM/SIGINT save
+    the step they arrive in and stop (`gpa_jax.preemption`), and a loss spike above
+    `divergence_factor` x the running loss never evicts the last good save
+    (`gpa_jax.recovery`). Without one, a signal stops the run at once.
     """
     from tqdm import tqdm
 
@@ -256,39 +262,54 @@ def train_ctc(
         return queue.pop()
 
     manager, start = None, 0
+    guard = recovery.DivergenceGuard(divergence_factor, what=desc)
     if checkpoint_dir:
         manager = _checkpoint_manager(checkpoint_dir)
-        start = manager.latest_step() or 0
-        if start:
-            _restore(manager, start, model, optimizer)
+        found = recovery.restore_newest(
+            manager, lambda s: _restore(manager, s, model, optimizer), what=desc
+        )
+        if found is not None:
+            start = guard.last_good = found[0]
             for _ in range(start):  # replay the batch order up to the saved step
                 next_indices()
             logging.info("%s: resumed from step %d in %s", desc, start, checkpoint_dir)
     losses: list[float] = []
     t0 = time.time()
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not progress)
-    for i in range(start, min(steps, stop_at or steps)):
-        idx = next_indices()
-        batch = padded_batch(
-            [examples[j].inputs for j in idx],
-            [examples[j].text for j in idx],
-            length_multiple=length_multiple,
-        )
-        loss = float(step(model, optimizer, {k: jnp.asarray(v) for k, v in batch.items()}))
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{desc}: non-finite CTC loss at step {i + 1}")
-        losses.append(loss)
-        bar.update(1)
-        if (i + 1) % 25 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}")
-            logging.log_every_n_seconds(
-                logging.INFO, "%s: step %d loss %.3f", 30, desc, i + 1, np.mean(losses[-25:])
-            )
-        if manager is not None and checkpoint_every and (i + 1) % checkpoint_every == 0:
-            _save(manager, i + 1, model, optimizer)
-    bar.close()
-    if manager is not None:
-        manager.close()
+    try:
+        # Without a checkpoint directory there is nothing to save: a signal stops at once.
+        with preemption.watch(desc, immediate=manager is None):
+            for i in range(start, min(steps, stop_at or steps)):
+                idx = next_indices()
+                batch = padded_batch(
+                    [examples[j].inputs for j in idx],
+                    [examples[j].text for j in idx],
+                    length_multiple=length_multiple,
+                )
+                jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+                loss = float(step(model, optimizer, jbatch))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: non-finite CTC loss at step {i + 1}")
+                guard.update(i + 1, loss)
+                losses.append(loss)
+                bar.update(1)
+                if (i + 1) % 25 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-25:]):.3f}")
+                    logging.log_every_n_seconds(
+                        logging.INFO, "%s: step %d loss %.3f", 30, desc, i + 1,
+                        np.mean(losses[-25:]),
+                    )  # fmt: skip
+                stopping = manager is not None and preemption.requested() is not None
+                if manager is not None and (
+                    stopping or (checkpoint_every and (i + 1) % checkpoint_every == 0)
+                ):
+                    _save(manager, i + 1, model, optimizer, guard.checkpoint_metrics(i + 1))
+                if stopping:
+                    preemption.stop(f"checkpoint {i + 1} saved in {checkpoint_dir}")
+    finally:
+        bar.close()
+        if manager is not None:
+            manager.close()
     final = float(np.mean(losses[-25:])) if losses else float("nan")
     return CTCTrainResult(steps, final, time.time() - t0)
 
@@ -303,11 +324,15 @@ def _checkpoint_manager(directory: str):
 
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    # The newest save, and the newest undiverged one when they differ (gpa_jax.recovery).
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [ocp.checkpoint_managers.LatestN(n=1), recovery.LastGood()]
+    )
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
+def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, metrics=None) -> None:
     import orbax.checkpoint as ocp
 
     items = {
@@ -315,7 +340,9 @@ def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> No
         "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
     }
     manager.save(
-        step, args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
+        step,
+        args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()}),
+        metrics=metrics,
     )
     manager.wait_until_finished()
 
@@ -361,7 +388,6 @@ def transcribe(
 
 def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> None:
     """Params of `module` (Orbax) + meta.json under `directory` (overwritten)."""
-    import json
     import os
 
     import orbax.checkpoint as ocp
@@ -371,8 +397,8 @@ def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> Non
     params = nnx.to_pure_dict(nnx.state(module, SAVED))
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(directory, "params"), params, force=True)
-    with open(os.path.join(directory, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
+    # meta.json marks the model complete (load_module, ensure_teacher): written last, whole.
+    paths.atomic_write_json(os.path.join(directory, "meta.json"), meta, indent=1, sort_keys=True)
 
 
 def load_module(module: nnx.Module, directory: str) -> dict[str, Any]:

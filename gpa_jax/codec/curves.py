@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.codec import evaluate as codec_eval
 
 
@@ -103,10 +104,11 @@ def _load_points(workdir: str) -> list[dict[str, Any]]:
 
 def _write(workdir: str, points: list[dict[str, Any]], header: dict[str, str]) -> None:
     os.makedirs(os.path.dirname(curves_path(workdir, "json")), exist_ok=True)
-    with open(curves_path(workdir, "json"), "w") as f:
-        json.dump({**header, "points": points}, f, indent=1)
-    with open(curves_path(workdir, "md"), "w") as f:
-        f.write(format_markdown(points, header["judge"], header["normalizer"]))
+    # Whole or absent (gpa_jax.paths), so a killed run never leaves a half table.
+    paths.atomic_write_json(curves_path(workdir, "json"), {**header, "points": points}, indent=1)
+    paths.atomic_write_text(
+        curves_path(workdir, "md"), format_markdown(points, header["judge"], header["normalizer"])
+    )
     _plot(points, curves_path(workdir, "png"))
 
 

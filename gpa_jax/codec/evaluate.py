@@ -26,7 +26,6 @@ writes <workdir>/codec/eval_<split>.json.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -37,6 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.audio.features import MelConfig, log_mel
 from gpa_jax.codec import api
 from gpa_jax.codec.model import Codec
@@ -249,7 +249,6 @@ def evaluate_workdir(
     """Restores <workdir>'s codec (and CTC teacher), evaluates `split` (default
     config.eval.split) of `corpus` (default config.data.corpus), writes
     <workdir>/codec/eval_<split>.json and returns the result."""
-    from gpa_jax import paths
     from gpa_jax.codec import data as codec_data
     from gpa_jax.codec import train as codec_train
 
@@ -298,7 +297,6 @@ def evaluate_workdir(
     )
     path = eval_path(workdir, split)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
+    paths.atomic_write_json(path, result, indent=1, sort_keys=True)  # whole or absent
     logging.info("eval: wrote %s", path)
     return result

@@ -16,7 +16,6 @@ conv layers, minutes of training), so CERs compare layers, not absolute ASR qual
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from gpa_jax import paths
 from gpa_jax.codec import api, ctc
 from gpa_jax.codec.model import Codec
 
@@ -232,7 +232,6 @@ def probe_workdir(
 ) -> dict[str, Any]:
     """Restores <workdir>'s codec, runs the probe (config.probe), writes
     <workdir>/codec/probe_<split>.json and returns the result."""
-    from gpa_jax import paths
     from gpa_jax.codec import data as codec_data
     from gpa_jax.codec import train as codec_train
 
@@ -261,6 +260,5 @@ def probe_workdir(
     )
     path = probe_path(workdir, split)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
+    paths.atomic_write_json(path, result, indent=1, sort_keys=True)  # whole or absent
     return result

@@ -272,6 +272,7 @@ def train_teacher(
         progress=progress,
         checkpoint_dir=os.path.join(directory, "train_state"),
         checkpoint_every=int(t.ctc_checkpoint_every),
+        divergence_factor=float(config.train.divergence_factor),
     )
     meta: dict[str, Any] = {
         "teacher_config": _arch(config),

@@ -16,7 +16,12 @@ Work directory layout (under `--workdir`):
                                 RVQ-1-only reconstructions (also sent to the writer)
 
 A non-finite loss stops the run with `FloatingPointError` naming the step; a rerun with
-the same workdir resumes from the latest checkpoint, data iterator included.
+the same workdir resumes from the newest checkpoint that restores (broken newer ones are
+moved aside with a warning, `gpa_jax.recovery`), data iterator included. A finite loss
+spike (train.divergence_factor) marks the checkpoints saved around it as diverged and the
+newest good one is always kept. SIGTERM / SIGINT (`gpa_jax.preemption`) finish the step
+in flight, save a checkpoint there and stop with status 143 / 130, in the CTC teacher's
+training too.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from gpa_jax import preemption, recovery
 from gpa_jax.codec import api
 from gpa_jax.codec import data as codec_data
 from gpa_jax.codec.discriminator import MultiScaleSTFTDiscriminator
@@ -226,16 +232,24 @@ def _abstract(tree: dict) -> dict:
 
 
 def checkpoint_manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True)
+    """Keeps the newest `keep` steps (None/0: all) and the newest undiverged one."""
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [ocp.checkpoint_managers.LatestN(n=keep or None), recovery.LastGood()]
+    )
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
 def save_checkpoint(
-    manager: ocp.CheckpointManager, step: int, state: CodecState, data_state: dict
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: CodecState,
+    data_state: dict,
+    metrics: dict[str, float] | None = None,
 ) -> None:
     args = {name: ocp.args.StandardSave(_saveable(obj)) for name, obj in state.items().items()}
     args["data"] = ocp.args.JsonSave(data_state)
-    manager.save(step, args=ocp.args.Composite(**args))
+    manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
     manager.wait_until_finished()
 
 
@@ -259,13 +273,21 @@ def restore_codec(
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no codec checkpoint directory {directory!r}; train one first")
     manager = checkpoint_manager(directory)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no codec checkpoint in {directory!r}; train one first")
     model = Codec.from_config(config)
     args = ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(_saveable(model))))
-    _load_saved(model, manager.restore(step, args=args)["model"])
-    manager.close()
+    try:
+        if step is None:  # the newest that restores (broken newer ones moved aside)
+            found = recovery.restore_newest(
+                manager, lambda s: manager.restore(s, args=args), what="codec"
+            )
+            if found is None:
+                raise FileNotFoundError(f"no codec checkpoint in {directory!r}; train one first")
+            step, restored = found
+        else:
+            restored = manager.restore(step, args=args)
+    finally:
+        manager.close()
+    _load_saved(model, restored["model"])
     return model, int(step)
 
 
@@ -369,7 +391,21 @@ def train(
     trained there on the training clips' transcripts (or `teacher_set`: waveforms and
     transcripts). The audio summaries use the
     first validation clip (or `summary_clip`). `on_batch(step, batch)` sees every batch.
+
+    SIGTERM / SIGINT while the data or the teacher load stop at once (no codec step is
+    unsaved then); during the steps, after saving a checkpoint (`gpa_jax.preemption`).
     """
+    with preemption.watch(
+        "codec training", immediate=True, note="a rerun resumes from the last checkpoint"
+    ):
+        return _train(
+            config, workdir, data_dir, clips, summary_clip, on_batch, progress, teacher_set
+        )
+
+
+def _train(
+    config, workdir, data_dir, clips, summary_clip, on_batch, progress, teacher_set
+) -> TrainResult:
     from tqdm import tqdm
 
     sr = int(config.codec.sample_rate)
@@ -425,9 +461,15 @@ def train(
     iterator = iter(dataset)
     state = CodecState.create(config)
     manager = checkpoint_manager(checkpoint_dir(workdir), keep=int(tc.keep_checkpoints))
-    start = manager.latest_step() or 0
-    if start:
-        iterator.set_state(restore_checkpoint(manager, start, state))
+    guard = recovery.DivergenceGuard(float(tc.divergence_factor), what="codec training")
+    found = recovery.restore_newest(
+        manager, lambda s: restore_checkpoint(manager, s, state), what="codec"
+    )
+    start = 0
+    if found is not None:
+        start, data_state = found
+        iterator.set_state(data_state)
+        guard.last_good = start
         logging.info("codec: resumed from step %d in %s", start, checkpoint_dir(workdir))
     num_steps = total_steps(config)
     generator_step, discriminator_step = make_steps(config)
@@ -439,39 +481,50 @@ def train(
     t0 = time.time()
     step = start
     try:
-        for step in range(start + 1, num_steps + 1):
-            batch = next(iterator)
-            if on_batch is not None:
-                on_batch(step, batch)
-            jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
-            metrics, recon = generator_step(
-                state.model, state.optimizer, state.disc, teacher_model, jbatch
-            )
-            if state.disc is not None:
-                metrics["d_loss"] = discriminator_step(
-                    state.disc, state.disc_optimizer, jbatch["audio"], recon
+        with preemption.watch("codec training"):
+            for step in range(start + 1, num_steps + 1):
+                batch = next(iterator)
+                if on_batch is not None:
+                    on_batch(step, batch)
+                jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+                metrics, recon = generator_step(
+                    state.model, state.optimizer, state.disc, teacher_model, jbatch
                 )
-            host = jax.device_get(metrics)
-            bad = [k for k in ("total", "d_loss") if k in host and not math.isfinite(host[k])]
-            if bad:
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in host.items() if v.ndim == 0)
-                raise FloatingPointError(
-                    f"codec training: non-finite {'/'.join(bad)} at step {step} ({terms}); "
-                    f"last checkpoint: step {manager.latest_step()}"
-                )
-            pending.append(host)
-            bar.update(1)
-            if step % tc.log_every == 0 or step == num_steps:
-                last = _scalars(pending)
-                last["steps_per_second"] = len(pending) / max(time.time() - t0, 1e-9)
-                writer.write_scalars(step, last)
-                bar.set_postfix(loss=f"{last['loss/total']:.3g}")
-                pending, t0 = [], time.time()
-            if summary_clip is not None and (step % tc.summary_every == 0 or step == num_steps):
-                audios = audio_summary(state.model, summary_clip, sr)
-                _write_audio(writer, step, audios, sr, audio_dir)
-            if step % tc.checkpoint_every == 0 or step == num_steps:
-                save_checkpoint(manager, step, state, iterator.get_state())
+                if state.disc is not None:
+                    metrics["d_loss"] = discriminator_step(
+                        state.disc, state.disc_optimizer, jbatch["audio"], recon
+                    )
+                host = jax.device_get(metrics)
+                bad = [k for k in ("total", "d_loss") if k in host and not math.isfinite(host[k])]
+                if bad:
+                    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in host.items() if v.ndim == 0)
+                    raise FloatingPointError(
+                        f"codec training: non-finite {'/'.join(bad)} at step {step} ({terms}); "
+                        f"last checkpoint: step {manager.latest_step()}"
+                    )
+                guard.update(step, float(host["total"]))
+                pending.append(host)
+                bar.update(1)
+                if step % tc.log_every == 0 or step == num_steps:
+                    last = _scalars(pending)
+                    last["steps_per_second"] = len(pending) / max(time.time() - t0, 1e-9)
+                    writer.write_scalars(step, last)
+                    bar.set_postfix(loss=f"{last['loss/total']:.3g}")
+                    pending, t0 = [], time.time()
+                stopping = preemption.requested() is not None  # SIGTERM/SIGINT: save here
+                at_end = step == num_steps
+                if (
+                    summary_clip is not None
+                    and not stopping
+                    and (step % tc.summary_every == 0 or at_end)
+                ):
+                    audios = audio_summary(state.model, summary_clip, sr)
+                    _write_audio(writer, step, audios, sr, audio_dir)
+                if step % tc.checkpoint_every == 0 or at_end or stopping:
+                    metrics = guard.checkpoint_metrics(step)
+                    save_checkpoint(manager, step, state, iterator.get_state(), metrics)
+                if stopping:
+                    preemption.stop(f"checkpoint {step} saved in {checkpoint_dir(workdir)}")
         saved = list(manager.all_steps())
     finally:
         bar.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gpa_jax import paths
 from gpa_jax.audio import io as audio_io
 
 
@@ -85,18 +86,19 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return "\n".join(lines)
 
 
-def write_results(workdir: str, results: Mapping[str, Any], sections: Mapping[str, str]) -> tuple[str, str]:
+def write_results(
+    workdir: str, results: Mapping[str, Any], sections: Mapping[str, str]
+) -> tuple[str, str]:
     """Writes results.json (`results`) and results.md (`sections`: title -> Markdown)."""
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, "results.json")
     md_path = os.path.join(out, "results.md")
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True, default=float)
-    with open(md_path, "w") as f:
-        f.write("# Evaluation results\n")
-        for title, body in sections.items():
-            f.write(f"\n## {title}\n\n{body}\n")
+    # Atomic (gpa_jax.paths): an interrupted evaluation never leaves a results file behind
+    # that looks complete. The Markdown goes first, results.json (what tools read) last.
+    md = "# Evaluation results\n" + "".join(f"\n## {t}\n\n{b}\n" for t, b in sections.items())
+    paths.atomic_write_text(md_path, md)
+    paths.atomic_write_json(json_path, results, indent=2, sort_keys=True, default=float)
     return json_path, md_path
 
 

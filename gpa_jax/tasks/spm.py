@@ -26,6 +26,7 @@ import sentencepiece as spm
 import tensorflow as tf
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.text import normalize_transcript
 
 
@@ -83,8 +84,8 @@ def train_sentencepiece(
     directory = os.path.dirname(output_path)
     if directory:
         tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(output_path, "wb") as f:
-        f.write(model.getvalue())
+    # Whole or not at all: the demo's spm stage skips when this file exists.
+    paths.atomic_write_text(output_path, model.getvalue())
     pieces = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
     logging.info(
         "SentencePiece %s model: %d pieces (asked %d) from %d unique sentences -> %s",

@@ -16,8 +16,10 @@ on one mesh restores onto any other: each process reads only the shards it owns.
 
 Saves are asynchronous (the device->host copy blocks, the file writes do not); the
 manager keeps the newest `keep` steps plus, with `keep_best` > 0, the `keep_best` steps
-with the lowest eval loss among those saved with one (preservation policies of
-orbax-checkpoint >= 0.11).
+with the lowest eval loss among those saved with one, plus always the newest checkpoint
+not saved within a loss spike (`gpa_jax.recovery.LastGood`; preservation policies of
+orbax-checkpoint >= 0.11). `restore_checkpoint(manager, targets)` without a step resumes
+from the newest step that restores, moving broken newer ones aside (`gpa_jax.recovery`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
+from gpa_jax import recovery
 from gpa_jax import sharding as sharding_lib
 
 PARAMS = "params"
@@ -183,16 +186,10 @@ def make_manager(
     keep=None keeps every step. Saves happen only when `save_checkpoint` asks (the trainer
     decides the cadence), so no save-decision policy is configured here.
     """
-    policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
+    # LastGood: diverged saves never push the last good checkpoint out (gpa_jax.recovery).
+    policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep), recovery.LastGood()]
     if keep_best:
-        policies.append(
-            ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda metrics: metrics[BEST_METRIC],
-                reverse=True,  # sorted high to low; the last n (kept) are the lowest losses
-                n=keep_best,
-                keep_checkpoints_without_metrics=False,
-            )
-        )
+        policies.append(_BestByEvalLoss(keep_best))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
@@ -206,6 +203,20 @@ def make_manager(
     if read_only and not directory.exists():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
     return ocp.CheckpointManager(directory, options=options)
+
+
+@dataclasses.dataclass
+class _BestByEvalLoss:
+    """BestN over the checkpoints saved with an eval loss (every save carries metrics now,
+    the divergence mark at least, so BestN's own "without metrics" test no longer applies)."""
+
+    n: int
+
+    def should_preserve(self, checkpoints, *, context=None) -> list[bool]:
+        ranked = [i for i, c in enumerate(checkpoints) if c.metrics and BEST_METRIC in c.metrics]
+        ranked.sort(key=lambda i: checkpoints[i].metrics[BEST_METRIC])
+        keep = set(ranked[: self.n])
+        return [i in keep for i in range(len(checkpoints))]
 
 
 def save_checkpoint(
@@ -250,13 +261,34 @@ def _item_exists(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
     return (epath.Path(manager.directory) / str(step) / item).exists()
 
 
+def resume(
+    manager: ocp.CheckpointManager, targets: nnx.State, *, what: str = "trainer"
+) -> tuple[int, nnx.State, Any] | None:
+    """(step, state, data-iterator state or None) of the newest checkpoint that restores,
+    None if there is none; broken newer steps are moved aside with a warning each
+    (`gpa_jax.recovery.restore_newest`)."""
+    found = recovery.restore_newest(
+        manager,
+        lambda step: restore_checkpoint(manager, targets, step, require_data=True),
+        what=what,
+    )
+    if found is None:
+        return None
+    step, (state, data_state) = found
+    return step, state, data_state
+
+
 def restore_checkpoint(
-    manager: ocp.CheckpointManager, targets: nnx.State, step: int | None = None
+    manager: ocp.CheckpointManager,
+    targets: nnx.State,
+    step: int | None = None,
+    *,
+    require_data: bool = False,
 ) -> tuple[nnx.State, Any]:
     """(state, data-iterator state or None) of `step` (default: latest) onto `targets`.
 
     `targets` is the third value of `abstract_train_state` (for any mesh); the restored
-    arrays carry its shardings.
+    arrays carry its shardings. (`resume` falls back past broken steps.)
     """
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -266,6 +298,8 @@ def restore_checkpoint(
         OPT_STATE: ocp.args.StandardRestore(nnx.to_pure_dict(targets[1])),
     }
     has_data = _item_exists(manager, step, DATA_ITER)
+    if require_data and not has_data:  # the trainer always saves it: a missing one is damage
+        raise FileNotFoundError(f"checkpoint {step} has no {DATA_ITER} folder")
     if has_data:
         items[DATA_ITER] = DataIterRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**items))

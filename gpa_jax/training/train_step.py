@@ -81,6 +81,9 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
     are kept (0 = all); keep_best > 0 also keeps the keep_best checkpoints with the lowest
     eval loss (only checkpoints saved at eval steps carry one: make checkpoint_every a
     multiple of eval_every). async_checkpointing: write files in a background thread.
+    divergence_factor: a finite train loss above this times its running average is a
+    spike; checkpoints saved around it are marked diverged and never push the newest good
+    one out (gpa_jax.recovery; 0 = off).
     """
     values = dict(
         num_steps=1000,
@@ -94,6 +97,7 @@ def train_config(**overrides: Any) -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         keep_best=0,
         async_checkpointing=True,
+        divergence_factor=4.0,
     )
     return _section("train", values, overrides)
 

@@ -34,10 +34,15 @@ checkpoint) on batches from `gpa_jax.training.data_iter` (or iterators passed in
   the run logs the table of both (lm_report.loss_table). eval/loss (cross-entropy
   without z-loss) ranks checkpoints for train.keep_best.
 - Checkpoints: every train.checkpoint_every steps, at the end, and when SIGTERM/SIGINT
-  arrives (the step in flight finishes, the state is saved, `train` returns with
-  preempted=True; launch.train then exits 143/130). A second SIGINT aborts at once.
+  arrives (`gpa_jax.preemption`: the step in flight finishes, the state is saved, and
+  `train` raises `preemption.Preempted` (a SystemExit 143/130) naming the checkpoint;
+  its .result is the TrainResult). A second SIGINT aborts at once.
+- Resume: from the newest checkpoint that restores; broken newer ones are moved aside
+  with a warning each (`checkpoint.resume`, `gpa_jax.recovery`).
 - A non-finite loss or gradient norm raises `NonFiniteLossError` naming the step and the
-  tasks in its batch; nothing is saved from the broken state.
+  tasks in its batch; nothing is saved from the broken state. A finite loss above
+  train.divergence_factor x its running average marks the checkpoints saved around it as
+  diverged; the newest good checkpoint is always kept (`recovery.DivergenceGuard`).
 
 Multi-host: call `maybe_initialize_distributed` first (launch.train does); every host
 runs the same loop on its own slice of each global batch; the stop-on-signal decision
@@ -63,6 +68,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gpa_jax import preemption, recovery
 from gpa_jax import sharding as sharding_lib
 from gpa_jax.training import attention_guide, model_kinds
 from gpa_jax.training import checkpoint as ckpt_lib
@@ -77,7 +83,7 @@ from gpa_jax.training.train_step import (
 
 TASK_IDS_KEY = data_lib.TASK_IDS_KEY
 # Exit statuses for a run stopped by a signal (128 + signal number, the shell convention).
-EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
+EXIT_CODES = preemption.EXIT_CODES
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -341,42 +347,6 @@ class _Sums:
         return out
 
 
-class _StopSignal:
-    """Turns the first SIGTERM/SIGINT into a flag; a second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if not _in_main_thread():
-            logging.warning("not in the main thread: SIGTERM/SIGINT will not save a checkpoint")
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logging.warning(
-            "received %s: stopping after the current step and saving a checkpoint",
-            signal.Signals(signum).name,
-        )
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def _agree(flag: bool) -> bool:
     """True on every host if it is True on any host (a no-op on one host)."""
     if jax.process_count() == 1:
@@ -468,7 +438,14 @@ def train(
 
     Iterators default to `data_iter.make_iterators(config)`; `writer` (any clu
     MetricWriter) defaults to TensorBoard under <workdir>/tensorboard + absl logs.
+    Raises `preemption.Preempted` after saving when SIGTERM/SIGINT arrives.
     """
+    job = f"{config.get('kind', 'lm')} training"
+    with preemption.watch(job):
+        return _train(config, workdir, job, train_iter, eval_iter, writer, mesh, progress)
+
+
+def _train(config, workdir, job, train_iter, eval_iter, writer, mesh, progress) -> TrainResult:
     workdir = os.fspath(workdir)
     tc = config.train
     task_names = data_lib.task_names(config)
@@ -497,18 +474,15 @@ def train(
         keep_best=tc.keep_best,
         async_save=tc.async_checkpointing,
     )
-    stop = _StopSignal()
+    guard = recovery.DivergenceGuard(float(tc.divergence_factor), what=job)
     pbar = None
     try:
-        stop.install()
         t0 = time.time()
-        latest = manager.latest_step()
-        if latest is not None:
-            state, data_state = ckpt_lib.restore_checkpoint(manager, targets, latest)
-            if data_state is not None:
-                train_iter.set_state(data_state)
-            else:
-                logging.warning("checkpoint %d has no data-iterator state; data restarts", latest)
+        resumed = ckpt_lib.resume(manager, targets, what=job)
+        if resumed is not None:
+            latest, state, data_state = resumed
+            train_iter.set_state(data_state)
+            guard.last_good = latest
             start_step = int(state[1]["step"][...])
             if start_step != latest:
                 raise ValueError(f"checkpoint {latest} holds optimizer step {start_step}")
@@ -559,6 +533,7 @@ def train(
                     f"{', '.join(tasks) or 'unknown (no decoder_task_ids)'}; last checkpoint: "
                     f"{manager.latest_step()}"
                 )
+            guard.update(step_no, loss)
             window.add(values)
             if timer is None:
                 timer = (time.time(), step_no)
@@ -604,11 +579,9 @@ def train(
             return scalars
 
         def save(step_no: int, eval_scalars: dict[str, float] | None) -> None:
-            metrics = (
-                {ckpt_lib.BEST_METRIC: eval_scalars["eval/loss"]}
-                if eval_scalars and "eval/loss" in eval_scalars
-                else None
-            )
+            metrics = guard.checkpoint_metrics(step_no)
+            if eval_scalars and "eval/loss" in eval_scalars:
+                metrics[ckpt_lib.BEST_METRIC] = eval_scalars["eval/loss"]
             if ckpt_lib.save_checkpoint(
                 manager,
                 step_no,
@@ -632,7 +605,7 @@ def train(
                 pbar.update(1)
 
             at_log = step % tc.log_every == 0 or step == tc.num_steps
-            stopping = stop.signum is not None
+            stopping = preemption.requested() is not None
             if at_log and jax.process_count() > 1:
                 stopping = _agree(stopping)
             elif jax.process_count() > 1:
@@ -658,12 +631,8 @@ def train(
             if at_eval or at_ckpt:
                 timer = (time.time(), step)  # throughput counts training time only
             if stopping:
-                result.preempted, result.signal = True, stop.signum or signal.SIGTERM
-                logging.warning(
-                    "stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
-                    signal.Signals(result.signal).name,
-                    step,
-                )
+                result.preempted = True
+                result.signal = preemption.requested() or signal.SIGTERM
                 break
         if pending is not None:
             process(pending)
@@ -674,13 +643,22 @@ def train(
             logging.info(
                 "eval loss per task vs unigram baseline:\n%s", loss_table(result.eval_metrics)
             )
-        return result
     finally:
-        stop.restore()
         if pbar is not None:
             pbar.close()
-        manager.wait_until_finished()
+        manager.wait_until_finished()  # a preemption save is complete before we say so
         manager.close()
         writer.flush()
         if own_writer:
             writer.close()
+    if result.preempted:
+        try:
+            preemption.stop(
+                f"stopped at step {result.step}, checkpoint {result.step} saved in "
+                f"{manager.directory}",
+                job=job,
+            )
+        except preemption.Preempted as stopped:
+            stopped.result = result
+            raise
+    return result
