@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gpa_jax.audio import io as audio_io
+from gpa_jax.errors import UserError
 from gpa_jax.text import normalize_transcript
 
 
@@ -60,7 +61,7 @@ FILTERED_KINDS = ("too_long", "too_short")
 MAX_BAD_FRACTION = 0.05
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus pass found more bad records than its max_bad_fraction allows."""
 
 

@@ -45,7 +45,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_utils.config_from_flags()
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     from gpa_jax.codec import data as codec_data  # Imported here: JAX starts with the job.
 
     results = codec_data.tokenize_workdir(
@@ -73,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

@@ -14,6 +14,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from gpa_jax.errors import UserError
+
 # int16 PCM full scale. Both directions use 2^15 (soundfile reads PCM_16 the same way), so
 # int16 -> float -> int16 is exact and float -> int16 -> float is within half a step.
 _INT16_SCALE = 32768.0
@@ -25,7 +27,7 @@ _INT16_SCALE = 32768.0
 SILENCE_RMS = 1e-3
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """Unusable audio; the message always names the source (file path or example name).
 
     Constructed as AudioError(source, reason, kind). `kind` is a short stable code for
