@@ -18,9 +18,11 @@ RATE = 16000
 def _speechlike(seconds: float, amp: float = 0.3) -> np.ndarray:
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * RATE)) / RATE
-    return (amp * np.sin(2 * np.pi * 180 * t) * (1 + 0.3 * rng.standard_normal(len(t)))).clip(
-        -1, 1
-    ).astype(np.float32)
+    return (
+        (amp * np.sin(2 * np.pi * 180 * t) * (1 + 0.3 * rng.standard_normal(len(t))))
+        .clip(-1, 1)
+        .astype(np.float32)
+    )
 
 
 def _cut(path, keep_bytes: int) -> None:
