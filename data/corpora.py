@@ -239,9 +239,11 @@ def speech_examples(
         stats.bad_records.append({"corpus": name, "split": split, "id": example_id,
                                   "file": path, "kind": kind, "reason": reason,
                                   "count": count})  # fmt: skip
-        seen = total if total is not None else stats.read + sum(stats.skipped.values())
-        if kind not in FILTERED_KINDS and stats.failed > max_bad_fraction * seen:
-            _too_many_bad(name, split, stats, seen, max_bad_fraction)
+        # With the split's size known, stop as soon as the fraction is certainly exceeded;
+        # otherwise (no shard metadata) only at the end of the pass.
+        if total is not None and kind not in FILTERED_KINDS:
+            if stats.failed > max_bad_fraction * total:
+                _too_many_bad(name, split, stats, total, max_bad_fraction)
 
     for path, index, raw in _records(shards, whole_split):
         if isinstance(raw, _CutShard):
