@@ -21,12 +21,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from absl import flags
+
+from gpa_jax.errors import UserError
 
 # Required dotted keys per config kind. A new kind (or a new required field) is added
 # here, next to the others, so that every entry point checks configs the same way.
@@ -110,7 +111,7 @@ CONFIG_FLAG = "config"
 _OVERRIDE_PREFIX = f"--{CONFIG_FLAG}."
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, override or schema problem, with the offending key named."""
 
 
@@ -292,7 +293,7 @@ def flags_parser(argv: list[str]) -> list[str]:
         if arg.startswith(_OVERRIDE_PREFIX):
             override = arg[len(_OVERRIDE_PREFIX):]
             if "=" not in override:
-                sys.exit(f"error: {arg!r} must be written --config.key=value (with '=')")
+                raise ConfigError(f"{arg!r} must be written --config.key=value (with '=')")
             _pending_overrides.append(override)
         else:
             rest.append(arg)

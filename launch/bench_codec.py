@@ -78,7 +78,7 @@ def main(argv):
     from gpa_jax.codec import train as codec_train
     from gpa_jax.codec.model import Codec
 
-    ckpt = codec_train.checkpoint_dir(common.workdir())
+    ckpt = codec_train.checkpoint_dir(common.existing_workdir())
     if os.path.isdir(ckpt) and os.listdir(ckpt):
         codec, step = codec_train.restore_codec(config, ckpt)
         source = f"checkpoint step {step}"
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

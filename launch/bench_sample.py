@@ -455,7 +455,7 @@ def main(argv):
     summary.update(tts_rtf=None, tts_ttfc_s=None, tts_stream_rtf=None, tts=None)
     if flags.FLAGS["workdir"].present:
         rows = tts_benchmark(
-            common.workdir(), [int(n) for n in _TTS_CONCURRENCY.value], split=_TTS_SPLIT.value,
+            common.existing_workdir(), [int(n) for n in _TTS_CONCURRENCY.value], split=_TTS_SPLIT.value,
             seed=_SEED.value, **common.stream_options(),
         )  # fmt: skip
         _print_tts_table(rows)
@@ -467,4 +467,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

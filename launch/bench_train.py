@@ -43,6 +43,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from gpa_jax import config_utils
+from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per side in each round.")
@@ -344,4 +345,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

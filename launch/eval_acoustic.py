@@ -62,7 +62,7 @@ def _stage(name, spec, workdir, overrides):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     from gpa_jax.acoustic import evaluate
 
     specs = {}
@@ -104,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

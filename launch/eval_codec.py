@@ -41,7 +41,7 @@ def main(argv):
     config = config_utils.config_from_flags()
     from gpa_jax.codec import evaluate  # Imported here: JAX starts only when the job runs.
 
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     judge, judge_report = common.codec_judge()
     if _CURVES.value:
         from gpa_jax.codec import curves
@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

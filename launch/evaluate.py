@@ -39,7 +39,7 @@ def main(argv):
     from gpa_jax.evaluation import harness
 
     _, md_path = harness.run_evaluation(
-        common.workdir(),
+        common.existing_workdir(),
         lm_config=config_utils.config_from_flags(),
         codec_config=config_utils.load_config(_CODEC.value),
         acoustic_variant=_ACOUSTIC.value,
@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

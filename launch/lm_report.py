@@ -29,14 +29,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from gpa_jax.training import lm_report
 
-    print(lm_report.report(config_utils.config_from_flags(), common.workdir()))
+    print(lm_report.report(config_utils.config_from_flags(), common.existing_workdir()))
     if _CONDITIONING.value:
         from gpa_jax.evaluation import conditioning
 
         for step in [int(s) for s in _STEPS.value] or [None]:
-            report = conditioning.report_for_workdir(common.workdir(), split=_SPLIT.value, step=step)
+            report = conditioning.report_for_workdir(common.existing_workdir(), split=_SPLIT.value, step=step)
             print(conditioning.format_report(report))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

@@ -40,7 +40,7 @@ def main(argv):
     from gpa_jax.codec import data as codec_data
     from gpa_jax.codec import hubert
 
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     data_dir = flags.FLAGS.data_dir or paths.tfds_dir(workdir)
     store = codec_data.train_clips(config, data_dir, workdir)
     out_dir = _OUT_DIR.value or os.path.join(
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

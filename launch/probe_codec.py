@@ -32,7 +32,7 @@ def main(argv):
     config = config_utils.config_from_flags()
     from gpa_jax.codec import probe  # Imported here: JAX starts only when the job runs.
 
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     result = probe.probe_workdir(
         config,
         workdir,
@@ -47,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

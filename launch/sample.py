@@ -6,11 +6,16 @@
     python -m launch.sample --workdir=W --task=tts --text="hello" --ref=r.wav --stream
 
 Audio is read with `gpa_jax.audio.io.load_audio` (any soundfile format, mono-ised,
-resampled to the codec's rate; unreadable / empty / corrupt files are an error naming the
-file), encoded by the codec, served by the LM sampler (params only from <W>/checkpoints,
+resampled to the codec's rate; unreadable / empty / truncated / corrupt files are an
+error naming the file), encoded by the codec, served by the LM sampler (params only from <W>/checkpoints,
 the task's sampling defaults), completed by the acoustic stage (<W>/acoustic/<variant>)
-with the reference's codes as the voice prompt, and decoded. A request the sampler
-rejects (empty text, over-long input, ...) exits with status 2 and its reason.
+with the reference's codes as the voice prompt, and decoded; ASR loads no acoustic stage.
+Before any model loads (seconds): the work dir and its LM checkpoint must exist, --out's
+folder is created, and the inputs' headers are read: a source longer than the LM can
+take (`max_source_frames`, stated in seconds) is refused undecoded, only the first
+ref_max_frames of --ref are read, and a --ref shorter than the LM config's
+tasks.ref_min_frames is refused (--allow_short_ref serves it with a warning). These and a
+request the sampler rejects (empty text, ...) exit with status 2 and the reason.
 
 --stream (tts, vc): the audio is made chunk by chunk while the LM generates
 (`gpa_jax.sampling.streaming`); each chunk is logged with its time since the request, the
@@ -19,20 +24,30 @@ first one being the time to first chunk, and the chunks are joined into --out.
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
+from gpa_jax.errors import UserError
 from launch import common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _TASK = flags.DEFINE_enum("task", None, ["asr", "tts", "vc"], "Task to run.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "Source speech (asr, vc).")
 _REF = flags.DEFINE_string("ref", None, "Reference clip of the target voice (tts, vc).")
 _TEXT = flags.DEFINE_string("text", None, "Text to speak (tts).")
-_OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc).")
+_OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc); its folder is created.")
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (tts, vc).")
 _STREAM = flags.DEFINE_bool("stream", False, "tts/vc: synthesize in chunks as tokens arrive.")
+_SHORT_REF = flags.DEFINE_bool(
+    "allow_short_ref", False,
+    "Serve a --ref shorter than the LM's tasks.ref_min_frames (with a warning) instead of "
+    "refusing it: the LM was trained on longer references and clones such a voice poorly.",
+)  # fmt: skip
 
 
 def main(argv):
@@ -45,23 +60,70 @@ def main(argv):
     if missing:
         raise app.UsageError(f"--task={task} needs {' and '.join(missing)}")
 
-    from gpa_jax.acoustic import api as acoustic_api
+    # Everything that can be checked without a model is checked first, in seconds: the
+    # work dir, the output folder, the input files' headers and lengths.
+    workdir = common.existing_workdir()
+    if task != "asr":
+        common.output_file(_OUT.value)
+    from gpa_jax import config_utils
     from gpa_jax.audio import io as audio_io
+    from gpa_jax.sampling import config_from_checkpoint, sampling_config
+    from gpa_jax.sampling.config import max_source_frames
+    from gpa_jax.training import checkpoint as ckpt_lib
+
+    lm_dir = ckpt_lib.checkpoint_dir(workdir)
+    if not ckpt_lib.saved_steps(lm_dir):
+        raise UserError(f"no LM checkpoint in {lm_dir}: train the LM first (python -m "
+                        f"launch.train --workdir={workdir}, or python -m launch.demo)")  # fmt: skip
+    lm_config = config_from_checkpoint(lm_dir)
+    codec_config = config_utils.load_config(os.path.join(REPO, "configs", "codec_tiny.py"))
+    rate = int(codec_config.codec.sample_rate)
+    hop = math.prod(codec_config.codec.strides)
+    frame_rate = rate / hop
+    sampling = sampling_config()
+    tasks = lm_config.tasks
+    wavs = {}
+    ref_ids = 0
+    if "ref" in needs:
+        # Only the reference's first ref_max_frames are used: the rest is never read.
+        ref_max = int(sampling.ref_max_frames or tasks.ref_max_frames)
+        wavs["ref"] = audio_io.load_audio(given["ref"], rate, first_seconds=ref_max / frame_rate)
+        frames = math.ceil(len(wavs["ref"]) / hop)
+        if frames < tasks.ref_min_frames:
+            problem = (
+                f"--ref {given['ref']} is {len(wavs['ref']) / rate:.2f} s ({frames} frames), "
+                f"shorter than the {tasks.ref_min_frames / frame_rate:.2f} s "
+                f"(tasks.ref_min_frames={tasks.ref_min_frames}) of the references the LM was "
+                "trained on; the voice would be cloned poorly"
+            )
+            if not _SHORT_REF.value:
+                raise UserError(f"{problem}. Give a longer clip, or --allow_short_ref to serve it")
+            logging.warning("%s (served anyway: --allow_short_ref)", problem)
+        ref_layers = int(sampling.ref_layers or tasks.ref_layers)
+        ref_ids = min(frames, int(tasks.ref_min_frames)) * ref_layers
+    if "audio" in needs:
+        max_total_len = int(sampling.max_total_len or lm_config.model.max_len)
+        limit = max_source_frames(task, max_total_len, sampling, reference_ids=ref_ids) / frame_rate
+        try:  # The duration comes from the header: an over-long file is never decoded.
+            wavs["audio"] = audio_io.load_audio(given["audio"], rate, max_seconds=limit)
+        except audio_io.AudioError as error:
+            if error.kind != "too_long":
+                raise
+            raise UserError(
+                f"--audio {error}; this LM "
+                f"takes at most {limit:.2f} s of {task} source ({max_total_len} tokens at "
+                f"{frame_rate:g} Hz, with room for the output). Cut the clip or serve it in parts"
+            ) from None
+
+    from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.codec import api as codec_api
     from gpa_jax.evaluation import harness
     from gpa_jax.sampling import Request
 
-    # Audio first: a bad file fails in a second, before any model is loaded.
-    rate = 16_000  # the codec rate (checked against the loaded codec below)
-    wavs = {}
-    for name in ("audio", "ref"):
-        if given[name] and name in needs:
-            try:
-                wavs[name] = audio_io.load_audio(given[name], rate)
-            except audio_io.AudioError as error:
-                print(f"bad --{name}: {error}", file=sys.stderr)
-                sys.exit(1)
-    models = harness.load_models(common.workdir(), acoustic_variant=_ACOUSTIC.value, speaker_encoder="")
+    models = harness.load_models(
+        workdir, lm_config=lm_config, codec_config=codec_config, speaker_encoder="",
+        acoustic_variant=None if task == "asr" else _ACOUSTIC.value,  # ASR needs no acoustic stage
+    )  # fmt: skip
     codec = models.codec
     if int(codec.sample_rate) != rate:
         raise ValueError(f"the codec runs at {codec.sample_rate} Hz, expected {rate}")
@@ -113,4 +175,4 @@ def _stream(models, request) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

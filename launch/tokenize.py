@@ -33,6 +33,12 @@ _MAX_SECONDS = flags.DEFINE_float(
     "max_seconds", None, "Longer clips are skipped and counted (default config.data.max_seconds)."
 )
 _RECORDS_PER_SHARD = flags.DEFINE_integer("records_per_shard", 4096, "Utterances per shard.")
+_MAX_BAD_FRACTION = flags.DEFINE_float(
+    "max_bad_fraction", None,
+    "Bad records (undecodable, bad or near-silent audio, lost to a cut shard) are skipped, "
+    "counted and listed in the manifest; past this fraction of a split the job stops "
+    "(default data.corpora.MAX_BAD_FRACTION).",
+)  # fmt: skip
 
 
 @preemption.job(
@@ -44,7 +50,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_utils.config_from_flags()
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     from gpa_jax.codec import data as codec_data  # Imported here: JAX starts with the job.
 
     results = codec_data.tokenize_workdir(
@@ -58,14 +64,18 @@ def main(argv):
         batch_size=_BATCH_SIZE.value,
         bucket_frames=_BUCKET_FRAMES.value,
         records_per_shard=_RECORDS_PER_SHARD.value,
+        max_bad_fraction=_MAX_BAD_FRACTION.value,
     )
     for split, entry in results.items():
         print(
             f"{split:<18} {entry['status']:<8} {entry['num_utterances']:>7} utts "
             f"{entry['num_frames']:>9} frames  bad audio: {entry['bad_audio']['count']}"
         )
+        for bad in entry["bad_audio"].get("records", []):
+            print(f"  skipped {bad['corpus']}/{bad['split']}/{bad['id'] or '?'} "
+                  f"({bad['kind']}, {bad['count']} record(s)) in {bad['file']}: {bad['reason']}")  # fmt: skip
     print(f"tokens in {codec_data.tokens_dir(workdir, _CORPUS.value or config.data.corpus)}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.flags_parser)
+    common.run(main)

@@ -33,7 +33,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output .model path.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = common.workdir()
+    workdir = common.existing_workdir()
     data_dir = _DATA_DIR.value or paths.tfds_dir(workdir)
     output = _OUTPUT.value or default_spm_model(workdir, _CORPUS.value, _VOCAB_SIZE.value)
     start = time.time()
@@ -46,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

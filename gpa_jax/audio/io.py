@@ -8,23 +8,32 @@ early, with an `AudioError` that says which file or example and why.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from gpa_jax.errors import UserError
+
 # int16 PCM full scale. Both directions use 2^15 (soundfile reads PCM_16 the same way), so
 # int16 -> float -> int16 is exact and float -> int16 -> float is within half a step.
 _INT16_SCALE = 32768.0
 
+# Near-silence threshold of the data jobs (codec clips, tokenization): a clip whose RMS
+# is below -60 dBFS (1e-3 of full scale) holds no speech to learn from (quiet read speech
+# sits around -35 to -20 dBFS, 16-bit dither near -96 dBFS). Such clips are counted and
+# skipped as "silent" (`data.corpora.speech_examples(silence_rms=...)`).
+SILENCE_RMS = 1e-3
 
-class AudioError(ValueError):
+
+class AudioError(UserError, ValueError):
     """Unusable audio; the message always names the source (file path or example name).
 
     Constructed as AudioError(source, reason, kind). `kind` is a short stable code for
-    counting rejections ("not_found", "not_a_file", "corrupt", "bad_header", "empty",
-    "non_finite", "too_long", "too_short", "silent", "bad_shape", "bad_dtype"); `reason`
-    is the human-readable detail. `args` holds all three, so the error pickles and
+    counting rejections ("not_found", "not_a_file", "corrupt", "truncated", "bad_header",
+    "empty", "non_finite", "too_long", "too_short", "silent", "bad_shape", "bad_dtype");
+    `reason` is the human-readable detail. `args` holds all three, so the error pickles and
     survives multiprocessing data workers.
     """
 
@@ -134,48 +143,107 @@ def check_waveform(
     return wav
 
 
+def header_frames(f: sf.SoundFile) -> int:
+    """Frames the file's header promises, which may exceed what the file holds.
+
+    For WAV/AIFF, libsndfile trims `frames` to the data actually present and reports the
+    header's own data size only in its log ("data : 64000 (should be 960)"), so a cut
+    file would otherwise load silently as a fragment. Compressed formats (FLAC, OGG) keep
+    the header's count in `frames`; their truncation shows up as a short read instead.
+    """
+    claim = _DATA_CLAIM.search(f.extra_info)
+    width = _BYTES_PER_SAMPLE.get(f.subtype)
+    if claim is None or width is None:
+        return f.frames
+    claimed_bytes = int(claim.group(2))
+    if claim.group(1) == "SSND":  # AIFF's sound chunk starts with 8 bytes of offsets
+        claimed_bytes -= 8
+    # Writers that stream to a pipe cannot know the length and write 0 or ~4 GiB.
+    if claimed_bytes == 0 or claimed_bytes >= _STREAMING_DATA_SIZE:
+        return f.frames
+    return max(f.frames, claimed_bytes // (width * f.channels))
+
+
+# libsndfile's log line for a data chunk whose header size disagrees with the file.
+_DATA_CLAIM = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+) \(should be \d+\)", re.M)
+_BYTES_PER_SAMPLE = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+                     "FLOAT": 4, "DOUBLE": 8, "ULAW": 1, "ALAW": 1}  # fmt: skip
+_STREAMING_DATA_SIZE = 0x7FFFF000
+# Samples per read call: a truncated compressed file fails mid-stream, and reading in
+# blocks tells how much of it was readable.
+_READ_BLOCK = 1 << 16
+
+
 def load_audio(
     path: str | os.PathLike,
     target_sr: int = 16000,
     *,
     max_seconds: float = 600.0,
+    first_seconds: float | None = None,
 ) -> np.ndarray:
     """Read any soundfile-readable file as float32 mono in [-1, 1] at target_sr.
 
     The duration limit is checked against the header before any samples are read, so a
-    huge file costs nothing. Samples are mixed down by averaging channels, resampled with
-    soxr, clipped to [-1, 1] (resampling can overshoot by a hair; float files can exceed
-    full scale) and validated with `check_waveform`. Every failure is an AudioError that
-    names the file.
+    huge file costs nothing. `first_seconds` reads only the start of the file (the rest
+    is never decoded and does not count against max_seconds). A file whose header
+    promises more samples than it holds (a cut download or copy) is an error naming both
+    durations ("truncated"); a 0-byte file or a header with no samples is "empty";
+    anything libsndfile cannot parse is "corrupt". Samples are mixed down by averaging
+    channels, resampled with soxr, clipped to [-1, 1] (resampling can overshoot by a
+    hair; float files can exceed full scale) and validated with `check_waveform`. Every
+    failure is an AudioError that names the file.
     """
     name = os.fspath(path)
     if not os.path.exists(name):
         raise AudioError(name, "file not found", "not_found")
     if not os.path.isfile(name):
         raise AudioError(name, "not a regular file", "not_a_file")
+    if os.path.getsize(name) == 0:
+        raise AudioError(name, "empty file (0 bytes)", "empty")
     try:
         with sf.SoundFile(name) as f:
-            frames, orig_sr = f.frames, f.samplerate
-            if frames == 0:
-                raise AudioError(name, "audio is empty (0 samples)", "empty")
+            orig_sr = f.samplerate
             if orig_sr <= 0:
                 raise AudioError(name, f"invalid sample rate {orig_sr} in header", "bad_header")
-            seconds = frames / orig_sr
+            promised = header_frames(f)
+            if promised == 0:
+                raise AudioError(name, "audio is empty (header says 0 samples)", "empty")
+            wanted = promised
+            if first_seconds is not None:
+                wanted = min(promised, max(1, int(round(first_seconds * orig_sr))))
+            seconds = wanted / orig_sr
             if seconds > max_seconds:
                 raise AudioError(
                     name,
                     f"too long: {seconds:.2f} s > max_seconds={max_seconds:g} (header)",
                     "too_long",
                 )
-            data = f.read(dtype="float32", always_2d=True)
+            blocks, got, failure = [], 0, None
+            while got < wanted:
+                try:
+                    block = f.read(min(_READ_BLOCK, wanted - got), dtype="float32", always_2d=True)
+                except (sf.SoundFileError, RuntimeError) as e:
+                    failure = e
+                    break
+                if not len(block):
+                    break
+                blocks.append(block)
+                got += len(block)
     except AudioError:
         raise
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError) as e:
         raise AudioError(
             name, f"unreadable or corrupt audio ({type(e).__name__}: {e})", "corrupt"
         ) from e
-    if data.shape[0] == 0:
-        raise AudioError(name, "audio is empty (0 samples)", "empty")
+    if got < wanted:
+        detail = f" ({type(failure).__name__}: {failure})" if failure is not None else ""
+        raise AudioError(
+            name,
+            f"truncated: the header says {promised / orig_sr:.2f} s ({promised} samples) but "
+            f"only {got / orig_sr:.2f} s ({got} samples) could be read{detail}",
+            "truncated",
+        ) from failure
+    data = np.concatenate(blocks)
     wav = to_mono(data)
     bad = np.count_nonzero(~np.isfinite(wav))
     if bad:  # checked before resampling, which would smear NaNs over the whole clip

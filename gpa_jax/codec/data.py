@@ -211,6 +211,8 @@ class ClipStore:
 
         from data import corpora
 
+        # The silence threshold (audio_io.SILENCE_RMS) is deliberately not in the key: a
+        # store built before it existed is reused, so a resumed run keeps its data order.
         key = {
             "corpus": corpus,
             "split": split,
@@ -262,6 +264,7 @@ class ClipStore:
             "lengths": lengths,
             "skipped": dict(stats.skipped),
             "skipped_ids": list(stats.skipped_ids),
+            "bad_records": list(stats.bad_records),
         }
         with open(index_path + ".tmp", "w") as f:
             json.dump(index, f)
@@ -571,11 +574,15 @@ def tokenize_split(
     metadata: dict[str, Any] | None = None,
     total: int | None = None,
     progress: bool = True,
+    max_bad_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Encodes one split into ArrayRecord token shards; bad audio is counted, not fatal.
+    """Encodes one split into ArrayRecord token shards; bad records are skipped and counted.
 
-    Returns the split's manifest entry, with `bad_audio` {count, by_kind, ids} added (its
-    presence marks the split complete for `split_is_complete`).
+    Returns the split's manifest entry, with `bad_audio` {count, by_kind, ids, records,
+    max_bad_fraction} added (its presence marks the split complete for
+    `split_is_complete`); `records` names each bad record's corpus, split, id and shard
+    file (`data.corpora.LoadStats`). More faults than `max_bad_fraction` of the split
+    (default `data.corpora.MAX_BAD_FRACTION`) stop the job with `CorpusError`.
     """
     from tqdm import tqdm
 
@@ -584,6 +591,8 @@ def tokenize_split(
     from gpa_jax.tasks import token_shards
 
     stats = corpora.LoadStats()
+    if max_bad_fraction is None:
+        max_bad_fraction = corpora.MAX_BAD_FRACTION
     frame_rate = codec.sample_rate / codec.hop_length
     bar = tqdm(total=total, desc=f"tokenize {split}", unit="utt", disable=not progress)
     pending: list[dict[str, Any]] = []
@@ -627,6 +636,7 @@ def tokenize_split(
             max_seconds=max_seconds,
             on_error="skip",
             stats=stats,
+            max_bad_fraction=max_bad_fraction,
         ):
             pending.append(example)
             if len(pending) == pool:
@@ -640,6 +650,8 @@ def tokenize_split(
         "count": int(sum(stats.skipped.values())),
         "by_kind": dict(stats.skipped),
         "ids": list(stats.skipped_ids),
+        "records": list(stats.bad_records),
+        "max_bad_fraction": max_bad_fraction,
     }
     token_shards.write_manifest(out_dir, manifest)
     return entry

@@ -316,7 +316,7 @@ def load_models(
     judge: Judge | None = None,
     lm_config: Any = None,
     codec_config: Any = None,
-    acoustic_variant: str = "nar",
+    acoustic_variant: str | None = "nar",
     acoustic_config: Any = None,
     speaker_encoder: str = "resemblyzer",
     speaker_split: str = "train",
@@ -329,7 +329,8 @@ def load_models(
     "" = none).
 
     Defaults: the LM config saved with its checkpoint, configs/codec_tiny.py, and the tiny
-    acoustic config of `acoustic_variant` over the LM's token shards.
+    acoustic config of `acoustic_variant` over the LM's token shards. acoustic_variant=None
+    loads no acoustic stage (ASR needs none), so a work dir without one still serves it.
     """
     from gpa_jax import config_utils, paths
     from gpa_jax.acoustic import recipe
@@ -347,16 +348,18 @@ def load_models(
     lm_config = config_from_checkpoint(lm_dir) if lm_config is None else lm_config
     if codec_config is None:
         codec_config = config_utils.load_config(os.path.join(recipe.REPO, "configs", "codec_tiny.py"))
-    if acoustic_config is None:
+    if acoustic_config is None and acoustic_variant is not None:
         acoustic_config = recipe.stage_config(acoustic_variant, resolve_paths(lm_config.tasks, workdir)[0])
     codec, _ = codec_train.restore_codec(codec_config, codec_train.checkpoint_dir(workdir))
     vocab = task_vocabulary(lm_config, workdir)
     sampler = Sampler.from_checkpoint(lm_dir, vocab, config=lm_config)
     # The codec loaded above gives the NAR's codebooks (no second codec restore).
-    stage = AcousticStage.from_workdir(
-        acoustic_config, os.path.join(workdir, "acoustic", acoustic_variant),
-        codebooks=codec_codebooks(codec),
-    )  # fmt: skip
+    stage = None
+    if acoustic_variant is not None:
+        stage = AcousticStage.from_workdir(
+            acoustic_config, os.path.join(workdir, "acoustic", acoustic_variant),
+            codebooks=codec_codebooks(codec),
+        )  # fmt: skip
     encoder = None
     if speaker_encoder == "resemblyzer":
         encoder = speaker_lib.make_speaker_encoder(speaker_encoder)

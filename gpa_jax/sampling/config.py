@@ -30,6 +30,7 @@ while a degenerate generation (no <eos>) stops at about twice the plausible leng
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
@@ -95,3 +96,18 @@ def check_params(p: Any, where: str) -> None:
         raise ValueError(f"{where}.top_p={p.top_p} must be in (0, 1] (1 = off)")
     if p.repetition_penalty <= 0:
         raise ValueError(f"{where}.repetition_penalty={p.repetition_penalty} must be > 0")
+
+
+def max_source_frames(
+    task: str, max_total_len: int, sampling: ml_collections.ConfigDict, *, reference_ids: int = 0
+) -> int:
+    """The longest source (RVQ-1 frames) an asr / vc request can have and still pass the fit
+    check of `Sampler.prepare`: source + `reference_ids` (the fewest the reference can be
+    cut to) + expected / length_margin + 1 output tokens within `max_total_len`. The few
+    control ids of the prompt are left out, so this is an upper bound: a caller can reject
+    a longer input from its duration alone, before encoding it (`launch.sample`)."""
+    per_frame = {"asr": sampling.asr.tokens_per_frame, "vc": sampling.vc.frames_per_frame}
+    if task not in per_frame:
+        raise ValueError(f"task {task!r} has no source audio; expected asr or vc")
+    room = max_total_len - 1 - reference_ids
+    return max(0, math.floor(room / (1.0 + per_frame[task] / sampling.length_margin)))

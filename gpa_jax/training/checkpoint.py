@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from gpa_jax import recovery
 from gpa_jax import sharding as sharding_lib
+from gpa_jax.errors import UserError
 
 PARAMS = "params"
 OPT_STATE = "opt_state"
@@ -257,6 +258,49 @@ def _meta(step: int, config: ml_collections.ConfigDict | None) -> dict[str, Any]
     return meta
 
 
+class ShapeMismatchError(UserError, ValueError):
+    """A checkpoint's parameters do not have the shapes the config asks for (a config
+    changed between runs); the message names the parameters and both shapes."""
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def check_saved_shapes(step_dir: str | os.PathLike, targets: Any, item: str = PARAMS) -> None:
+    """Raises ShapeMismatchError if `item` of a saved step differs from `targets` (a pure
+    dict of arrays / ShapeDtypeStructs) in any parameter's presence or shape.
+
+    Reads only the item's metadata (no arrays). Orbax's own restore error names neither
+    the parameter nor the config key behind it, only two shapes.
+    """
+    metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / item)
+    saved = {_dotted(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(metadata)}
+    wanted = {_dotted(p): tuple(t.shape) for p, t in jax.tree_util.tree_leaves_with_path(targets)}
+    problems = [
+        f"{name}: config {wanted[name]}, checkpoint {saved[name]}"
+        for name in sorted(wanted.keys() & saved.keys())
+        if wanted[name] != saved[name]
+    ]
+    problems += [
+        f"{name}: in the config, not in the checkpoint"
+        for name in sorted(wanted.keys() - saved.keys())
+    ]
+    problems += [
+        f"{name}: in the checkpoint, not in the config"
+        for name in sorted(saved.keys() - wanted.keys())
+    ]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ShapeMismatchError(
+            f"checkpoint {os.fspath(step_dir)} does not fit the config: "
+            + "; ".join(problems[:5])
+            + more
+            + ". Use the config it was trained with (its "
+            "meta item holds it) or a new work dir."
+        )
+
+
 def _item_exists(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
     return (epath.Path(manager.directory) / str(step) / item).exists()
 
@@ -293,6 +337,7 @@ def restore_checkpoint(
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    check_saved_shapes(epath.Path(manager.directory) / str(step), nnx.to_pure_dict(targets[0]))
     items: dict[str, Any] = {
         PARAMS: ocp.args.StandardRestore(nnx.to_pure_dict(targets[0])),
         OPT_STATE: ocp.args.StandardRestore(nnx.to_pure_dict(targets[1])),
@@ -327,6 +372,7 @@ def restore_params_only(
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+        check_saved_shapes(epath.Path(manager.directory) / str(step), nnx.to_pure_dict(targets))
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
