@@ -33,9 +33,12 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output .model path.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = common.existing_workdir()
-    data_dir = _DATA_DIR.value or paths.tfds_dir(workdir)
-    output = _OUTPUT.value or default_spm_model(workdir, _CORPUS.value, _VOCAB_SIZE.value)
+    # The work dir is only needed for what was not given explicitly.
+    data_dir, output = _DATA_DIR.value, _OUTPUT.value
+    if not (data_dir and output):
+        workdir = common.existing_workdir()
+        data_dir = data_dir or paths.tfds_dir(workdir)
+        output = output or default_spm_model(workdir, _CORPUS.value, _VOCAB_SIZE.value)
     start = time.time()
     sentences = spm.corpus_transcripts(_CORPUS.value, _SPLIT.value, data_dir)
     pieces = spm.train_sentencepiece(
