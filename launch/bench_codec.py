@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, paths
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -78,7 +78,8 @@ def main(argv):
     from gpa_jax.codec import train as codec_train
     from gpa_jax.codec.model import Codec
 
-    ckpt = codec_train.checkpoint_dir(common.existing_workdir())
+    # The work dir is optional here: without a trained codec the bench times a fresh one.
+    ckpt = codec_train.checkpoint_dir(flags.FLAGS.workdir or paths.default_workdir())
     if os.path.isdir(ckpt) and os.listdir(ckpt):
         codec, step = codec_train.restore_codec(config, ckpt)
         source = f"checkpoint step {step}"
