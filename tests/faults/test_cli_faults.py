@@ -18,26 +18,6 @@ import soundfile as sf
 
 from tests.conftest import REPO
 
-# A 1-layer LM on synthetic batches: trains a step in seconds, no data to prepare.
-TINY_LM = """
-from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import optimizer_config
-
-def get_config(arg=None):
-    model = lm_model_config(vocab_size=64, num_layers=1, embed_dim=32, num_heads=2,
-                            num_kv_heads=1, head_dim=16, mlp_dim=64, max_len=32)
-    config = lm_config(model=model, mesh=mesh_config(shape=(-1, 1, 1)))
-    config.optimizer = optimizer_config(learning_rate=1e-3, warmup_steps=1, total_steps=10)
-    config.train.num_steps = 1
-    config.train.batch_size = 8
-    config.train.seq_len = 32
-    config.train.eval_every = 0
-    config.train.log_every = 1
-    config.train.async_checkpointing = False
-    return config
-"""
-
-
 def _cli(module, *args, timeout=600):
     env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
@@ -111,15 +91,16 @@ def test_output_folder_is_checked_before_any_work(tmp_path):
     _user_error(_cli("train", f"--workdir={unwritable / 'run'}"), "cannot create work dir")
 
 
-def test_resume_with_a_changed_shape_names_the_parameter(tmp_path):
+def test_resume_with_a_changed_shape_names_the_parameter(tiny_lm, tmp_path):
     from gpa_jax import config_utils
     from gpa_jax.training import checkpoint as ckpt_lib
     from gpa_jax.training import trainer
 
-    config_file = tmp_path / "tiny_lm.py"
-    config_file.write_text(TINY_LM)
+    config_file = tiny_lm  # the faults suite's 1-layer LM (conftest)
     workdir = tmp_path / "run"
-    trainer.train(config_utils.load_config(str(config_file)), str(workdir), progress=False)
+    config = config_utils.load_config(str(config_file))
+    config.train.num_steps = 1
+    trainer.train(config, str(workdir), progress=False)
     assert ckpt_lib.saved_steps(ckpt_lib.checkpoint_dir(workdir)) == [1]
     result = _cli("train", f"--config={config_file}", f"--workdir={workdir}",
                   "--config.model.mlp_dim=96", "--config.train.num_steps=2")  # fmt: skip
