@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dimension=64,
             codebook_size=256,
             kmeans_iters=10,
+            quantizer="teacher",
         ),
         teacher=dict(
             kind="ctc",
@@ -42,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ctc_layers=6,
             ctc_dilations=(1, 2, 4, 1, 2, 4),
             ctc_steps=1500,
+            ctc_vq_codes=256,
         ),
         loss=dict(adversarial=False, lambda_wave=0.0, lambda_mel=15.0, lambda_log_mel=45.0),
         discriminator=dict(

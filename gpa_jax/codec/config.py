@@ -65,8 +65,10 @@ def _codec_defaults() -> dict[str, Any]:
         kmeans_iters=50,
         dead_code_threshold=2.0,
         quantizer_dropout=0.0,
-        # quantizer: 'rvq' (the paper's) or 'split' (`rvq.SplitQuantizer`: RVQ-1 is a VQ of
-        # its own semantic_dim projection of the latent, 0 = dimension; Mimi's split).
+        # quantizer: 'rvq' (the paper's), 'split' (`rvq.SplitQuantizer`: RVQ-1 is a VQ of
+        # its own semantic_dim projection of the latent, 0 = dimension; Mimi's split) or
+        # 'teacher' (`rvq.TeacherCodeQuantizer`: RVQ-1 codes are the frozen CTC teacher's
+        # VQ codes, teacher.ctc_vq_codes = codebook_size; no distillation).
         quantizer="rvq",
         semantic_dim=0,
         # encoder: 'seanet' (the paper's waveform encoder) or 'mel' (`spectral.MelEncoder`);

@@ -6,6 +6,11 @@ loss (`losses.d_axis_distill_loss`) so that RVQ-1 carries content; when D equals
 teacher size the reference uses the identity, and so do we. With no teacher
 (`teacher.kind == 'none'`) there is no head and no distillation.
 
+With `codec.quantizer='teacher'` the codec owns the frozen CTC content teacher
+(`self.teacher`, saved in the codec's checkpoints, never updated: `TRAINABLE` leaves it
+out of the gradient and the optimizer) and RVQ-1 is that teacher's VQ codes
+(`rvq.TeacherCodeQuantizer`); there is no semantic head and no distillation then.
+
 Parameters carry no logical axis names on purpose: the codec (~100 M params at paper
 size) is replicated and trained data-parallel, which is what `gpa_jax.sharding` does
 with unnamed variables.
@@ -21,16 +26,28 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gpa_jax.codec.rvq import ResidualVectorQuantizer, SplitQuantizer
+from gpa_jax.codec.rvq import ResidualVectorQuantizer, SplitQuantizer, TeacherCodeQuantizer
 from gpa_jax.codec.seanet import Dense, SEANetDecoder, SEANetEncoder
 from gpa_jax.codec.spectral import MelEncoder, VocosDecoder
+
+
+# What the codec's optimizer trains: every parameter but the frozen content teacher's.
+TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher")))
 
 
 class Codec(nnx.Module):
     """Waveform codec with RVQ tokens at sample_rate / prod(strides) frames per second."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, teacher_dim: int, *, rngs: nnx.Rngs):
-        """cfg: a config's `codec` section; teacher_dim: `teacher.dim` (0 = no teacher)."""
+    def __init__(
+        self,
+        cfg: ml_collections.ConfigDict,
+        teacher_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        teacher: nnx.Module | None = None,
+    ):
+        """cfg: a config's `codec` section; teacher_dim: `teacher.dim` (0 = no distillation);
+        teacher: the content teacher whose VQ codes are RVQ-1 (codec.quantizer='teacher')."""
         self.sample_rate = int(cfg.sample_rate)
         self.strides = tuple(int(s) for s in cfg.strides)
         self.hop_length = math.prod(self.strides)
@@ -90,8 +107,23 @@ class Codec(nnx.Module):
             self.quantizer = SplitQuantizer(
                 dimension=self.dimension, semantic_dim=semantic_dim, **codebook
             )
+        elif cfg.quantizer == "teacher":
+            if teacher is None or getattr(teacher, "vq", None) is None:
+                raise ValueError(
+                    "codec.quantizer='teacher' needs the CTC content teacher with a VQ "
+                    "bottleneck (teacher.kind='ctc', teacher.ctc_vq_codes > 0)"
+                )
+            if teacher.vq.codebook_size != self.codebook_size:
+                raise ValueError(
+                    f"codec.quantizer='teacher': teacher.ctc_vq_codes "
+                    f"({teacher.vq.codebook_size}) must equal codec.codebook_size "
+                    f"({self.codebook_size}), since RVQ-1 codes are the teacher's"
+                )
+            self.quantizer = TeacherCodeQuantizer(dimension=self.dimension, **codebook)
+            semantic_dim, teacher_dim = self.dimension, 0
         else:
-            raise ValueError(f"codec.quantizer {cfg.quantizer!r}: expected rvq|split")
+            raise ValueError(f"codec.quantizer {cfg.quantizer!r}: expected rvq|split|teacher")
+        self.teacher = teacher if cfg.quantizer == "teacher" else None
         if cfg.decoder == "seanet":
             self.decoder = SEANetDecoder(**common)
         elif cfg.decoder == "vocos":
@@ -109,7 +141,19 @@ class Codec(nnx.Module):
     def from_config(cls, config: ml_collections.ConfigDict, rngs: nnx.Rngs | None = None) -> Codec:
         """Builds the codec of a `kind='codec'` config (seeded by `config.seed` by default)."""
         teacher_dim = 0 if config.teacher.kind == "none" else int(config.teacher.dim)
-        return cls(config.codec, teacher_dim, rngs=rngs or nnx.Rngs(config.seed))
+        rngs = rngs or nnx.Rngs(config.seed)
+        teacher = None
+        if config.codec.quantizer == "teacher":
+            if config.teacher.kind != "ctc":
+                raise ValueError(
+                    f"codec.quantizer='teacher' needs teacher.kind='ctc', got "
+                    f"{config.teacher.kind!r}"
+                )
+            from gpa_jax.codec.teacher import ContentTeacher
+
+            # Weights come from the trained teacher (training) or the codec checkpoint.
+            teacher = ContentTeacher(config, rngs=nnx.Rngs(0))
+        return cls(config.codec, teacher_dim, rngs=rngs, teacher=teacher)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames the encoder yields for a clip: ceil(samples / hop)."""
@@ -129,11 +173,18 @@ class Codec(nnx.Module):
         """
         return self.encoder(wav[..., None].astype(jnp.float32), self.frame_lengths(lengths))
 
+    def _given_codes(self, wav: jax.Array, lengths: jax.Array | None) -> dict[str, jax.Array]:
+        """The quantizer's extra input: the teacher's codes of `wav` when RVQ-1 is given."""
+        if self.teacher is None:
+            return {}
+        return {"first_codes": jax.lax.stop_gradient(self.teacher.codes(wav, lengths))}
+
     def encode(
         self, wav: jax.Array, n_q: int | None = None, lengths: jax.Array | None = None
     ) -> jax.Array:
         """wav [b, samples] -> codes int32 [b, n_q, ceil(samples / hop)]."""
-        return self.quantizer.encode_codes(self.encode_latent(wav, lengths), n_q)
+        latent = self.encode_latent(wav, lengths)
+        return self.quantizer.encode_codes(latent, n_q, **self._given_codes(wav, lengths))
 
     def decode(self, codes: jax.Array, num_layers: jax.Array | int | None = None) -> jax.Array:
         """codes [b, n, frames] (n <= n_q: the first n layers) -> waveform [b, frames * hop].
@@ -162,7 +213,7 @@ class Codec(nnx.Module):
         num_samples = wav.shape[-1]
         latent = self.encode_latent(wav, lengths)
         quantized, codes, aux = self.quantizer.quantize(
-            latent, n_q, train, layer_outputs=True, rng=rng
+            latent, n_q, train, layer_outputs=True, rng=rng, **self._given_codes(wav, lengths)
         )
         # What distillation reads: the split quantizer's semantic VQ output, else RVQ-1's.
         rvq1 = aux["semantic"] if "semantic" in aux else aux["layer_outputs"][0]

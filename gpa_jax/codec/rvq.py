@@ -472,3 +472,117 @@ class SplitQuantizer(nnx.Module):
         """[n_q, K, D]: layer 1 as projected to the decoder's input, then the acoustic books."""
         first = self.project_out(self.semantic.embed[0])
         return jnp.concatenate([first[None], self.acoustic.embed[...]], axis=0)
+
+
+class TeacherCodeQuantizer(nnx.Module):
+    """RVQ-1 is given, not learned: the frozen content teacher's VQ codes; RVQ 2..n_q code the rest.
+
+    Why: distilling content into a VQ of the codec's latent did not make RVQ-1 a content
+    code on the CPU budget (CTC probe CER 0.39-0.43 on RVQ-1, plain or split, against
+    0.12 on the codes of a CTC recogniser with a VQ bottleneck, `teacher.ctc_vq_codes`).
+    So layer 1's code at each frame is the teacher's code (`first_codes`, computed by the
+    codec from the same waveform), and its decoder-side vector is a learned table
+    `first_embed` [K, D] (trained by the reconstruction loss, like any decoder weight).
+    The acoustic RVQ quantizes the encoder latent itself (no subtraction: the latent
+    learns to carry what the content code leaves out), and the decoder reads the sum.
+    Codes keep the layout [b, n_q, T]; `codebooks()` gives every layer's vectors.
+    Quantizer dropout is not supported.
+    """
+
+    def __init__(
+        self,
+        *,
+        dimension: int,
+        n_q: int,
+        codebook_size: int,
+        rngs: nnx.Rngs,
+        **codebook_kwargs: Any,
+    ):
+        if n_q < 2:
+            raise ValueError(f"codec.quantizer='teacher' needs n_q >= 2 (1 given + acoustic), got {n_q}")
+        if codebook_kwargs.get("quantizer_dropout", 0.0):
+            raise ValueError("codec.quantizer='teacher' does not support quantizer_dropout > 0")
+        self.dimension, self.n_q, self.codebook_size = dimension, n_q, codebook_size
+        bound = (6.0 / dimension) ** 0.5
+        self.first_embed = nnx.Param(uniform_init(rngs.params(), (codebook_size, dimension), bound))
+        self.acoustic = ResidualVectorQuantizer(
+            dimension=dimension, n_q=n_q - 1, codebook_size=codebook_size, rngs=rngs,
+            **codebook_kwargs,
+        )  # fmt: skip
+
+    def _first(self, first_codes: jax.Array | None, t: int) -> jax.Array:
+        if first_codes is None:
+            raise ValueError(
+                "codec.quantizer='teacher' takes RVQ-1 from the content teacher: pass "
+                "first_codes (the codec's encode/__call__ compute them from the waveform)"
+            )
+        if first_codes.shape[-1] < t:
+            raise ValueError(f"first_codes cover {first_codes.shape[-1]} frames, the latent {t}")
+        return first_codes[:, :t].astype(jnp.int32)
+
+    def quantize(
+        self,
+        x: jax.Array,
+        n_q: int | None = None,
+        train: bool = False,
+        *,
+        layer_outputs: bool = False,
+        rng: jax.Array | None = None,
+        first_codes: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+        """As `ResidualVectorQuantizer.quantize`, with RVQ-1 codes given: first_codes [b, >= T]."""
+        n = self.n_q if n_q is None else int(n_q)
+        if not 1 <= n <= self.n_q:
+            raise ValueError(f"n_q must be in [1, {self.n_q}], got {n}")
+        x = x.astype(jnp.float32)
+        b, t, _ = x.shape
+        codes = self._first(first_codes, t)
+        first = self.first_embed[...][codes]
+        hist = jnp.bincount(codes.reshape(-1), length=self.codebook_size) / (b * t)
+        perplexity = jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10)))[None]
+        commit = jnp.zeros((1,), jnp.float32)  # nothing of the latent is snapped to it
+        quantized, codes = first, codes[:, None]
+        outputs = [first[None]]
+        if n > 1:
+            q_a, codes_a, aux_a = self.acoustic.quantize(
+                x, n - 1, train, layer_outputs=layer_outputs, rng=rng
+            )
+            quantized = quantized + q_a
+            codes = jnp.concatenate([codes, codes_a], axis=1)
+            commit = jnp.concatenate([commit, aux_a["commit_per_layer"]])
+            perplexity = jnp.concatenate([perplexity, aux_a["perplexity"]])
+            if layer_outputs:
+                outputs.append(aux_a["layer_outputs"])
+        aux: dict[str, Any] = {
+            # Mean over the layers that quantize the latent (the given layer has no loss).
+            "commit_loss": jnp.sum(commit) / max(n - 1, 1),
+            "commit_per_layer": commit,
+            "perplexity": perplexity,
+            "n_active": jnp.asarray(n, jnp.int32),
+        }
+        if layer_outputs:
+            aux["layer_outputs"] = jnp.concatenate(outputs, axis=0)
+        return quantized, codes, aux
+
+    def encode_codes(
+        self, x: jax.Array, n_q: int | None = None, first_codes: jax.Array | None = None
+    ) -> jax.Array:
+        """x [b, T, D] and the teacher's codes [b, >= T] -> codes int32 [b, n_q, T]."""
+        return self.quantize(x, n_q, first_codes=first_codes)[1]
+
+    def decode_codes(
+        self, codes: jax.Array, num_layers: jax.Array | int | None = None
+    ) -> jax.Array:
+        """As `ResidualVectorQuantizer.decode_codes` (layer 1 is always decoded)."""
+        n = codes.shape[1]
+        if n > self.n_q:
+            raise ValueError(f"codes have {n} layers but the quantizer has {self.n_q}")
+        out = self.first_embed[...][codes[:, 0]]
+        if n > 1:
+            rest = None if num_layers is None else num_layers - 1
+            out = out + self.acoustic.decode_codes(codes[:, 1:], rest)
+        return out
+
+    def codebooks(self) -> jax.Array:
+        """[n_q, K, D]: the learned RVQ-1 vectors, then the acoustic books."""
+        return jnp.concatenate([self.first_embed[...][None], self.acoustic.embed[...]], axis=0)

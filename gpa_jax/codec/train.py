@@ -47,7 +47,7 @@ from gpa_jax.codec import api
 from gpa_jax.codec import data as codec_data
 from gpa_jax.codec.discriminator import MultiScaleSTFTDiscriminator
 from gpa_jax.codec.losses import discriminator_loss, generator_loss, teacher_features
-from gpa_jax.codec.model import Codec
+from gpa_jax.codec.model import TRAINABLE, Codec
 
 
 def codec_dir(workdir: str) -> str:
@@ -113,7 +113,7 @@ class CodecState:
         check_trainable(config)
         model = Codec.from_config(config)
         tx = _shared_optimizer(config)
-        state = cls(model, nnx.Optimizer(model, tx, wrt=nnx.Param))
+        state = cls(model, nnx.Optimizer(model, tx, wrt=TRAINABLE))
         if config.loss.adversarial:
             disc = MultiScaleSTFTDiscriminator.from_config(config)
             state.disc = disc
@@ -167,16 +167,18 @@ def make_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
         out = dict(model(wav, train=True, lengths=lengths))
         # Padding (zeros in `wav`) is kept out of the reconstruction terms.
         out["recon"] = out["recon"] * mask
-        teacher = teacher_features(
-            wav, config, teacher_model=teacher_model, lengths=lengths, precomputed=precomputed
-        )
+        teacher = None  # RVQ-1 given by the teacher's codes: nothing to distil
+        if config.codec.quantizer != "teacher":
+            teacher = teacher_features(
+                wav, config, teacher_model=teacher_model, lengths=lengths, precomputed=precomputed
+            )
         total, metrics = generator_loss(out, wav, config, teacher=teacher, discriminator=disc)
         return total, (metrics, out)
 
     @nnx.jit
     def generator_step(model, optimizer, disc, teacher_model, batch):
         wav, mask, lengths = batch["audio"], batch["mask"], batch["lengths"]
-        grad_fn = nnx.value_and_grad(gen_loss, has_aux=True)
+        grad_fn = nnx.value_and_grad(gen_loss, argnums=nnx.DiffState(0, TRAINABLE), has_aux=True)
         (_, (metrics, out)), grads = grad_fn(
             model, disc, teacher_model, wav, mask, lengths, batch.get("teacher")
         )
@@ -460,6 +462,9 @@ def _train(
     )
     iterator = iter(dataset)
     state = CodecState.create(config)
+    if state.model.teacher is not None:  # RVQ-1 = its codes: the codec carries it, frozen
+        nnx.update(state.model.teacher, nnx.state(teacher_model))
+        teacher_model = None
     manager = checkpoint_manager(checkpoint_dir(workdir), keep=int(tc.keep_checkpoints))
     guard = recovery.DivergenceGuard(float(tc.divergence_factor), what="codec training")
     found = recovery.restore_newest(
