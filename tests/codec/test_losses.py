@@ -99,6 +99,7 @@ def test_generator_loss_weights_terms_and_switches_adversarial():
             "loss.adversarial": True,
             "teacher.kind": "log_mel",
             "teacher.dim": 32,
+            "codec.quantizer": "rvq",  # distillation needs a learned RVQ-1
         },
     )
     config.unlock()

@@ -3,9 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
-from gpa_jax.codec.rvq import CodebookState, ResidualVectorQuantizer, SplitQuantizer, kmeans
+from gpa_jax.codec.rvq import (
+    CodebookState,
+    ResidualVectorQuantizer,
+    SplitQuantizer,
+    TeacherCodeQuantizer,
+    kmeans,
+)
 
 # Jitted entry points: one compile per quantizer shape instead of eager op-by-op dispatch
 # (which compiles every primitive separately and costs seconds on CPU).
@@ -220,3 +227,42 @@ def test_split_quantizer_distillation_gradient_reaches_projection_and_latent():
     grads_model, grads_x = nnx.grad(loss, argnums=(0, 1))(split, x)
     assert float(jnp.abs(grads_model.project_in.kernel[...]).sum()) > 0
     assert float(jnp.abs(grads_x).sum()) > 0
+
+
+def test_teacher_code_quantizer_takes_layer1_as_given_and_quantizes_the_latent_after():
+    q = TeacherCodeQuantizer(dimension=4, n_q=3, codebook_size=8, kmeans_iters=3, rngs=nnx.Rngs(5))
+    x = jax.random.normal(jax.random.key(6), (2, 16, 4))
+    given = jax.random.randint(jax.random.key(7), (2, 20), 0, 8)  # may cover more frames
+
+    run = nnx.jit(
+        lambda q, x, given, train: q.quantize(x, train=train, layer_outputs=True, first_codes=given),
+        static_argnums=3,
+    )
+    run(q, x, given, True)  # k-means init of the acoustic books
+    quantized, codes, aux = run(q, x, given, False)
+    assert codes.shape == (2, 3, 16) and aux["layer_outputs"].shape == (3, 2, 16, 4)
+    np.testing.assert_array_equal(np.asarray(codes[:, 0]), np.asarray(given[:, :16]))
+    # The acoustic layers quantize the latent itself, not latent minus the given vector.
+    np.testing.assert_array_equal(
+        np.asarray(q.acoustic.encode_codes(x)), np.asarray(codes[:, 1:])
+    )
+    books = np.asarray(q.codebooks())
+    assert books.shape == (3, 8, 4)
+    for depth in (1, 3):
+        summed = sum(books[i][np.asarray(codes[:, i])] for i in range(depth))
+        np.testing.assert_allclose(np.asarray(q.decode_codes(codes[:, :depth])), summed, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(quantized), summed, atol=1e-5)
+    assert float(aux["commit_per_layer"][0]) == 0.0
+    # The given layer's vectors learn from the decoder's gradient; the latent gets the
+    # straight-through gradient.
+    def loss(model, x):
+        out, _, _ = model.quantize(x, train=True, first_codes=given)
+        return jnp.sum(out**2)
+
+    grads_model, grads_x = nnx.grad(loss, argnums=(0, 1))(q, x)
+    assert float(jnp.abs(grads_model.first_embed[...]).sum()) > 0
+    assert float(jnp.abs(grads_x).sum()) > 0
+    with pytest.raises(ValueError, match="first_codes"):
+        q.quantize(x)
+    with pytest.raises(ValueError, match="n_q >= 2"):
+        TeacherCodeQuantizer(dimension=4, n_q=1, codebook_size=8, rngs=nnx.Rngs(0))

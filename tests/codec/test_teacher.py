@@ -185,3 +185,47 @@ def test_vq_bottleneck_teacher_reads_through_its_codes_and_saves_its_codebook(tm
         teacher_lib.ContentTeacher(teacher_config(), rngs=__import__("flax").nnx.Rngs(0)).codes(batch)
     with pytest.raises(ValueError, match="trained with"):
         teacher_lib.load_teacher(teacher_config(), directory)
+
+
+def test_codec_with_teacher_codes_as_rvq1_keeps_the_teacher_frozen_and_self_contained(tmp_path):
+    """codec.quantizer='teacher': RVQ-1 codes are the teacher's VQ codes of the same audio,
+    codec training leaves the teacher's weights as trained, and the codec checkpoint carries
+    the teacher, so a restore needs no teacher directory."""
+    import shutil
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    config = teacher_config(**{
+        "teacher.ctc_vq_codes": 16, "teacher.ctc_steps": 20, "codec.codebook_size": 16,
+        "codec.quantizer": "teacher", "train.num_steps": 2, "loss.adversarial": False,
+    })  # fmt: skip
+    audio, texts = tone_corpus(8, seed=0)
+    result = codec_train.train(
+        config, str(tmp_path), clips=audio, teacher_set=(audio, texts), progress=False
+    )
+    assert "loss/distill" not in result.metrics  # nothing to distil: the codes are given
+    teacher = teacher_lib.load_teacher(config, str(tmp_path / "codec" / "teacher"))
+    shutil.rmtree(tmp_path / "codec" / "teacher")
+    codec, step = codec_train.restore_codec(config, str(tmp_path / "codec" / "checkpoints"))
+    assert step == 2
+    saved = lambda m: jax.tree.leaves(nnx.state(m, ctc.SAVED))  # noqa: E731
+    for a, b in zip(saved(codec.teacher), saved(teacher), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    wav = jnp.asarray(audio[1][None])
+    codes = np.asarray(codec.encode(wav))
+    assert codes.shape == (1, 8, -(-len(audio[1]) // 320))
+    np.testing.assert_array_equal(codes[:, 0], np.asarray(teacher.codes(wav)))
+    assert codec.decode(jnp.asarray(codes)).shape == (1, codes.shape[-1] * 320)
+    # Configs that cannot give RVQ-1 codes say what is missing.
+    from gpa_jax.codec.model import Codec
+
+    with pytest.raises(ValueError, match="ctc_vq_codes > 0"):
+        Codec.from_config(teacher_config(**{"codec.quantizer": "teacher"}))
+    with pytest.raises(ValueError, match="must equal codec.codebook_size"):
+        Codec.from_config(
+            teacher_config(**{"codec.quantizer": "teacher", "teacher.ctc_vq_codes": 16})
+        )
+    with pytest.raises(ValueError, match="teacher.kind='ctc'"):
+        Codec.from_config(tiny_config(**{"codec.quantizer": "teacher"}))
