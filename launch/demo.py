@@ -23,7 +23,8 @@ Everything goes under the work dir (--workdir, else $GPA_JAX_WORKDIR, else runs/
 tfds/, codec/, tokens/, spm/, checkpoints/ + tensorboard/ (the LM), acoustic/<variant>/,
 eval/results.{md,json} and samples/<task>/ (wavs + manifest.jsonl).
 
-A finished stage writes demo/<stage>.done (atomically, after all its outputs); a rerun
+A finished stage writes demo/<stage>.done (atomically, after all its outputs) and updates
+timings.json (seconds per finished stage and their sum); a rerun
 skips stages marked done for the same size (--quick or not), and --from_stage=X reruns X
 and every later stage. SIGTERM / Ctrl-C stop the demo in the stage it is in, with status
 143 / 130 (`gpa_jax.preemption`): training stages save a checkpoint first, the others keep
@@ -196,6 +197,21 @@ def stage_done(workdir: str, stage: str, quick: bool) -> bool:
         return False
 
 
+def write_timings(workdir: str, quick: bool) -> dict:
+    """<workdir>/timings.json: seconds per finished stage (from their markers) and the sum,
+    so a run split over several resumed invocations still shows its whole cost."""
+    import json
+
+    stages = {}
+    for name in STAGES:
+        if stage_done(workdir, name, quick):
+            with open(marker_path(workdir, name)) as f:
+                stages[name] = json.load(f)["seconds"]
+    timings = {"quick": quick, "stages": stages, "total_seconds": round(sum(stages.values()), 1)}
+    paths.atomic_write_json(os.path.join(workdir, "timings.json"), timings)
+    return timings
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -232,6 +248,7 @@ def main(argv):
             # The stage's outputs are complete: record it, whole or not at all.
             os.makedirs(os.path.dirname(marker_path(workdir, name)), exist_ok=True)
             paths.atomic_write_json(marker_path(workdir, name), {"quick": quick, "seconds": round(seconds, 1)})
+            write_timings(workdir, quick)
             print(f"{head} done in {seconds:.1f} s", flush=True)
     print(f"demo finished in {time.time() - total:.1f} s; artefacts under {workdir}")
     if "evaluate" in chosen:

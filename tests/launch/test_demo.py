@@ -18,6 +18,9 @@ def test_quick_demo_runs_every_stage(quick_demo):
     for split in ("train", "validation", "test", "test_unseen_voice"):
         assert f"\n{split} " in result.stdout  # the corpus summary
     assert "demo finished" in result.stdout
+    timings = json.loads((workdir / "timings.json").read_text())
+    assert list(timings["stages"]) == list(STAGES) and timings["quick"] is True
+    assert timings["total_seconds"] == pytest.approx(sum(timings["stages"].values()), abs=0.5)
     codec_eval = json.loads((workdir / "codec" / "eval_test.json").read_text())
     judged = codec_eval["judge"]  # the neural judge on recordings and both resyntheses
     assert judged["name"].startswith("whisper") and judged["recordings"]["normalizer"]
