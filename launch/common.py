@@ -3,8 +3,9 @@
 Every entry point ends with `common.run(main)`: a user error (a bad flag, config key or
 type, path, input file, corpus, a missing work dir or checkpoint, a checkpoint whose
 shapes differ from the config: any `gpa_jax.errors.UserError`, missing-file OSError or
-absl usage error) is printed as one line, `<command>: error: <what and where>`, and the
-command exits with status 2 without a traceback; `--verbose` prints the traceback too.
+absl usage error; a full disk, whichever write met it) is printed as one line,
+`<command>: error: <what and where>`, and the command exits with status 2 without a
+traceback; `--verbose` prints the traceback too.
 Anything else is a bug and keeps its traceback (status 1).
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from absl import app, flags
 
 from gpa_jax import config_utils, paths
-from gpa_jax.errors import UserError
+from gpa_jax.errors import UserError, is_disk_full
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, f"Work directory (default: ${paths.WORKDIR_ENV} or {paths.DEFAULT_WORKDIR})."
@@ -81,7 +82,20 @@ def output_file(path: str) -> str:
 
 
 def _is_user_error(error: BaseException) -> bool:
-    return isinstance(error, (UserError, app.UsageError, flags.Error, *_PATH_ERRORS))
+    # A full disk is the user's to fix wherever it struck (a checkpoint, TensorBoard's
+    # event file, a token shard): the libraries turn the writes they own into
+    # DiskFullError, and any other write that hits it is reported the same way here.
+    return isinstance(error, (UserError, app.UsageError, flags.Error, *_PATH_ERRORS)) or (
+        is_disk_full(error)
+    )
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, UserError) or not is_disk_full(error):
+        return str(error)
+    # Another library's error (TensorFlow, tensorstore): its first line names the file.
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"no space left on device: {first[:500]}" if first else "no space left on device"
 
 
 def _command_name() -> str:
@@ -96,7 +110,7 @@ def _fail(error: BaseException, verbose: bool) -> None:
     prog = _command_name()
     if verbose:
         traceback.print_exception(error)
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    print(f"{prog}: error: {_message(error)}", file=sys.stderr)
     if isinstance(error, (app.UsageError, flags.Error)):
         print(f"{prog}: see --helpshort for the flags", file=sys.stderr)
     sys.stderr.flush()

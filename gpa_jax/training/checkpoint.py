@@ -20,14 +20,24 @@ with the lowest eval loss among those saved with one, plus always the newest che
 not saved within a loss spike (`gpa_jax.recovery.LastGood`; preservation policies of
 orbax-checkpoint >= 0.11). `restore_checkpoint(manager, targets)` without a step resumes
 from the newest step that restores, moving broken newer ones aside (`gpa_jax.recovery`).
+
+A save that runs out of disk space raises one `DiskFullError` naming the directory and
+the checkpoint that is still intact; the half-written step (Orbax writes it under
+`<step>.orbax-checkpoint-tmp` and renames it only when complete, so it never looks like a
+checkpoint) is removed to give the space back. Wrap the manager's life in
+`quiet_disk_full()` so that Orbax's writer threads do not each print a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -39,7 +49,7 @@ from jax.sharding import Mesh
 
 from gpa_jax import recovery
 from gpa_jax import sharding as sharding_lib
-from gpa_jax.errors import UserError
+from gpa_jax.errors import DiskFullError, UserError, is_disk_full
 
 PARAMS = "params"
 OPT_STATE = "opt_state"
@@ -196,6 +206,9 @@ def make_manager(
         enable_async_checkpointing=async_save,
         create=not read_only,
         read_only=read_only,
+        # Steps a killed or disk-full save left half-written (<step>.orbax-checkpoint-tmp)
+        # are removed when a writing run starts.
+        cleanup_tmp_directories=not read_only,
     )
     directory = os.fspath(directory)
     if "://" not in directory:  # Orbax needs absolute local paths (gs://... stay as they are).
@@ -244,7 +257,138 @@ def save_checkpoint(
     }
     if data_state is not None:
         items[DATA_ITER] = DataIterSave(data_state)
-    return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    # An async save still in flight fails here, not inside the next save (its step is
+    # then the one named).
+    wait_until_finished(manager)
+    with _disk_full_as_user_error(manager, step):
+        return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+    """`manager.wait_until_finished()`, a full disk reported as `DiskFullError`."""
+    with _disk_full_as_user_error(manager, None):
+        manager.wait_until_finished()
+
+
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written
+
+
+@contextlib.contextmanager
+def _disk_full_as_user_error(manager: ocp.CheckpointManager, step: int | None) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        raise _disk_full_error(epath.Path(manager.directory), step) from error
+
+
+def _disk_full_error(directory: epath.Path, step: int | None) -> DiskFullError:
+    partial = _partial_steps(directory)
+    failed = sorted({p.name.split(".")[0] for p in partial}) or ([str(step)] if step else [])
+    # Gives the space back. Orbax stops at the first failed write while tensorstore's
+    # other writes of the step are still in flight: wait until they stop touching the
+    # folder, or they recreate what is removed. Orbax never restores these folders, and
+    # the next run's manager removes any left (`make_manager`).
+    _wait_until_still(partial)
+    for path in partial:
+        path.rmtree(missing_ok=True)
+    left = [p.name for p in _partial_steps(directory)]
+    intact = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    saved = (
+        f"checkpoint {intact[-1]} is intact; free space and rerun to resume from it"
+        if intact
+        else "no earlier checkpoint was saved; free space and rerun"
+    )
+    which = f"checkpoint {', '.join(failed)}" if failed else "a checkpoint"
+    if left:
+        removed = f" (the partial {', '.join(left)} is ignored and removed by the next run)"
+    else:
+        removed = " (its partial files were removed)" if partial else ""
+    return DiskFullError(
+        f"no space left on device writing {which} to {directory}{removed}; {saved}"
+    )
+
+
+def _partial_steps(directory: epath.Path) -> list[epath.Path]:
+    if not directory.exists():
+        return []
+    return [p for p in directory.iterdir() if _ORBAX_TMP in p.name]
+
+
+def _wait_until_still(folders: list[epath.Path], timeout: float = 10.0) -> None:
+    """Returns once nothing under `folders` has changed for 0.5 s (or after `timeout`)."""
+
+    def snapshot():
+        seen = []
+        for folder in folders:
+            for root, _, files in os.walk(os.fspath(folder)):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(os.path.join(root, name))
+                        seen.append((root, name, st.st_size, st.st_mtime_ns))
+        return sorted(seen)
+
+    if not folders or "://" in os.fspath(folders[0]):
+        return
+    deadline, last = time.monotonic() + timeout, snapshot()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = snapshot()
+        if now == last:
+            return
+        last = now
+
+
+class _DropDiskFullRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (is_disk_full(error) or is_disk_full(record.getMessage()))
+
+
+_QUIET_LOGGERS = ("absl", "asyncio")  # Orbax's threads log to absl; asyncio its futures
+
+
+def _drop_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if is_disk_full(value) or (
+            isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+        ):
+            return
+        previous(unraisable)
+
+    return hook
+
+
+@contextlib.contextmanager
+def quiet_disk_full() -> Iterator[None]:
+    """While a manager saves: a save that fails for a full disk is reported once, as the
+    `DiskFullError` it raises, instead of one traceback per array and thread.
+
+    Orbax stops at the first failed write; tensorstore's other writes of the step then
+    complete into the event loop Orbax has closed, each printing RuntimeError('Event loop
+    is closed') as an unraisable exception, Orbax's threads log each error with its
+    traceback, and asyncio logs the futures nobody awaited (1,900 lines on a real LM).
+    Only those are dropped; after a full disk they stay dropped for the rest of the
+    process, since the in-flight writes keep failing after the error is raised."""
+    quiet = _DropDiskFullRecords()
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    previous = sys.unraisablehook
+    sys.unraisablehook = _drop_unraisable(previous)
+    try:
+        yield
+    except Exception as error:
+        if is_disk_full(error):
+            quiet = None  # type: ignore[assignment]
+        raise
+    finally:
+        if quiet is not None:
+            sys.unraisablehook = previous
+            for logger in loggers:
+                logger.removeFilter(quiet)
 
 
 def _meta(step: int, config: ml_collections.ConfigDict | None) -> dict[str, Any]:

@@ -55,6 +55,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -438,10 +439,14 @@ def train(
 
     Iterators default to `data_iter.make_iterators(config)`; `writer` (any clu
     MetricWriter) defaults to TensorBoard under <workdir>/tensorboard + absl logs.
-    Raises `preemption.Preempted` after saving when SIGTERM/SIGINT arrives.
+    Raises `preemption.Preempted` after saving when SIGTERM/SIGINT arrives, and
+    `gpa_jax.errors.DiskFullError` when a save finds the disk full (the last complete
+    checkpoint stays as it was).
     """
     job = f"{config.get('kind', 'lm')} training"
-    with preemption.watch(job):
+    # A full disk during a save: one DiskFullError (a user error), not a traceback per
+    # Orbax writer thread.
+    with preemption.watch(job), ckpt_lib.quiet_disk_full():
         return _train(config, workdir, job, train_iter, eval_iter, writer, mesh, progress)
 
 
@@ -646,11 +651,22 @@ def _train(config, workdir, job, train_iter, eval_iter, writer, mesh, progress) 
     finally:
         if pbar is not None:
             pbar.close()
-        manager.wait_until_finished()  # a preemption save is complete before we say so
-        manager.close()
-        writer.flush()
-        if own_writer:
-            writer.close()
+        failing = sys.exc_info()[1]
+        try:
+            ckpt_lib.wait_until_finished(manager)  # a preemption save is complete before we say so
+        finally:
+            manager.close()
+            try:
+                writer.flush()
+                if own_writer:
+                    writer.close()
+            except Exception as error:
+                if failing is None:
+                    raise
+                # The metric writer fails too (e.g. the same full disk): the error that
+                # stopped the run is the one to report.
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                logging.warning("metric writer failed as well: %s", first[:300])
     if result.preempted:
         try:
             preemption.stop(

@@ -1,9 +1,13 @@
 """Shared set-up of the fault-injection tests: tiny configs and a shared XLA cache.
 
 Every fault here is real: checkpoints are damaged by truncating or removing the files a
-real run wrote, signals are sent to real processes with os.kill.
+real run wrote, signals are sent to real processes with os.kill. A full disk is injected
+at the lowest write the code under test goes through (`fill_disk`: Python's `open`, which
+`gpa_jax.paths` and Orbax's file writes via etils.epath use), since a small tmpfs needs root.
 """
 
+import builtins
+import errno
 import os
 import re
 import subprocess
@@ -105,3 +109,55 @@ def run_until(cmd, env, pattern, sig, *, watch_file=None, timeout=300):
 
 
 PYTHON = sys.executable
+
+
+class _FillingFile:
+    """A file whose writes fail with ENOSPC once the shared `room` is used up (the bytes
+    that fit are written first, as a filling disk does)."""
+
+    def __init__(self, file, room: list[int]):
+        self._file, self._room = file, room
+
+    def write(self, data):
+        fits = data[: max(self._room[0], 0)]
+        if fits:
+            self._file.write(fits)
+            self._room[0] -= len(fits)
+        if len(fits) < len(data):
+            self._file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return len(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+    def __iter__(self):
+        return iter(self._file)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+def fill_disk(directory, room: int = 0):
+    """From now on, files opened for writing under `directory` take `room` more bytes in
+    all, then every write fails with OSError(ENOSPC) (no file name: write(2) gives none).
+    Returns the function that gives the space back."""
+    real_open, under, left = builtins.open, os.path.abspath(directory) + os.sep, [room]
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writes = any(c in mode for c in "wax+")
+        if writes and isinstance(file, (str, os.PathLike)):
+            if os.path.abspath(os.fspath(file)).startswith(under):
+                return _FillingFile(handle, left)
+        return handle
+
+    builtins.open = filling_open
+
+    def undo():
+        builtins.open = real_open
+
+    return undo

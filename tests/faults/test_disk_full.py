@@ -1,0 +1,129 @@
+"""A full disk (ENOSPC injected at the write layer, `conftest.fill_disk`) during an LM
+checkpoint save and during `gpa_jax.paths.atomic_write_*`: one message naming the path and
+"no space left", exit status 2 from the CLI, no thread tracebacks, the earlier checkpoint
+or file intact, and nothing half-written under a final name.
+
+Checked by hand on a real 2 MB tmpfs too (tensorstore's own ENOSPC, sync and async saves):
+the same one line, where the unpatched trainer printed ~600 lines of tracebacks.
+"""
+
+import os
+import shutil
+import subprocess
+import textwrap
+
+import pytest
+
+from gpa_jax import paths
+from gpa_jax.config_utils import load_config
+from gpa_jax.errors import DiskFullError, UserError
+from gpa_jax.training import checkpoint as ckpt
+from gpa_jax.training import trainer
+from gpa_jax.training.metrics import MemoryWriter
+from tests.faults.conftest import PYTHON, REPO, fill_disk, subprocess_env
+
+NO_SPACE = "no space left on device"
+
+
+def _config(tiny_lm, steps):
+    return load_config(tiny_lm, [f"train.num_steps={steps}", "train.checkpoint_every=2"])
+
+
+@pytest.fixture(scope="module")
+def two_steps(tiny_lm, compile_cache, tmp_path_factory):
+    """A work dir whose run saved checkpoint 2."""
+    workdir = tmp_path_factory.mktemp("two_steps")
+    trainer.train(_config(tiny_lm, 2), workdir, writer=MemoryWriter(), progress=False)
+    assert ckpt.saved_steps(ckpt.checkpoint_dir(workdir)) == [2]
+    return workdir
+
+
+def _leftovers(directory):
+    return sorted(n for n in os.listdir(directory) if not n.isdigit())
+
+
+def test_lm_checkpoint_save_on_a_full_disk(two_steps, tiny_lm, tmp_path, capfd):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_steps, workdir)
+    ckpt_dir = ckpt.checkpoint_dir(workdir)
+    capfd.readouterr()
+    give_back = fill_disk(ckpt_dir)
+    try:
+        with pytest.raises(DiskFullError) as full:
+            trainer.train(_config(tiny_lm, 4), workdir, writer=MemoryWriter(), progress=False)
+    finally:
+        give_back()
+    message = str(full.value)
+    assert isinstance(full.value, UserError)  # launch.common.run: exit 2, no traceback
+    assert NO_SPACE in message and ckpt_dir in message, message
+    assert "checkpoint 4" in message and "checkpoint 2 is intact" in message, message
+    assert "Traceback" not in capfd.readouterr().err
+    # Step 4 never looks saved: no final folder, and its partial folder is gone.
+    assert ckpt.saved_steps(ckpt_dir) == [2] and _leftovers(ckpt_dir) == []
+
+    # Space is back: the run resumes from the intact checkpoint 2.
+    result = trainer.train(_config(tiny_lm, 4), workdir, writer=MemoryWriter(), progress=False)
+    assert (result.start_step, result.step) == (2, 4)
+    assert ckpt.saved_steps(ckpt_dir) == [2, 4]
+
+
+def test_train_cli_on_a_full_disk_is_one_line_and_exit_2(
+    two_steps, tiny_lm, compile_cache, tmp_path
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_steps, workdir)
+    ckpt_dir = ckpt.checkpoint_dir(workdir)
+    # The real command (python -m launch.train), with the disk filled before it starts.
+    driver = textwrap.dedent(f"""
+        import runpy, sys
+        from tests.faults.conftest import fill_disk
+        fill_disk({ckpt_dir!r})
+        sys.argv = ["launch/train.py", "--config={tiny_lm}", "--workdir={workdir}",
+                    "--config.train.num_steps=4", "--config.train.checkpoint_every=2",
+                    "--noprogress"]
+        runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
+    """)
+    env = {**subprocess_env(compile_cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([PYTHON, "-c", driver], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if ": error: " in x]
+    assert line.startswith("launch.train: error: " + NO_SPACE), line
+    assert ckpt_dir in line and "checkpoint 2 is intact" in line, line
+    assert ckpt.saved_steps(ckpt_dir) == [2] and _leftovers(ckpt_dir) == []
+
+
+@pytest.mark.parametrize("write", ["text", "bytes", "json"])
+@pytest.mark.parametrize("existed", [True, False])
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, write, existed):
+    path = tmp_path / "results.json"
+    if existed:
+        path.write_text('{"old": 1}')
+    value = {"new": "x" * 1000}
+    # 100 bytes fit, the rest does not: a non-atomic write would leave a torn file.
+    give_back = fill_disk(tmp_path, room=100)
+    try:
+        with pytest.raises(DiskFullError) as full:
+            if write == "json":
+                paths.atomic_write_json(path, value)
+            else:
+                text = '{"new": "' + "x" * 1000 + '"}'
+                paths.atomic_write_text(path, text.encode() if write == "bytes" else text)
+    finally:
+        give_back()
+    assert isinstance(full.value, UserError) and isinstance(full.value, OSError)
+    assert NO_SPACE in str(full.value) and str(path) in str(full.value)
+    if existed:
+        assert path.read_text() == '{"old": 1}' and "previous content is kept" in str(full.value)
+    else:
+        assert not path.exists()
+    assert os.listdir(tmp_path) == (["results.json"] if existed else [])  # no temporary left
+
+
+def test_other_write_errors_are_not_disk_full(tmp_path):
+    """Only ENOSPC / quota become DiskFullError; e.g. a missing folder stays what it is."""
+    with pytest.raises(FileNotFoundError) as missing:
+        paths.atomic_write_text(tmp_path / "no_such_dir" / "x.json", "{}")
+    assert not isinstance(missing.value, DiskFullError)
