@@ -13,6 +13,9 @@
 
 A new evaluation run of a task replaces that task's samples (stale wavs of an older run
 are removed with their manifest), so a manifest always describes exactly its folder.
+The manifest grows one line per sample, each written (and flushed) right after its wav,
+so an evaluation killed half-way leaves a line for every finished sample; a reader skips
+a torn last line with a warning.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from gpa_jax import paths
 from gpa_jax.audio import io as audio_io
@@ -40,6 +44,7 @@ class SampleStore:
         os.makedirs(self.root)
         self.manifest_path = os.path.join(self.root, "manifest.jsonl")
         self._names: set[str] = set()
+        self.count = 0  # samples (wav + manifest line) written
 
     def add(self, name: str, wav: np.ndarray, **meta: Any) -> str:
         """Saves `wav` as <name>.wav, appends its manifest line; returns the wav path."""
@@ -49,25 +54,41 @@ class SampleStore:
         path = os.path.join(self.root, f"{name}.wav")
         audio_io.save_wav(path, np.asarray(wav, np.float32), self.sample_rate)
         line = {"wav": os.path.basename(path), "sample_rate": self.sample_rate, **meta}
+        # Appended and closed (flushed) per sample, after its wav: a killed run keeps the
+        # lines of the samples it finished, and never a line without its wav.
         with open(self.manifest_path, "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
+        self.count += 1
         return path
 
 
 def read_manifest(path: str) -> list[dict[str, Any]]:
-    """The manifest's lines as dicts, with 'wav' and every '*_wav' made absolute paths."""
+    """The manifest's lines as dicts, with 'wav' and every '*_wav' made absolute paths.
+
+    A last line cut short (the writer was killed in the middle of it) is skipped with a
+    warning; a bad line anywhere else is an error.
+    """
     root = os.path.dirname(os.path.abspath(path))
     rows = []
     with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
-            for key in [k for k in row if k == "wav" or k.endswith("_wav")]:
-                if row[key]:
-                    row[key] = os.path.join(root, row[key])
-            rows.append(row)
+        lines = f.readlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                logging.warning(
+                    "%s:%d: skipped a torn last line (its writer was stopped while writing it): %r",
+                    path,
+                    number,
+                    line[:80],
+                )
+                break
+            raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+        for key in [k for k in row if k == "wav" or k.endswith("_wav")]:
+            if row[key]:
+                row[key] = os.path.join(root, row[key])
+        rows.append(row)
     return rows
 
 
