@@ -72,8 +72,12 @@ def signal_name(signum: int) -> str:
 class _Frame:
     job: str
     immediate: bool
-    note: str
+    note: str | Callable[[], str]
     on_signal: Callable[[int], None] | None
+
+    def says(self) -> str:
+        note = self.note() if callable(self.note) else self.note
+        return note or "rerun the same command to resume"
 
 
 class _State:
@@ -109,7 +113,7 @@ def check() -> None:
     """Raises `Preempted` if a signal arrived (for points between units of work)."""
     if _STATE.signum is not None:
         frame = _STATE.stack[-1] if _STATE.stack else _Frame("job", True, "", None)
-        raise _stopped(frame.job, _STATE.signum, frame.note or "rerun the same command to resume")
+        raise _stopped(frame.job, _STATE.signum, frame.says())
 
 
 def _handle(signum: int, frame) -> None:
@@ -129,7 +133,7 @@ def _handle(signum: int, frame) -> None:
         return
     state.signum = signum
     if top is not None and top.immediate:
-        raise _stopped(top.job, signum, top.note or "rerun the same command to resume")
+        raise _stopped(top.job, signum, top.says())
     logging.warning(
         "received %s: %s stops after the current step and saves",
         signal_name(signum),
@@ -142,13 +146,14 @@ def watch(
     job: str,
     *,
     immediate: bool = False,
-    note: str = "",
+    note: str | Callable[[], str] = "",
     on_signal: Callable[[int], None] | None = None,
 ) -> Iterator[None]:
     """Catches SIGTERM/SIGINT while the block runs (see the module docstring).
 
     job: named in the messages ("LM training"). note (immediate): what a rerun does, e.g.
-    "finished splits are kept; a rerun resumes at the first unfinished one".
+    "finished splits are kept; a rerun resumes at the first unfinished one", or a function
+    that says it when the signal comes (what has been kept by then).
     on_signal(signum): called from the handler first (e.g. to forward the signal to a child).
     """
     state = _STATE

@@ -26,6 +26,8 @@ import grain
 import ml_collections
 import numpy as np
 
+from gpa_jax import preemption
+
 
 @dataclasses.dataclass
 class Clips:
@@ -671,7 +673,9 @@ def tokenize_corpus(
 
     Returns {split: {"status": "written" | "skipped", **manifest entry}}. Tokens of one
     directory must come from one codec: a manifest naming another codec checkpoint or
-    step (in `metadata`) is an error rather than a silent mix.
+    step (in `metadata`) is an error rather than a silent mix. SIGTERM / SIGINT stop it at
+    once (`gpa_jax.preemption.Preempted`, exit 143 / 130) with a message naming the splits
+    kept and the one a rerun resumes at.
     """
     from gpa_jax.tasks import token_shards
 
@@ -692,22 +696,35 @@ def tokenize_corpus(
                 f"{metadata[key]!r}: tokenize into another directory or delete it"
             )
     results: dict[str, dict[str, Any]] = {}
-    for split in wanted:
-        if split_is_complete(out_dir, split):
-            entry = token_shards.read_manifest(out_dir)["splits"][split]
-            results[split] = {"status": "skipped", **entry}
-            continue
-        entry = tokenize_split(
-            codec,
-            corpus,
-            split,
-            out_dir,
-            data_dir=data_dir,
-            metadata=metadata,
-            total=available[split],
-            **kwargs,
+    current: list[str] = []
+
+    def kept() -> str:  # what a SIGTERM/SIGINT leaves, said when it comes
+        done = ", ".join(results) or "none"
+        return (
+            f"finished splits are kept in {out_dir} ({done}); split {current[-1]} was not "
+            "finished and none of it was kept; rerun the same command to resume at it"
         )
-        results[split] = {"status": "written", **entry}
+
+    # Immediate: a split's shards are renamed into place and listed in the manifest only
+    # when it is complete (ShardWriter), so stopping anywhere loses only the split in hand.
+    with preemption.watch("tokenization", immediate=True, note=kept):
+        for split in wanted:
+            current.append(split)
+            if split_is_complete(out_dir, split):
+                entry = token_shards.read_manifest(out_dir)["splits"][split]
+                results[split] = {"status": "skipped", **entry}
+                continue
+            entry = tokenize_split(
+                codec,
+                corpus,
+                split,
+                out_dir,
+                data_dir=data_dir,
+                metadata=metadata,
+                total=available[split],
+                **kwargs,
+            )
+            results[split] = {"status": "written", **entry}
     return results
 
 

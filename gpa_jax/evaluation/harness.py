@@ -32,6 +32,7 @@ a manifest never points into a cache that may vanish.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
+from gpa_jax import preemption
 from gpa_jax.evaluation import asr_metrics
 from gpa_jax.evaluation.judge import Judge
 from gpa_jax.evaluation.results import SampleStore, markdown_table
@@ -122,7 +124,39 @@ def evaluate_tasks(
     tasks: Sequence[str] = TASKS,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Runs `tasks` on `split`; returns {task: figures} and writes the samples (module doc)."""
+    """Runs `tasks` on `split`; returns {task: figures} and writes the samples (module doc).
+
+    SIGTERM / SIGINT stop it at once (`gpa_jax.preemption.Preempted`, exit 143 / 130) with
+    a message naming the tasks whose samples are complete; eval/results.{json,md} of an
+    earlier evaluation are removed first (they describe samples this run replaces), so a
+    stopped evaluation never leaves a results file behind.
+    """
+    samples = os.path.join(workdir, "samples")
+    finished: dict[str, int] = {}  # task -> samples written, once all of them are
+
+    def kept() -> str:  # said when the signal comes
+        done = ", ".join(f"{t} ({n} samples)" for t, n in finished.items()) or "none"
+        return (
+            f"the finished tasks' samples are kept in {samples} ({done}); no results were "
+            "written (eval/results.json appears only when every task is done); rerun the "
+            "same command to evaluate again"
+        )
+
+    for name in ("results.json", "results.md"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(workdir, "eval", name))
+    with preemption.watch("evaluation", immediate=True, note=kept):
+        return _evaluate_tasks(
+            models, token_dir=token_dir, corpus=corpus, data_dir=data_dir, split=split,
+            workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task,
+            tasks=tasks, progress=progress, finished=finished,
+        )  # fmt: skip
+
+
+def _evaluate_tasks(
+    models, *, token_dir, corpus, data_dir, split, workdir, settings, seed, max_per_task, tasks,
+    progress, finished,
+) -> dict[str, Any]:  # fmt: skip
     from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.codec import api as codec_api
     from gpa_jax.sampling import Request
@@ -152,6 +186,7 @@ def evaluate_tasks(
             store.add(bank.ids[r[TGT]], data.wav(int(r[TGT])), text=bank.texts[r[TGT]],
                       hypothesis=res.text or "", error=res.error, speaker=bank.speakers[r[TGT]],
                       wer=asr_metrics.utterance_wer(bank.texts[r[TGT]], res.text or ""))
+        finished["asr"] = store.count
         bar.update()
 
     for task in ("tts", "vc"):
@@ -230,6 +265,7 @@ def evaluate_tasks(
             if i in wavs:
                 meta["judge_wer"] = utt_wer[i]
                 store.add(uid, wavs[i], **meta)
+        finished[task] = store.count
         bar.update()
     bar.close()
     return out

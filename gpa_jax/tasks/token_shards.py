@@ -52,6 +52,7 @@ import msgpack
 import numpy as np
 from array_record.python import array_record_module
 
+from gpa_jax import paths
 from gpa_jax.text import normalize_transcript
 
 FORMAT = "gpa_jax.token_shards"
@@ -150,10 +151,9 @@ def write_manifest(directory: str, manifest: Mapping[str, Any]) -> str:
     """Writes manifest.json atomically (temp file + rename); returns its path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, MANIFEST_NAME)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    # gpa_jax.paths: fsync before the rename, the temporary removed on any failure (a
+    # signal, a full disk) and a killed writer's one cleaned up by the next write.
+    paths.atomic_write_json(path, manifest, indent=1, sort_keys=True)
     return path
 
 

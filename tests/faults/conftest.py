@@ -18,6 +18,10 @@ import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
+# The tiny synthetic corpus and a codec trained for one step (the tokenization and
+# evaluation signal tests run on them).
+from tests.codec.conftest import tiny_workdir  # noqa: F401
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A 1-layer LM that compiles in seconds (the sweep test's config).

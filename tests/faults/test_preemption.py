@@ -1,8 +1,11 @@
 """SIGTERM / SIGINT to real processes: each job saves, says where, exits 143 / 130, and
-the rerun resumes; the sweep stops at the preempted run instead of starting the next."""
+the rerun resumes; the sweep stops at the preempted run instead of starting the next.
+Tokenization keeps its finished splits and resumes at the stopped one; evaluation keeps
+its finished tasks' samples, writes no results, and a rerun evaluates again."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -128,3 +131,145 @@ def test_nested_jobs_and_ctrl_c(tmp_path):
             events.append("not reached")
     assert "aborted without saving" in str(aborted.value) and aborted.value.code == 130
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+
+# --- the tokenization and evaluation jobs, on the tiny corpus and its 1-step codec --------
+
+CORPUS = "synthetic_speech/tiny"
+
+
+def _codec_paths(tiny_workdir):
+    from gpa_jax import paths
+    from gpa_jax.codec import train as codec_train
+
+    _, trained = tiny_workdir
+    return codec_train.checkpoint_dir(trained), paths.tfds_dir(trained)
+
+
+def test_tokenization_keeps_finished_splits_and_resumes_at_the_stopped_one(
+    tiny_workdir, compile_cache, tmp_path
+):
+    from gpa_jax.codec import data as codec_data
+    from gpa_jax.tasks import token_shards
+
+    checkpoints, tfds = _codec_paths(tiny_workdir)
+    config = tmp_path / "codec.py"  # the codec tests' tiny codec, as a --config file
+    config.write_text(textwrap.dedent(f"""
+        from tests.codec.test_train import tiny_config
+        def get_config(arg=None):
+            return tiny_config(**{{"data.corpus": {CORPUS!r}}})
+    """))
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    out = codec_data.tokens_dir(str(workdir), CORPUS)
+    # validation (8 clips) first, then train (36): the signal comes once validation is
+    # listed complete in the manifest, while train is being encoded.
+    cmd = [PYTHON, "-m", "launch.tokenize", f"--config={config}", f"--workdir={workdir}",
+           f"--checkpoint_dir={checkpoints}", f"--data_dir={tfds}", "--splits=validation,train",
+           "--batch_size=4", "--bucket_frames=300"]  # fmt: skip
+    env = subprocess_env(compile_cache)
+    rc, output = run_until(cmd, env, r'"bad_audio"', signal.SIGTERM,
+                           watch_file=os.path.join(out, "manifest.json"))  # fmt: skip
+    assert rc == 143, output[-3000:]
+    assert (
+        f"tokenization: stopped by SIGTERM; finished splits are kept in {out} (validation); "
+        "split train was not finished and none of it was kept; rerun the same command to "
+        "resume at it"
+    ) in output, output[-3000:]
+    assert "Traceback" not in output
+    assert codec_data.split_is_complete(out, "validation")
+    assert set(token_shards.read_manifest(out)["splits"]) == {"validation"}
+    assert [f for f in os.listdir(out) if "train" in f] == []  # its partial shards are gone
+    validation = os.path.getmtime(os.path.join(out, "validation-00000-of-00001.array_record"))
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                           check=False)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert re.search(r"validation\s+skipped", rerun.stdout), rerun.stdout
+    assert re.search(r"train\s+written\s+\d+ utts", rerun.stdout), rerun.stdout
+    token_shards.read_manifest(out, verify=True)
+    shard = os.path.join(out, "validation-00000-of-00001.array_record")
+    assert os.path.getmtime(shard) == validation  # kept, not rewritten
+
+
+# The evaluation harness on the smallest real chain: the 1-step codec, a random 1-layer LM
+# behind the real Sampler, a random 1-layer NAR acoustic stage and the PocketSphinx judge.
+EVAL_DRIVER = """
+import sys
+import seqio
+from flax import nnx
+from gpa_jax.acoustic.api import AcousticStage
+from gpa_jax.acoustic.config import AcousticConfig
+from gpa_jax.acoustic.model import AcousticModel
+from gpa_jax.codec import train as codec_train
+from gpa_jax.evaluation import harness
+from gpa_jax.evaluation.judge import PocketSphinxJudge
+from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
+from gpa_jax.sampling import Sampler, sampling_config
+from gpa_jax.tasks.planning import PlanSettings
+from gpa_jax.tasks.vocab import SpeechVocabulary
+from tests.codec.test_train import tiny_config
+from tests.models.helpers import numpy_model
+
+workdir, token_dir, checkpoints, tfds = sys.argv[1:5]
+codec, _ = codec_train.restore_codec(tiny_config(), checkpoints)
+vocab = SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=codec.n_q,
+                         codebook_size=codec.codebook_size)
+model = lm_model_config(vocab_size=vocab.vocab_size, num_layers=1, embed_dim=32, num_heads=2,
+                        num_kv_heads=1, head_dim=16, mlp_dim=64, max_len=512, scan_layers=False)
+config = lm_config(model=model, mesh=mesh_config(shape=(-1, 1, 1)))
+sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab,
+                  sampling=sampling_config(max_total_len=512))
+stage = AcousticStage(AcousticModel(AcousticConfig(
+    n_q=codec.n_q, codebook_size=codec.codebook_size, latent_dim=64, num_layers=1,
+    embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64, max_len=128,
+    scan_layers=False), rngs=nnx.Rngs(0)))
+models = harness.EvalModels(codec=codec, sampler=sampler, acoustic=stage,
+                            judge=PocketSphinxJudge())
+settings = PlanSettings(sequence_length=512, ref_max_frames=50, ref_min_frames=10,
+                        ref_layers=1, trim_ref_to_fit=True)
+out = harness.evaluate_tasks(models, token_dir=token_dir, corpus="synthetic_speech/tiny",
+                             data_dir=tfds, split="train", workdir=workdir, settings=settings,
+                             max_per_task=4, tasks=("asr", "tts"), progress=False)
+print("evaluated:", sorted(out), "tts examples:", out["tts"].get("examples"), flush=True)
+"""
+
+
+def test_evaluation_keeps_finished_tasks_samples_and_reruns(tiny_workdir, compile_cache, tmp_path):
+    from gpa_jax.codec import data as codec_data
+    from gpa_jax.codec import train as codec_train
+    from gpa_jax.evaluation.results import read_manifest
+
+    checkpoints, tfds = _codec_paths(tiny_workdir)
+    config, _ = tiny_workdir
+    workdir = tmp_path / "w"
+    tokens = codec_data.tokens_dir(str(workdir), CORPUS)
+    codec, _ = codec_train.restore_codec(config, checkpoints)
+    codec_data.tokenize_corpus(codec, CORPUS, tokens, data_dir=tfds, splits=["train"],
+                               batch_size=4, bucket_frames=300, progress=False)  # fmt: skip
+    # Results of an earlier evaluation: they would describe samples this run replaces.
+    (workdir / "eval").mkdir()
+    (workdir / "eval" / "results.json").write_text('{"asr": {"wer": 0.5}}')
+    samples = workdir / "samples"
+    cmd = [PYTHON, "-c", EVAL_DRIVER, str(workdir), tokens, checkpoints, tfds]
+    env = subprocess_env(compile_cache)
+    # The signal comes once ASR's 4 samples are all listed, while TTS runs.
+    rc, output = run_until(cmd, env, r"(.*\n){4}", signal.SIGTERM,
+                           watch_file=str(samples / "asr" / "manifest.jsonl"))  # fmt: skip
+    assert rc == 143, output[-3000:]
+    assert (
+        f"evaluation: stopped by SIGTERM; the finished tasks' samples are kept in {samples} "
+        "(asr (4 samples)); no results were written"
+    ) in output, output[-3000:]
+    assert "Traceback" not in output and "evaluated:" not in output
+    asr = read_manifest(str(samples / "asr" / "manifest.jsonl"))
+    assert len(asr) == 4 and all(os.path.isfile(row["wav"]) for row in asr)
+    assert not (workdir / "eval" / "results.json").exists()  # nothing looks finished
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                           check=False)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert "evaluated: ['asr', 'judge', 'split', 'tts'] tts examples: 4" in rerun.stdout
+    assert len(read_manifest(str(samples / "asr" / "manifest.jsonl"))) == 4
+    tts = read_manifest(str(samples / "tts" / "manifest.jsonl"))
+    assert {row["role"] for row in tts} >= {"reference"} and len(tts) >= 4
