@@ -30,7 +30,6 @@ from gpa_jax.codec.rvq import ResidualVectorQuantizer, SplitQuantizer, TeacherCo
 from gpa_jax.codec.seanet import Dense, SEANetDecoder, SEANetEncoder
 from gpa_jax.codec.spectral import MelEncoder, VocosDecoder
 
-
 # What the codec's optimizer trains: every parameter but the frozen content teacher's.
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher")))
 

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from gpa_jax.codec import CodebookState, Codec, decode, encode, encode_batch
-from gpa_jax.codec.model import TRAINABLE
 from gpa_jax.codec.losses import generator_loss, teacher_features
+from gpa_jax.codec.model import TRAINABLE
 from gpa_jax.config_utils import ConfigError, load_config
 
 # Every clip below is <= 24000 samples, so one length bucket (75 frames) serves them all and

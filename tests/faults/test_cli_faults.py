@@ -18,6 +18,7 @@ import soundfile as sf
 
 from tests.conftest import REPO
 
+
 def _cli(module, *args, timeout=600):
     env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
