@@ -184,29 +184,30 @@ def marker_path(workdir: str, stage: str) -> str:
     return os.path.join(workdir, "demo", f"{stage}.done")
 
 
-def stage_done(workdir: str, stage: str, quick: bool) -> bool:
+def _marker(workdir: str, stage: str, quick: bool) -> dict | None:
+    """The stage's marker if it finished at this size, else None."""
     import json
 
     path = marker_path(workdir, stage)
     if not os.path.isfile(path):
-        return False
+        return None
     try:
         with open(path) as f:
-            return json.load(f).get("quick") == quick
+            marker = json.load(f)
     except ValueError:  # unreadable: treat as not done (markers are written atomically)
-        return False
+        return None
+    return marker if marker.get("quick") == quick else None
+
+
+def stage_done(workdir: str, stage: str, quick: bool) -> bool:
+    return _marker(workdir, stage, quick) is not None
 
 
 def write_timings(workdir: str, quick: bool) -> dict:
     """<workdir>/timings.json: seconds per finished stage (from their markers) and the sum,
     so a run split over several resumed invocations still shows its whole cost."""
-    import json
-
-    stages = {}
-    for name in STAGES:
-        if stage_done(workdir, name, quick):
-            with open(marker_path(workdir, name)) as f:
-                stages[name] = json.load(f)["seconds"]
+    markers = {name: _marker(workdir, name, quick) for name in STAGES}
+    stages = {name: m["seconds"] for name, m in markers.items() if m is not None}
     timings = {"quick": quick, "stages": stages, "total_seconds": round(sum(stages.values()), 1)}
     paths.atomic_write_json(os.path.join(workdir, "timings.json"), timings)
     return timings

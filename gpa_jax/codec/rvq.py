@@ -363,7 +363,96 @@ class ResidualVectorQuantizer(nnx.Module):
         return self.embed[...]
 
 
-class SplitQuantizer(nnx.Module):
+class _LayerOneThenRVQ(nnx.Module):
+    """Quantizers whose layer 1 is not a plain RVQ layer: `_layer_one` gives its vector and
+    code, then `self.acoustic` (a plain RVQ of n_q - 1 layers) quantizes
+    `_acoustic_input(x, vector)`; the output is their sum. Codes keep the layout
+    [b, n_q, T] and every layer adds one vector of `codebooks()` to the decoder's input.
+    Subclasses set `self.acoustic` and define the `_layer_one*` / `_acoustic_input` hooks.
+    """
+
+    acoustic: ResidualVectorQuantizer
+    # Whether layer 1 has a commitment loss of its own (averaged with the acoustic ones).
+    _layer_one_commits = True
+
+    def _layer_one(self, x, train, rng, **given):  # -> vector, codes [b,1,T], commit, ppl, aux
+        raise NotImplementedError
+
+    def _layer_one_vectors(self, codes: jax.Array) -> jax.Array:  # codes [b, T] -> [b, T, D]
+        raise NotImplementedError
+
+    def _layer_one_book(self) -> jax.Array:  # [K, D] as the decoder sees it
+        raise NotImplementedError
+
+    def _acoustic_input(self, x: jax.Array, first: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def quantize(
+        self,
+        x: jax.Array,
+        n_q: int | None = None,
+        train: bool = False,
+        *,
+        layer_outputs: bool = False,
+        rng: jax.Array | None = None,
+        **given: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+        """As `ResidualVectorQuantizer.quantize`; `given`: a subclass's extra inputs."""
+        n = self.n_q if n_q is None else int(n_q)
+        if not 1 <= n <= self.n_q:
+            raise ValueError(f"n_q must be in [1, {self.n_q}], got {n}")
+        x = x.astype(jnp.float32)
+        rng_1 = rng_a = None
+        if rng is not None:
+            rng_1, rng_a = jax.random.split(rng)
+        first, codes, commit, perplexity, aux = self._layer_one(x, train, rng_1, **given)
+        quantized = first
+        outputs = [first[None]]
+        if n > 1:
+            q_a, codes_a, aux_a = self.acoustic.quantize(
+                self._acoustic_input(x, first), n - 1, train,
+                layer_outputs=layer_outputs, rng=rng_a,
+            )  # fmt: skip
+            quantized = quantized + q_a
+            codes = jnp.concatenate([codes, codes_a], axis=1)
+            commit = jnp.concatenate([commit, aux_a["commit_per_layer"]])
+            perplexity = jnp.concatenate([perplexity, aux_a["perplexity"]])
+            if layer_outputs:
+                outputs.append(aux_a["layer_outputs"])
+        counted = n if self._layer_one_commits else max(n - 1, 1)
+        aux.update(
+            commit_loss=jnp.sum(commit) / counted,
+            commit_per_layer=commit,
+            perplexity=perplexity,
+            n_active=jnp.asarray(n, jnp.int32),
+        )
+        if layer_outputs:
+            aux["layer_outputs"] = jnp.concatenate(outputs, axis=0)
+        return quantized, codes, aux
+
+    def encode_codes(self, x: jax.Array, n_q: int | None = None, **given: jax.Array) -> jax.Array:
+        """x [b, T, D] -> codes int32 [b, n_q, T] (inference; no codebook update)."""
+        return self.quantize(x, n_q, **given)[1]
+
+    def decode_codes(
+        self, codes: jax.Array, num_layers: jax.Array | int | None = None
+    ) -> jax.Array:
+        """As `ResidualVectorQuantizer.decode_codes` (layer 1 is always decoded)."""
+        n = codes.shape[1]
+        if n > self.n_q:
+            raise ValueError(f"codes have {n} layers but the quantizer has {self.n_q}")
+        out = self._layer_one_vectors(codes[:, 0])
+        if n > 1:
+            rest = None if num_layers is None else num_layers - 1
+            out = out + self.acoustic.decode_codes(codes[:, 1:], rest)
+        return out
+
+    def codebooks(self) -> jax.Array:
+        """[n_q, K, D]: layer 1 as the decoder sees it, then the acoustic books."""
+        return jnp.concatenate([self._layer_one_book()[None], self.acoustic.embed[...]], axis=0)
+
+
+class SplitQuantizer(_LayerOneThenRVQ):
     """Mimi-style split quantizer: a semantic VQ on its own projection, then acoustic RVQ.
 
     Why: in the plain RVQ, layer 1 picks the nearest centroid of the whole latent, whose
@@ -373,9 +462,9 @@ class SplitQuantizer(nnx.Module):
     [.., semantic_dim], a subspace the distillation loss shapes alone, so its codes are
     content clusters (Mimi, Défossez et al. 2024, splits semantic and acoustic codebooks
     for the same reason). Its decoder-side vector is `project_out(code vector)`; layers
-    2..n_q are a plain RVQ of what that leaves, latent - project_out(q), so the codes
-    keep their layout [b, n_q, T], layer 1 still comes first and every layer still adds
-    one vector (`codebooks()`) to the decoder's input. Quantizer dropout is not supported.
+    2..n_q are a plain RVQ of what that leaves, latent - project_out(q). aux also has
+    'semantic' [b, T, semantic_dim] (the semantic VQ's output, straight-through in
+    training: what distillation reads). Quantizer dropout is not supported.
     """
 
     def __init__(
@@ -389,7 +478,9 @@ class SplitQuantizer(nnx.Module):
         **codebook_kwargs: Any,
     ):
         if n_q < 2:
-            raise ValueError(f"the split quantizer needs n_q >= 2 (1 semantic + acoustic), got {n_q}")
+            raise ValueError(
+                f"the split quantizer needs n_q >= 2 (1 semantic + acoustic), got {n_q}"
+            )
         if codebook_kwargs.get("quantizer_dropout", 0.0):
             raise ValueError("codec.quantizer='split' does not support quantizer_dropout > 0")
         self.dimension, self.n_q, self.codebook_size = dimension, n_q, codebook_size
@@ -400,94 +491,37 @@ class SplitQuantizer(nnx.Module):
         self.semantic = ResidualVectorQuantizer(dimension=semantic_dim, n_q=1, **common)
         self.acoustic = ResidualVectorQuantizer(dimension=dimension, n_q=n_q - 1, **common)
 
-    def quantize(
-        self,
-        x: jax.Array,
-        n_q: int | None = None,
-        train: bool = False,
-        *,
-        layer_outputs: bool = False,
-        rng: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
-        """As `ResidualVectorQuantizer.quantize`; aux also has 'semantic' [b, T, semantic_dim]
-        (the semantic VQ's output, straight-through in training: what distillation reads).
-        """
-        n = self.n_q if n_q is None else int(n_q)
-        if not 1 <= n <= self.n_q:
-            raise ValueError(f"n_q must be in [1, {self.n_q}], got {n}")
-        x = x.astype(jnp.float32)
-        rng_s = rng_a = None
-        if rng is not None:
-            rng_s, rng_a = jax.random.split(rng)
-        q_s, codes, aux_s = self.semantic.quantize(self.project_in(x), 1, train, rng=rng_s)
+    def _layer_one(self, x, train, rng):
+        q_s, codes, aux = self.semantic.quantize(self.project_in(x), 1, train, rng=rng)
         first = self.project_out(q_s)
-        quantized = first
-        commit, perplexity = aux_s["commit_per_layer"], aux_s["perplexity"]
-        outputs = [first[None]]
-        if n > 1:
-            # The acoustic layers see the latent minus the semantic vector (no gradient
-            # through that subtraction, as between RVQ layers).
-            q_a, codes_a, aux_a = self.acoustic.quantize(
-                x - jax.lax.stop_gradient(first),
-                n - 1,
-                train,
-                layer_outputs=layer_outputs,
-                rng=rng_a,
-            )
-            quantized = quantized + q_a
-            codes = jnp.concatenate([codes, codes_a], axis=1)
-            commit = jnp.concatenate([commit, aux_a["commit_per_layer"]])
-            perplexity = jnp.concatenate([perplexity, aux_a["perplexity"]])
-            if layer_outputs:
-                outputs.append(aux_a["layer_outputs"])
-        aux: dict[str, Any] = {
-            "commit_loss": jnp.mean(commit),
-            "commit_per_layer": commit,
-            "perplexity": perplexity,
-            "n_active": jnp.asarray(n, jnp.int32),
-            "semantic": q_s,
-        }
-        if layer_outputs:
-            aux["layer_outputs"] = jnp.concatenate(outputs, axis=0)
-        return quantized, codes, aux
+        return first, codes, aux["commit_per_layer"], aux["perplexity"], {"semantic": q_s}
 
-    def encode_codes(self, x: jax.Array, n_q: int | None = None) -> jax.Array:
-        """x [b, T, D] -> codes int32 [b, n_q, T] (inference; no codebook update)."""
-        return self.quantize(x, n_q)[1]
+    def _layer_one_vectors(self, codes: jax.Array) -> jax.Array:
+        return self.project_out(self.semantic.embed[0][codes])
 
-    def decode_codes(
-        self, codes: jax.Array, num_layers: jax.Array | int | None = None
-    ) -> jax.Array:
-        """As `ResidualVectorQuantizer.decode_codes` (layer 1 is always decoded)."""
-        n = codes.shape[1]
-        if n > self.n_q:
-            raise ValueError(f"codes have {n} layers but the quantizer has {self.n_q}")
-        out = self.project_out(self.semantic.embed[0][codes[:, 0]])
-        if n > 1:
-            rest = None if num_layers is None else num_layers - 1
-            out = out + self.acoustic.decode_codes(codes[:, 1:], rest)
-        return out
+    def _layer_one_book(self) -> jax.Array:
+        return self.project_out(self.semantic.embed[0])
 
-    def codebooks(self) -> jax.Array:
-        """[n_q, K, D]: layer 1 as projected to the decoder's input, then the acoustic books."""
-        first = self.project_out(self.semantic.embed[0])
-        return jnp.concatenate([first[None], self.acoustic.embed[...]], axis=0)
+    def _acoustic_input(self, x: jax.Array, first: jax.Array) -> jax.Array:
+        # No gradient through the subtraction, as between RVQ layers.
+        return x - jax.lax.stop_gradient(first)
 
 
-class TeacherCodeQuantizer(nnx.Module):
+class TeacherCodeQuantizer(_LayerOneThenRVQ):
     """RVQ-1 is given, not learned: the frozen content teacher's VQ codes; RVQ 2..n_q code the rest.
 
     Why: distilling content into a VQ of the codec's latent did not make RVQ-1 a content
     code on the CPU budget (CTC probe CER 0.39-0.43 on RVQ-1, plain or split, against
     0.12 on the codes of a CTC recogniser with a VQ bottleneck, `teacher.ctc_vq_codes`).
-    So layer 1's code at each frame is the teacher's code (`first_codes`, computed by the
-    codec from the same waveform), and its decoder-side vector is a learned table
-    `first_embed` [K, D] (trained by the reconstruction loss, like any decoder weight).
-    The acoustic RVQ quantizes the encoder latent itself (no subtraction: the latent
-    learns to carry what the content code leaves out), and the decoder reads the sum.
-    Codes keep the layout [b, n_q, T]; `codebooks()` gives every layer's vectors.
-    Quantizer dropout is not supported.
+    So layer 1's code at each frame is the teacher's code (`first_codes` [b, >= T],
+    computed by the codec from the same waveform), and its decoder-side vector is a
+    learned table `first_embed` [K, D] (trained by the reconstruction loss, like any
+    decoder weight). The acoustic RVQ quantizes the encoder latent itself (no
+    subtraction: the latent learns to carry what the content code leaves out); layer 1
+    has no commitment loss. Quantizer dropout is not supported.
     """
+
+    _layer_one_commits = False
 
     def __init__(
         self,
@@ -499,7 +533,9 @@ class TeacherCodeQuantizer(nnx.Module):
         **codebook_kwargs: Any,
     ):
         if n_q < 2:
-            raise ValueError(f"codec.quantizer='teacher' needs n_q >= 2 (1 given + acoustic), got {n_q}")
+            raise ValueError(
+                f"codec.quantizer='teacher' needs n_q >= 2 (1 given + acoustic), got {n_q}"
+            )
         if codebook_kwargs.get("quantizer_dropout", 0.0):
             raise ValueError("codec.quantizer='teacher' does not support quantizer_dropout > 0")
         self.dimension, self.n_q, self.codebook_size = dimension, n_q, codebook_size
@@ -510,7 +546,9 @@ class TeacherCodeQuantizer(nnx.Module):
             **codebook_kwargs,
         )  # fmt: skip
 
-    def _first(self, first_codes: jax.Array | None, t: int) -> jax.Array:
+    def _layer_one(self, x, train, rng, first_codes: jax.Array | None = None):
+        del train, rng  # nothing of layer 1 is learned from the latent
+        b, t, _ = x.shape
         if first_codes is None:
             raise ValueError(
                 "codec.quantizer='teacher' takes RVQ-1 from the content teacher: pass "
@@ -518,71 +556,17 @@ class TeacherCodeQuantizer(nnx.Module):
             )
         if first_codes.shape[-1] < t:
             raise ValueError(f"first_codes cover {first_codes.shape[-1]} frames, the latent {t}")
-        return first_codes[:, :t].astype(jnp.int32)
-
-    def quantize(
-        self,
-        x: jax.Array,
-        n_q: int | None = None,
-        train: bool = False,
-        *,
-        layer_outputs: bool = False,
-        rng: jax.Array | None = None,
-        first_codes: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
-        """As `ResidualVectorQuantizer.quantize`, with RVQ-1 codes given: first_codes [b, >= T]."""
-        n = self.n_q if n_q is None else int(n_q)
-        if not 1 <= n <= self.n_q:
-            raise ValueError(f"n_q must be in [1, {self.n_q}], got {n}")
-        x = x.astype(jnp.float32)
-        b, t, _ = x.shape
-        codes = self._first(first_codes, t)
-        first = self.first_embed[...][codes]
+        codes = first_codes[:, :t].astype(jnp.int32)
         hist = jnp.bincount(codes.reshape(-1), length=self.codebook_size) / (b * t)
         perplexity = jnp.exp(-jnp.sum(hist * jnp.log(hist + 1e-10)))[None]
-        commit = jnp.zeros((1,), jnp.float32)  # nothing of the latent is snapped to it
-        quantized, codes = first, codes[:, None]
-        outputs = [first[None]]
-        if n > 1:
-            q_a, codes_a, aux_a = self.acoustic.quantize(
-                x, n - 1, train, layer_outputs=layer_outputs, rng=rng
-            )
-            quantized = quantized + q_a
-            codes = jnp.concatenate([codes, codes_a], axis=1)
-            commit = jnp.concatenate([commit, aux_a["commit_per_layer"]])
-            perplexity = jnp.concatenate([perplexity, aux_a["perplexity"]])
-            if layer_outputs:
-                outputs.append(aux_a["layer_outputs"])
-        aux: dict[str, Any] = {
-            # Mean over the layers that quantize the latent (the given layer has no loss).
-            "commit_loss": jnp.sum(commit) / max(n - 1, 1),
-            "commit_per_layer": commit,
-            "perplexity": perplexity,
-            "n_active": jnp.asarray(n, jnp.int32),
-        }
-        if layer_outputs:
-            aux["layer_outputs"] = jnp.concatenate(outputs, axis=0)
-        return quantized, codes, aux
+        commit = jnp.zeros((1,), jnp.float32)
+        return self._layer_one_vectors(codes), codes[:, None], commit, perplexity, {}
 
-    def encode_codes(
-        self, x: jax.Array, n_q: int | None = None, first_codes: jax.Array | None = None
-    ) -> jax.Array:
-        """x [b, T, D] and the teacher's codes [b, >= T] -> codes int32 [b, n_q, T]."""
-        return self.quantize(x, n_q, first_codes=first_codes)[1]
+    def _layer_one_vectors(self, codes: jax.Array) -> jax.Array:
+        return self.first_embed[...][codes]
 
-    def decode_codes(
-        self, codes: jax.Array, num_layers: jax.Array | int | None = None
-    ) -> jax.Array:
-        """As `ResidualVectorQuantizer.decode_codes` (layer 1 is always decoded)."""
-        n = codes.shape[1]
-        if n > self.n_q:
-            raise ValueError(f"codes have {n} layers but the quantizer has {self.n_q}")
-        out = self.first_embed[...][codes[:, 0]]
-        if n > 1:
-            rest = None if num_layers is None else num_layers - 1
-            out = out + self.acoustic.decode_codes(codes[:, 1:], rest)
-        return out
+    def _layer_one_book(self) -> jax.Array:
+        return self.first_embed[...]
 
-    def codebooks(self) -> jax.Array:
-        """[n_q, K, D]: the learned RVQ-1 vectors, then the acoustic books."""
-        return jnp.concatenate([self.first_embed[...][None], self.acoustic.embed[...]], axis=0)
+    def _acoustic_input(self, x: jax.Array, first: jax.Array) -> jax.Array:
+        return x

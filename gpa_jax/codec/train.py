@@ -167,8 +167,8 @@ def make_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
         out = dict(model(wav, train=True, lengths=lengths))
         # Padding (zeros in `wav`) is kept out of the reconstruction terms.
         out["recon"] = out["recon"] * mask
-        teacher = None  # RVQ-1 given by the teacher's codes: nothing to distil
-        if config.codec.quantizer != "teacher":
+        teacher = None  # no semantic head (no teacher, or RVQ-1 given by its codes)
+        if model.teacher_dim:
             teacher = teacher_features(
                 wav, config, teacher_model=teacher_model, lengths=lengths, precomputed=precomputed
             )
