@@ -25,7 +25,8 @@ A save that runs out of disk space raises one `DiskFullError` naming the directo
 the checkpoint that is still intact; the half-written step (Orbax writes it under
 `<step>.orbax-checkpoint-tmp` and renames it only when complete, so it never looks like a
 checkpoint) is removed to give the space back. Wrap the manager's life in
-`quiet_disk_full()` so that Orbax's writer threads do not each print a traceback.
+`quiet_disk_full()` so that Orbax's writer threads do not each print a traceback, and
+close it with `close_manager`.
 """
 
 from __future__ import annotations
@@ -257,17 +258,58 @@ def save_checkpoint(
     }
     if data_state is not None:
         items[DATA_ITER] = DataIterSave(data_state)
+    return save_step(manager, step, ocp.args.Composite(**items), metrics=metrics)
+
+
+def save_step(
+    manager: ocp.CheckpointManager,
+    step: int,
+    args: ocp.args.CheckpointArgs,
+    *,
+    metrics: dict[str, float] | None = None,
+    wait: bool = False,
+) -> bool:
+    """`manager.save(step, args)` of any manager, a full disk reported as one
+    `DiskFullError` naming the directory and the intact checkpoint, the half-written step
+    removed. wait: return once it is written.
+
+    Wrap the manager's life in `quiet_disk_full()` to drop Orbax's per-thread tracebacks.
+    """
     # An async save still in flight fails here, not inside the next save (its step is
     # then the one named).
     wait_until_finished(manager)
     with _disk_full_as_user_error(manager, step):
-        return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        saved = manager.save(step, args=args, metrics=metrics, force=True)
+        if wait:
+            manager.wait_until_finished()
+    return saved
 
 
 def wait_until_finished(manager: ocp.CheckpointManager) -> None:
     """`manager.wait_until_finished()`, a full disk reported as `DiskFullError`."""
     with _disk_full_as_user_error(manager, None):
         manager.wait_until_finished()
+
+
+def close_manager(manager: ocp.CheckpointManager) -> None:
+    """`manager.close()`, also after a save failed on a full disk.
+
+    Orbax keeps a failed async save's error in the manager and again in its checkpointer,
+    raises each copy once, and a close stops at the first it meets. Closing while the
+    `DiskFullError` already raised for it propagates, the copies are dropped (the message
+    would lose the step) and the close finished; otherwise the first is raised, converted.
+    """
+    reported = isinstance(sys.exc_info()[1], DiskFullError)
+    first = None
+    for _ in range(3):  # the manager's copy, the checkpointer's, then a clean close
+        try:
+            with _disk_full_as_user_error(manager, None):
+                manager.close()
+            break
+        except DiskFullError as error:
+            first = first or error
+    if first is not None and not reported:
+        raise first
 
 
 _ORBAX_TMP = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written

@@ -655,7 +655,7 @@ def _train(config, workdir, job, train_iter, eval_iter, writer, mesh, progress) 
         try:
             ckpt_lib.wait_until_finished(manager)  # a preemption save is complete before we say so
         finally:
-            manager.close()
+            ckpt_lib.close_manager(manager)
             try:
                 writer.flush()
                 if own_writer:

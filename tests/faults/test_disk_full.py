@@ -1,7 +1,8 @@
 """A full disk (ENOSPC injected at the write layer, `conftest.fill_disk`) during an LM
-checkpoint save and during `gpa_jax.paths.atomic_write_*`: one message naming the path and
-"no space left", exit status 2 from the CLI, no thread tracebacks, the earlier checkpoint
-or file intact, and nothing half-written under a final name.
+checkpoint save (sync and async) and during `gpa_jax.paths.atomic_write_*`: one message
+naming the path and "no space left", exit status 2 from the CLI, no thread tracebacks,
+the earlier checkpoint or file intact, and nothing half-written under a final name; with
+space back, the rerun resumes from the intact checkpoint.
 
 Checked by hand on a real 2 MB tmpfs too (tensorstore's own ENOSPC, sync and async saves):
 the same one line, where the unpatched trainer printed ~600 lines of tracebacks.
@@ -25,8 +26,15 @@ from tests.faults.conftest import PYTHON, REPO, fill_disk, subprocess_env
 NO_SPACE = "no space left on device"
 
 
-def _config(tiny_lm, steps):
-    return load_config(tiny_lm, [f"train.num_steps={steps}", "train.checkpoint_every=2"])
+def _config(tiny_lm, steps, async_save=False):
+    return load_config(
+        tiny_lm,
+        [
+            f"train.num_steps={steps}",
+            "train.checkpoint_every=2",
+            f"train.async_checkpointing={async_save}",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,27 +50,36 @@ def _leftovers(directory):
     return sorted(n for n in os.listdir(directory) if not n.isdigit())
 
 
-def test_lm_checkpoint_save_on_a_full_disk(two_steps, tiny_lm, tmp_path, capfd):
+def _assert_one_disk_full_error(error, ckpt_dir, failed, intact, stderr):
+    message = str(error)
+    assert isinstance(error, UserError)  # launch.common.run: exit 2, no traceback
+    assert NO_SPACE in message and str(ckpt_dir) in message, message
+    assert f"checkpoint {failed}" in message, message
+    assert f"checkpoint {intact} is intact" in message, message
+    assert "Traceback" not in stderr
+    # The failed step never looks saved: no final folder, and its partial folder is gone.
+    assert ckpt.saved_steps(ckpt_dir) == [intact] and _leftovers(ckpt_dir) == []
+
+
+# Async: the write fails in Orbax's background threads, and the manager and its
+# checkpointer each hold the error (`checkpoint.close_manager`).
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_lm_checkpoint_save_on_a_full_disk(two_steps, tiny_lm, tmp_path, capfd, async_save):
     workdir = tmp_path / "run"
     shutil.copytree(two_steps, workdir)
     ckpt_dir = ckpt.checkpoint_dir(workdir)
+    config = _config(tiny_lm, 4, async_save)
     capfd.readouterr()
     give_back = fill_disk(ckpt_dir)
     try:
         with pytest.raises(DiskFullError) as full:
-            trainer.train(_config(tiny_lm, 4), workdir, writer=MemoryWriter(), progress=False)
+            trainer.train(config, workdir, writer=MemoryWriter(), progress=False)
     finally:
         give_back()
-    message = str(full.value)
-    assert isinstance(full.value, UserError)  # launch.common.run: exit 2, no traceback
-    assert NO_SPACE in message and ckpt_dir in message, message
-    assert "checkpoint 4" in message and "checkpoint 2 is intact" in message, message
-    assert "Traceback" not in capfd.readouterr().err
-    # Step 4 never looks saved: no final folder, and its partial folder is gone.
-    assert ckpt.saved_steps(ckpt_dir) == [2] and _leftovers(ckpt_dir) == []
+    _assert_one_disk_full_error(full.value, ckpt_dir, 4, 2, capfd.readouterr().err)
 
     # Space is back: the run resumes from the intact checkpoint 2.
-    result = trainer.train(_config(tiny_lm, 4), workdir, writer=MemoryWriter(), progress=False)
+    result = trainer.train(config, workdir, writer=MemoryWriter(), progress=False)
     assert (result.start_step, result.step) == (2, 4)
     assert ckpt.saved_steps(ckpt_dir) == [2, 4]
 
