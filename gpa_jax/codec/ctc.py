@@ -226,11 +226,14 @@ def train_ctc(
     a pure function of `seed`, so the resumed run sees exactly the batches it would have.
     stop_at: end after that step (of the `steps`-long schedule), as a preempted run would.
     With `checkpoint_dir`, resume falls back past broken checkpoints, SIGTERM/SIGINT save
-    the step they arrive in and stop (`gpa_jax.preemption`), and a loss spike above
+    the step they arrive in and stop (`gpa_jax.preemption`), a loss spike above
     `divergence_factor` x the running loss never evicts the last good save
-    (`gpa_jax.recovery`). Without one, a signal stops the run at once.
+    (`gpa_jax.recovery`), and a full disk during a save is one `DiskFullError` naming the
+    intact step. Without one, a signal stops the run at once.
     """
     from tqdm import tqdm
+
+    from gpa_jax.training import checkpoint as ckpt_lib
 
     if not examples:
         raise ValueError(f"{desc}: no training examples")
@@ -278,7 +281,8 @@ def train_ctc(
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not progress)
     try:
         # Without a checkpoint directory there is nothing to save: a signal stops at once.
-        with preemption.watch(desc, immediate=manager is None):
+        # A full disk during a save: one DiskFullError, not a traceback per Orbax thread.
+        with preemption.watch(desc, immediate=manager is None), ckpt_lib.quiet_disk_full():
             for i in range(start, min(steps, stop_at or steps)):
                 idx = next_indices()
                 batch = padded_batch(
@@ -309,7 +313,7 @@ def train_ctc(
     finally:
         bar.close()
         if manager is not None:
-            manager.close()
+            ckpt_lib.close_manager(manager)
     final = float(np.mean(losses[-25:])) if losses else float("nan")
     return CTCTrainResult(steps, final, time.time() - t0)
 
@@ -335,16 +339,15 @@ def _checkpoint_manager(directory: str):
 def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, metrics=None) -> None:
     import orbax.checkpoint as ocp
 
+    from gpa_jax.training import checkpoint as ckpt_lib
+
     items = {
         "model": nnx.to_pure_dict(nnx.state(model, SAVED)),
         "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
     }
-    manager.save(
-        step,
-        args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()}),
-        metrics=metrics,
-    )
-    manager.wait_until_finished()
+    args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    # A full disk: one DiskFullError naming the intact step, the partial one removed.
+    ckpt_lib.save_step(manager, step, args, metrics=metrics, wait=True)
 
 
 def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:

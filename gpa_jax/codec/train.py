@@ -21,7 +21,8 @@ moved aside with a warning, `gpa_jax.recovery`), data iterator included. A finit
 spike (train.divergence_factor) marks the checkpoints saved around it as diverged and the
 newest good one is always kept. SIGTERM / SIGINT (`gpa_jax.preemption`) finish the step
 in flight, save a checkpoint there and stop with status 143 / 130, in the CTC teacher's
-training too.
+training too. A full disk during a save (the teacher's too) is one `DiskFullError` naming
+the checkpoint directory and the intact step; the half-written step is removed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from gpa_jax.codec import data as codec_data
 from gpa_jax.codec.discriminator import MultiScaleSTFTDiscriminator
 from gpa_jax.codec.losses import discriminator_loss, generator_loss, teacher_features
 from gpa_jax.codec.model import TRAINABLE, Codec
+from gpa_jax.training import checkpoint as ckpt_lib
 
 
 def codec_dir(workdir: str) -> str:
@@ -249,10 +251,11 @@ def save_checkpoint(
     data_state: dict,
     metrics: dict[str, float] | None = None,
 ) -> None:
+    """Saves `state` and the data position at `step`, waiting until written; a full disk is
+    one `DiskFullError` naming the intact checkpoint (`gpa_jax.training.checkpoint`)."""
     args = {name: ocp.args.StandardSave(_saveable(obj)) for name, obj in state.items().items()}
     args["data"] = ocp.args.JsonSave(data_state)
-    manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
-    manager.wait_until_finished()
+    ckpt_lib.save_step(manager, step, ocp.args.Composite(**args), metrics=metrics, wait=True)
 
 
 def restore_checkpoint(
@@ -397,8 +400,12 @@ def train(
     SIGTERM / SIGINT while the data or the teacher load stop at once (no codec step is
     unsaved then); during the steps, after saving a checkpoint (`gpa_jax.preemption`).
     """
-    with preemption.watch(
-        "codec training", immediate=True, note="a rerun resumes from the last checkpoint"
+    # A full disk during a save: one DiskFullError, not a traceback per Orbax thread.
+    with (
+        preemption.watch(
+            "codec training", immediate=True, note="a rerun resumes from the last checkpoint"
+        ),
+        ckpt_lib.quiet_disk_full(),
     ):
         return _train(
             config, workdir, data_dir, clips, summary_clip, on_batch, progress, teacher_set
@@ -534,6 +541,6 @@ def _train(
     finally:
         bar.close()
         writer.close()
-        manager.close()
+        ckpt_lib.close_manager(manager)
     logging.info("codec: finished at step %d", step)
     return TrainResult(step, last, saved)

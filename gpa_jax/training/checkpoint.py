@@ -26,7 +26,8 @@ the checkpoint that is still intact; the half-written step (Orbax writes it unde
 `<step>.orbax-checkpoint-tmp` and renames it only when complete, so it never looks like a
 checkpoint) is removed to give the space back. Wrap the manager's life in
 `quiet_disk_full()` so that Orbax's writer threads do not each print a traceback, and
-close it with `close_manager`.
+close it with `close_manager`. The codec and its CTC teacher save the same way
+(`save_step`).
 """
 
 from __future__ import annotations
@@ -269,9 +270,9 @@ def save_step(
     metrics: dict[str, float] | None = None,
     wait: bool = False,
 ) -> bool:
-    """`manager.save(step, args)` of any manager, a full disk reported as one
-    `DiskFullError` naming the directory and the intact checkpoint, the half-written step
-    removed. wait: return once it is written.
+    """`manager.save(step, args)` of any manager (the LM's, the codec's, the CTC
+    teacher's), a full disk reported as one `DiskFullError` naming the directory and the
+    intact checkpoint, the half-written step removed. wait: return once it is written.
 
     Wrap the manager's life in `quiet_disk_full()` to drop Orbax's per-thread tracebacks.
     """

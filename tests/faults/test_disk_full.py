@@ -1,8 +1,8 @@
-"""A full disk (ENOSPC injected at the write layer, `conftest.fill_disk`) during an LM
-checkpoint save (sync and async) and during `gpa_jax.paths.atomic_write_*`: one message
-naming the path and "no space left", exit status 2 from the CLI, no thread tracebacks,
-the earlier checkpoint or file intact, and nothing half-written under a final name; with
-space back, the rerun resumes from the intact checkpoint.
+"""A full disk (ENOSPC injected at the write layer, `conftest.fill_disk`) during an LM,
+codec or CTC-teacher checkpoint save and during `gpa_jax.paths.atomic_write_*`: one
+message naming the path and "no space left", exit status 2 from the CLI, no thread
+tracebacks, the earlier checkpoint or file intact, and nothing half-written under a final
+name; with space back, the rerun resumes from the intact checkpoint.
 
 Checked by hand on a real 2 MB tmpfs too (tensorstore's own ENOSPC, sync and async saves):
 the same one line, where the unpatched trainer printed ~600 lines of tracebacks.
@@ -110,6 +110,60 @@ def test_train_cli_on_a_full_disk_is_one_line_and_exit_2(
     assert line.startswith("launch.train: error: " + NO_SPACE), line
     assert ckpt_dir in line and "checkpoint 2 is intact" in line, line
     assert ckpt.saved_steps(ckpt_dir) == [2] and _leftovers(ckpt_dir) == []
+
+
+def test_codec_checkpoint_save_on_a_full_disk(compile_cache, tmp_path, capfd):
+    from gpa_jax.codec import train as codec_train
+    from tests.codec.test_train import _clips, tiny_config
+
+    workdir, clips = str(tmp_path / "run"), _clips()
+    config = lambda steps: tiny_config(**{"train.num_steps": steps})  # noqa: E731
+    assert codec_train.train(config(2), workdir, clips=clips, progress=False).step == 2
+    ckpt_dir = codec_train.checkpoint_dir(workdir)
+    capfd.readouterr()
+    give_back = fill_disk(ckpt_dir)
+    try:
+        with pytest.raises(DiskFullError) as full:
+            codec_train.train(config(4), workdir, clips=clips, progress=False)
+    finally:
+        give_back()
+    _assert_one_disk_full_error(full.value, ckpt_dir, 4, 2, capfd.readouterr().err)
+
+    # Space is back: the rerun resumes from the intact checkpoint 2.
+    seen: list[int] = []
+    result = codec_train.train(
+        config(4), workdir, clips=clips, on_batch=lambda s, _: seen.append(s), progress=False
+    )
+    assert seen == [3, 4] and result.checkpoint_steps == [2, 4]
+
+
+def test_ctc_teacher_checkpoint_save_on_a_full_disk(compile_cache, tmp_path, capfd, caplog):
+    from gpa_jax.codec import teacher as teacher_lib
+    from tests.codec.test_teacher import teacher_config, tone_corpus
+
+    directory = str(tmp_path / "teacher")
+    train_set = tone_corpus(8, seed=3)
+    config = lambda steps: teacher_config(  # noqa: E731
+        **{"teacher.ctc_steps": steps, "teacher.ctc_checkpoint_every": 2}
+    )
+    teacher_lib.train_teacher(config(2), directory, train_set=train_set, progress=False)
+    ckpt_dir = os.path.join(directory, "train_state")
+    assert ckpt.saved_steps(ckpt_dir) == [2]
+    capfd.readouterr()
+    give_back = fill_disk(ckpt_dir)
+    try:
+        with pytest.raises(DiskFullError) as full:
+            teacher_lib.train_teacher(config(4), directory, train_set=train_set, progress=False)
+    finally:
+        give_back()
+    _assert_one_disk_full_error(full.value, ckpt_dir, 4, 2, capfd.readouterr().err)
+
+    # Space is back: the rerun resumes from the intact checkpoint 2 and finishes.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        meta = teacher_lib.train_teacher(config(4), directory, train_set=train_set, progress=False)
+    assert f"teacher: resumed from step 2 in {ckpt_dir}" in caplog.text, caplog.text[-2000:]
+    assert meta["steps"] == 4 and ckpt.saved_steps(ckpt_dir) == [4]
 
 
 @pytest.mark.parametrize("write", ["text", "bytes", "json"])
