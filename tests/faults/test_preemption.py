@@ -1,5 +1,6 @@
 """SIGTERM / SIGINT to real processes: each job saves, says where, exits 143 / 130, and
-the rerun resumes; the sweep stops at the preempted run instead of starting the next.
+the rerun resumes; the sweep stops at the preempted run instead of starting the next, and
+the demo stopped in its codec stage resumes that stage from the saved checkpoint.
 Tokenization keeps its finished splits and resumes at the stopped one; evaluation keeps
 its finished tasks' samples, writes no results, and a rerun evaluates again."""
 
@@ -46,6 +47,46 @@ def test_sweep_stops_at_a_preempted_run_and_resumes_it(tiny_lm, compile_cache, t
     assert f"resumed from checkpoint {saved}" in (first / "run.log").read_text()
     assert (first / "SWEEP_DONE").exists()
     assert (workdir / "sweeps" / "t" / "mlp_dim=32" / "SWEEP_DONE").exists()
+
+
+@pytest.mark.slow
+def test_demo_stops_in_the_codec_stage_and_resumes_it(compile_cache, tmp_path):
+    """The README's command, SIGTERM while its codec stage trains: status 143, a message
+    naming the stage and saying to rerun, no marker for the stage; the rerun skips the
+    corpus and resumes the codec from the checkpoint saved at the signal.
+    (--to_stage=codec keeps it short; test_nested_jobs_and_ctrl_c: no next stage.)"""
+    from gpa_jax.codec import train as codec_train
+    from launch.demo import marker_path
+
+    workdir = str(tmp_path / "demo")
+    cmd = [PYTHON, "-m", "launch.demo", "--quick", f"--workdir={workdir}", "--to_stage=codec"]
+    env = {**subprocess_env(compile_cache), "XLA_FLAGS": ""}  # one device, as users run it
+    # The codec's progress bar past step 2 of 40: the CTC teacher is done, steps are running.
+    rc, out = run_until(cmd, env, r"^codec:.*\|\s*([3-9]|[12]\d)/40\b", signal.SIGTERM,
+                        timeout=900)  # fmt: skip
+    assert rc == 143, out[-3000:]
+    assert "== [2/2] codec stopped by SIGTERM; rerun the same command to resume at this stage" in (
+        out
+    ), out[-3000:]
+    said = r"codec training: stopped by SIGTERM; checkpoint (\d+) saved in ([^;\s]+);"
+    saved = re.search(said, out)
+    assert saved and saved[2] == codec_train.checkpoint_dir(workdir), out[-3000:]
+    step = int(saved[1])
+    assert 3 <= step < 40
+    assert os.path.exists(marker_path(workdir, "corpus"))
+    assert not os.path.exists(marker_path(workdir, "codec"))
+    assert "demo finished" not in out
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                           check=False)  # fmt: skip
+    again = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, again[-3000:]
+    assert f"== [1/2] corpus: done earlier, skipped ({marker_path(workdir, 'corpus')})" in again
+    assert f"codec: resumed from step {step} in {codec_train.checkpoint_dir(workdir)}" in again, (
+        again[-3000:]
+    )
+    assert "teacher: training" not in again  # the finished teacher is reused, not retrained
+    assert "== [2/2] codec done in" in again and os.path.exists(marker_path(workdir, "codec"))
 
 
 # Real codec training (and its CTC teacher) in a subprocess, on in-memory clips so that no
