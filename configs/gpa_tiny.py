@@ -66,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 100
     config.train.eval_steps = 16
     config.train.checkpoint_every = 100
+    # Every checkpoint stays: `launch.evaluate --curves` scores each (eval/curves.*).
+    config.train.keep_checkpoints = 0
     config.optimizer = optimizer_config(
         learning_rate=2e-3, warmup_steps=50, total_steps=NUM_STEPS, weight_decay=0.01
     )

@@ -69,7 +69,8 @@ QUICK = dict(
     max_per_task=4,
     # The tiny corpus's held-out splits have one utterance per voice, so no reference clip
     # of another utterance exists there: the smoke run evaluates on train.
-    eval_split="train",
+    eval_splits=("train",),
+    curves=dict(per_task=2, cond_rows=8),
 )
 
 
@@ -157,14 +158,18 @@ def _stages(workdir: str, quick: bool):
 
     def evaluate():
         from gpa_jax.acoustic import recipe  # noqa: F401  (imports the acoustic model kind)
-        from gpa_jax.evaluation import harness
+        from gpa_jax.evaluation import harness, lm_curves
 
+        splits = QUICK["eval_splits"] if quick else ("test", "test_unseen_voice")
         _, md_path = harness.run_evaluation(
             workdir, lm_config=lm_cfg, codec_config=codec_cfg,
-            max_per_task=QUICK["max_per_task"] if quick else 40,
-            split=QUICK["eval_split"] if quick else "test",
+            max_per_task=QUICK["max_per_task"] if quick else 40, splits=splits,
         )
         print(open(md_path).read())
+        judge, _ = common.codec_judge()
+        lm_curves.lm_curves(workdir, lm_config=lm_cfg, codec_config=codec_cfg, judge=judge,
+                            split=splits[0], **(QUICK["curves"] if quick else {}))
+        print(open(lm_curves.curves_path(workdir, "md")).read())
 
     return {
         "corpus": lambda: build_corpus(corpus_cfg, workdir),

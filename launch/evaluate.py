@@ -1,12 +1,16 @@
 """Evaluates the trained chain in a work dir on every task: python -m launch.evaluate --workdir=W
 
-    python -m launch.evaluate --workdir=runs/demo --split=test --max_per_task=40 \
-        --acoustic=nar --judge=whisper --speaker_encoder=resemblyzer
+    python -m launch.evaluate --workdir=runs/demo --splits=test,test_unseen_voice \
+        --max_per_task=40 --acoustic=nar --judge=whisper --speaker_encoder=resemblyzer
+    python -m launch.evaluate --workdir=runs/demo --curves   # every kept LM checkpoint
 
 Reads the codec (<W>/codec), the LM (<W>/checkpoints, params only), the acoustic stage
 (<W>/acoustic/<variant>) and the token shards; runs ASR, TTS and VC on `split` and writes
 <W>/eval/results.{md,json} and <W>/samples/<task>/*.wav + manifest.jsonl
-(gpa_jax/evaluation/harness.py says what is measured). --config is the LM config.
+(gpa_jax/evaluation/harness.py says what is measured). The first split is the headline
+(results.json's top level); later ones are under its "splits". --config is the LM config.
+`--curves` instead scores every kept LM checkpoint on the first split
+(`gpa_jax.evaluation.lm_curves`) into <W>/eval/curves.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from launch import common
 config_utils.define_config_flag("configs/gpa_tiny.py")
 _CODEC = flags.DEFINE_string("codec_config", "configs/codec_tiny.py", "Codec config the work dir's codec was trained with.")
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage (trained under <W>/acoustic/<name>).")
-_SPLIT = flags.DEFINE_string("split", "test", "Split of the token shards to evaluate.")
+_SPLITS = flags.DEFINE_list("splits", ["test", "test_unseen_voice"],
+                            "Splits of the token shards to evaluate; the first is the headline.")
+_CURVES = flags.DEFINE_bool("curves", False, "Score every kept LM checkpoint into eval/curves.*.")
+_CURVE_EXAMPLES = flags.DEFINE_integer("curve_examples", 16, "ASR and TTS examples per checkpoint (--curves).")
 _MAX = flags.DEFINE_integer("max_per_task", 40, "Examples per task (0 = all).")
 _JUDGE = flags.DEFINE_enum("judge", "whisper", ["whisper", "pocketsphinx", "faster_whisper"],
                            "Judge ASR for TTS/VC: whisper = bundled Whisper tiny.en (eval extra).")
@@ -38,12 +45,25 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from gpa_jax.evaluation import harness
 
+    workdir, lm_config = common.existing_workdir(), config_utils.config_from_flags()
+    codec_config = config_utils.load_config(_CODEC.value)
+    if _CURVES.value:
+        from gpa_jax.evaluation import lm_curves
+        from gpa_jax.evaluation.judge import make_judge
+
+        lm_curves.lm_curves(
+            workdir, lm_config=lm_config, codec_config=codec_config,
+            judge=make_judge(_JUDGE.value, workdir=workdir, model_dir=_JUDGE_DIR.value),
+            split=_SPLITS.value[0], per_task=_CURVE_EXAMPLES.value, acoustic_variant=_ACOUSTIC.value,
+        )  # fmt: skip
+        print(open(lm_curves.curves_path(workdir, "md")).read())
+        return
     _, md_path = harness.run_evaluation(
-        common.existing_workdir(),
-        lm_config=config_utils.config_from_flags(),
-        codec_config=config_utils.load_config(_CODEC.value),
+        workdir,
+        lm_config=lm_config,
+        codec_config=codec_config,
         acoustic_variant=_ACOUSTIC.value,
-        split=_SPLIT.value,
+        splits=_SPLITS.value,
         max_per_task=_MAX.value,
         judge_kind=_JUDGE.value,
         judge_model_dir=_JUDGE_DIR.value,

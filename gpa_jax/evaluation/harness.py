@@ -43,7 +43,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from gpa_jax import preemption
-from gpa_jax.evaluation import asr_metrics
+from gpa_jax.evaluation import asr_metrics, conditioning
 from gpa_jax.evaluation.judge import Judge
 from gpa_jax.evaluation.results import SampleStore, markdown_table
 from gpa_jax.evaluation.speaker import SAMPLE_RATE as SPEAKER_RATE
@@ -123,15 +123,18 @@ def evaluate_tasks(
     max_per_task: int = 40,
     tasks: Sequence[str] = TASKS,
     progress: bool = True,
+    samples_folder: str = "samples",
+    clear_results: bool = True,
 ) -> dict[str, Any]:
-    """Runs `tasks` on `split`; returns {task: figures} and writes the samples (module doc).
+    """Runs `tasks` on `split`; returns {task: figures, "conditioning": report} and writes
+    the samples under <workdir>/<samples_folder>/<task> (module doc).
 
     SIGTERM / SIGINT stop it at once (`gpa_jax.preemption.Preempted`, exit 143 / 130) with
     a message naming the tasks whose samples are complete; eval/results.{json,md} of an
     earlier evaluation are removed first (they describe samples this run replaces), so a
     stopped evaluation never leaves a results file behind.
     """
-    samples = os.path.join(workdir, "samples")
+    samples = os.path.join(workdir, samples_folder)
     finished: dict[str, int] = {}  # task -> samples written, once all of them are
 
     def kept() -> str:  # said when the signal comes
@@ -142,20 +145,20 @@ def evaluate_tasks(
             "same command to evaluate again"
         )
 
-    for name in ("results.json", "results.md"):
+    for name in ("results.json", "results.md") if clear_results else ():
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(workdir, "eval", name))
     with preemption.watch("evaluation", immediate=True, note=kept):
         return _evaluate_tasks(
             models, token_dir=token_dir, corpus=corpus, data_dir=data_dir, split=split,
             workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task,
-            tasks=tasks, progress=progress, finished=finished,
+            tasks=tasks, progress=progress, finished=finished, samples=samples_folder,
         )  # fmt: skip
 
 
 def _evaluate_tasks(
     models, *, token_dir, corpus, data_dir, split, workdir, settings, seed, max_per_task, tasks,
-    progress, finished,
+    progress, finished, samples,
 ) -> dict[str, Any]:  # fmt: skip
     from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.codec import api as codec_api
@@ -181,11 +184,13 @@ def _evaluate_tasks(
         hyps = [res.text or "" for res in results]
         out["asr"] = asr_metrics.error_rates(refs, hyps, ids=[bank.ids[r[TGT]] for r in plan]).as_dict()
         out["asr"]["failed"] = sum(not res.ok for res in results)
-        store = SampleStore(workdir, "asr", rate)
-        for r, res in zip(plan, results, strict=True):
+        # Both conventions: corpus WER ("wer", the headline) and the mean per-utterance WER.
+        utt_wers = [asr_metrics.utterance_wer(ref, hyp) for ref, hyp in zip(refs, hyps, strict=True)]
+        out["asr"]["mean_utterance_wer"] = float(np.mean(utt_wers)) if utt_wers else None
+        store = SampleStore(workdir, "asr", rate, samples)
+        for r, res, wer in zip(plan, results, utt_wers, strict=True):
             store.add(bank.ids[r[TGT]], data.wav(int(r[TGT])), text=bank.texts[r[TGT]],
-                      hypothesis=res.text or "", error=res.error, speaker=bank.speakers[r[TGT]],
-                      wer=asr_metrics.utterance_wer(bank.texts[r[TGT]], res.text or ""))
+                      hypothesis=res.text or "", error=res.error, speaker=bank.speakers[r[TGT]], wer=wer)
         finished["asr"] = store.count
         bar.update()
 
@@ -247,7 +252,7 @@ def _evaluate_tasks(
         sims = _speaker_figures(models.speaker, task, plan, bank, data, wavs, ref_wavs, rate)
         figures.update(sims.pop("_summary", {}))
         out[task] = figures
-        store = SampleStore(workdir, task, rate)
+        store = SampleStore(workdir, task, rate, samples)
         for i, r in enumerate(plan):
             uid = bank.ids[r[TGT]]
             ref_path = store.add(f"{uid}.reference", ref_wavs[i], role="reference", speaker=bank.speakers[r[REF]],
@@ -268,6 +273,10 @@ def _evaluate_tasks(
         finished[task] = store.count
         bar.update()
     bar.close()
+    # Does the LM read its input on these rows' split? (teacher-forced, no generation)
+    out["conditioning"] = conditioning.conditioning_report(
+        models.sampler, bank, settings, split=split, seed=seed, tasks=tasks
+    )
     return out
 
 
@@ -302,14 +311,18 @@ def _speaker_figures(encoder, task, plan, bank, data, wavs, ref_wavs, rate) -> d
     return rows
 
 
-def results_sections(results: dict[str, Any]) -> dict[str, str]:
-    """Markdown tables of `evaluate_tasks` output (plus 'codec' figures if present)."""
+def results_sections(results: dict[str, Any], title: str = "") -> dict[str, str]:
+    """Markdown tables of `evaluate_tasks` output (plus 'codec' figures if present); `title`
+    prefixes every section's name (one split among several)."""
     sections = {}
+    gain = {t: f.get("gain") for t, f in results.get("conditioning", {}).items() if isinstance(f, dict)}
     if "asr" in results:
         a = results["asr"]
         sections["ASR (LM, greedy)"] = markdown_table(
-            [{"split": results["split"], "utterances": a["num_utterances"], "WER": a["wer"], "CER": a["cer"],
-              "failed": a["failed"]}], ["split", "utterances", "WER", "CER", "failed"])
+            [{"split": results["split"], "utterances": a["num_utterances"], "WER": a["wer"],
+              "mean utt WER": a.get("mean_utterance_wer"), "CER": a["cer"], "failed": a["failed"],
+              "conditioning gain": gain.get("asr")}],
+            ["split", "utterances", "WER", "mean utt WER", "CER", "failed", "conditioning gain"])
     rows, voice_rows = [], []
     for task in ("tts", "vc"):
         if task in results and "error" not in results[task]:
@@ -322,7 +335,7 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
                          "judge WER, codec resynthesis": f.get("judge_wer_codec"),
                          "judge WER, truth tokens": f.get("judge_wer_truth_tokens"),
                          "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
-                         "sim to source": f.get("sim_source")})
+                         "sim to source": f.get("sim_source"), "conditioning gain": gain.get(task)})
             by_voice = f.get("judge_wer_by_voice", {})
             for voice, g in by_voice.get("generated", {}).items():
                 truth = by_voice["truth"].get(voice, {})
@@ -336,11 +349,13 @@ def results_sections(results: dict[str, Any]) -> dict[str, str]:
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
             rows, ["task", "examples", "failed", "judge WER", "mean utt WER", "judge WER on truth",
                    "gap (points)", "judge WER, codec resynthesis", "judge WER, truth tokens",
-                   "sim to reference", "sim to other voices", "sim to source"])
+                   "sim to reference", "sim to other voices", "sim to source", "conditioning gain"])
     if voice_rows:
         sections["TTS / VC judge WER per voice"] = markdown_table(
             voice_rows, ["task", "voice", "examples", "judge WER", "mean utt WER", "judge WER on truth"])
-    return sections
+    if gain:
+        sections["Conditioning (nats per output token)"] = conditioning.format_report(results["conditioning"])
+    return {f"{title}: {name}" if title else name: body for name, body in sections.items()}
 
 
 # --- loading a trained chain from a work directory ------------------------------------------
@@ -422,7 +437,7 @@ def run_evaluation(
     lm_config: Any,
     codec_config: Any,
     acoustic_variant: str = "nar",
-    split: str = "test",
+    splits: Sequence[str] = ("test",),
     max_per_task: int = 40,
     judge_kind: str = "whisper",
     judge_model_dir: str = "",
@@ -430,8 +445,13 @@ def run_evaluation(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, Any], str]:
-    """Evaluates the chain trained in `workdir`; writes <workdir>/eval/results.{json,md} and
-    the samples; returns (results, path of results.md)."""
+    """Evaluates the chain trained in `workdir` on each of `splits`; writes
+    <workdir>/eval/results.{json,md} and the samples; returns (results, path of results.md).
+
+    The first split is the headline: its figures are results.json's top level (`asr.wer`
+    etc.) and its samples go to <workdir>/samples/<task>; every further split's figures
+    are under results["splits"][split] and its samples under <workdir>/samples_<split>/.
+    """
     import json
 
     from gpa_jax import paths
@@ -439,6 +459,8 @@ def run_evaluation(
     from gpa_jax.evaluation.results import write_results, write_tensorboard
     from gpa_jax.tasks.config import resolve_paths
 
+    if not splits:
+        raise ValueError("run_evaluation needs at least one split")
     token_dir, _ = resolve_paths(lm_config.tasks, workdir)
     data_dir = paths.tfds_dir(workdir)
     # Only pocketsphinx decodes with a domain LM (built from the training transcripts).
@@ -449,21 +471,32 @@ def run_evaluation(
         acoustic_variant=acoustic_variant, speaker_encoder=speaker_encoder, data_dir=data_dir,
     )
     settings = planning.PlanSettings.from_config(lm_config.tasks, int(lm_config.train.seq_len))
-    results = evaluate_tasks(
-        models, token_dir=token_dir, corpus=lm_config.tasks.corpus, data_dir=data_dir, split=split,
-        workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task, progress=progress,
-    )
+    by_split = {}
+    for index, split in enumerate(splits):
+        by_split[split] = evaluate_tasks(
+            models, token_dir=token_dir, corpus=lm_config.tasks.corpus, data_dir=data_dir, split=split,
+            workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task, progress=progress,
+            samples_folder="samples" if index == 0 else f"samples_{split}", clear_results=index == 0,
+        )  # fmt: skip
+    results = dict(by_split[splits[0]])
+    if len(splits) > 1:
+        results["splits"] = {split: by_split[split] for split in splits[1:]}
     results["acoustic_stage"] = acoustic_variant
     results["speaker_encoder"] = speaker_encoder
-    sections = results_sections(results)
-    codec_eval = os.path.join(workdir, "codec", f"eval_{split}.json")
-    if os.path.isfile(codec_eval):
-        with open(codec_eval) as f:
-            results["codec"] = json.load(f)
-        rows = [{"decode": name, **{k: v for k, v in figures.items() if not isinstance(v, dict)}}
-                for name, figures in results["codec"].get("variants", {}).items()]
-        if rows:
-            sections["Codec resynthesis"] = markdown_table(rows, list(rows[0]))
+    sections: dict[str, str] = {}
+    for split in splits:
+        sections.update(results_sections(by_split[split], title=split if len(splits) > 1 else ""))
+        codec_eval = os.path.join(workdir, "codec", f"eval_{split}.json")
+        if os.path.isfile(codec_eval):
+            with open(codec_eval) as f:
+                codec_figures = json.load(f)
+            if split == splits[0]:
+                results["codec"] = codec_figures
+            rows = [{"decode": name, **{k: v for k, v in figures.items() if not isinstance(v, dict)}}
+                    for name, figures in codec_figures.get("variants", {}).items()]
+            if rows:
+                title = f"{split}: Codec resynthesis" if len(splits) > 1 else "Codec resynthesis"
+                sections[title] = markdown_table(rows, list(rows[0]))
     _, md_path = write_results(workdir, results, sections)
     from gpa_jax.training import checkpoint as ckpt_lib
 

@@ -36,8 +36,8 @@ from gpa_jax.audio import io as audio_io
 class SampleStore:
     """Writes one task's generated wavs and their manifest lines."""
 
-    def __init__(self, workdir: str, task: str, sample_rate: int):
-        self.root = os.path.join(workdir, "samples", task)
+    def __init__(self, workdir: str, task: str, sample_rate: int, folder: str = "samples"):
+        self.root = os.path.join(workdir, folder, task)
         self.sample_rate = int(sample_rate)
         if os.path.isdir(self.root):
             shutil.rmtree(self.root)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from gpa_jax.evaluation.results import read_manifest
@@ -41,11 +42,23 @@ def test_quick_demo_evaluation_outputs(quick_demo):
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert {"asr", "tts", "vc"} <= set(results)
     assert 0.0 <= results["asr"]["wer"] and results["asr"]["num_utterances"] > 0
+    assert 0.0 <= results["asr"]["mean_utterance_wer"]  # both WER conventions
+    for task in ("asr", "tts", "vc"):  # the conditioning gain of every task, in the table
+        assert results["conditioning"][task]["rows"] > 0, results["conditioning"]
+        assert np.isfinite(results["conditioning"][task]["gain"])
     for task in ("tts", "vc"):
         assert "judge_wer_truth" in results[task], results[task]
+        assert results[task]["judge_wer_mean_utt"] >= 0.0
         assert results[task]["judge_wer_truth_tokens"] >= 0.0 and results[task]["judge_wer_codec"] >= 0.0
     md = (workdir / "eval" / "results.md").read_text()
     assert "ASR" in md and "TTS / VC" in md and "judge WER, truth tokens" in md
+    assert "mean utt WER" in md and "conditioning gain" in md
+    curves = json.loads((workdir / "eval" / "curves.json").read_text())  # the LM's curves
+    assert [p["step"] for p in curves["points"]] == [10, 20]  # every kept LM checkpoint
+    for key in ("asr_loss", "tts_gain", "vc_gain", "asr_wer", "tts_judge_wer"):
+        assert curves["points"][-1][key] is not None, key
+    assert (workdir / "eval" / "curves.png").stat().st_size > 0
+    assert "| step |" in (workdir / "eval" / "curves.md").read_text()
     from gpa_jax.training.metrics import read_scalars
 
     scalars = read_scalars(str(workdir / "eval" / "tensorboard"))
