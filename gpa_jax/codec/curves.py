@@ -62,7 +62,7 @@ def codec_curves(
     probe_test = codec_data.load_clips(
         config.data.corpus, pc.split, limit=int(pc.test_utterances), **load
     )
-    done = {p["step"]: p for p in _load_points(workdir)}
+    done = {p["step"]: p for p in load_points(curves_path(workdir, "json"))}
     recordings = judge_report(clips.texts, judge.transcribe(list(clips.audio), sr), clips.speakers)
     header = {"judge": judge.name, "normalizer": recordings["normalizer"]}
     points = []
@@ -94,22 +94,28 @@ def codec_curves(
     return points
 
 
-def _load_points(workdir: str) -> list[dict[str, Any]]:
-    path = curves_path(workdir, "json")
-    if not os.path.isfile(path):
+def load_points(json_path: str) -> list[dict[str, Any]]:
+    """The points of a curves.json (codec or LM), [] if there is none yet."""
+    if not os.path.isfile(json_path):
         return []
-    with open(path) as f:
+    with open(json_path) as f:
         return json.load(f)["points"]
 
 
+def write_points(json_path: str, header: dict[str, Any], points: list[dict[str, Any]],
+                 markdown: str, plot) -> None:  # fmt: skip
+    """curves.json / .md / .png side by side; json and md whole or absent (gpa_jax.paths),
+    so a killed run never leaves a half table. plot(png_path) draws the figure."""
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    stem = os.path.splitext(json_path)[0]
+    paths.atomic_write_json(json_path, {**header, "points": points}, indent=1)
+    paths.atomic_write_text(f"{stem}.md", markdown)
+    plot(f"{stem}.png")
+
+
 def _write(workdir: str, points: list[dict[str, Any]], header: dict[str, str]) -> None:
-    os.makedirs(os.path.dirname(curves_path(workdir, "json")), exist_ok=True)
-    # Whole or absent (gpa_jax.paths), so a killed run never leaves a half table.
-    paths.atomic_write_json(curves_path(workdir, "json"), {**header, "points": points}, indent=1)
-    paths.atomic_write_text(
-        curves_path(workdir, "md"), format_markdown(points, header["judge"], header["normalizer"])
-    )
-    _plot(points, curves_path(workdir, "png"))
+    markdown = format_markdown(points, header["judge"], header["normalizer"])
+    write_points(curves_path(workdir, "json"), header, points, markdown, lambda png: _plot(points, png))
 
 
 def format_markdown(points: list[dict[str, Any]], judge_name: str, normaliser: str) -> str:

@@ -18,7 +18,6 @@ scores only its new checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from gpa_jax import paths
+from gpa_jax.codec.curves import load_points, write_points
 from gpa_jax.evaluation import asr_metrics, conditioning, harness
 from gpa_jax.tasks import planning
 from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, TGT
@@ -84,17 +84,16 @@ def lm_curves(
     tts_voices = [bank.speakers[r[TGT]] for r in tts_rows]
     prompts = [data.codes(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in tts_rows]
     truth = judge.transcribe([data.wav(int(r[TGT])) for r in tts_rows], rate)
+    recordings = asr_metrics.judge_wer_report(tts_texts, truth, tts_voices)
     header = {
         "split": split,
         "judge": judge.name,
-        "normalizer": asr_metrics.judge_wer_report(tts_texts, truth, tts_voices)["normalizer"],
-        "tts_judge_wer_recordings": asr_metrics.judge_wer_report(tts_texts, truth, tts_voices)[
-            "corpus_wer"
-        ],
+        "normalizer": recordings["normalizer"],
+        "tts_judge_wer_recordings": recordings["corpus_wer"],
         "asr_examples": len(asr_rows),
         "tts_examples": len(tts_rows),
     }
-    done = {p["step"]: p for p in _load_points(workdir)}
+    done = {p["step"]: p for p in load_points(curves_path(workdir, "json"))}
     points = []
     for step in steps:
         if step in done:
@@ -138,19 +137,9 @@ def lm_curves(
     return points
 
 
-def _load_points(workdir: str) -> list[dict[str, Any]]:
-    path = curves_path(workdir, "json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return json.load(f)["points"]
-
-
 def _write(workdir: str, points: list[dict[str, Any]], header: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(curves_path(workdir, "json")), exist_ok=True)
-    paths.atomic_write_json(curves_path(workdir, "json"), {**header, "points": points}, indent=1)
-    paths.atomic_write_text(curves_path(workdir, "md"), format_markdown(points, header))
-    _plot(points, header, curves_path(workdir, "png"))
+    plot = lambda png: _plot(points, header, png)  # noqa: E731
+    write_points(curves_path(workdir, "json"), header, points, format_markdown(points, header), plot)
 
 
 def _num(value: Any) -> str:
