@@ -116,6 +116,17 @@ def check() -> None:
         raise _stopped(frame.job, _STATE.signum, frame.says())
 
 
+def _preempted_cause(exc: BaseException) -> Preempted | None:
+    """The `Preempted` that `exc` is, or was raised from or during (None if none)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Preempted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _handle(signum: int, frame) -> None:
     del frame
     state = _STATE
@@ -173,8 +184,14 @@ def watch(
         if immediate:
             check()  # a signal that came before this block: do not start it
         yield
-    except BaseException:
+    except BaseException as exc:
         state.stack.pop()
+        stopped = _preempted_cause(exc) if state.signum is not None else None
+        if stopped is not None and stopped is not exc:
+            # The handler's Preempted landed inside a library that wrapped it in its own
+            # error (JAX does when the signal comes during its pytree checks): the job
+            # was still stopped by the signal, so it ends as one, with its status.
+            raise stopped from None
         raise
     else:
         state.stack.pop()

@@ -60,7 +60,7 @@ QUICK = dict(
         "train.summary_every=40", "codec.kmeans_iters=2", "eval.per_voice=2", "curves.per_voice=1",
     ],
     lm=[
-        "tasks.corpus=synthetic_speech/tiny", "tasks.vocab.text=byte", "train.num_steps=20", "train.batch_size=2",
+        "tasks.corpus=synthetic_speech/tiny", "train.num_steps=20", "train.batch_size=2",
         "train.eval_every=10", "train.eval_steps=2", "train.checkpoint_every=10",
         "optimizer.warmup_steps=2", "optimizer.total_steps=20",
     ],

@@ -174,6 +174,30 @@ def test_nested_jobs_and_ctrl_c(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
+def test_a_stop_wrapped_by_a_library_still_ends_the_job_as_stopped():
+    """A signal landing inside library code whose own error wraps the handler's Preempted
+    (seen: JAX's pytree metadata check during jit dispatch, in tokenization) still gives
+    the job's stop status and message, not the library's error."""
+    from gpa_jax import preemption
+
+    def library_call():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException as exc:  # what JAX's C++ layer does with anything raised inside it
+            raise ValueError("Exception raised while checking equality of metadata") from exc
+
+    with pytest.raises(preemption.Preempted) as stopped:
+        with preemption.watch("tokenization", immediate=True, note="finished splits are kept"):
+            library_call()
+    assert stopped.value.code == 143
+    assert str(stopped.value) == "tokenization: stopped by SIGTERM; finished splits are kept"
+
+    # An error of its own, with no signal behind it, stays what it is.
+    with pytest.raises(ValueError, match="plain"):
+        with preemption.watch("tokenization", immediate=True):
+            raise ValueError("plain")
+
+
 # --- the tokenization and evaluation jobs, on the tiny corpus and its 1-step codec --------
 
 CORPUS = "synthetic_speech/tiny"
@@ -310,7 +334,7 @@ def test_evaluation_keeps_finished_tasks_samples_and_reruns(tiny_workdir, compil
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
                            check=False)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
-    assert "evaluated: ['asr', 'judge', 'split', 'tts'] tts examples: 4" in rerun.stdout
+    assert "evaluated: ['asr', 'conditioning', 'judge', 'split', 'tts'] tts examples: 4" in rerun.stdout
     assert len(read_manifest(str(samples / "asr" / "manifest.jsonl"))) == 4
     tts = read_manifest(str(samples / "tts" / "manifest.jsonl"))
     assert {row["role"] for row in tts} >= {"reference"} and len(tts) >= 4
