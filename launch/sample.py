@@ -128,13 +128,21 @@ def main(argv):
     if int(codec.sample_rate) != rate:
         raise ValueError(f"the codec runs at {codec.sample_rate} Hz, expected {rate}")
     codes = {name: codec_api.encode(codec, wav, rate) for name, wav in wavs.items()}
+    rows = {name: None for name in wavs}
+    if harness.reads_features(models.sampler):  # a continuous-input LM: log-mel of the same audio
+        from gpa_jax.audio.features import token_aligned_log_mel
+
+        rows = {name: token_aligned_log_mel(wav, codes[name].shape[1], codec_hop=codec.hop_length)
+                for name, wav in wavs.items()}  # fmt: skip
 
     if task == "asr":
-        request = Request.asr(codes["audio"][:1], id=_AUDIO.value)
+        request = Request.asr(codes["audio"][:1], id=_AUDIO.value, source_features=rows["audio"])
     elif task == "tts":
-        request = Request.tts(_TEXT.value, codes["ref"], id="tts", seed=_SEED.value)
+        request = Request.tts(_TEXT.value, codes["ref"], id="tts", seed=_SEED.value,
+                              reference_features=rows["ref"])  # fmt: skip
     else:
-        request = Request.vc(codes["audio"][:1], codes["ref"], id=_AUDIO.value, seed=_SEED.value)
+        request = Request.vc(codes["audio"][:1], codes["ref"], id=_AUDIO.value, seed=_SEED.value,
+                             source_features=rows["audio"], reference_features=rows["ref"])  # fmt: skip
     if _STREAM.value and task != "asr":
         _stream(models, request)
         return

@@ -38,51 +38,66 @@ BATCH = 8
 
 
 @nnx.jit
-def _log_probs(model, tokens, segment_ids, positions, prefix_mask):
-    logits = model(tokens, segment_ids, positions, prefix_mask)
+def _log_probs(model, tokens, segment_ids, positions, prefix_mask, audio_features, audio_mask):
+    logits = model(tokens, segment_ids, positions, prefix_mask, audio_features=audio_features,
+                   audio_mask=audio_mask)  # fmt: skip
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def sequence_nll(model, sequences: Sequence[tuple[np.ndarray, np.ndarray]], max_len: int) -> list[float]:
-    """Mean NLL of each (prompt, output) pair's output tokens, prompt as the bidirectional
-    prefix (as in training); batches of BATCH rows padded to `max_len`."""
+def sequence_nll(model, sequences: Sequence[tuple], max_len: int) -> list[float]:
+    """Mean NLL of each (prompt, output[, audio]) item's output tokens, prompt as the
+    bidirectional prefix (as in training); batches of BATCH rows padded to `max_len`.
+    `audio` (a continuous-input model's prompt rows: features [len(prompt), F], mask) is
+    the sampler's `_Prepared.audio`."""
     out = []
+    dim = int(getattr(model.cfg, "audio_feature_dim", 1))
     for lo in range(0, len(sequences), BATCH):
         chunk = sequences[lo : lo + BATCH]
         tokens = np.zeros((BATCH, max_len), np.int32)
         segment_ids = np.zeros((BATCH, max_len), np.int32)
         prefix = np.zeros((BATCH, max_len), np.int32)
-        for b, (prompt, output) in enumerate(chunk):
+        features = np.zeros((BATCH, max_len, dim), np.float32)
+        mask = np.zeros((BATCH, max_len), np.int32)
+        for b, (prompt, output, *audio) in enumerate(chunk):
             seq = np.concatenate([prompt, output]).astype(np.int32)
             tokens[b, : len(seq)] = seq
             segment_ids[b, : len(seq)] = 1
             prefix[b, : len(prompt)] = 1
+            if audio and audio[0] is not None:
+                features[b, : len(prompt)], mask[b, : len(prompt)] = audio[0]
         positions = np.broadcast_to(np.arange(max_len, dtype=np.int32), (BATCH, max_len))
-        lp = np.asarray(_log_probs(model, *(jnp.asarray(a) for a in (tokens, segment_ids, positions, prefix))))
-        for b, (prompt, output) in enumerate(chunk):
+        arrays = (tokens, segment_ids, positions, prefix, features, mask)
+        lp = np.asarray(_log_probs(model, *(jnp.asarray(a) for a in arrays)))
+        for b, (prompt, output, *_) in enumerate(chunk):
             at = np.arange(len(prompt) - 1, len(prompt) + len(output) - 1)  # predicts output
             out.append(float(-np.mean(lp[b, at, np.asarray(output)])))
     return out
 
 
 def _pairs(sampler, bank, task: str, rows: np.ndarray, cond_rows: np.ndarray):
-    """(prompt, output) of each row's output under the input of the matching cond row."""
+    """(prompt, output, audio) of each row's output under the input of the matching cond
+    row (audio: the continuous variant's prompt rows, which follow the input)."""
     from gpa_jax.sampling import Request
 
     vocab, pairs = sampler.vocab, []
     for r, c in zip(rows, cond_rows, strict=True):
         if task == "asr":
-            request = Request.asr(bank.utterance_codes(int(c[TGT]))[:1])
+            request = Request.asr(bank.utterance_codes(int(c[TGT]))[:1],
+                                  source_features=bank.utterance_features(int(c[TGT])))  # fmt: skip
             output = vocab.encode(normalize_transcript(bank.texts[r[TGT]]))
         else:
-            ref = bank.utterance_codes(int(r[REF]), int(r[REF_START]), int(r[REF_LEN]))
+            crop = (int(r[REF]), int(r[REF_START]), int(r[REF_LEN]))
+            ref, ref_rows = bank.utterance_codes(*crop), bank.utterance_features(*crop)
             if task == "tts":
-                request = Request.tts(bank.texts[c[TGT]], ref)
+                request = Request.tts(bank.texts[c[TGT]], ref, reference_features=ref_rows)
             else:
-                request = Request.vc(bank.utterance_codes(int(c[SRC]))[:1], ref)
+                request = Request.vc(bank.utterance_codes(int(c[SRC]))[:1], ref,
+                                     source_features=bank.utterance_features(int(c[SRC])),
+                                     reference_features=ref_rows)  # fmt: skip
             output = vocab.audio_to_ids(bank.utterance_codes(int(r[TGT]))[0], 0)
-        prompt = sampler.prepare(request).prompt
-        pairs.append((np.asarray(prompt, np.int32), np.asarray(list(output) + [1], np.int32)))
+        prepared = sampler.prepare(request)
+        pairs.append((np.asarray(prepared.prompt, np.int32),
+                      np.asarray(list(output) + [1], np.int32), prepared.audio))  # fmt: skip
     return pairs
 
 
@@ -155,7 +170,8 @@ def report_for_workdir(
     sampler = Sampler.from_checkpoint(lm_dir, vocab, config=config, step=step)
     token_dir = resolve_paths(config.tasks, workdir)[0]
     settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
-    bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers)
+    bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers,
+                              features=sampler.cfg.audio_input != "tokens")  # fmt: skip
     report = conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
     report["step"] = ckpt_lib.saved_steps(lm_dir)[-1] if step is None else int(step)
     return report

@@ -81,16 +81,24 @@ class SplitData:
     def codes(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
         return self.bank.utterance_codes(u, start, frames)
 
+    def features(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray | None:
+        """Token-aligned log-mel rows (continuous-input models), None when not loaded."""
+        return self.bank.utterance_features(u, start, frames)
+
     def wav(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
         wav = self.audio[self.bank.ids[u]]
         end = None if frames is None else (start + frames) * self.hop
         return wav[start * self.hop : end]
 
 
-def load_split(token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate) -> SplitData:
+def load_split(
+    token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate, *, features: bool = False
+) -> SplitData:
+    """The split's bank (all `n_q` layers; with `features`, the token-aligned log-mel rows
+    a continuous-input LM reads) and its recordings."""
     from gpa_jax.codec import data as codec_data
 
-    bank = planning.load_bank(token_dir, split, vocab, layers=n_q)
+    bank = planning.load_bank(token_dir, split, vocab, layers=n_q, features=features)
     clips = codec_data.load_clips(corpus, split, data_dir=data_dir, sample_rate=sample_rate)
     audio = dict(zip(clips.ids, clips.audio, strict=True))
     missing = [i for i in bank.ids if i not in audio]
@@ -100,6 +108,11 @@ def load_split(token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate)
             f"have no readable recording (e.g. {missing[:3]}); re-tokenize the corpus"
         )
     return SplitData(bank, audio, hop)
+
+
+def reads_features(sampler) -> bool:
+    """Whether the sampler's LM reads log-mel rows at its audio inputs (not codec tokens)."""
+    return sampler.cfg.audio_input != "tokens"
 
 
 def _generate(models: EvalModels, requests, task: str) -> list:
@@ -169,7 +182,8 @@ def _evaluate_tasks(
         raise ValueError(f"unknown tasks {unknown}; expected a subset of {TASKS}")
     codec, vocab = models.codec, models.sampler.vocab
     rate = int(codec.sample_rate)
-    data = load_split(token_dir, vocab, corpus, split, data_dir, codec.n_q, codec.hop_length, rate)
+    data = load_split(token_dir, vocab, corpus, split, data_dir, codec.n_q, codec.hop_length, rate,
+                      features=reads_features(models.sampler))  # fmt: skip
     bank = data.bank
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"split": split, "judge": models.judge.name}
@@ -178,7 +192,8 @@ def _evaluate_tasks(
     if "asr" in tasks:
         plan, _ = planning.plan_task("asr", bank, settings, seed, split)
         plan = _select(plan, max_per_task, rng)
-        requests = [Request.asr(data.codes(int(r[TGT]))[:1], id=bank.ids[r[TGT]]) for r in plan]
+        requests = [Request.asr(data.codes(int(r[TGT]))[:1], id=bank.ids[r[TGT]],
+                                source_features=data.features(int(r[TGT]))) for r in plan]  # fmt: skip
         results = _generate(models, requests, "asr")
         refs = [bank.texts[r[TGT]] for r in plan]
         hyps = [res.text or "" for res in results]
@@ -203,13 +218,17 @@ def _evaluate_tasks(
             out[task] = {"error": f"no {task} examples could be planned on {split}"}
             bar.update()
             continue
-        refs = [data.codes(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        crops = [(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        refs = [data.codes(*crop) for crop in crops]
+        ref_rows = [data.features(*crop) for crop in crops]
         if task == "tts":
-            requests = [Request.tts(bank.texts[r[TGT]], ref, id=bank.ids[r[TGT]], seed=seed + i)
-                        for i, (r, ref) in enumerate(zip(plan, refs, strict=True))]
+            requests = [Request.tts(bank.texts[r[TGT]], ref, id=bank.ids[r[TGT]], seed=seed + i,
+                                    reference_features=rows)
+                        for i, (r, ref, rows) in enumerate(zip(plan, refs, ref_rows, strict=True))]
         else:
-            requests = [Request.vc(data.codes(int(r[SRC]))[:1], ref, id=bank.ids[r[TGT]], seed=seed + i)
-                        for i, (r, ref) in enumerate(zip(plan, refs, strict=True))]
+            requests = [Request.vc(data.codes(int(r[SRC]))[:1], ref, id=bank.ids[r[TGT]], seed=seed + i,
+                                   source_features=data.features(int(r[SRC])), reference_features=rows)
+                        for i, (r, ref, rows) in enumerate(zip(plan, refs, ref_rows, strict=True))]
         results = _generate(models, requests, task)
         for res in results:  # an almost empty output cannot be judged: it counts as failed
             if res.ok and len(res.rvq1) < MIN_OUTPUT_FRAMES:

@@ -68,7 +68,7 @@ def lm_curves(
     token_dir = resolve_paths(lm_config.tasks, workdir)[0]
     data = harness.load_split(
         token_dir, vocab, lm_config.tasks.corpus, split, paths.tfds_dir(workdir),
-        codec.n_q, codec.hop_length, rate,
+        codec.n_q, codec.hop_length, rate, features=harness.reads_features(models.sampler),
     )  # fmt: skip
     bank = data.bank
     settings = planning.PlanSettings.from_config(lm_config.tasks, int(lm_config.train.seq_len))
@@ -82,7 +82,9 @@ def lm_curves(
     asr_refs = [bank.texts[r[TGT]] for r in asr_rows]
     tts_texts = [bank.texts[r[TGT]] for r in tts_rows]
     tts_voices = [bank.speakers[r[TGT]] for r in tts_rows]
-    prompts = [data.codes(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in tts_rows]
+    crops = [(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in tts_rows]
+    prompts = [data.codes(*crop) for crop in crops]
+    prompt_rows = [data.features(*crop) for crop in crops]
     truth = judge.transcribe([data.wav(int(r[TGT])) for r in tts_rows], rate)
     recordings = asr_metrics.judge_wer_report(tts_texts, truth, tts_voices)
     header = {
@@ -108,12 +110,14 @@ def lm_curves(
             figures = cond.get(task, {})
             point[f"{task}_loss"] = figures.get("nll_matched")
             point[f"{task}_gain"] = figures.get("gain")
-        asr = sampler.generate([Request.asr(data.codes(int(r[TGT]))[:1]) for r in asr_rows])
+        asr = sampler.generate([Request.asr(data.codes(int(r[TGT]))[:1],
+                                            source_features=data.features(int(r[TGT])))
+                                for r in asr_rows])  # fmt: skip
         point["asr_wer"] = asr_metrics.error_rates(asr_refs, [res.text or "" for res in asr]).wer
         tts = sampler.generate(
             [
-                Request.tts(text, ref, seed=seed + i)
-                for i, (text, ref) in enumerate(zip(tts_texts, prompts, strict=True))
+                Request.tts(text, ref, seed=seed + i, reference_features=rows)
+                for i, (text, ref, rows) in enumerate(zip(tts_texts, prompts, prompt_rows, strict=True))
             ]
         )
         ok = [

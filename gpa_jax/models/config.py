@@ -59,6 +59,8 @@ REMAT_POLICIES = (
 # else jax's own choice (cuDNN where it applies).
 ATTENTION_IMPLS = ("xla", "cudnn", "cpu", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
+# model.audio_input values (LMConfig).
+AUDIO_INPUTS = ("tokens", "continuous")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +107,24 @@ class LMConfig:
     guide_weight: float = 0.0
     guide_heads: int = 1
     guide_sigma: float = 0.2
+    # How audio *inputs* (ASR / VC source, TTS / VC reference) enter the LM; outputs are
+    # codec tokens in every variant. "tokens": their RVQ ids' embeddings (GPA / USLM).
+    # "continuous" (LauraGPT): token-aligned log-mel rows of `audio_feature_dim` through
+    # an encoder of `audio_encoder_layers` blocks of this shape
+    # (gpa_jax.models.audio_encoder) replace the embeddings at those positions.
+    audio_input: str = "tokens"
+    audio_encoder_layers: int = 2
+    audio_feature_dim: int = 160
 
     def __post_init__(self):
         check_block_fields(self)
+        if self.audio_input not in AUDIO_INPUTS:
+            raise ValueError(f"audio_input={self.audio_input!r}; expected one of {AUDIO_INPUTS}")
+        if self.audio_encoder_layers < 1 or self.audio_feature_dim < 1:
+            raise ValueError(
+                f"audio_encoder_layers={self.audio_encoder_layers} and audio_feature_dim="
+                f"{self.audio_feature_dim} must be >= 1"
+            )
         if self.attention_q_block < 1:
             raise ValueError(f"attention_q_block={self.attention_q_block} must be >= 1")
         if self.guide_weight < 0 or self.guide_sigma <= 0:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from gpa_jax.models.audio_encoder import AudioEncoder
 from gpa_jax.models.config import LMConfig
 from gpa_jax.models.layers import (
     MLP,
@@ -354,6 +355,9 @@ class DecoderLM(nnx.Module):
             rules=rules,
         )
         self.decoder = DecoderStack(cfg, rngs=rngs, rules=rules)
+        self.audio_encoder = (
+            AudioEncoder(cfg, rngs=rngs, rules=rules) if cfg.audio_input == "continuous" else None
+        )
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
@@ -386,10 +390,14 @@ class DecoderLM(nnx.Module):
         extra_embeddings: jax.Array | None = None,
         input_embeddings_fn: Callable[[jax.Array], jax.Array] | None = None,
         guide: tuple[jax.Array, jax.Array] | None = None,
+        audio_features: jax.Array | None = None,
+        audio_mask: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Logits for `tokens` [b, l]; with `guide` (band, query rows: see
         `gpa_jax.training.attention_guide`) returns (logits, guided-attention penalty).
 
+        audio_features [b, l, F] / audio_mask [b, l]: the continuous audio inputs, aligned
+          with `tokens` (required iff cfg.audio_input == "continuous"; see `embed`).
         extra_embeddings: [b, l, embed] added to the token embeddings (zeros where there
           is nothing to add), e.g. projected continuous audio features.
         input_embeddings_fn: embeddings -> embeddings hook applied after that, for
@@ -397,17 +405,22 @@ class DecoderLM(nnx.Module):
         rngs: an `nnx.Rngs` (its 'dropout' stream is used) or a key; needed only when
           `deterministic=False` and dropout_rate > 0.
         """
-        x = self.embedder(tokens)
-        if extra_embeddings is not None:
-            x = x + extra_embeddings.astype(x.dtype)
-        if input_embeddings_fn is not None:
-            x = input_embeddings_fn(x)
         dropout_key = None
         if not deterministic and self.cfg.dropout_rate > 0.0:
             if rngs is None:
                 raise ValueError("dropout_rate > 0 with deterministic=False needs rngs")
             dropout_key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
-        h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=dropout_key, guide=guide)
+        segment_ids, positions = _default_layout(tokens, segment_ids, positions)
+        encoder_key = decoder_key = dropout_key
+        if dropout_key is not None and self.audio_encoder is not None:
+            encoder_key, decoder_key = jax.random.split(dropout_key)
+        x = self.embed(
+            tokens, extra_embeddings, audio_features=audio_features, audio_mask=audio_mask,
+            segment_ids=segment_ids, positions=positions, dropout_key=encoder_key,
+        )  # fmt: skip
+        if input_embeddings_fn is not None:
+            x = input_embeddings_fn(x)
+        h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=decoder_key, guide=guide)
         if guide is not None:
             h, penalty = h
             return self.logits(h), penalty
@@ -415,11 +428,37 @@ class DecoderLM(nnx.Module):
 
     # --- KV-cache inference (gpa_jax.sampling drives these) -------------------------------
 
-    def embed(self, tokens: jax.Array, extra_embeddings: jax.Array | None = None) -> jax.Array:
+    def embed(
+        self,
+        tokens: jax.Array,
+        extra_embeddings: jax.Array | None = None,
+        *,
+        audio_features: jax.Array | None = None,
+        audio_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """Input embeddings [b, l, embed]: the token table, plus `extra_embeddings`; in the
+        continuous variant the audio encoder's output replaces them where `audio_mask` is
+        set (the codec ids there are placeholders the model never reads)."""
         x = self.embedder(tokens)
         if extra_embeddings is not None:
             x = x + extra_embeddings.astype(x.dtype)
-        return x
+        if self.audio_encoder is None:
+            return x
+        if audio_features is None or audio_mask is None:
+            raise ValueError(
+                "model.audio_input='continuous' reads log-mel rows at the audio input "
+                "positions: pass audio_features [b, l, F] and audio_mask [b, l] (the batch "
+                "keys decoder_audio_features / decoder_audio_mask, made by the task data "
+                "from token shards written with data.token_features='log_mel')"
+            )
+        segment_ids, positions = _default_layout(tokens, segment_ids, positions)
+        audio = self.audio_encoder(
+            audio_features, audio_mask, segment_ids, positions, dropout_key=dropout_key
+        )
+        return jnp.where(audio_mask[..., None] > 0, audio.astype(x.dtype), x)
 
     def prefill(
         self,
@@ -431,13 +470,19 @@ class DecoderLM(nnx.Module):
         *,
         cache_dtype: Any = None,
         extra_embeddings: jax.Array | None = None,
+        audio_features: jax.Array | None = None,
+        audio_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, Any]]:
         """Prompts [b, l] -> (final hidden states [b, l, embed], KV cache of `cache_length`).
 
         Take logits where needed with `self.logits(h[:, i:i+1])` (only the last prompt
-        position is needed to start decoding). Padding has segment id 0.
+        position is needed to start decoding). Padding has segment id 0. The continuous
+        variant's audio inputs all lie in the prompt, so only prefill reads them.
         """
-        x = self.embed(tokens, extra_embeddings)
+        x = self.embed(
+            tokens, extra_embeddings, audio_features=audio_features, audio_mask=audio_mask,
+            segment_ids=segment_ids, positions=positions,
+        )  # fmt: skip
         return self.decoder.prefill(
             x, segment_ids, positions, prefix_mask, cache_length, cache_dtype
         )
@@ -452,10 +497,26 @@ class DecoderLM(nnx.Module):
         *,
         extra_embeddings: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, Any]]:
-        """tokens/positions [b, t] written at cache slots index.. -> (logits [b, t, vocab], cache)."""
-        x = self.embed(tokens, extra_embeddings)
+        """tokens/positions [b, t] written at cache slots index.. -> (logits [b, t, vocab], cache).
+
+        Generated positions are outputs, never audio inputs: only the token table is read."""
+        x = self.embedder(tokens)
+        if extra_embeddings is not None:
+            x = x + extra_embeddings.astype(x.dtype)
         h, cache = self.decoder.decode(x, positions, kv_mask, cache, index)
         return self.logits(h), cache
+
+
+def _default_layout(
+    tokens: jax.Array, segment_ids: jax.Array | None, positions: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """segment_ids / positions, defaulting to one segment per row at positions 0..l-1."""
+    batch, length = tokens.shape[:2]
+    if segment_ids is None:
+        segment_ids = jnp.ones((batch, length), jnp.int32)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return segment_ids, positions
 
 
 def make_lm(

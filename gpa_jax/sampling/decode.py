@@ -72,6 +72,10 @@ class Batch:
     id_hi: np.ndarray  # int32 [B]
     allow_eos: np.ndarray  # bool [B]
     seeds: np.ndarray  # uint32 [B]
+    # The continuous audio-input variant's prompt rows (left-padded like `tokens`):
+    # float32 [B, P, F] token-aligned log-mel and int32 [B, P] where they are read.
+    audio_features: np.ndarray | None = None
+    audio_mask: np.ndarray | None = None
 
 
 def make_batch(
@@ -87,9 +91,12 @@ def make_batch(
     allow_eos: list[bool] | None = None,
     prompt_length: int | None = None,
     batch_size: int | None = None,
+    audio: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Batch:
     """Left-pads `prompts` to `prompt_length` (default: the longest) and the batch to
-    `batch_size` rows (filler rows: one <eos> prompt, one greedy step, then stopped)."""
+    `batch_size` rows (filler rows: one <eos> prompt, one greedy step, then stopped).
+
+    audio: per prompt, (features [len, F], mask [len]) for a continuous-input model."""
     n = len(prompts)
     if n == 0:
         raise ValueError("make_batch needs at least one prompt")
@@ -111,6 +118,14 @@ def make_batch(
     def col(values, dtype, filler):
         return np.asarray(list(values) + [filler] * fill, dtype)
 
+    features = mask = None
+    if audio is not None:
+        dim = int(np.asarray(audio[0][0]).shape[-1])
+        features = np.zeros((B, P, dim), np.float32)
+        mask = np.zeros((B, P), np.int32)
+        for i, (f, m) in enumerate(audio):
+            features[i, P - len(m) :] = f
+            mask[i, P - len(m) :] = m
     ranges = list(id_ranges)
     return Batch(
         tokens=tokens,
@@ -124,6 +139,8 @@ def make_batch(
         id_hi=col([r[1] for r in ranges], np.int32, 1 << 30),
         allow_eos=col(allow_eos if allow_eos is not None else [True] * n, np.bool_, True),
         seeds=col(seeds, np.uint32, 0),
+        audio_features=features,
+        audio_mask=mask,
     )
 
 
@@ -227,7 +244,10 @@ def _start(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype):
     segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
     positions = jnp.maximum(slots - pad[:, None], 0)
     tokens = with_logical_constraint(tokens, ("batch", "length"), rules)
-    h, cache = model.prefill(tokens, segment_ids, positions, segment_ids, P + max_steps)
+    h, cache = model.prefill(
+        tokens, segment_ids, positions, segment_ids, P + max_steps,
+        audio_features=arrays.get("audio_features"), audio_mask=arrays.get("audio_mask"),
+    )  # fmt: skip
     logits = model.logits(h[:, -1:])[:, 0]
     seen = jnp.zeros((B, logits.shape[-1]), jnp.bool_) if mode.repetition_penalty else None
     tok = select_tokens(logits, 0, arrays, seen, mode)
@@ -354,7 +374,7 @@ class Decoder:
         arrays = {
             f.name: jnp.asarray(getattr(batch, f.name))
             for f in dataclasses.fields(batch)
-            if f.name != "seeds"
+            if f.name != "seeds" and getattr(batch, f.name) is not None
         }
         arrays["keys"] = jax.vmap(jax.random.key)(jnp.asarray(batch.seeds))
         return arrays

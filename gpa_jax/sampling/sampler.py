@@ -32,6 +32,13 @@ when it has one, e.g. `gpa_jax.acoustic.api.AcousticStage`); its output is
 `Result.codes`: codes int [n_q, T] for `gpa_jax.codec.api.decode` when the stage's
 `output` is "codes" (NAR, greedy), else a latent [T, D] for
 `gpa_jax.acoustic.api.decode_latent` (vocoder; NAR's default expected latent).
+
+Continuous audio inputs (`model.audio_input = "continuous"`, LauraGPT): a request also
+carries the token-aligned log-mel rows of its source / reference
+(`gpa_jax.audio.features.token_aligned_log_mel`, one row per codec frame, cropped like
+the codes); the prompt's audio positions read them (prefill), its codec ids there are
+placeholders. `Request.from_audio`-style helpers live with the callers that have the wav
+(`launch.sample`, the evaluation), which compute both from the same audio.
 """
 
 from __future__ import annotations
@@ -101,6 +108,10 @@ class Request:
     max_new_tokens: int | None = None
     seed: int = 0
     id: str = ""
+    # Continuous-input models only: token-aligned log-mel rows [frames, F] of the source /
+    # reference, frame for frame with their codes.
+    source_features: np.ndarray | None = None
+    reference_features: np.ndarray | None = None
 
     @classmethod
     def asr(cls, source: np.ndarray, **kwargs: Any) -> Request:
@@ -144,6 +155,28 @@ class _Prepared:
     max_new: int
     params: SamplingParams
     id_range: tuple[int, int]
+    # Continuous-input models: (features [len(prompt), F], mask [len(prompt)]).
+    audio: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _prompt_audio(pieces, reference, source, ref_rows, src_rows, ref_layers: int):
+    """(features [len(prompt), F], mask) of a prompt [PROMPT_START] ++ join(pieces): the
+    reference's positions read `ref_rows` (each frame's `ref_layers` positions its row),
+    the source's `src_rows`, everything else nothing."""
+    dim = (ref_rows if ref_rows is not None else src_rows).shape[1]
+    rows, mask = [np.zeros((1, dim), np.float32)], [np.zeros(1, np.int32)]
+    for piece in pieces:
+        if reference is not None and piece is reference:
+            part = np.repeat(ref_rows, ref_layers, axis=0)
+        elif source is not None and piece is source:
+            part = src_rows
+        else:
+            rows.append(np.zeros((len(piece), dim), np.float32))
+            mask.append(np.zeros(len(piece), np.int32))
+            continue
+        rows.append(np.asarray(part, np.float32))
+        mask.append(np.ones(len(part), np.int32))
+    return np.concatenate(rows), np.concatenate(mask)
 
 
 def _batch_multiple(mesh: jax.sharding.Mesh | None, rules: Any) -> int:
@@ -309,6 +342,17 @@ class Sampler:
                 raise RequestError(f"{task} needs a reference (codes of the target voice)")
             ref = self._codes(request.reference, "reference", self.ref_layers)
             ref = ref[:, : self.ref_max_frames]
+        continuous = self.cfg.audio_input == "continuous"
+        src_rows = ref_rows = None
+        if continuous and source is not None:
+            src_rows = self._features(request.source_features, "source", len(source))
+        if continuous and ref is not None:
+            ref_rows = self._features(request.reference_features, "reference", None)
+            ref_rows = ref_rows[: ref.shape[1]]
+            if len(ref_rows) != ref.shape[1]:
+                raise RequestError(
+                    f"reference_features has {len(ref_rows)} rows for {ref.shape[1]} code frames"
+                )
 
         def build(ref_codes):
             reference = None if ref_codes is None else layout.reference_ids(ref_codes, self.vocab)
@@ -316,15 +360,19 @@ class Sampler:
                 task, self.vocab, text=text, reference=reference, source=source
             )
             prompt = layout.join([[layout.PROMPT_START], *pieces])
-            return prompt, len(prompt) + math.ceil(expected / s.length_margin) + 1
+            audio = None
+            if continuous:
+                crop = None if ref_codes is None else ref_rows[: ref_codes.shape[1]]
+                audio = _prompt_audio(pieces, reference, source, crop, src_rows, self.ref_layers)
+            return prompt, audio, len(prompt) + math.ceil(expected / s.length_margin) + 1
 
-        prompt, need = build(ref)
+        prompt, audio, need = build(ref)
         if need > self.max_total_len and ref is not None:
             # The training length rule (gpa_jax.tasks.planning): shorten the reference by
             # just enough frames to fit, but not below ref_min_frames.
             shorter = ref.shape[1] - -(-(need - self.max_total_len) // ref.shape[0])
             if shorter >= min(self.ref_min_frames, ref.shape[1]) and shorter > 0:
-                prompt, need = build(ref[:, :shorter])
+                prompt, audio, need = build(ref[:, :shorter])
         if need > self.max_total_len:
             raise RequestError(
                 f"over-long input: prompt of {len(prompt)} tokens + ~{math.ceil(expected / s.length_margin) + 1} "
@@ -343,8 +391,26 @@ class Sampler:
         except ValueError as e:
             raise RequestError(str(e)) from None
         return _Prepared(
-            index, request, prompt, min(budget, room), params, layout.output_range(task, self.vocab)
-        )
+            index, request, prompt, min(budget, room), params,
+            layout.output_range(task, self.vocab), audio,
+        )  # fmt: skip
+
+    def _features(self, value: Any, what: str, frames: int | None) -> np.ndarray:
+        """Validated float32 log-mel rows [frames, F] of a continuous-input request."""
+        if value is None:
+            raise RequestError(
+                f"model.audio_input='continuous' needs {what}_features (token-aligned log-mel "
+                f"rows, gpa_jax.audio.features.token_aligned_log_mel of the {what} audio)"
+            )
+        rows = np.asarray(value, np.float32)
+        dim = self.cfg.audio_feature_dim
+        if rows.ndim != 2 or rows.shape[1] != dim:
+            raise RequestError(f"{what}_features must be [frames, {dim}], got {rows.shape}")
+        if frames is not None and len(rows) != frames:
+            raise RequestError(f"{what}_features has {len(rows)} rows for {frames} code frames")
+        if not np.all(np.isfinite(rows)):
+            raise RequestError(f"{what}_features has non-finite values")
+        return rows
 
     # --- generation --------------------------------------------------------------------
 
@@ -373,6 +439,7 @@ class Sampler:
             seeds=[p.request.seed for p in chunk],
             prompt_length=P,
             batch_size=self._bucket_batch(len(chunk)),
+            audio=[p.audio for p in chunk] if chunk[0].audio is not None else None,
         )
         return batch, steps
 

@@ -44,6 +44,10 @@ BATCH_KEYS = (
     "decoder_loss_weights",
 )
 PREFIX_KEY = "decoder_prefix_mask"
+# The continuous audio-input variant's batch keys (model.audio_input="continuous"):
+# token-aligned log-mel rows [b, l, F] and where they are read [b, l].
+AUDIO_FEATURES_KEY = "decoder_audio_features"
+AUDIO_MASK_KEY = "decoder_audio_mask"
 # fold_in constant that separates the dropout stream from the params init (both from seed).
 _DROPOUT_STREAM = 1
 
@@ -233,6 +237,8 @@ def model_logits(
         deterministic=dropout_key is None,
         rngs=dropout_key,
         guide=guide,
+        audio_features=batch.get(AUDIO_FEATURES_KEY),
+        audio_mask=batch.get(AUDIO_MASK_KEY),
     )
 
 

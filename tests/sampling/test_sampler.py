@@ -1,6 +1,7 @@
 """Sampler: prompts equal the SeqIO tasks' model inputs, per-request errors, batching,
 per-task defaults and limits, params-only restore from a trainer checkpoint on another mesh."""
 
+import dataclasses
 import inspect
 import shutil
 
@@ -250,3 +251,66 @@ def test_references_are_trimmed_to_fit_like_training(lm, vocab):
     too_long = "ab cd " * 70  # leaves fewer than ref_min_frames for the reference
     (result,) = sampler.generate([Request.tts(too_long, _codes(frames, 1), id="x")])
     assert not result.ok and "over-long" in result.error
+
+
+# --- the continuous audio-input variant (LauraGPT) ----------------------------------------
+
+FEAT = 6
+
+
+@pytest.fixture(scope="module")
+def continuous_lm(vocab):
+    config = _config(vocab.vocab_size)
+    config.model.audio_input = "continuous"
+    config.model.audio_encoder_layers = 1
+    config.model.audio_feature_dim = FEAT
+    return config, numpy_model(LMConfig.from_config(config.model))
+
+
+def _rows(frames, seed):
+    return np.random.default_rng(100 + seed).standard_normal((frames, FEAT)).astype(np.float32)
+
+
+def test_continuous_prompts_read_the_request_features_at_their_audio_positions(continuous_lm, vocab):
+    sampler = _sampler(continuous_lm, vocab, ref_max_frames=12)
+    src, ref = _codes(9, 0), _codes(20, 1)
+    asr = sampler.prepare(Request.asr(src, source_features=_rows(9, 0)))
+    features, mask = asr.audio
+    assert len(features) == len(mask) == len(asr.prompt)
+    audio_at = np.flatnonzero(mask)
+    np.testing.assert_array_equal(audio_at, np.arange(3, 12))  # <start> <|asr|> <|src_audio|>
+    np.testing.assert_array_equal(vocab.ids_to_audio(asr.prompt[audio_at], 0), src[0])
+    np.testing.assert_array_equal(features[audio_at], _rows(9, 0))
+    assert not features[mask == 0].any()
+    # A VC reference is cropped to ref_max_frames with its features.
+    vc = sampler.prepare(Request.vc(src, ref, source_features=_rows(9, 0),
+                                    reference_features=_rows(20, 1)))  # fmt: skip
+    features, mask = vc.audio
+    np.testing.assert_array_equal(features[mask > 0], np.concatenate([_rows(20, 1)[:12], _rows(9, 0)]))
+
+
+def test_continuous_requests_decode_alone_as_in_a_batch_and_bad_features_are_named(
+    continuous_lm, vocab
+):
+    sampler = _sampler(continuous_lm, vocab, max_batch=4)
+    requests = [
+        Request.asr(_codes(30, 0), source_features=_rows(30, 0), id="a"),
+        Request.tts("hello there", _codes(20, 1), reference_features=_rows(20, 1), id="t"),
+        Request.vc(_codes(25, 2), _codes(15, 3), source_features=_rows(25, 2),
+                   reference_features=_rows(15, 3), id="v"),
+        Request.asr(_codes(12, 4), id="nofeat"),
+        Request.asr(_codes(12, 5), source_features=_rows(11, 5), id="short"),
+    ]  # fmt: skip
+    together = {r.id: r for r in sampler.generate(requests)}
+    assert "needs source_features" in together["nofeat"].error
+    assert "11 rows for 12 code frames" in together["short"].error
+    for request in requests[:3]:
+        alone = sampler.generate([request])[0]
+        assert alone.ok and together[request.id].ok
+        np.testing.assert_array_equal(alone.tokens, together[request.id].tokens)
+    # The features are read: other source features give another ASR prefill.
+    other = dataclasses.replace(requests[0], source_features=_rows(30, 9), params=SamplingParams())
+    base = dataclasses.replace(requests[0], params=SamplingParams())
+    a, b = (sampler.decoder.device_arrays(sampler.decode_batch([sampler.prepare(r)])[0])
+            for r in (base, other))  # fmt: skip
+    assert not np.array_equal(a["audio_features"], b["audio_features"])

@@ -302,3 +302,64 @@ def test_clu_event_files_read_back(tmp_path):
     writer.write_texts(3, {"sample": "hello"})
     writer.close()
     assert read_scalars(tmp_path) == {"train/loss": [(3, 1.5)], "train/tts/accuracy": [(3, 0.25)]}
+
+
+# --- the continuous audio-input variant ------------------------------------------------------
+
+
+class _WithAudioRows:
+    """Synthetic batches plus log-mel-like rows at the prefix positions (a stand-in for the
+    task data's gather, which tests/tasks covers): row = a fixed random projection of the
+    token there, so the rows carry what the tokens carry."""
+
+    def __init__(self, inner, dim):
+        self.inner, self.table = inner, np.random.default_rng(0).standard_normal((256, dim))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = dict(next(self.inner))
+        mask = (batch["decoder_prefix_mask"] > 0) & (batch["decoder_segment_ids"] > 0)
+        batch["decoder_audio_mask"] = mask.astype(np.int32)
+        rows = self.table[batch["decoder_input_tokens"] % 256] * mask[..., None]
+        batch["decoder_audio_features"] = rows.astype(np.float32)
+        return batch
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+
+def test_continuous_variant_trains_its_encoder_and_serves_from_the_checkpoint(tmp_path):
+    from gpa_jax.sampling import Request, Sampler
+    from gpa_jax.tasks.vocab import SpeechVocabulary
+
+    config = tiny_config(
+        "model.audio_input=continuous", "model.audio_encoder_layers=1",
+        "model.audio_feature_dim=8", "train.num_steps=3", "model.vocab_size=512",
+    )  # fmt: skip
+    train, evals = make_iterators(config)
+    writer = MemoryWriter()
+    trainer.train(config, tmp_path, train_iter=_WithAudioRows(train, 8),
+                  eval_iter=_WithAudioRows(evals, 8), writer=writer, progress=False)  # fmt: skip
+    losses = writer.series("train/loss")
+    assert sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))
+    assert np.isfinite(writer.series("eval/loss")[3])
+    params = _params(tmp_path, config)
+    encoder = [k for k in params if "audio_encoder" in k]
+    assert encoder, sorted(params)[:5]
+    # A batch without the rows is refused by name.
+    with pytest.raises(ValueError, match="decoder_audio_features"):
+        trainer.train(config, tmp_path / "plain", writer=MemoryWriter(), progress=False)
+    # The sampler serves it from the checkpoint (params only).
+    import seqio
+
+    vocab = SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=1, codebook_size=64)
+    sampler = Sampler.from_checkpoint(ckpt.checkpoint_dir(tmp_path), vocab, config=config)
+    codes = np.arange(10)[None] % 64
+    rows = np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)
+    result = sampler.generate([Request.asr(codes, source_features=rows, max_new_tokens=4)])[0]
+    assert result.ok and 1 <= len(result.tokens) <= 4

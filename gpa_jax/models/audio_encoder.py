@@ -1,0 +1,100 @@
+"""LauraGPT's continuous audio input: token-aligned log-mel rows -> LM input embeddings.
+
+With `model.audio_input = "continuous"` the LM does not read codec-token embeddings at
+the audio *input* positions of an example (ASR / VC source, TTS / VC reference); it reads
+this encoder's output there instead. Its outputs stay discrete codec tokens.
+
+Input rows are `gpa_jax.audio.features.token_aligned_log_mel` (the two 10 ms log-mel
+frames of each 20 ms codec frame, concatenated: a stride-2 subsampling of Whisper's
+100 Hz front end to the codec's 50 Hz, one row per token position), carried in the packed
+batch as `decoder_audio_features` [b, l, F] with `decoder_audio_mask` [b, l] (1 where a
+row is read), both aligned with `decoder_input_tokens`.
+
+    rows --(kernel-3 convolution over neighbouring audio rows)--> embed
+         --> RMSNorm --> `audio_encoder_layers` transformer blocks of the LM's own shape,
+             bidirectional over the audio rows of the same packed example
+         --> RMSNorm --> linear into the LM's embedding
+
+The convolution reads a row's neighbours only when they are audio rows of the same
+example, and attention only sees audio rows of the same example (segment), so packing
+never leaks between examples and text/delimiter positions never enter the encoder. The
+blocks are the LM's `DecoderStack` with its logical axis names, so the LM's sharding
+rules shard the encoder too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gpa_jax.models.config import LMConfig
+from gpa_jax.models.layers import DenseGeneral, RMSNorm
+
+CONV_WIDTH = 3  # rows: the frame itself and one on each side (60 ms of mel frames)
+
+
+def _neighbours(x: jax.Array, keep: jax.Array) -> jax.Array:
+    """[b, l, f] -> [b, l, CONV_WIDTH, f]: rows t-1, t, t+1, zeroed where `keep` [b, l, 3]
+    is False (not an audio row of the same example, or past the row's ends)."""
+    prev = jnp.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    nxt = jnp.pad(x[:, 1:], ((0, 0), (0, 1), (0, 0)))
+    stacked = jnp.stack([prev, x, nxt], axis=2)
+    return stacked * keep[..., None].astype(x.dtype)
+
+
+def _neighbour_mask(mask: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """bool [b, l, 3]: whether rows t-1, t, t+1 are audio rows of row t's example."""
+    seg = jnp.where(mask, segment_ids, -1)
+    prev = jnp.pad(seg[:, :-1], ((0, 0), (1, 0)), constant_values=-2)
+    nxt = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)), constant_values=-2)
+    return jnp.stack([prev == seg, mask, nxt == seg], axis=-1) & mask[..., None]
+
+
+class AudioEncoder(nnx.Module):
+    """Token-aligned log-mel rows [b, l, F] -> embeddings [b, l, embed] (module docstring)."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None):
+        from gpa_jax.models.transformer import DecoderStack
+
+        self.cfg = cfg
+        dims = dict(rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.conv = DenseGeneral(
+            (CONV_WIDTH, cfg.audio_feature_dim), (cfg.embed_dim,), (None, None, "embed"), **dims
+        )
+        self.in_norm = RMSNorm(
+            cfg.embed_dim, eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+        )
+        # The LM's block shape, bidirectional, without the LM-only extras.
+        block_cfg = dataclasses.replace(
+            cfg,
+            num_layers=cfg.audio_encoder_layers,
+            prefix_bidirectional=True,
+            guide_weight=0.0,
+            audio_input="tokens",
+        )
+        self.blocks = DecoderStack(block_cfg, rngs=rngs, rules=rules)  # ends in RMSNorm
+        self.out = DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), **dims)
+
+    def __call__(
+        self,
+        features: jax.Array,
+        mask: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        *,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """features [b, l, F], mask [b, l] (nonzero = audio row), segment_ids / positions
+        [b, l] of the packed batch -> [b, l, embed]; rows where mask is 0 are meaningless."""
+        mask = mask.astype(bool)
+        keep = _neighbour_mask(mask, segment_ids)
+        x = self.in_norm(self.conv(_neighbours(features.astype(jnp.float32), keep)))
+        # Segment 0 is padding to the attention mask: non-audio rows see nothing, and
+        # every audio row of an example sees all of them (all lie in the "prefix").
+        audio_segments = jnp.where(mask, segment_ids, 0)
+        h = self.blocks(x, audio_segments, positions, mask, dropout_key=dropout_key)
+        return self.out(h)
