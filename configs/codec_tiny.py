@@ -53,7 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             win_lengths=(512, 256, 128),
         ),
         optimizer=dict(learning_rate=1e-3, warmup_steps=100, num_train_steps=5500),
-        data=dict(crop_seconds=1.0, batch_size=8),
+        # Token shards carry the token-aligned log-mel too (the LM's continuous audio
+        # input): cheap on the small embedded corpus.
+        data=dict(crop_seconds=1.0, batch_size=8, token_features="log_mel"),
         # Every checkpoint is kept: the quality curves (`codec/curves.py`) score each.
         train=dict(log_every=50, summary_every=500, checkpoint_every=1000, keep_checkpoints=0),
     )

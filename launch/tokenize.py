@@ -6,8 +6,11 @@
 Restores the codec (params + codebook buffers) from the latest checkpoint in
 --checkpoint_dir (default <workdir>/codec/checkpoints), encodes every split and writes
 <workdir>/tokens/<corpus>/ (`gpa_jax.tasks.token_shards` layout, manifest with counts,
-n_q, codebook size, frame rate, sha256 and each split's skipped bad audio). Rerunning
-skips splits already complete, so an interrupted job resumes at the split it was on.
+n_q, codebook size, frame rate, sha256 and each split's skipped bad audio). With
+config.data.token_features="log_mel" (codec_tiny's default; --token_features overrides
+it) every utterance also carries its token-aligned log-mel, the LM's continuous audio
+input. Rerunning skips splits already complete (with the asked-for features), so an
+interrupted job resumes at the split it was on.
 The job itself is `gpa_jax.codec.data.tokenize_workdir`; this module only parses flags.
 """
 
@@ -33,6 +36,11 @@ _MAX_SECONDS = flags.DEFINE_float(
     "max_seconds", None, "Longer clips are skipped and counted (default config.data.max_seconds)."
 )
 _RECORDS_PER_SHARD = flags.DEFINE_integer("records_per_shard", 4096, "Utterances per shard.")
+_TOKEN_FEATURES = flags.DEFINE_enum(
+    "token_features", None, ["", "log_mel"],
+    "Per-frame features stored with the codes ('' none, 'log_mel' the LM's continuous "
+    "audio input; default config.data.token_features).",
+)  # fmt: skip
 _MAX_BAD_FRACTION = flags.DEFINE_float(
     "max_bad_fraction", None,
     "Bad records (undecodable, bad or near-silent audio, lost to a cut shard) are skipped, "
@@ -65,6 +73,7 @@ def main(argv):
         bucket_frames=_BUCKET_FRAMES.value,
         records_per_shard=_RECORDS_PER_SHARD.value,
         max_bad_fraction=_MAX_BAD_FRACTION.value,
+        token_features=_TOKEN_FEATURES.value,
     )
     for split, entry in results.items():
         print(

@@ -5,7 +5,15 @@ Note: the re-exported function `stft` shadows the submodule attribute, so
 `from gpa_jax.audio.stft import ...` (or `from gpa_jax.audio import stft`) instead.
 """
 
-from gpa_jax.audio.features import MelConfig, log_mel, log_mel_jnp, mel_filterbank, num_frames
+from gpa_jax.audio.features import (
+    TOKEN_FEATURE_DIM,
+    MelConfig,
+    log_mel,
+    log_mel_jnp,
+    mel_filterbank,
+    num_frames,
+    token_aligned_log_mel,
+)
 from gpa_jax.audio.io import (
     AudioError,
     check_waveform,
@@ -29,6 +37,7 @@ __all__ = [
     "AudioError",
     "MelConfig",
     "STFTResolution",
+    "TOKEN_FEATURE_DIM",
     "check_waveform",
     "float_to_int16",
     "int16_to_float",
@@ -43,4 +52,5 @@ __all__ = [
     "save_wav",
     "stft",
     "to_mono",
+    "token_aligned_log_mel",
 ]

@@ -3,6 +3,10 @@
 `log_mel` is the librosa reference (numpy, for data pipelines and for checking);
 `log_mel_jnp` is the jit-able twin that runs inside models. Both share the STFT framing
 conventions of `stft.py` and the cached filterbank, and agree to float32 precision.
+
+`token_aligned_log_mel` regroups `log_mel` frames per codec frame (two 10 ms mel frames
+per 20 ms token, stacked into one row): the LM's continuous audio input, one row per
+audio token position, written into the token shards by the tokenization job.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 
 from gpa_jax.audio.filters import mel_basis
 from gpa_jax.audio.stft import stft
+
+# Codec hop of the 50 Hz codecs at 16 kHz (samples per token frame).
+CODEC_HOP = 320
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,3 +107,35 @@ def log_mel_jnp(wav: jax.Array | np.ndarray, cfg: MelConfig = MelConfig()) -> ja
     power = jnp.square(spec.real) + jnp.square(spec.imag)
     mel = power @ jnp.asarray(mel_filterbank(cfg), dtype=power.dtype)
     return jnp.log(jnp.maximum(mel, cfg.log_floor))
+
+
+# Rows of `token_aligned_log_mel` with the defaults: 2 mel frames x 80 bins per token.
+TOKEN_FEATURE_DIM = (CODEC_HOP // MelConfig().hop_length) * MelConfig().n_mels
+
+
+def token_aligned_log_mel(
+    wav: np.ndarray, frames: int, cfg: MelConfig = MelConfig(), codec_hop: int = CODEC_HOP
+) -> np.ndarray:
+    """Log-mel regrouped per codec frame: float32 [frames, (codec_hop // hop) * n_mels].
+
+    Codec frame t covers samples [codec_hop * t, codec_hop * (t + 1)); with the default
+    10 ms mel hop that is mel frames 2t and 2t + 1 (centred on samples 320t and
+    320t + 160), concatenated in that order into row t. Why regroup instead of
+    interpolating: every row then holds exactly the analysis of its token's span, and
+    the LM reads one row per audio position, like a token embedding. The clip's mel
+    frame count (1 + samples // hop) rarely equals 2 * frames (the codec pads the last
+    frame): missing trailing frames repeat the last one, extra ones are dropped.
+    """
+    if codec_hop <= 0 or codec_hop % cfg.hop_length:
+        raise ValueError(
+            f"codec_hop={codec_hop} is not a positive multiple of the mel hop "
+            f"{cfg.hop_length}: token frames would not hold whole mel frames"
+        )
+    if frames < 1:
+        raise ValueError(f"token_aligned_log_mel needs frames >= 1, got {frames}")
+    per_token = codec_hop // cfg.hop_length
+    mel = log_mel(np.asarray(wav).reshape(-1), cfg)  # [mel frames, n_mels]
+    need = per_token * frames
+    if len(mel) < need:
+        mel = np.concatenate([mel, np.repeat(mel[-1:], need - len(mel), axis=0)])
+    return np.ascontiguousarray(mel[:need].reshape(frames, per_token * cfg.n_mels))

@@ -170,6 +170,9 @@ def _data_defaults() -> dict[str, Any]:
     # Release config: segment_size 48000 samples (3 s at 16 kHz), batch_size 6 per GPU.
     # The corpus is any `data.corpora` speech corpus ("name/config"); clips longer than
     # max_seconds are skipped and counted. num_workers 0 reads in the training process.
+    # token_features: what the tokenization job stores per code frame besides the codes
+    # ("" none; "log_mel" the token-aligned log-mel the LM reads with
+    # model.audio_input="continuous", 320 bytes per frame: off at paper scale).
     return dict(
         crop_seconds=3.0,
         batch_size=6,
@@ -178,6 +181,7 @@ def _data_defaults() -> dict[str, Any]:
         validation_split="validation",
         max_seconds=60.0,
         num_workers=0,
+        token_features="",
     )
 
 

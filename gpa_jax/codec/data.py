@@ -520,6 +520,39 @@ def train_clips(
 
 # --- the tokenization job ----------------------------------------------------------------
 
+# config.data.token_features: what the token shards carry per codec frame besides codes.
+#   ""         nothing (codes only)
+#   "log_mel"  `gpa_jax.audio.features.token_aligned_log_mel` of the clip the codec
+#              encodes: the LM's continuous audio input (model.audio_input="continuous")
+TOKEN_FEATURES = ("", "log_mel")
+
+
+def token_feature_spec(kind: str, codec: Any) -> dict[str, Any] | None:
+    """The shards' description ({"kind", "dim"}) of `kind` for this codec; None for ""."""
+    if kind not in TOKEN_FEATURES:
+        raise ValueError(f"data.token_features={kind!r}; supported: {TOKEN_FEATURES}")
+    if not kind:
+        return None
+    from gpa_jax.audio.features import MelConfig
+
+    mel = MelConfig()
+    if codec.sample_rate != mel.sample_rate or codec.hop_length % mel.hop_length:
+        raise ValueError(
+            f"data.token_features='log_mel' needs a {mel.sample_rate} Hz codec whose hop is "
+            f"a multiple of {mel.hop_length} samples; this codec has {codec.sample_rate} Hz, "
+            f"hop {codec.hop_length}"
+        )
+    return {"kind": kind, "dim": (codec.hop_length // mel.hop_length) * mel.n_mels}
+
+
+def token_features_of(kind: str, wav: np.ndarray, frames: int, codec: Any) -> np.ndarray:
+    """float32 [frames, dim] features of `kind` for a clip the codec encoded into `frames`."""
+    from gpa_jax.audio.features import token_aligned_log_mel
+
+    if kind != "log_mel":
+        raise ValueError(f"no token features of kind {kind!r}; supported: {TOKEN_FEATURES[1:]}")
+    return token_aligned_log_mel(wav, frames, codec_hop=codec.hop_length)
+
 
 def corpus_splits(corpus: str, data_dir: str | None) -> dict[str, int]:
     """{split: number of examples} of a prepared TFDS speech corpus."""
@@ -532,10 +565,18 @@ def corpus_splits(corpus: str, data_dir: str | None) -> dict[str, int]:
     return {name: int(info.num_examples) for name, info in builder.info.splits.items()}
 
 
-def split_is_complete(out_dir: str, split: str) -> bool:
-    """True when the manifest lists `split` as finished and its shards match their sha256."""
+def split_is_complete(out_dir: str, split: str, token_features: str = "") -> bool:
+    """True when the manifest lists `split` as finished and its shards match their sha256.
+
+    With `token_features` (config.data.token_features) the split must also carry features
+    of that kind: a split tokenized without them is unfinished (it is retokenized, said in
+    a log line). A split with features where none are asked for is complete (the tasks
+    read features only when asked).
+    """
     import hashlib
     import os
+
+    from absl import logging
 
     from gpa_jax.tasks import token_shards
 
@@ -546,6 +587,18 @@ def split_is_complete(out_dir: str, split: str) -> bool:
     entry = manifest["splits"].get(split)
     if entry is None or "bad_audio" not in entry:  # bad_audio is written last.
         return False
+    if token_features:
+        have = token_shards.split_features(manifest, split)
+        if (have or {}).get("kind") != token_features:
+            logging.info(
+                "tokenize: split %s in %s has features %s, not data.token_features=%r: "
+                "retokenizing it",
+                split,
+                out_dir,
+                have,
+                token_features,
+            )
+            return False
     for shard in entry["shards"]:
         path = os.path.join(out_dir, shard["file"])
         if not os.path.isfile(path):
@@ -577,8 +630,13 @@ def tokenize_split(
     total: int | None = None,
     progress: bool = True,
     max_bad_fraction: float | None = None,
+    token_features: str = "",
 ) -> dict[str, Any]:
     """Encodes one split into ArrayRecord token shards; bad records are skipped and counted.
+
+    `token_features` (see `TOKEN_FEATURES`): per-frame features stored with each
+    utterance's codes, computed from the very clip the codec encodes (decoded, at the
+    codec rate, before batch padding) with one row per code frame.
 
     Returns the split's manifest entry, with `bad_audio` {count, by_kind, ids, records,
     max_bad_fraction} added (its presence marks the split complete for
@@ -596,6 +654,7 @@ def tokenize_split(
     if max_bad_fraction is None:
         max_bad_fraction = corpora.MAX_BAD_FRACTION
     frame_rate = codec.sample_rate / codec.hop_length
+    feature_spec = token_feature_spec(token_features, codec)
     bar = tqdm(total=total, desc=f"tokenize {split}", unit="utt", disable=not progress)
     pending: list[dict[str, Any]] = []
 
@@ -616,7 +675,10 @@ def tokenize_split(
             wavs += [np.zeros(1, np.float32)] * (batch_size - len(wavs))
             codes = api.encode_batch(codec, wavs, codec.sample_rate, bucket_frames=bucket_frames)
             for example, c in zip(group, codes, strict=False):
-                writer.write(example["id"], example["speaker"], example["text"], c)
+                feats = None
+                if feature_spec is not None:
+                    feats = token_features_of(token_features, example["audio"], c.shape[1], codec)
+                writer.write(example["id"], example["speaker"], example["text"], c, feats)
             bar.update(len(group))
         pending.clear()
         bar.update(stats.read + sum(stats.skipped.values()) - bar.n)  # skipped ones count too
@@ -629,6 +691,7 @@ def tokenize_split(
         frame_rate=frame_rate,
         records_per_shard=records_per_shard,
         metadata=metadata,
+        features=feature_spec,
     ) as writer:
         for example in corpora.speech_examples(
             corpus,
@@ -667,9 +730,13 @@ def tokenize_corpus(
     data_dir: str | None,
     splits: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    token_features: str = "",
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Tokenizes every (or the named) split of `corpus`; finished splits are skipped.
+
+    `token_features` ("" or "log_mel", config.data.token_features): per-frame features
+    stored with the codes; a finished split without them is redone (`split_is_complete`).
 
     Returns {split: {"status": "written" | "skipped", **manifest entry}}. Tokens of one
     directory must come from one codec: a manifest naming another codec checkpoint or
@@ -710,7 +777,7 @@ def tokenize_corpus(
     with preemption.watch("tokenization", immediate=True, note=kept):
         for split in wanted:
             current.append(split)
-            if split_is_complete(out_dir, split):
+            if split_is_complete(out_dir, split, token_features):
                 entry = token_shards.read_manifest(out_dir)["splits"][split]
                 results[split] = {"status": "skipped", **entry}
                 continue
@@ -722,6 +789,7 @@ def tokenize_corpus(
                 data_dir=data_dir,
                 metadata=metadata,
                 total=available[split],
+                token_features=token_features,
                 **kwargs,
             )
             results[split] = {"status": "written", **entry}
@@ -744,11 +812,13 @@ def tokenize_workdir(
     splits: Sequence[str] | None = None,
     data_dir: str | None = None,
     max_seconds: float | None = None,
+    token_features: str | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """The tokenization job (`launch.tokenize`): restores the latest codec checkpoint of
     `workdir` (or `checkpoint_dir`) and tokenizes `corpus` (default config.data.corpus) from
-    `data_dir` (default <workdir>/tfds) into `tokens_dir(workdir, corpus)`."""
+    `data_dir` (default <workdir>/tfds) into `tokens_dir(workdir, corpus)`, with the
+    per-frame features of `token_features` (default config.data.token_features)."""
     import os
 
     from absl import logging
@@ -758,6 +828,10 @@ def tokenize_workdir(
 
     checkpoint_dir = os.path.abspath(checkpoint_dir or train.checkpoint_dir(workdir))
     corpus = corpus or config.data.corpus
+    if token_features is None:
+        token_features = str(config.data.get("token_features", ""))
+    if token_features not in TOKEN_FEATURES:  # fails before the codec is restored
+        raise ValueError(f"data.token_features={token_features!r}; supported: {TOKEN_FEATURES}")
     codec, step = train.restore_codec(config, checkpoint_dir)
     logging.info("tokenize: codec step %d from %s", step, checkpoint_dir)
     return tokenize_corpus(
@@ -768,5 +842,6 @@ def tokenize_workdir(
         splits=splits,
         metadata={"codec_checkpoint": checkpoint_dir, "codec_step": step, "corpus": corpus},
         max_seconds=config.data.max_seconds if max_seconds is None else max_seconds,
+        token_features=token_features,
         **kwargs,
     )

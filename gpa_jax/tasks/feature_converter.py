@@ -17,6 +17,16 @@ length L (seqio/T5X decoder names, int32):
                               vc=3), 0 = padding; derived from the example's first token
                               (its task tag), so no extra feature has to survive seqio
 
+With `audio_frames=True` (the continuous audio input; examples carry the tasks'
+"input_frames", the bank frame each inputs position holds, -1 for none) it also emits
+
+    decoder_audio_frames      1 + the bank's global frame index of the audio frame that
+                              decoder_input_tokens holds at this position, 0 = none
+                              (tags, delimiters, text, outputs, padding). Aligned with
+                              decoder_input_tokens: shifted right within each example
+                              exactly like the tokens (input position i reads target
+                              token i - 1, so it gets that token's frame).
+
 Segment ids and positions are emitted with and without packing (the LM trainer always
 takes them). The trainer's name for decoder_causal_attention is decoder_prefix_mask;
 `gpa_jax.tasks.pipeline.to_trainer_batch` renames it, in that one place.
@@ -29,7 +39,8 @@ longer than L fails loudly (tf assertion) instead of being silently truncated.
 Why not seqio.PrefixLMFeatureConverter itself: it sizes rows as inputs + targets lengths,
 has no segment ids/positions when unpacked, and has no per-token task id. Its packer
 (seqio.utils.trim_and_pack_dataset) is reused; it takes each feature's length as its count
-of non-zero values, so the 0/1 masks travel through it as 1/2 and are decoded after.
+of non-zero values, so the 0/1 masks travel through it as 1/2 and are decoded after, and
+the frame indices as index + 2 (1 = no frame), decoded to index + 1 (0 = none).
 """
 
 from __future__ import annotations
@@ -52,6 +63,9 @@ MODEL_FEATURE_NAMES = (
     "decoder_positions",
     "decoder_task_ids",
 )
+# The tasks' per-inputs-position frame index (-1 = none) and the model feature made of it.
+INPUT_FRAMES = "input_frames"
+AUDIO_FRAMES = "decoder_audio_frames"
 _PACKED = ("targets", "role", "prefix", "task")
 
 
@@ -67,17 +81,32 @@ class SpeechPrefixLMFeatureConverter(seqio.FeatureConverter):
     MODEL_FEATURES = {name: _Spec(dtype=tf.int32) for name in MODEL_FEATURE_NAMES}
     PACKING_FEATURE_DTYPES: Mapping[str, tf.dtypes.DType] = {}
 
-    def __init__(self, task_tag_ids: Sequence[int], pack: bool = True, **kwargs):
+    def __init__(
+        self,
+        task_tag_ids: Sequence[int],
+        pack: bool = True,
+        audio_frames: bool = False,
+        **kwargs,
+    ):
         super().__init__(pack=pack, **kwargs)
         self._tag_ids = tf.constant(list(task_tag_ids), dtype=tf.int32)
+        self.audio_frames = bool(audio_frames)
+        self._names = MODEL_FEATURE_NAMES + ((AUDIO_FRAMES,) if self.audio_frames else ())
+        self._packed = _PACKED + (("frames",) if self.audio_frames else ())
+        if self.audio_frames:
+            # seqio checks the output against MODEL_FEATURES (read through self).
+            self.MODEL_FEATURES = {name: _Spec(dtype=tf.int32) for name in self._names}
 
     @classmethod
-    def for_vocab(cls, vocab: SpeechVocabulary, pack: bool = True, **kwargs):
-        return cls([vocab.task_tag_id(t) for t in TASK_TAGS], pack=pack, **kwargs)
+    def for_vocab(
+        cls, vocab: SpeechVocabulary, pack: bool = True, audio_frames: bool = False, **kwargs
+    ):
+        tags = [vocab.task_tag_id(t) for t in TASK_TAGS]
+        return cls(tags, pack=pack, audio_frames=audio_frames, **kwargs)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
         length = int(task_feature_lengths["targets"])
-        return {name: length for name in MODEL_FEATURE_NAMES}
+        return {name: length for name in self._names}
 
     def _concat(self, ex: Mapping[str, tf.Tensor], length: int) -> dict[str, tf.Tensor]:
         inputs, targets = ex["inputs"], ex["targets"]
@@ -104,7 +133,7 @@ class SpeechPrefixLMFeatureConverter(seqio.FeatureConverter):
         ):
             task_id = tf.argmax(match, output_type=tf.int32) + 1
         ones_in, ones_out = tf.ones([n_in], tf.int32), tf.ones([n_out], tf.int32)
-        return {
+        out = {
             "targets": tf.concat([inputs, targets], 0),
             # Nonzero codes for the packer: role 1 = prefix, 2 = output.
             "role": tf.concat([ones_in, 2 * ones_out], 0),
@@ -112,13 +141,25 @@ class SpeechPrefixLMFeatureConverter(seqio.FeatureConverter):
             "prefix": tf.concat([2 * ones_in, [2], ones_out[1:]], 0),
             "task": tf.fill([total], task_id),
         }
+        if self.audio_frames:
+            frames = tf.cast(ex[INPUT_FRAMES], tf.int32)
+            with tf.control_dependencies(
+                [
+                    tf.debugging.assert_equal(
+                        tf.size(frames), n_in, message=f"{INPUT_FRAMES} is not as long as inputs"
+                    )
+                ]
+            ):
+                # Nonzero for the packer: frame index + 2 (any negative = no frame -> 1).
+                out["frames"] = tf.concat([tf.maximum(frames, -1) + 2, ones_out], 0)
+        return out
 
     def _convert_features(
         self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
     ) -> tf.data.Dataset:
         length = int(task_feature_lengths["targets"])
         ds = ds.map(lambda ex: self._concat(ex, length), num_parallel_calls=tf.data.AUTOTUNE)
-        lengths = {k: length for k in _PACKED}
+        lengths = {k: length for k in self._packed}
         if self.pack:
             ds = seqio.utils.trim_and_pack_dataset(ds, lengths, self._use_custom_packing_ops)
         else:
@@ -137,8 +178,9 @@ class SpeechPrefixLMFeatureConverter(seqio.FeatureConverter):
             tokens, sequence_id=segment_ids if self.pack else None, bos_id=self.bos_id
         )
         # Padding reads 0 (unpacked, the shift would carry the last <eos> into it).
-        inputs *= tf.cast(segment_ids > 0, tf.int32)
-        return {
+        real = tf.cast(segment_ids > 0, tf.int32)
+        inputs *= real
+        out = {
             "decoder_target_tokens": tokens,
             "decoder_input_tokens": inputs,
             "decoder_loss_weights": tf.cast(tf.equal(ex["role"], 2), tf.int32),
@@ -147,3 +189,10 @@ class SpeechPrefixLMFeatureConverter(seqio.FeatureConverter):
             "decoder_positions": positions,
             "decoder_task_ids": ex["task"],
         }
+        if self.audio_frames:
+            # Shifted like the tokens (0 at each example's start), then index + 2 -> + 1.
+            shifted = seqio.utils.make_autoregressive_inputs(
+                ex["frames"], sequence_id=segment_ids if self.pack else None, bos_id=0
+            )
+            out[AUDIO_FRAMES] = tf.maximum(shifted - 1, 0) * real
+        return out

@@ -12,6 +12,11 @@ What the model reads at generation time: the feature converter feeds the targets
 right with `PROMPT_START` (seqio's BOS id, 0) in front, so a prompt is
 [PROMPT_START] ++ inputs and the model's first output is predicted at its last position;
 the whole prompt is the (optionally bidirectional) prefix.
+
+Continuous audio input (model.audio_input="continuous"): `input_frame_segments` gives,
+for every "inputs" position, which audio frame it holds (a row of the bank's per-frame
+features) or `NO_FRAME`, in the same segment order as `input_segments`, so a model can
+read features instead of (or beside) the token embedding at audio input positions.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from gpa_jax.tasks.vocab import EOS_ID, PAD_ID, TEXT_OFFSET, SpeechVocabulary
 PROMPT_START = PAD_ID
 # What each task generates: "text" (text ids) or "audio" (RVQ-1 = audio stream 0 ids).
 OUTPUT_KIND = {"tts": "audio", "asr": "text", "vc": "audio"}
+# `input_frame_segments` at positions that hold no audio frame (tags, delimiters, text).
+NO_FRAME = -1
 
 
 def input_segments(
@@ -51,6 +58,42 @@ def input_segments(
     if task == "vc":
         return [[tag, d("ref_audio")], reference, [d("src_audio")], source, [d("tgt_audio")]]
     raise ValueError(f"unknown task {task!r}; tasks: {tuple(OUTPUT_KIND)}")
+
+
+def input_frame_segments(
+    task: str,
+    vocab: SpeechVocabulary,
+    *,
+    text: Any = None,
+    reference: Any = None,
+    source: Any = None,
+    ref_layers: int = 1,
+    xp: Any = np,
+) -> list[Any]:
+    """The audio frame each "inputs" position holds, as pieces aligned with `input_segments`.
+
+    `reference` / `source`: frame indices [frames] of the reference crop and the source
+    (in the tasks, global rows of the bank's features: audio_start[u] + f); `text`: the
+    text ids (only their count is used). A reference of `ref_layers` layers is
+    frame-major (`reference_ids`), so each of its frames fills ref_layers positions with
+    its index. Tags, delimiters and text positions hold `NO_FRAME`. Join with `join`.
+    Built by calling `input_segments` itself, so the two cannot disagree on the order.
+    """
+
+    def column(x: Any) -> Any:
+        if xp is np:
+            return np.asarray(x, np.int32).reshape(-1)
+        return xp.reshape(xp.cast(x, xp.int32), [-1])
+
+    pieces = input_segments(
+        task,
+        vocab,
+        text=None if text is None else NO_FRAME * xp.ones_like(column(text)),
+        reference=None if reference is None else xp.repeat(column(reference), int(ref_layers)),
+        source=None if source is None else column(source),
+    )
+    # The control pieces (tag, delimiters) are the python lists.
+    return [[NO_FRAME] * len(p) if isinstance(p, list) else p for p in pieces]
 
 
 def target_segments(output: Any) -> list[Any]:

@@ -13,6 +13,9 @@ decoder_segment_ids, decoder_positions, decoder_loss_weights, decoder_prefix_mas
 decoder_causal_attention, renamed here and only here, `PREFIX_RENAME`) and
 decoder_task_ids (0 = padding, else `TASK_IDS`: tts=1, asr=2, vc=3, i.e. id i + 1 is
 gpa_jax.tasks.config.TASK_NAMES[i], the table the trainer names its metrics by).
+Tasks registered with audio_features=True add decoder_audio_frames (1 + the bank frame
+index that decoder_input_tokens holds, 0 = none; `feature_converter`), which the trainer's
+iterator turns into the features themselves (gpa_jax.training.data_iter).
 
 Per-task metrics in the trainer: with per-token nll [b, l] and weights w =
 decoder_loss_weights, for each (name, k) in TASK_IDS.items():
@@ -67,6 +70,7 @@ import seqio
 import tensorflow as tf
 
 from gpa_jax.tasks.feature_converter import (
+    INPUT_FRAMES,
     TASK_IDS,
     SpeechPrefixLMFeatureConverter,
     feature_lengths,
@@ -132,7 +136,8 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """The batched tf.data pipeline (trainer layout); num_epochs=None repeats forever.
 
-    `vocab` defaults to the task's own (its "targets" feature vocabulary).
+    `vocab` defaults to the task's own (its "targets" feature vocabulary). Tasks with
+    "input_frames" (registered with audio_features=True) also give decoder_audio_frames.
     """
     provider = (
         seqio.get_mixture_or_task(mixture_or_task)
@@ -140,7 +145,10 @@ def make_dataset(
         else mixture_or_task
     )
     vocab = vocab or provider.output_features["targets"].vocabulary
-    converter = SpeechPrefixLMFeatureConverter.for_vocab(vocab, pack=pack)
+    audio_frames = INPUT_FRAMES in provider.output_features
+    converter = SpeechPrefixLMFeatureConverter.for_vocab(
+        vocab, pack=pack, audio_frames=audio_frames
+    )
     ds = seqio.get_dataset(
         provider,
         task_feature_lengths=feature_lengths(sequence_length),

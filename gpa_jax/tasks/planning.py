@@ -1,7 +1,8 @@
 """Which utterances make each TTS/ASR/VC example: pairing, crops, the length rule, counters.
 
-A split's token shards are loaded once into a `Bank` (metadata, text token ids, and the
-codes of the RVQ layers the tasks use, in memory). `plan_task` then decides, with numpy
+A split's token shards are loaded once into a `Bank` (metadata, text token ids, the
+codes of the RVQ layers the tasks use and, when asked for, the per-frame features of the
+continuous audio input, in memory). `plan_task` then decides, with numpy
 and a seeded generator, every example of a task as one row of
 
     (target utterance, reference utterance, reference start frame, reference frames,
@@ -73,6 +74,9 @@ class Bank:
     text_len: np.ndarray  # int64 [U]
     text_ids: np.ndarray  # int32 [total text tokens]: SpeechVocabulary ids
     manifest: dict[str, Any]
+    # float16 [total frames, F] or None: row audio_start[u] + f is utterance u's frame f
+    # (the same global frame index as the columns of `codes`); load_bank(features=True).
+    features: np.ndarray | None = None
 
     @property
     def num_utterances(self) -> int:
@@ -90,10 +94,23 @@ class Bank:
 
 
 def load_bank(
-    directory: str, split: str, vocab: SpeechVocabulary, layers: int, verify: bool = True
+    directory: str,
+    split: str,
+    vocab: SpeechVocabulary,
+    layers: int,
+    verify: bool = True,
+    features: bool = False,
 ) -> Bank:
-    """Reads a split's shards: metadata, text ids, and the first `layers` RVQ layers."""
+    """Reads a split's shards: metadata, text ids, the first `layers` RVQ layers and, with
+    `features`, the per-frame features (the shards must have been tokenized with them)."""
     manifest = token_shards.read_manifest(directory, verify=verify)
+    if features and split in manifest["splits"]:
+        if token_shards.split_features(manifest, split) is None:
+            raise ValueError(
+                f"{directory}: split {split!r} has no per-frame audio features (the "
+                "continuous audio input needs them): tokenize with "
+                "data.token_features=log_mel (launch.tokenize --token_features=log_mel)"
+            )
     if layers > manifest["n_q"]:
         raise ValueError(
             f"{directory}: tasks need {layers} RVQ layers, shards have {manifest['n_q']}"
@@ -105,7 +122,7 @@ def load_bank(
         )
     utts = sorted(
         (
-            (u.id, u.speaker, u.text, np.array(u.codes[:layers]))
+            (u.id, u.speaker, u.text, np.array(u.codes[:layers]), u.features if features else None)
             for u in token_shards.iter_utterances(directory, split, verify=False)
         ),
         key=lambda x: x[0],
@@ -124,6 +141,14 @@ def load_bank(
         if utts
         else np.zeros((layers, 0), dtype)
     )
+    feature_rows = None
+    if features:
+        dim = int(token_shards.split_features(manifest, split)["dim"])
+        feature_rows = (
+            np.concatenate([u[4] for u in utts]).astype(np.float16)
+            if utts
+            else np.zeros((0, dim), np.float16)
+        )
     encoded = [np.asarray(vocab.encode(t), dtype=np.int32) for t in texts]
     text_len = np.array([len(e) for e in encoded], dtype=np.int64)
     text_start = np.concatenate([[0], np.cumsum(text_len)[:-1]]).astype(np.int64)
@@ -145,6 +170,7 @@ def load_bank(
         text_len=text_len,
         text_ids=text_ids.astype(np.int32),
         manifest=manifest,
+        features=feature_rows,
     )
 
 
@@ -153,13 +179,19 @@ _BANKS_LOCK = threading.Lock()
 
 
 def cached_bank(
-    directory: str, split: str, vocab: SpeechVocabulary, layers: int, verify: bool = True
+    directory: str,
+    split: str,
+    vocab: SpeechVocabulary,
+    layers: int,
+    verify: bool = True,
+    features: bool = False,
 ) -> Bank:
-    """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers)."""
-    key = (os.path.abspath(directory), split, vocab, layers)
+    """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers
+    and whether features are loaded)."""
+    key = (os.path.abspath(directory), split, vocab, layers, bool(features))
     with _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = load_bank(directory, split, vocab, layers, verify)
+            _BANKS[key] = load_bank(directory, split, vocab, layers, verify, features)
         return _BANKS[key]
 
 

@@ -13,6 +13,12 @@ else frame-major [A0 A1 .. A<n-1>] per frame), Text(u) its transcript's text ids
     vc   inputs  <|vc|> <|ref_audio|> Ref(r) <|src_audio|> A0(s) <|tgt_audio|>
          targets A0(t) <eos>
 
+With `register_tasks(..., audio_features=True)` (the continuous audio input) every example
+also has "input_frames", int32 of len(inputs): at each audio input position (the
+reference crop's, every layer of a frame-major frame included, and the source's) the
+bank's global frame index of the frame it holds (a row of `Bank.features`), else
+`layout.NO_FRAME` (-1). The feature converter turns it into decoder_audio_frames.
+
 The last prefix token names the output to produce, so generation is "feed inputs, sample
 until <eos>". Only start delimiters are used: the next delimiter closes a segment. The
 layout follows GPA (AutoArk/GPA `data_utils`: one sequence per task, delimiter tokens
@@ -47,6 +53,7 @@ from absl import logging
 
 from gpa_jax.tasks import layout, planning, token_shards
 from gpa_jax.tasks.config import TASK_NAMES, validate_tasks_config
+from gpa_jax.tasks.feature_converter import INPUT_FRAMES
 from gpa_jax.tasks.pipeline import shuffled_epochs
 from gpa_jax.tasks.vocab import SpeechVocabulary
 
@@ -93,7 +100,9 @@ class SpeechTaskSource(seqio.DataSource):
     """A DataSource that plans one task per split and assembles its examples in TF.
 
     Supports arbitrary sharding (shard_info takes every num_shards-th planned example,
-    for multi-host input) and shuffles internally (see module docstring).
+    for multi-host input) and shuffles internally (see module docstring). With
+    `audio_features` the bank holds the per-frame features and examples carry
+    "input_frames".
     """
 
     def __init__(
@@ -104,6 +113,7 @@ class SpeechTaskSource(seqio.DataSource):
         settings: planning.PlanSettings,
         splits: Sequence[str],
         verify_checksums: bool = True,
+        audio_features: bool = False,
     ):
         super().__init__(splits=splits, caching_permitted=False, performs_internal_shuffling=True)
         self.task = task
@@ -111,6 +121,7 @@ class SpeechTaskSource(seqio.DataSource):
         self.vocab = vocab
         self.settings = settings
         self.verify_checksums = verify_checksums
+        self.audio_features = bool(audio_features)
         self._plans: dict[tuple[str, int], tuple[np.ndarray, planning.TaskStats]] = {}
 
     @property
@@ -123,7 +134,12 @@ class SpeechTaskSource(seqio.DataSource):
     def bank(self, split: str) -> planning.Bank:
         layers = max(1, self.settings.ref_layers)
         return planning.cached_bank(
-            self.shard_dir, split, self.vocab, layers, verify=self.verify_checksums
+            self.shard_dir,
+            split,
+            self.vocab,
+            layers,
+            verify=self.verify_checksums,
+            features=self.audio_features,
         )
 
     def plan(self, split: str, seed: int | None = None) -> tuple[np.ndarray, planning.TaskStats]:
@@ -172,6 +188,7 @@ class SpeechTaskSource(seqio.DataSource):
             t=_bank_tensors(self.bank(split)),
             vocab=self.vocab,
             s=self.settings,
+            frames=self.audio_features,
         )
         return ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -197,33 +214,66 @@ def _text(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
     return t.text_ids[start : start + t.text_len[u]]
 
 
+def _audio_frames(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
+    """Global frame indices (bank rows) of utterance u, the frames `_audio` reads."""
+    return tf.range(t.audio_start[u], t.audio_start[u] + t.frames[u], dtype=tf.int64)
+
+
+def _reference_frames(t: _BankTensors, row: tf.Tensor) -> tf.Tensor:
+    """Global frame indices of the reference crop, one per frame (`_reference`'s frames)."""
+    start = t.audio_start[row[planning.REF]] + row[planning.REF_START]
+    return tf.range(start, start + row[planning.REF_LEN], dtype=tf.int64)
+
+
 # The segment order lives in gpa_jax.tasks.layout, shared with the sampler.
 
 
-def _assemble_tts(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
+def _example(task, vocab, s, frames, targets, *, text=None, reference=None, source=None):
+    """One example from its parts; `reference` / `source` are (ids, frame indices) pairs,
+    the frame indices becoming "input_frames" when `frames` (audio features) is on."""
     pieces = layout.input_segments(
-        "tts", vocab, text=_text(t, row[planning.TGT]), reference=_reference(t, vocab, s, row)
-    )
-    targets = layout.target_segments(_audio(t, vocab, row[planning.TGT]))
-    return {"inputs": layout.join(pieces, tf), "targets": layout.join(targets, tf)}
-
-
-def _assemble_asr(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
-    del s
-    pieces = layout.input_segments("asr", vocab, source=_audio(t, vocab, row[planning.TGT]))
-    targets = layout.target_segments(_text(t, row[planning.TGT]))
-    return {"inputs": layout.join(pieces, tf), "targets": layout.join(targets, tf)}
-
-
-def _assemble_vc(row, *, t, vocab, s) -> dict[str, tf.Tensor]:
-    pieces = layout.input_segments(
-        "vc",
+        task,
         vocab,
-        reference=_reference(t, vocab, s, row),
-        source=_audio(t, vocab, row[planning.SRC]),
+        text=text,
+        reference=None if reference is None else reference[0],
+        source=None if source is None else source[0],
     )
-    targets = layout.target_segments(_audio(t, vocab, row[planning.TGT]))
-    return {"inputs": layout.join(pieces, tf), "targets": layout.join(targets, tf)}
+    example = {
+        "inputs": layout.join(pieces, tf),
+        "targets": layout.join(layout.target_segments(targets), tf),
+    }
+    if frames:
+        frame_pieces = layout.input_frame_segments(
+            task,
+            vocab,
+            text=text,
+            reference=None if reference is None else reference[1],
+            source=None if source is None else source[1],
+            ref_layers=s.ref_layers,
+            xp=tf,
+        )
+        example[INPUT_FRAMES] = layout.join(frame_pieces, tf)
+    return example
+
+
+def _assemble_tts(row, *, t, vocab, s, frames=False) -> dict[str, tf.Tensor]:
+    reference = (_reference(t, vocab, s, row), _reference_frames(t, row))
+    target = _audio(t, vocab, row[planning.TGT])
+    text = _text(t, row[planning.TGT])
+    return _example("tts", vocab, s, frames, target, text=text, reference=reference)
+
+
+def _assemble_asr(row, *, t, vocab, s, frames=False) -> dict[str, tf.Tensor]:
+    u = row[planning.TGT]
+    source = (_audio(t, vocab, u), _audio_frames(t, u))
+    return _example("asr", vocab, s, frames, _text(t, u), source=source)
+
+
+def _assemble_vc(row, *, t, vocab, s, frames=False) -> dict[str, tf.Tensor]:
+    reference = (_reference(t, vocab, s, row), _reference_frames(t, row))
+    source = (_audio(t, vocab, row[planning.SRC]), _audio_frames(t, row[planning.SRC]))
+    target = _audio(t, vocab, row[planning.TGT])
+    return _example("vc", vocab, s, frames, target, reference=reference, source=source)
 
 
 _ASSEMBLERS = {"tts": _assemble_tts, "asr": _assemble_asr, "vc": _assemble_vc}
@@ -256,8 +306,13 @@ def register_tasks(
     *,
     sequence_length: int,
     namespace: str | None = None,
+    audio_features: bool = False,
 ) -> SpeechTasks:
     """Registers <ns>_tts/_asr/_vc and the mixture <ns>_mix (rates from config.rates).
+
+    `audio_features` (the continuous audio input): banks load the shards' per-frame
+    features and every example also carries "input_frames" (module docstring), declared
+    in the tasks' output features so the mixture keeps it; off, nothing changes.
 
     `config` is the `config.tasks` section (gpa_jax.tasks.config.tasks_config);
     `sequence_length` is the packed row length L (config.train.seq_len), which the length
@@ -285,11 +340,23 @@ def register_tasks(
         "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
         "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
     }
+    if audio_features:
+        # Frame indices, not ids: a pass-through "vocabulary" (seqio.Mixture keeps only
+        # declared output features).
+        features[INPUT_FRAMES] = seqio.Feature(
+            seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32
+        )
     names, sources = {}, {}
     for task in TASK_NAMES:
         name = task_name(namespace, task)
         source = SpeechTaskSource(
-            task, shard_dir, vocab, settings, splits, bool(config.verify_checksums)
+            task,
+            shard_dir,
+            vocab,
+            settings,
+            splits,
+            bool(config.verify_checksums),
+            audio_features=audio_features,
         )
         seqio.TaskRegistry.remove(name)
         seqio.TaskRegistry.add(

@@ -5,10 +5,16 @@ Layout of one token directory (one corpus tokenized by one codec):
     <dir>/manifest.json                         what is here (below)
     <dir>/<split>-<k>-of-<n>.array_record       k = 00000..n-1, one record per utterance
 
-A record is one utterance, {id, speaker, text, codes}, serialized with msgpack as a map
+A record is one utterance, {id, speaker, text, codes[, features]}, serialized with msgpack
+as a map
 
-    {"v": 1, "id": str, "speaker": str, "text": str (normalised transcript),
-     "shape": [n_q, T], "dtype": "<i2" | "<i4", "codes": raw little-endian bytes, C order}
+    {"v": 2, "id": str, "speaker": str, "text": str (normalised transcript),
+     "shape": [n_q, T], "dtype": "<i2" | "<i4", "codes": raw little-endian bytes, C order,
+     optional: "features": raw bytes, "features_shape": [T, F], "features_dtype": "<f2"}
+
+Version 2 added the optional per-frame features (one float16 row per codec frame, e.g.
+`gpa_jax.audio.features.token_aligned_log_mel`: the continuous LM input at audio
+positions); a v1 record is a v2 record without them and still reads.
 
 Why msgpack with raw code bytes (and not tf.train.Example): a record decodes with one
 `np.frombuffer` (no per-value Python objects), costs 2 bytes per code plus ~40 bytes of
@@ -27,8 +33,13 @@ manifest.json:
      "n_q": 8, "codebook_size": 1024, "frame_rate": 50, "codes_dtype": "int16",
      "metadata": {...free-form: codec checkpoint, corpus name, ...},
      "splits": {"train": {"num_utterances": N, "num_frames": F, "num_speakers": S,
+                          "features": {"kind": "log_mel", "dim": 160, "dtype": "float16"}
+                                      | null,
                           "shards": [{"file": "train-00000-of-00002.array_record",
                                       "num_records": n, "sha256": "..."}, ...]}, ...}}
+
+A split's "features" says what every one of its records carries (null or absent: none);
+it is per split because a tokenization resumes split by split.
 
 Writing a split (ShardWriter) replaces that split's shards and its manifest entry and keeps
 the other splits; one writer per split at a time (the manifest update is atomic via
@@ -56,7 +67,8 @@ from gpa_jax import paths
 from gpa_jax.text import normalize_transcript
 
 FORMAT = "gpa_jax.token_shards"
-VERSION = 1
+VERSION = 2
+FEATURES_DTYPE = np.dtype("<f2")
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".array_record"
 DEFAULT_RECORDS_PER_SHARD = 4096
@@ -73,12 +85,16 @@ class ShardError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Utterance:
-    """One tokenized utterance: RVQ codes [n_q, T] with its transcript and speaker."""
+    """One tokenized utterance: RVQ codes [n_q, T] with its transcript and speaker.
+
+    `features`: optional float16 [T, F], one row per codec frame (see the module docstring).
+    """
 
     id: str
     speaker: str
     text: str
     codes: np.ndarray
+    features: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -97,18 +113,21 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 def encode_record(utt: Utterance, dtype: np.dtype) -> bytes:
     """Serializes one utterance (see the module docstring for the record schema)."""
     codes = np.ascontiguousarray(utt.codes, dtype=dtype)
-    return msgpack.packb(
-        {
-            "v": VERSION,
-            "id": utt.id,
-            "speaker": utt.speaker,
-            "text": utt.text,
-            "shape": list(codes.shape),
-            "dtype": codes.dtype.str,
-            "codes": codes.tobytes(),
-        },
-        use_bin_type=True,
-    )
+    record = {
+        "v": VERSION,
+        "id": utt.id,
+        "speaker": utt.speaker,
+        "text": utt.text,
+        "shape": list(codes.shape),
+        "dtype": codes.dtype.str,
+        "codes": codes.tobytes(),
+    }
+    if utt.features is not None:
+        features = np.ascontiguousarray(utt.features, dtype=FEATURES_DTYPE)
+        record["features"] = features.tobytes()
+        record["features_shape"] = list(features.shape)
+        record["features_dtype"] = features.dtype.str
+    return msgpack.packb(record, use_bin_type=True)
 
 
 def decode_record(data: bytes, where: str = "record") -> Utterance:
@@ -133,7 +152,17 @@ def decode_record(data: bytes, where: str = "record") -> Utterance:
         codes = codes.reshape(shape)
     except (TypeError, ValueError) as error:
         raise ShardError(f"{where}: bad codes ({error})") from None
-    return Utterance(str(obj["id"]), str(obj["speaker"]), str(obj["text"]), codes)
+    features = None
+    if "features" in obj:
+        try:
+            shape = tuple(int(s) for s in obj["features_shape"])
+            features = np.frombuffer(obj["features"], dtype=np.dtype(obj["features_dtype"]))
+            if len(shape) != 2 or features.size != shape[0] * shape[1]:
+                raise ValueError(f"{features.size} values do not fill shape {shape}")
+            features = features.reshape(shape)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ShardError(f"{where}: bad features ({error})") from None
+    return Utterance(str(obj["id"]), str(obj["speaker"]), str(obj["text"]), codes, features)
 
 
 def _sha256(path: str) -> str:
@@ -203,6 +232,12 @@ def split_shard_paths(
     return [os.path.join(directory, s["file"]) for s in manifest["splits"][split]["shards"]]
 
 
+def split_features(manifest: Mapping[str, Any], split: str) -> dict[str, Any] | None:
+    """What a split's records carry besides codes ({"kind", "dim", "dtype"}), None = nothing."""
+    features = manifest["splits"][split].get("features")
+    return dict(features) if features else None
+
+
 # --- writing -------------------------------------------------------------------------
 
 
@@ -219,6 +254,10 @@ class ShardWriter:
     On an exception the temporary files are removed and the manifest is left as it was.
     Ids must be unique within the split; text must already be normalised
     (`gpa_jax.text.normalize_transcript`) so that parallel utterances match by text.
+
+    `features` = {"kind": name, "dim": F} makes every `write` take per-frame features
+    [T, F] (stored float16) and records it as the split's "features" in the manifest;
+    None (the default) writes codes only.
     """
 
     def __init__(
@@ -232,6 +271,7 @@ class ShardWriter:
         records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
         metadata: Mapping[str, Any] | None = None,
         options: str = WRITER_OPTIONS,
+        features: Mapping[str, Any] | None = None,
     ):
         if not split or "-" in split or os.sep in split:
             raise ValueError(f"split name {split!r} must be non-empty without '-' or '/'")
@@ -245,6 +285,15 @@ class ShardWriter:
         self.records_per_shard = records_per_shard
         self.metadata = dict(metadata or {})
         self._options = options
+        self.features = None
+        if features is not None:
+            if not features.get("kind") or int(features.get("dim", 0)) < 1:
+                raise ValueError(f"features={dict(features)} needs a 'kind' and a 'dim' >= 1")
+            self.features = {
+                "kind": str(features["kind"]),
+                "dim": int(features["dim"]),
+                "dtype": FEATURES_DTYPE.name,
+            }
         self._dtype = codes_dtype(self.codebook_size)
         self._tmp_paths: list[str] = []
         self._counts: list[int] = []
@@ -268,8 +317,16 @@ class ShardWriter:
     def num_written(self) -> int:
         return sum(self._counts)
 
-    def write(self, utt_id: str, speaker: str, text: str, codes: np.ndarray) -> None:
-        """Appends one utterance (codes: integer [n_q, T], values in [0, codebook_size))."""
+    def write(
+        self,
+        utt_id: str,
+        speaker: str,
+        text: str,
+        codes: np.ndarray,
+        features: np.ndarray | None = None,
+    ) -> None:
+        """Appends one utterance (codes: integer [n_q, T], values in [0, codebook_size);
+        features: float [T, F] exactly when the writer was made with `features`)."""
         if self._closed:
             raise RuntimeError("ShardWriter is closed")
         codes = np.asarray(codes)
@@ -292,9 +349,28 @@ class ShardWriter:
                 f"{where}: text {text!r} is not normalised; pass "
                 "gpa_jax.text.normalize_transcript(text)"
             )
+        if (features is None) != (self.features is None):
+            raise ValueError(
+                f"{where}: features {'missing' if features is None else 'given'} but the "
+                f"writer was made with features={self.features}"
+            )
+        if features is not None:
+            features = np.asarray(features)
+            if not np.issubdtype(features.dtype, np.floating):
+                raise ValueError(f"{where}: features must be floats, got {features.dtype}")
+            if features.shape != (codes.shape[1], self.features["dim"]):
+                raise ValueError(
+                    f"{where}: features shape {features.shape}, expected "
+                    f"[{codes.shape[1]} frames, {self.features['dim']}]"
+                )
+            with np.errstate(over="ignore"):  # overflow is what is checked here
+                finite = np.all(np.isfinite(features.astype(FEATURES_DTYPE)))
+            if not finite:
+                raise ValueError(f"{where}: features are not finite in float16")
         if self._writer is None or self._counts[-1] >= self.records_per_shard:
             self._roll()
-        self._writer.write(encode_record(Utterance(utt_id, speaker, text, codes), self._dtype))
+        utt = Utterance(utt_id, speaker, text, codes, features)
+        self._writer.write(encode_record(utt, self._dtype))
         self._counts[-1] += 1
         self._ids.add(utt_id)
         self._speakers.add(speaker)
@@ -343,6 +419,7 @@ class ShardWriter:
             "num_utterances": self.num_written,
             "num_frames": self._frames,
             "num_speakers": len(self._speakers),
+            "features": self.features,
             "shards": shards,
         }
         manifest["splits"][self.split] = entry
@@ -375,10 +452,27 @@ class ShardWriter:
 # --- reading -------------------------------------------------------------------------
 
 
-def _check_utterance(utt: Utterance, manifest: Mapping[str, Any], where: str) -> Utterance:
+def _check_utterance(
+    utt: Utterance,
+    manifest: Mapping[str, Any],
+    where: str,
+    features: Mapping[str, Any] | None = None,
+) -> Utterance:
+    """The record against the manifest: n_q, and features as the split lists them
+    (`features` = `split_features`), one row per codec frame."""
     if utt.codes.shape[0] != manifest["n_q"] or utt.codes.shape[1] < 1:
         raise ShardError(
             f"{where}: codes shape {utt.codes.shape}, manifest says n_q={manifest['n_q']}"
+        )
+    if (utt.features is None) != (features is None):
+        raise ShardError(
+            f"{where}: record {'lacks' if utt.features is None else 'carries'} features but "
+            f"the manifest's split lists features={features}"
+        )
+    if utt.features is not None and utt.features.shape != (utt.num_frames, features["dim"]):
+        raise ShardError(
+            f"{where}: features shape {utt.features.shape}, expected [{utt.num_frames} "
+            f"codec frames, dim {features['dim']}]"
         )
     return utt
 
@@ -387,6 +481,7 @@ def iter_utterances(directory: str, split: str, verify: bool = False) -> Iterato
     """Yields a split's utterances in shard order; bad records raise ShardError (file, index)."""
     manifest = read_manifest(directory, verify=verify)
     paths = split_shard_paths(directory, split, manifest)
+    features = split_features(manifest, split)
     for shard, path in zip(manifest["splits"][split]["shards"], paths, strict=True):
         if not os.path.isfile(path):
             raise ShardError(f"{path}: listed in the manifest but missing")
@@ -399,7 +494,7 @@ def iter_utterances(directory: str, split: str, verify: bool = False) -> Iterato
                 chunk = reader.read(start, min(start + _READ_CHUNK, count))
                 for offset, data in enumerate(chunk):
                     where = f"{path}: record {start + offset}"
-                    yield _check_utterance(decode_record(data, where), manifest, where)
+                    yield _check_utterance(decode_record(data, where), manifest, where, features)
         finally:
             reader.close()
 
@@ -416,6 +511,7 @@ class UtteranceSource:
         self.split = split
         self.manifest = read_manifest(directory)
         self._paths = split_shard_paths(directory, split, self.manifest)
+        self._features = split_features(self.manifest, split)
         counts = [s["num_records"] for s in self.manifest["splits"][split]["shards"]]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
         self._readers: dict[int, Any] = {}
@@ -444,7 +540,7 @@ class UtteranceSource:
             data = self._reader(shard).read([local])[0]
         except Exception as error:
             raise ShardError(f"{where}: unreadable ({error})") from None
-        return _check_utterance(decode_record(data, where), self.manifest, where)
+        return _check_utterance(decode_record(data, where), self.manifest, where, self._features)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Utterance]:
         return [self[i] for i in indices]

@@ -22,7 +22,20 @@ decoder_positions, decoder_loss_weights, optional decoder_prefix_mask) plus
     decoder_task_ids   int32 [rows, length]  task of each token's segment: id i + 1 is
                        task_names(config)[i]; 0 = padding / unknown task
 
-from which the trainer reports loss and accuracy per task. An eval iterator may carry
+from which the trainer reports loss and accuracy per task. With the continuous audio
+input (`config.model.audio_input` other than "tokens"; the tasks source only) batches
+also carry
+
+    decoder_audio_features  float32 [rows, length, F]  the per-frame features (the token
+                            shards' data.token_features, e.g. the 160-d token-aligned
+                            log-mel) of the audio frame decoder_input_tokens holds at
+                            each audio INPUT position (reference crops and sources),
+                            zeros elsewhere
+    decoder_audio_mask      int32 [rows, length]  1 where decoder_audio_features is set
+
+gathered on the host from the split's bank (`gather_audio_features`; the tf.data
+pipeline carries only frame indices, so its state and checkpoints do not grow with F).
+An eval iterator may carry
 `reference_losses: dict[str, float]`, per-task losses of a reference model on the eval
 split (the tasks source sets the unigram baseline, `gpa_jax.tasks.baseline`); the trainer
 reports them next to the eval losses as eval/<task>/unigram_loss.
@@ -47,6 +60,11 @@ from absl import logging
 from gpa_jax.tasks.config import TASK_NAMES, resolve_paths
 
 TASK_IDS_KEY = "decoder_task_ids"
+AUDIO_FEATURES_KEY = "decoder_audio_features"
+AUDIO_MASK_KEY = "decoder_audio_mask"
+# What the tasks pipeline emits (gpa_jax.tasks.feature_converter.AUDIO_FRAMES); replaced
+# by the two keys above before a batch leaves `AudioFeatureBatches`.
+AUDIO_FRAMES_KEY = "decoder_audio_frames"
 SOURCES = ("tasks", "synthetic")
 # Stream tags that keep the train and eval batches of one seed disjoint.
 _STREAMS = {"train": 0, "eval": 1}
@@ -207,6 +225,77 @@ class SyntheticLMBatches:
             start += seg_len
 
 
+def uses_audio_features(config: ml_collections.ConfigDict) -> bool:
+    """Whether the LM reads per-frame audio features: config.model.audio_input != "tokens"
+    (configs without the key read tokens)."""
+    model = config.get("model")
+    return model is not None and str(model.get("audio_input", "tokens")) != "tokens"
+
+
+def gather_audio_features(bank: Any, audio_frames: np.ndarray) -> dict[str, np.ndarray]:
+    """{decoder_audio_features: float32 [..., F], decoder_audio_mask: int32 [...]} of a
+    `decoder_audio_frames` array (1 + the bank's global frame index, 0 = none).
+
+    `bank`: the `gpa_jax.tasks.planning.Bank` the frame indices came from, loaded with
+    features=True. Positions without a frame get zeros.
+    """
+    features = getattr(bank, "features", None)
+    if features is None:
+        raise ValueError(
+            "the bank holds no per-frame audio features: load it with features=True "
+            "(planning.load_bank) from shards tokenized with data.token_features=log_mel"
+        )
+    frames = np.asarray(audio_frames)
+    mask = frames > 0
+    rows = frames[mask].astype(np.int64) - 1
+    if rows.size and rows.max() >= len(features):
+        raise ValueError(
+            f"decoder_audio_frames points at frame {rows.max()} but the bank has "
+            f"{len(features)} frames: the batch comes from another split's bank"
+        )
+    out = np.zeros(frames.shape + features.shape[1:], np.float32)
+    out[mask] = features[rows]
+    return {AUDIO_FEATURES_KEY: out, AUDIO_MASK_KEY: mask.astype(np.int32)}
+
+
+class AudioFeatureBatches:
+    """A task iterator whose batches get the audio features of their frame indices.
+
+    Replaces decoder_audio_frames by decoder_audio_features / decoder_audio_mask
+    (`gather_audio_features` on `bank`, the iterator's own split). The state is the
+    wrapped iterator's, unchanged, so it saves and restores exactly as without features;
+    other attributes (save / restore, reference_losses set later) live on the wrapper or
+    are the wrapped iterator's.
+    """
+
+    def __init__(self, iterator: Any, bank: Any):
+        self.iterator = iterator
+        self.bank = bank
+
+    def __iter__(self) -> AudioFeatureBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = dict(next(self.iterator))
+        if AUDIO_FRAMES_KEY not in batch:
+            raise ValueError(
+                f"batch has no {AUDIO_FRAMES_KEY}: register the tasks with audio_features=True"
+            )
+        batch.update(gather_audio_features(self.bank, batch.pop(AUDIO_FRAMES_KEY)))
+        return batch
+
+    def get_state(self) -> dict[str, Any] | bytes:
+        return self.iterator.get_state()
+
+    def set_state(self, state: dict[str, Any] | bytes) -> None:
+        self.iterator.set_state(state)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("iterator", "bank"):  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.iterator, name)
+
+
 def task_vocabulary(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
 ) -> Any:
@@ -256,6 +345,8 @@ class TaskData:
     makes the train / eval iterators (`gpa_jax.tasks.pipeline.DataIterator`, a
     tf.data checkpoint as state: see that module for why tf.data and not grain) and the
     per-task unigram baselines. Registration plans every split (cached per process).
+    With the continuous audio input (`uses_audio_features`) the tasks carry frame indices
+    and each iterator is an `AudioFeatureBatches` over its split's bank.
     """
 
     def __init__(
@@ -276,8 +367,13 @@ class TaskData:
             tc, None if workdir is None else os.fspath(workdir)
         )
         self.vocab = task_vocabulary(config, workdir)
+        self.audio_features = uses_audio_features(config)
         self.handle = register_tasks(
-            self.token_dir, self.vocab, tc, sequence_length=int(trc.seq_len)
+            self.token_dir,
+            self.vocab,
+            tc,
+            sequence_length=int(trc.seq_len),
+            audio_features=self.audio_features,
         )
         for split in (tc.train_split, tc.eval_split):
             if split not in self.handle.splits:
@@ -305,7 +401,7 @@ class TaskData:
             else None
         )
         logging.info("task data %s:\n%s", split, self.handle.log_summary(split, self.seed))
-        return make_iterator(
+        batches = make_iterator(
             self.handle.mixture,
             split,
             int(self.config.train.seq_len),
@@ -316,6 +412,13 @@ class TaskData:
             pack=bool(self.config.tasks.pack),
             shard_info=shard,
         )
+        if not self.audio_features:
+            return batches
+        return AudioFeatureBatches(batches, self.bank(split))
+
+    def bank(self, split: str) -> Any:
+        """The split's bank the tasks read (with features when the LM reads them)."""
+        return next(iter(self.handle.sources.values())).bank(split)
 
     def unigram_baselines(self) -> dict[str, Any]:
         """Per task: the unigram baseline of the eval split (gpa_jax.tasks.baseline)."""

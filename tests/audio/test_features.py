@@ -10,7 +10,15 @@ import librosa
 import numpy as np
 import pytest
 
-from gpa_jax.audio import MelConfig, log_mel, log_mel_jnp, mel_filterbank, num_frames
+from gpa_jax.audio import (
+    TOKEN_FEATURE_DIM,
+    MelConfig,
+    log_mel,
+    log_mel_jnp,
+    mel_filterbank,
+    num_frames,
+    token_aligned_log_mel,
+)
 
 # Max abs difference on the (natural) log scale between float32 jnp and float64 librosa.
 # Observed ~1e-5; the bound leaves room for other FFT backends (GPU/TPU).
@@ -105,3 +113,37 @@ def test_filterbank():
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         MelConfig(**kwargs)
+
+
+def test_token_aligned_log_mel_stacks_two_mel_frames_per_token():
+    assert TOKEN_FEATURE_DIM == 160
+    wav = _chirp(16000)  # 50 token frames, 101 mel frames: the extra one is dropped
+    mel = log_mel(wav)
+    got = token_aligned_log_mel(wav, 50)
+    assert got.shape == (50, TOKEN_FEATURE_DIM) and got.dtype == np.float32
+    for t in (0, 1, 25, 49):
+        np.testing.assert_array_equal(got[t, :80], mel[2 * t])
+        np.testing.assert_array_equal(got[t, 80:], mel[2 * t + 1])
+
+
+def test_token_aligned_log_mel_repeats_the_last_frame_when_short():
+    wav = _noise(16100)  # codec frames ceil(16100 / 320) = 51, mel frames 101 < 102
+    mel = log_mel(wav)
+    got = token_aligned_log_mel(wav, 51)
+    assert got.shape == (51, 160)
+    np.testing.assert_array_equal(got[50, :80], mel[100])
+    np.testing.assert_array_equal(got[50, 80:], mel[100])  # the repeated last frame
+    np.testing.assert_array_equal(got[:50].reshape(100, 80), mel[:100])
+    # A clip shorter than one hop still gives every requested row.
+    assert token_aligned_log_mel(_noise(100), 3).shape == (3, 160)
+
+
+def test_token_aligned_log_mel_other_hops_and_bad_ones():
+    wav = _noise(4800)
+    got = token_aligned_log_mel(wav, 10, codec_hop=480)  # 3 mel frames per token
+    assert got.shape == (10, 240)
+    np.testing.assert_array_equal(got[1], log_mel(wav)[3:6].reshape(-1))
+    with pytest.raises(ValueError, match="not a positive multiple of the mel hop"):
+        token_aligned_log_mel(wav, 10, codec_hop=300)
+    with pytest.raises(ValueError, match="frames >= 1"):
+        token_aligned_log_mel(wav, 0)

@@ -1,5 +1,11 @@
-"""Tokenization job: trained codec -> token shards of every split, resumable, bad audio counted."""
+"""Tokenization job: trained codec -> token shards of every split, resumable, bad audio counted.
 
+The tiny config asks for token features (data.token_features="log_mel"), so the job
+here also writes each utterance's token-aligned log-mel.
+"""
+
+import json
+import logging
 import math
 import os
 
@@ -7,6 +13,7 @@ import numpy as np
 import pytest
 
 from gpa_jax import paths
+from gpa_jax.audio.features import TOKEN_FEATURE_DIM, token_aligned_log_mel
 from gpa_jax.codec import data as codec_data
 from gpa_jax.codec import decode
 from gpa_jax.codec import train as codec_train
@@ -64,6 +71,53 @@ def test_too_long_audio_is_counted_and_listed_not_fatal(job):
     bad = read_manifest(codec_data.tokens_dir(workdir, CORPUS))["splits"]["train"]["bad_audio"]
     assert bad["count"] == len(too_long) and sorted(bad["ids"]) == too_long
     assert sum(bad["by_kind"].values()) == bad["count"]
+
+
+def test_shards_carry_the_token_aligned_log_mel_of_each_clip(job):
+    from data import corpora
+
+    config, workdir, results, _ = job
+    assert config.data.token_features == "log_mel"
+    out = codec_data.tokens_dir(workdir, CORPUS)
+    manifest = read_manifest(out)
+    spec = {"kind": "log_mel", "dim": TOKEN_FEATURE_DIM, "dtype": "float16"}
+    assert all(manifest["splits"][split]["features"] == spec for split in results)
+    clips = {
+        ex["id"]: ex["audio"]
+        for ex in corpora.speech_examples(CORPUS, "validation", data_dir=paths.tfds_dir(workdir))
+    }
+    for utt in iter_utterances(out, "validation"):
+        assert utt.features.shape == (utt.num_frames, TOKEN_FEATURE_DIM)
+        want = token_aligned_log_mel(clips[utt.id], utt.num_frames).astype(np.float16)
+        np.testing.assert_array_equal(utt.features, want)
+
+
+def test_a_split_without_the_asked_for_features_is_redone(job, caplog):
+    config, workdir, _, _ = job
+    out = codec_data.tokens_dir(workdir, CORPUS)
+    path = os.path.join(out, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["splits"]["validation"]["features"] = None  # as if tokenized without them
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    assert codec_data.split_is_complete(out, "validation")  # none asked for: complete
+    with caplog.at_level(logging.INFO):
+        assert not codec_data.split_is_complete(out, "validation", "log_mel")
+    assert "not data.token_features='log_mel': retokenizing" in caplog.text
+    redo = codec_data.tokenize_workdir(
+        config, workdir, splits=["validation", "test"], max_seconds=MAX_SECONDS, **KWARGS
+    )
+    assert redo["validation"]["status"] == "written" and redo["test"]["status"] == "skipped"
+    assert redo["validation"]["features"]["kind"] == "log_mel"
+    assert all(u.features is not None for u in iter_utterances(out, "validation"))
+    # A split with features is complete for a job that asks for none.
+    plain = codec_data.tokenize_workdir(
+        config, workdir, splits=["test"], token_features="", max_seconds=MAX_SECONDS, **KWARGS
+    )
+    assert plain["test"]["status"] == "skipped"
+    with pytest.raises(ValueError, match="data.token_features='mfcc'; supported"):
+        codec_data.tokenize_workdir(config, workdir, token_features="mfcc", **KWARGS)
 
 
 def test_rerun_skips_finished_splits(job):

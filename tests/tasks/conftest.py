@@ -3,7 +3,9 @@
 The parallel corpus mirrors the synthetic one: each sentence is spoken by 3 of 4 voices.
 It adds the cases the tasks must count: a speaker with a single utterance (no TTS
 reference, no VC source), an over-long utterance (dropped) and a long-ish one whose
-reference must be trimmed to fit SEQ_LEN.
+reference must be trimmed to fit SEQ_LEN. With `features` every utterance also carries
+random per-frame features (FEATURE_DIM wide, from their own generator: the codes are
+those of the corpus without features).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gpa_jax.tasks.vocab import SpeechVocabulary
 N_Q = 4
 CODEBOOK = 64
 SEQ_LEN = 256
+FEATURE_DIM = 6
 SPEAKERS = ("alice", "bob", "carol", "dave")
 SENTENCES = (
     "the cat sat on the mat",
@@ -33,9 +36,14 @@ SENTENCES = (
 )
 
 
-def write_corpus(directory: str, parallel: bool = True, seed: int = 0) -> dict[str, dict]:
-    """Writes train + validation splits; returns {split: {id: (speaker, text, codes)}}."""
+def write_corpus(
+    directory: str, parallel: bool = True, seed: int = 0, features: bool = False
+) -> dict[str, dict]:
+    """Writes train + validation splits; returns {split: {id: (speaker, text, codes)}}
+    (with `features`: {id: (speaker, text, codes, features)})."""
     rng = np.random.default_rng(seed)
+    feature_rng = np.random.default_rng(seed + 1000)
+    spec = {"kind": "test", "dim": FEATURE_DIM} if features else None
     written: dict[str, dict] = {}
     for split, sentences in (("train", SENTENCES), ("validation", SENTENCES[:3])):
         utts = []
@@ -51,12 +59,23 @@ def write_corpus(directory: str, parallel: bool = True, seed: int = 0) -> dict[s
             utts.append(("train-longish", "bob", "a longish one", 224))
         written[split] = {}
         with ShardWriter(
-            directory, split, n_q=N_Q, codebook_size=CODEBOOK, frame_rate=50, records_per_shard=7
+            directory,
+            split,
+            n_q=N_Q,
+            codebook_size=CODEBOOK,
+            frame_rate=50,
+            records_per_shard=7,
+            features=spec,
         ) as writer:
             for utt_id, speaker, text, frames in utts:
                 codes = rng.integers(0, CODEBOOK, size=(N_Q, frames))
-                writer.write(utt_id, speaker, text, codes)
-                written[split][utt_id] = (speaker, text, codes)
+                if features:
+                    feats = feature_rng.standard_normal((frames, FEATURE_DIM)).astype(np.float16)
+                    writer.write(utt_id, speaker, text, codes, feats)
+                    written[split][utt_id] = (speaker, text, codes, feats)
+                else:
+                    writer.write(utt_id, speaker, text, codes)
+                    written[split][utt_id] = (speaker, text, codes)
     return written
 
 
@@ -64,6 +83,13 @@ def write_corpus(directory: str, parallel: bool = True, seed: int = 0) -> dict[s
 def parallel_corpus(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("parallel_tokens"))
     return directory, write_corpus(directory, parallel=True)
+
+
+@pytest.fixture(scope="session")
+def feature_corpus(tmp_path_factory):
+    """The parallel corpus (same codes) with per-frame features."""
+    directory = str(tmp_path_factory.mktemp("feature_tokens"))
+    return directory, write_corpus(directory, parallel=True, features=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 import json
 import os
 
+import msgpack
 import numpy as np
 import pytest
 from array_record.python import array_record_module
@@ -158,3 +159,119 @@ def test_large_codebooks_use_int32(tmp_path):
     (utt,) = ts.iter_utterances(str(tmp_path), "train")
     assert utt.codes.dtype == np.int32
     np.testing.assert_array_equal(utt.codes, codes)
+
+
+FEATURES = {"kind": "log_mel", "dim": 6}
+
+
+def _raw_split(directory, records, features=None, version=ts.VERSION):
+    """Writes raw records as split "train" with a hand-made manifest (old or odd files)."""
+    name = ts.shard_name("train", 0, 1)
+    writer = array_record_module.ArrayRecordWriter(str(directory / name), ts.WRITER_OPTIONS)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    shards = [{"file": name, "num_records": len(records)}]
+    entry = {"num_utterances": len(records), "shards": shards}
+    if features is not None:
+        entry["features"] = features
+    ts.write_manifest(
+        str(directory),
+        {
+            "format": ts.FORMAT,
+            "version": version,
+            "n_q": 2,
+            "codebook_size": 8,
+            "frame_rate": 50,
+            "splits": {"train": entry},
+        },
+    )
+    return name
+
+
+def test_features_round_trip_as_float16_with_the_manifest_entry(tmp_path):
+    rng = np.random.default_rng(3)
+    utts = _utts(6, rng)
+    feats = [rng.standard_normal((u[3].shape[1], 6)).astype(np.float32) for u in utts]
+    with ts.ShardWriter(
+        str(tmp_path), "train", n_q=3, codebook_size=50, frame_rate=50, records_per_shard=4,
+        features=FEATURES,
+    ) as writer:  # fmt: skip
+        for utt, f in zip(utts, feats, strict=True):
+            writer.write(*utt, features=f)
+    _write(str(tmp_path), "validation", _utts(2, rng))  # codes only, same directory
+    manifest = ts.read_manifest(str(tmp_path), verify=True)
+    assert manifest["version"] == 2
+    assert manifest["splits"]["train"]["features"] == {**FEATURES, "dtype": "float16"}
+    assert ts.split_features(manifest, "train") == {**FEATURES, "dtype": "float16"}
+    assert manifest["splits"]["validation"]["features"] is None
+    assert ts.split_features(manifest, "validation") is None
+    read = list(ts.iter_utterances(str(tmp_path), "train"))
+    source = ts.UtteranceSource(str(tmp_path), "train")
+    for i, (got, want) in enumerate(zip(read, feats, strict=True)):
+        assert got.features.dtype == np.float16 and got.features.shape == want.shape
+        np.testing.assert_array_equal(got.features, want.astype(np.float16))
+        np.testing.assert_array_equal(source[i].features, got.features)
+        np.testing.assert_array_equal(got.codes, utts[i][3])
+    source.close()
+    assert all(u.features is None for u in ts.iter_utterances(str(tmp_path), "validation"))
+
+
+def test_version_1_records_and_manifests_still_read(tmp_path):
+
+    codes = np.arange(6, dtype=np.int16).reshape(2, 3) % 8
+    v1 = msgpack.packb(
+        {"v": 1, "id": "old", "speaker": "s", "text": "hi", "shape": [2, 3], "dtype": "<i2",
+         "codes": codes.tobytes()},
+        use_bin_type=True,
+    )  # fmt: skip
+    _raw_split(tmp_path, [v1], version=1)
+    (utt,) = ts.iter_utterances(str(tmp_path), "train")
+    assert utt.id == "old" and utt.features is None
+    np.testing.assert_array_equal(utt.codes, codes)
+    assert ts.split_features(ts.read_manifest(str(tmp_path)), "train") is None
+    # A newer writer adds a split to the old directory; the old split still reads.
+    _write(str(tmp_path), "validation", _utts(1, np.random.default_rng(4), n_q=2, codebook=8),
+           n_q=2, codebook=8)  # fmt: skip
+    assert next(ts.iter_utterances(str(tmp_path), "train")).id == "old"
+
+
+def test_features_rows_must_match_codes_frames(tmp_path):
+    codes = np.zeros((2, 3), np.int16)
+    spec = {**FEATURES, "dtype": "float16"}
+    good = ts.encode_record(ts.Utterance("a", "s", "hi", codes, np.zeros((3, 6))), np.int16)
+    short = ts.encode_record(ts.Utterance("b", "s", "hi", codes, np.zeros((2, 6))), np.int16)
+    bare = ts.encode_record(ts.Utterance("c", "s", "hi", codes), np.int16)
+    name = _raw_split(tmp_path, [good, short, bare], features=spec)
+    utts = ts.iter_utterances(str(tmp_path), "train")
+    assert next(utts).features.shape == (3, 6)
+    with pytest.raises(ts.ShardError, match=rf"{name}: record 1: features shape \(2, 6\)"):
+        next(utts)
+    with pytest.raises(ts.ShardError, match=rf"{name}: record 2: record lacks features"):
+        ts.UtteranceSource(str(tmp_path), "train")[2]
+
+    torn = msgpack.unpackb(short)
+    torn["features"] = torn["features"][:-2]
+    with pytest.raises(ts.ShardError, match=r"where: bad features \(11 values do not fill"):
+        ts.decode_record(msgpack.packb(torn, use_bin_type=True), "where")
+
+
+def test_writer_checks_features(tmp_path):
+    writer = ts.ShardWriter(
+        str(tmp_path), "train", n_q=2, codebook_size=8, frame_rate=50, features=FEATURES
+    )
+    codes = np.zeros((2, 4), np.int64)
+    with pytest.raises(ValueError, match="features missing"):
+        writer.write("x", "s", "text", codes)
+    with pytest.raises(ValueError, match=r"features shape \(3, 6\), expected \[4 frames, 6\]"):
+        writer.write("x", "s", "text", codes, features=np.zeros((3, 6)))
+    with pytest.raises(ValueError, match="not finite in float16"):
+        writer.write("x", "s", "text", codes, features=np.full((4, 6), 1e6))
+    writer.abort()
+    plain = ts.ShardWriter(str(tmp_path), "train", n_q=2, codebook_size=8, frame_rate=50)
+    with pytest.raises(ValueError, match="features given"):
+        plain.write("x", "s", "text", codes, features=np.zeros((4, 6)))
+    plain.abort()
+    with pytest.raises(ValueError, match="needs a 'kind' and a 'dim'"):
+        ts.ShardWriter(str(tmp_path), "t", n_q=2, codebook_size=8, frame_rate=50,
+                       features={"kind": "log_mel"})  # fmt: skip

@@ -15,9 +15,16 @@ import pytest
 from gpa_jax.tasks import tasks as tasks_lib
 from gpa_jax.tasks.config import default_token_dir
 from gpa_jax.training import lm_report, trainer
-from gpa_jax.training.data_iter import TaskData, make_iterators
+from gpa_jax.training.data_iter import (
+    AUDIO_FEATURES_KEY,
+    AUDIO_FRAMES_KEY,
+    AUDIO_MASK_KEY,
+    AudioFeatureBatches,
+    TaskData,
+    make_iterators,
+)
 from gpa_jax.training.metrics import MemoryWriter, read_scalars
-from tests.tasks.conftest import write_corpus
+from tests.tasks.conftest import FEATURE_DIM, write_corpus
 from tests.training.test_trainer import (  # noqa: F401  (compile_cache: autouse fixture)
     _assert_same_params,
     _params,
@@ -132,3 +139,65 @@ def test_resume_on_the_task_pipeline_reproduces_the_straight_run(token_workdir, 
         assert f"{loss:.4f}" in line and f"{baselines[task].eval_cross_entropy:.4f}" in line
     assert jax.device_count() == 8  # the mesh (2, 2, 2) really sharded the run
     assert os.path.isdir(straight / "checkpoints" / "4" / "data_iter")
+
+
+# --- the continuous audio input (model.audio_input != "tokens") ---------------------------
+
+
+def continuous(config):
+    """`config` with the LM reading audio features (the model's key may not exist yet)."""
+    with config.unlocked():
+        config.model.audio_input = "continuous"
+    return config
+
+
+@pytest.fixture(scope="module")
+def feature_workdir(tmp_path_factory):
+    """Token shards with per-frame features (the same codes as `token_workdir`'s)."""
+    workdir = tmp_path_factory.mktemp("tokens_with_features")
+    write_corpus(default_token_dir(str(workdir), CORPUS), features=True)
+    return workdir
+
+
+def test_continuous_audio_input_batches_carry_their_splits_features(feature_workdir):
+    train_it, eval_it = make_iterators(continuous(task_config()), workdir=feature_workdir)
+    assert isinstance(train_it, AudioFeatureBatches) and isinstance(train_it.get_state(), bytes)
+    tokens_it, _ = make_iterators(task_config(), workdir=feature_workdir)  # tokens only
+    for it, split in ((train_it, "train"), (eval_it, "validation")):
+        rows = {r.tobytes() for r in it.bank.features.astype(np.float32)}
+        assert all(utt.startswith(f"{split}-") for utt in it.bank.ids)  # its own split's
+        for _ in range(2):
+            b = next(it)
+            assert AUDIO_FRAMES_KEY not in b
+            feats, mask = b[AUDIO_FEATURES_KEY], b[AUDIO_MASK_KEY]
+            assert feats.shape == (8, 128, FEATURE_DIM) and feats.dtype == np.float32
+            assert mask.shape == (8, 128) and mask.dtype == np.int32 and mask.any()
+            assert all(row.tobytes() in rows for row in feats[mask == 1])
+            assert not feats[mask == 0].any()
+            if split == "train":  # everything else is the tokens-only batch
+                plain = next(tokens_it)
+                assert set(b) == set(plain) | {AUDIO_FEATURES_KEY, AUDIO_MASK_KEY}
+                for key, value in plain.items():
+                    np.testing.assert_array_equal(b[key], value, err_msg=key)
+    assert set(eval_it.reference_losses) == {"tts", "asr", "vc"}
+
+
+def test_continuous_audio_input_iterator_state_restores_exactly(feature_workdir):
+    config = continuous(task_config())
+    it = TaskData(config, feature_workdir).iterator("train")
+    next(it)
+    state = it.get_state()
+    want = [next(it) for _ in range(3)]
+    tasks_lib.clear_caches()  # as a new process: banks re-read, tasks re-registered
+    again = TaskData(config, feature_workdir).iterator("train")
+    again.set_state(state)
+    for expected in want:
+        got = next(again)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_continuous_audio_input_needs_shards_with_features(token_workdir):
+    with pytest.raises(ValueError, match="tokenize with data.token_features=log_mel"):
+        make_iterators(continuous(task_config()), workdir=token_workdir)
