@@ -92,6 +92,17 @@ class Bank:
         hi = lo + int(self.frames[u] - start if frames is None else frames)
         return np.asarray(self.codes[:, lo:hi], np.int32)
 
+    def utterance_features(
+        self, u: int, start: int = 0, frames: int | None = None
+    ) -> np.ndarray | None:
+        """float32 [frames, F] feature rows of utterance u from frame `start`, cropped like
+        `utterance_codes`; None when the bank was loaded without features."""
+        if self.features is None:
+            return None
+        lo = int(self.audio_start[u]) + start
+        hi = lo + int(self.frames[u] - start if frames is None else frames)
+        return np.asarray(self.features[lo:hi], np.float32)
+
 
 def load_bank(
     directory: str,

@@ -82,13 +82,8 @@ def _lm_make_iterators(config, *, workdir=None, process_index: int = 0, process_
 
 
 def _lm_kind() -> ModelKind:
-    from gpa_jax.training.data_iter import TASK_IDS_KEY
-    from gpa_jax.training.train_step import (
-        AUDIO_FEATURES_KEY,
-        AUDIO_MASK_KEY,
-        BATCH_KEYS,
-        PREFIX_KEY,
-    )
+    from gpa_jax.training.data_iter import AUDIO_FEATURES_KEY, AUDIO_MASK_KEY, TASK_IDS_KEY
+    from gpa_jax.training.train_step import BATCH_KEYS, PREFIX_KEY
 
     return ModelKind(
         model_factory=_lm_model_factory,

@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpa_jax import sharding as sharding_lib
+from gpa_jax.training.data_iter import AUDIO_FEATURES_KEY, AUDIO_MASK_KEY
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = (
@@ -44,10 +45,6 @@ BATCH_KEYS = (
     "decoder_loss_weights",
 )
 PREFIX_KEY = "decoder_prefix_mask"
-# The continuous audio-input variant's batch keys (model.audio_input="continuous"):
-# token-aligned log-mel rows [b, l, F] and where they are read [b, l].
-AUDIO_FEATURES_KEY = "decoder_audio_features"
-AUDIO_MASK_KEY = "decoder_audio_mask"
 # fold_in constant that separates the dropout stream from the params init (both from seed).
 _DROPOUT_STREAM = 1
 

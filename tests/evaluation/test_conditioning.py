@@ -44,7 +44,7 @@ def test_mismatched_rows_keep_the_output_and_swap_the_input(lm, vocab, bank):  #
     rows = plan[:2]
     own = conditioning._pairs(sampler, bank, "tts", rows, rows)
     other = conditioning._pairs(sampler, bank, "tts", rows, rows[::-1])
-    for (p1, o1), (p2, o2), r, c in zip(own, other, rows, rows[::-1], strict=True):
+    for (p1, o1, _), (p2, o2, _), r, c in zip(own, other, rows, rows[::-1], strict=True):
         np.testing.assert_array_equal(o1, o2)  # the same target
         if bank.texts[r[0]] != bank.texts[c[0]]:
             assert not np.array_equal(p1, p2)  # another text in the prompt

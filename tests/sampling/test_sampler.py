@@ -314,3 +314,48 @@ def test_continuous_requests_decode_alone_as_in_a_batch_and_bad_features_are_nam
     a, b = (sampler.decoder.device_arrays(sampler.decode_batch([sampler.prepare(r)])[0])
             for r in (base, other))  # fmt: skip
     assert not np.array_equal(a["audio_features"], b["audio_features"])
+
+
+@pytest.fixture(scope="module")
+def feature_corpus(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("feature_tokens"))
+    return directory, write_corpus(directory, features=True)
+
+
+@pytest.mark.parametrize("task", ["asr", "tts", "vc"])
+def test_continuous_prompt_rows_are_what_the_trainer_feeds(feature_corpus, vocab, task):
+    """Features and mask of the sampler's prompt == the trainer's batch over the prefix."""
+    from gpa_jax.training.data_iter import gather_audio_features
+    from tests.tasks.conftest import FEATURE_DIM
+
+    config = _config(vocab.vocab_size)
+    config.model.audio_input = "continuous"
+    config.model.audio_encoder_layers = 1
+    config.model.audio_feature_dim = FEATURE_DIM
+    sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab,
+                      sampling=sampling_config(ref_max_frames=40))  # fmt: skip
+    handle = tasks_lib.register_tasks(feature_corpus[0], vocab, small_config(), sequence_length=SEQ_LEN,
+                                      namespace="sampler_feat", audio_features=True)  # fmt: skip
+    source = handle.sources[task]
+    rows, _ = source.plan("train")
+    bank = source.bank("train")
+    ds = pipeline.make_dataset(
+        handle.task_names[task], "train", SEQ_LEN, 1, None, False, pack=False, num_epochs=1
+    )
+    for row, ex in list(zip(rows, ds.as_numpy_iterator(), strict=False))[:3]:
+        t, r, start, n, src = (int(x) for x in row)
+        ref = dict(reference=bank.utterance_codes(r, start, n),
+                   reference_features=bank.utterance_features(r, start, n))  # fmt: skip
+        if task == "asr":
+            request = Request.asr(bank.utterance_codes(t), source_features=bank.utterance_features(t))
+        elif task == "tts":
+            request = Request("tts", text=bank.texts[t], **ref)
+        else:
+            request = Request("vc", source=bank.utterance_codes(src),
+                              source_features=bank.utterance_features(src), **ref)  # fmt: skip
+        prepared = sampler.prepare(request)
+        fed = gather_audio_features(bank, ex["decoder_audio_frames"])
+        n_prompt = len(prepared.prompt)
+        np.testing.assert_array_equal(fed["decoder_audio_mask"][0, :n_prompt], prepared.audio[1])
+        np.testing.assert_allclose(fed["decoder_audio_features"][0, :n_prompt], prepared.audio[0])
+        assert prepared.audio[1].sum() > 0
