@@ -48,6 +48,10 @@ STAGES = ("corpus", "codec", "codec_eval", "tokens", "spm", "lm", "acoustic", "a
 
 flags.DEFINE_bool("quick", False, "Tiny corpus and a few steps per stage: a smoke run of minutes.")
 _FROM = flags.DEFINE_enum("from_stage", "corpus", STAGES, "First stage to run (earlier ones must be done).")
+_LM_OVERRIDES = flags.DEFINE_list(
+    "lm_overrides", [], "Overrides of the LM config (configs/gpa_tiny.py), e.g. "
+    "model.audio_input=continuous (the LauraGPT variant); they hold for every stage that reads it.",
+)
 _TO = flags.DEFINE_enum("to_stage", "evaluate", STAGES, "Last stage to run.")
 
 # --quick: the tiny corpus (60 utterances) and just enough steps to exercise every stage.
@@ -77,7 +81,8 @@ QUICK = dict(
 def _configs(quick: bool):
     corpus_spec = os.path.join(CONFIGS, f"corpus.py:{'tiny' if quick else 'default'}")
     codec = config_utils.load_config(os.path.join(CONFIGS, "codec_tiny.py"), QUICK["codec"] if quick else [])
-    lm = config_utils.load_config(os.path.join(CONFIGS, "gpa_tiny.py"), QUICK["lm"] if quick else [])
+    lm_overrides = [*(QUICK["lm"] if quick else []), *_LM_OVERRIDES.value]
+    lm = config_utils.load_config(os.path.join(CONFIGS, "gpa_tiny.py"), lm_overrides)
     return config_utils.load_config(corpus_spec), codec, lm
 
 
