@@ -352,7 +352,8 @@ def tts_requests(bank, n: int, seed: int):
 
     u_n = bank.num_utterances
     return [Request.tts(bank.texts[i % u_n], bank.utterance_codes((i + 1) % u_n), id=bank.ids[i % u_n],
-                        seed=seed + i) for i in range(n)]  # fmt: skip
+                        seed=seed + i, reference_features=bank.utterance_features((i + 1) % u_n))
+            for i in range(n)]  # fmt: skip
 
 
 def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_options):
@@ -367,7 +368,8 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_
     rate = float(codec.sample_rate)
     synth = streaming.synthesizer(codec, models.acoustic)
     token_dir = resolve_paths(sampler.config.tasks, workdir)[0]
-    bank = planning.load_bank(token_dir, split, sampler.vocab, layers=codec.n_q)
+    bank = planning.load_bank(token_dir, split, sampler.vocab, layers=codec.n_q,
+                              features=harness.reads_features(sampler))  # fmt: skip
     sampler.sampling.max_batch = max(int(sampler.sampling.max_batch), max(concurrency))
     rows = []
     for n in concurrency:

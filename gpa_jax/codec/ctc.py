@@ -392,14 +392,30 @@ def transcribe(
 def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> None:
     """Params of `module` (Orbax) + meta.json under `directory` (overwritten)."""
     import os
+    import shutil
 
     import orbax.checkpoint as ocp
+
+    from gpa_jax.errors import DiskFullError, is_disk_full
+    from gpa_jax.training import checkpoint as ckpt_lib
 
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     params = nnx.to_pure_dict(nnx.state(module, SAVED))
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(os.path.join(directory, "params"), params, force=True)
+    target = os.path.join(directory, "params")
+    try:
+        with ckpt_lib.quiet_disk_full(), ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(target, params, force=True)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        # Nothing under `directory` is marked complete (no meta.json): the job's own
+        # checkpoints stay, so a rerun with space back resumes and saves again.
+        shutil.rmtree(target, ignore_errors=True)
+        raise DiskFullError(
+            f"no space left on device saving the trained model to {target}; its training "
+            "checkpoints are kept: free space and rerun to resume and save it"
+        ) from error
     # meta.json marks the model complete (load_module, ensure_teacher): written last, whole.
     paths.atomic_write_json(os.path.join(directory, "meta.json"), meta, indent=1, sort_keys=True)
 

@@ -145,11 +145,13 @@ class _FillingFile:
         return getattr(self._file, name)
 
 
-def fill_disk(directory, room: int = 0):
+def fill_disk(directory, room: int = 0, *, siblings: bool = False):
     """From now on, files opened for writing under `directory` take `room` more bytes in
     all, then every write fails with OSError(ENOSPC) (no file name: write(2) gives none).
-    Returns the function that gives the space back."""
-    real_open, under, left = builtins.open, os.path.abspath(directory) + os.sep, [room]
+    `siblings`: also under folders whose name starts with its name (Orbax writes
+    `<dir>.orbax-checkpoint-tmp-*` first). Returns the function that gives the space back."""
+    under = os.path.abspath(directory) + ("" if siblings else os.sep)
+    real_open, left = builtins.open, [room]
 
     def filling_open(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)

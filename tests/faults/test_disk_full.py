@@ -166,6 +166,34 @@ def test_ctc_teacher_checkpoint_save_on_a_full_disk(compile_cache, tmp_path, cap
     assert meta["steps"] == 4 and ckpt.saved_steps(ckpt_dir) == [4]
 
 
+def test_ctc_teacher_final_save_on_a_full_disk(compile_cache, tmp_path, capfd):
+    """The trained teacher's own save (params + meta.json) after its last step: one
+    DiskFullError naming the folder, nothing marked complete; with space back the rerun
+    resumes at the last step and saves it."""
+    from gpa_jax.codec import teacher as teacher_lib
+    from tests.codec.test_teacher import teacher_config, tone_corpus
+
+    directory = str(tmp_path / "teacher")
+    train_set = tone_corpus(8, seed=3)
+    config = teacher_config(**{"teacher.ctc_steps": 2, "teacher.ctc_checkpoint_every": 2})
+    capfd.readouterr()
+    give_back = fill_disk(os.path.join(directory, "params"), siblings=True)
+    try:
+        with pytest.raises(DiskFullError) as full:
+            teacher_lib.train_teacher(config, directory, train_set=train_set, progress=False)
+    finally:
+        give_back()
+    message = str(full.value)
+    assert NO_SPACE in message and os.path.join(directory, "params") in message, message
+    assert "Traceback" not in capfd.readouterr().err
+    assert not os.path.exists(os.path.join(directory, "meta.json"))
+    assert not os.path.exists(os.path.join(directory, "params"))
+    assert ckpt.saved_steps(os.path.join(directory, "train_state")) == [2]
+
+    meta = teacher_lib.train_teacher(config, directory, train_set=train_set, progress=False)
+    assert meta["steps"] == 2 and os.path.isfile(os.path.join(directory, "meta.json"))
+
+
 @pytest.mark.parametrize("write", ["text", "bytes", "json"])
 @pytest.mark.parametrize("existed", [True, False])
 def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, write, existed):
