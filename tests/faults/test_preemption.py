@@ -89,6 +89,29 @@ def test_demo_stops_in_the_codec_stage_and_resumes_it(compile_cache, tmp_path):
     assert "== [2/2] codec done in" in again and os.path.exists(marker_path(workdir, "codec"))
 
 
+def test_corpus_build_stops_and_the_rerun_builds_it(compile_cache, tmp_path):
+    """SIGTERM while the tiny corpus is being synthesised: status 143, one message, no
+    dataset that looks finished; the same command then builds it."""
+    import glob
+
+    workdir = tmp_path / "w"
+    cmd = [PYTHON, "-m", "launch.build_corpus", f"--config={REPO}/configs/corpus.py:tiny",
+           f"--workdir={workdir}"]  # fmt: skip
+    env = subprocess_env(compile_cache)
+    rc, out = run_until(cmd, env, r"Synthesizing utterances:\s+\d+%.*\b[1-9]\d*/60", signal.SIGTERM)
+    assert rc == 143, out[-3000:]
+    assert ("corpus build: stopped by SIGTERM; TFDS keeps only finished builds; rerun the same "
+            "command to build it") in out, out[-3000:]
+    assert "Traceback" not in out
+    finished = glob.glob(str(workdir / "tfds" / "synthetic_speech" / "tiny" / "*" / "dataset_info.json"))
+    assert not finished, finished
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                           check=False)  # fmt: skip
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert glob.glob(str(workdir / "tfds" / "synthetic_speech" / "tiny" / "*" / "dataset_info.json"))
+
+
 # Real codec training (and its CTC teacher) in a subprocess, on in-memory clips so that no
 # corpus has to be built; the test signals it once it reports its second step.
 CODEC_DRIVER = """
