@@ -37,8 +37,8 @@ Continuous audio inputs (`model.audio_input = "continuous"`, LauraGPT): a reques
 carries the token-aligned log-mel rows of its source / reference
 (`gpa_jax.audio.features.token_aligned_log_mel`, one row per codec frame, cropped like
 the codes); the prompt's audio positions read them (prefill), its codec ids there are
-placeholders. `Request.from_audio`-style helpers live with the callers that have the wav
-(`launch.sample`, the evaluation), which compute both from the same audio.
+placeholders. `launch.sample` computes codes and rows from the same wav; the evaluation
+reads both from the token shards.
 """
 
 from __future__ import annotations
@@ -159,24 +159,21 @@ class _Prepared:
     audio: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _prompt_audio(pieces, reference, source, ref_rows, src_rows, ref_layers: int):
-    """(features [len(prompt), F], mask) of a prompt [PROMPT_START] ++ join(pieces): the
-    reference's positions read `ref_rows` (each frame's `ref_layers` positions its row),
-    the source's `src_rows`, everything else nothing."""
-    dim = (ref_rows if ref_rows is not None else src_rows).shape[1]
-    rows, mask = [np.zeros((1, dim), np.float32)], [np.zeros(1, np.int32)]
-    for piece in pieces:
-        if reference is not None and piece is reference:
-            part = np.repeat(ref_rows, ref_layers, axis=0)
-        elif source is not None and piece is source:
-            part = src_rows
-        else:
-            rows.append(np.zeros((len(piece), dim), np.float32))
-            mask.append(np.zeros(len(piece), np.int32))
-            continue
-        rows.append(np.asarray(part, np.float32))
-        mask.append(np.ones(len(part), np.int32))
-    return np.concatenate(rows), np.concatenate(mask)
+def _prompt_audio(task, vocab, text, ref_rows, src_rows, ref_layers: int):
+    """(features [len(prompt), F], mask) of a continuous-input prompt, [PROMPT_START] ++
+    inputs: each position reads the row of the frame it holds (`layout.input_frame_segments`,
+    the tasks' own map), zeros and mask 0 where it holds none."""
+    table = np.concatenate([r for r in (ref_rows, src_rows) if r is not None]).astype(np.float32)
+    n_ref = 0 if ref_rows is None else len(ref_rows)
+    frames = layout.join([[layout.NO_FRAME], *layout.input_frame_segments(
+        task, vocab, text=text, ref_layers=ref_layers,
+        reference=None if ref_rows is None else np.arange(n_ref),
+        source=None if src_rows is None else n_ref + np.arange(len(src_rows)),
+    )])  # fmt: skip
+    mask = frames != layout.NO_FRAME
+    features = np.zeros((len(frames), table.shape[1]), np.float32)
+    features[mask] = table[frames[mask]]
+    return features, mask.astype(np.int32)
 
 
 def _batch_multiple(mesh: jax.sharding.Mesh | None, rules: Any) -> int:
@@ -363,7 +360,7 @@ class Sampler:
             audio = None
             if continuous:
                 crop = None if ref_codes is None else ref_rows[: ref_codes.shape[1]]
-                audio = _prompt_audio(pieces, reference, source, crop, src_rows, self.ref_layers)
+                audio = _prompt_audio(task, self.vocab, text, crop, src_rows, self.ref_layers)
             return prompt, audio, len(prompt) + math.ceil(expected / s.length_margin) + 1
 
         prompt, audio, need = build(ref)
