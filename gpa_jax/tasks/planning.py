@@ -88,9 +88,7 @@ class Bank:
 
     def utterance_codes(self, u: int, start: int = 0, frames: int | None = None) -> np.ndarray:
         """int32 [layers, frames] of utterance u from frame `start` (default: to its end)."""
-        lo = int(self.audio_start[u]) + start
-        hi = lo + int(self.frames[u] - start if frames is None else frames)
-        return np.asarray(self.codes[:, lo:hi], np.int32)
+        return np.asarray(self.codes[:, self._span(u, start, frames)], np.int32)
 
     def utterance_features(
         self, u: int, start: int = 0, frames: int | None = None
@@ -99,9 +97,12 @@ class Bank:
         `utterance_codes`; None when the bank was loaded without features."""
         if self.features is None:
             return None
+        return np.asarray(self.features[self._span(u, start, frames)], np.float32)
+
+    def _span(self, u: int, start: int, frames: int | None) -> slice:
+        """Global frame columns of utterance u from `start` (default: to its end)."""
         lo = int(self.audio_start[u]) + start
-        hi = lo + int(self.frames[u] - start if frames is None else frames)
-        return np.asarray(self.features[lo:hi], np.float32)
+        return slice(lo, lo + int(self.frames[u] - start if frames is None else frames))
 
 
 def load_bank(
