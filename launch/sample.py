@@ -129,11 +129,12 @@ def main(argv):
         raise ValueError(f"the codec runs at {codec.sample_rate} Hz, expected {rate}")
     codes = {name: codec_api.encode(codec, wav, rate) for name, wav in wavs.items()}
     rows = {name: None for name in wavs}
-    if harness.reads_features(models.sampler):  # a continuous-input LM: log-mel of the same audio
-        from gpa_jax.audio.features import token_aligned_log_mel
+    if harness.reads_features(models.sampler):  # a continuous-input LM: rows of the same audio
+        from gpa_jax.codec.data import token_features_for
 
-        rows = {name: token_aligned_log_mel(wav, codes[name].shape[1], codec_hop=codec.hop_length)
-                for name, wav in wavs.items()}  # fmt: skip
+        kind = harness.feature_kind(lm_config, workdir)
+        featurize = token_features_for(kind, codec, codec_config, workdir)
+        rows = {name: featurize(wav, codes[name].shape[1]) for name, wav in wavs.items()}
 
     if task == "asr":
         request = Request.asr(codes["audio"][:1], id=_AUDIO.value, source_features=rows["audio"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from gpa_jax import config_utils, preemption
+from gpa_jax.codec.data import TOKEN_FEATURES
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -37,9 +38,10 @@ _MAX_SECONDS = flags.DEFINE_float(
 )
 _RECORDS_PER_SHARD = flags.DEFINE_integer("records_per_shard", 4096, "Utterances per shard.")
 _TOKEN_FEATURES = flags.DEFINE_enum(
-    "token_features", None, ["", "log_mel"],
-    "Per-frame features stored with the codes ('' none, 'log_mel' the LM's continuous "
-    "audio input; default config.data.token_features).",
+    "token_features", None, list(TOKEN_FEATURES),
+    "Per-frame features stored with the codes, the LM's continuous audio input ('' none, "
+    "'log_mel', 'ctc_teacher' the codec's CTC content teacher; default "
+    "config.data.token_features).",
 )  # fmt: skip
 _MAX_BAD_FRACTION = flags.DEFINE_float(
     "max_bad_fraction", None,

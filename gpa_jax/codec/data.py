@@ -520,38 +520,70 @@ def train_clips(
 
 # --- the tokenization job ----------------------------------------------------------------
 
-# config.data.token_features: what the token shards carry per codec frame besides codes.
-#   ""         nothing (codes only)
-#   "log_mel"  `gpa_jax.audio.features.token_aligned_log_mel` of the clip the codec
-#              encodes: the LM's continuous audio input (model.audio_input="continuous")
-TOKEN_FEATURES = ("", "log_mel")
+# config.data.token_features: what the token shards carry per codec frame besides codes,
+# the LM's continuous audio input (model.audio_input="continuous"):
+#   ""             nothing (codes only)
+#   "log_mel"      `gpa_jax.audio.features.token_aligned_log_mel` of the clip the codec
+#                  encodes (LauraGPT's input)
+#   "ctc_teacher"  the codec's CTC content teacher's features of that clip
+#                  (`gpa_jax.codec.teacher.content_rows`, teacher.dim wide): a content
+#                  encoder trained on the corpus transcripts, as LauraGPT/GPA feed a
+#                  pretrained speech encoder's output
+TOKEN_FEATURES = ("", "log_mel", "ctc_teacher")
 
 
-def token_feature_spec(kind: str, codec: Any) -> dict[str, Any] | None:
-    """The shards' description ({"kind", "dim"}) of `kind` for this codec; None for ""."""
-    if kind not in TOKEN_FEATURES:
-        raise ValueError(f"data.token_features={kind!r}; supported: {TOKEN_FEATURES}")
-    if not kind:
-        return None
-    from gpa_jax.audio.features import MelConfig
+class TokenFeatures:
+    """The per-frame features of one kind for clips this codec encodes.
 
-    mel = MelConfig()
-    if codec.sample_rate != mel.sample_rate or codec.hop_length % mel.hop_length:
-        raise ValueError(
-            f"data.token_features='log_mel' needs a {mel.sample_rate} Hz codec whose hop is "
-            f"a multiple of {mel.hop_length} samples; this codec has {codec.sample_rate} Hz, "
-            f"hop {codec.hop_length}"
-        )
-    return {"kind": kind, "dim": (codec.hop_length // mel.hop_length) * mel.n_mels}
+    `spec` is the shards' description ({"kind", "dim"}, None for ""); calling it on a clip
+    and its number of code frames gives float32 [frames, dim]. `teacher` (a
+    `gpa_jax.codec.teacher.ContentTeacher`) is needed for "ctc_teacher" only.
+    """
+
+    def __init__(self, kind: str, codec: Any, teacher: Any = None):
+        if kind not in TOKEN_FEATURES:
+            raise ValueError(f"data.token_features={kind!r}; supported: {TOKEN_FEATURES}")
+        self.kind, self.codec, self.teacher = kind, codec, teacher
+        self.spec: dict[str, Any] | None = None
+        if kind == "log_mel":
+            from gpa_jax.audio.features import MelConfig
+
+            mel = MelConfig()
+            if codec.sample_rate != mel.sample_rate or codec.hop_length % mel.hop_length:
+                raise ValueError(
+                    f"data.token_features='log_mel' needs a {mel.sample_rate} Hz codec whose hop "
+                    f"is a multiple of {mel.hop_length} samples; this codec has "
+                    f"{codec.sample_rate} Hz, hop {codec.hop_length}"
+                )
+            self.spec = {"kind": kind, "dim": (codec.hop_length // mel.hop_length) * mel.n_mels}
+        elif kind == "ctc_teacher":
+            if teacher is None:
+                raise ValueError("data.token_features='ctc_teacher' needs the codec's trained CTC teacher")
+            if int(teacher.hop) != int(codec.hop_length):
+                raise ValueError(f"the CTC teacher's hop {teacher.hop} is not the codec's {codec.hop_length}")
+            self.spec = {"kind": kind, "dim": int(teacher.dim)}
+
+    def __call__(self, wav: np.ndarray, frames: int) -> np.ndarray:
+        if self.kind == "log_mel":
+            from gpa_jax.audio.features import token_aligned_log_mel
+
+            return token_aligned_log_mel(wav, frames, codec_hop=self.codec.hop_length)
+        if self.kind == "ctc_teacher":
+            from gpa_jax.codec.teacher import content_rows
+
+            return content_rows(self.teacher, wav, frames)
+        raise ValueError("token_features='' has no features to compute")
 
 
-def token_features_of(kind: str, wav: np.ndarray, frames: int, codec: Any) -> np.ndarray:
-    """float32 [frames, dim] features of `kind` for a clip the codec encoded into `frames`."""
-    from gpa_jax.audio.features import token_aligned_log_mel
+def token_features_for(kind: str, codec: Any, config: ml_collections.ConfigDict, workdir: str) -> TokenFeatures:
+    """`TokenFeatures` of `kind` for a codec trained in `workdir` with `config` (loads the
+    CTC teacher from its directory when the kind needs it)."""
+    teacher = None
+    if kind == "ctc_teacher":
+        from gpa_jax.codec import teacher as teacher_lib
 
-    if kind != "log_mel":
-        raise ValueError(f"no token features of kind {kind!r}; supported: {TOKEN_FEATURES[1:]}")
-    return token_aligned_log_mel(wav, frames, codec_hop=codec.hop_length)
+        teacher = teacher_lib.load_teacher(config, teacher_lib.teacher_dir(config, workdir))
+    return TokenFeatures(kind, codec, teacher)
 
 
 def corpus_splits(corpus: str, data_dir: str | None) -> dict[str, int]:
@@ -631,12 +663,14 @@ def tokenize_split(
     progress: bool = True,
     max_bad_fraction: float | None = None,
     token_features: str = "",
+    teacher: Any = None,
 ) -> dict[str, Any]:
     """Encodes one split into ArrayRecord token shards; bad records are skipped and counted.
 
     `token_features` (see `TOKEN_FEATURES`): per-frame features stored with each
     utterance's codes, computed from the very clip the codec encodes (decoded, at the
-    codec rate, before batch padding) with one row per code frame.
+    codec rate, before batch padding) with one row per code frame; "ctc_teacher" needs
+    the codec's `teacher` (`TokenFeatures`).
 
     Returns the split's manifest entry, with `bad_audio` {count, by_kind, ids, records,
     max_bad_fraction} added (its presence marks the split complete for
@@ -654,7 +688,7 @@ def tokenize_split(
     if max_bad_fraction is None:
         max_bad_fraction = corpora.MAX_BAD_FRACTION
     frame_rate = codec.sample_rate / codec.hop_length
-    feature_spec = token_feature_spec(token_features, codec)
+    featurizer = TokenFeatures(token_features, codec, teacher)
     bar = tqdm(total=total, desc=f"tokenize {split}", unit="utt", disable=not progress)
     pending: list[dict[str, Any]] = []
 
@@ -676,8 +710,8 @@ def tokenize_split(
             codes = api.encode_batch(codec, wavs, codec.sample_rate, bucket_frames=bucket_frames)
             for example, c in zip(group, codes, strict=False):
                 feats = None
-                if feature_spec is not None:
-                    feats = token_features_of(token_features, example["audio"], c.shape[1], codec)
+                if featurizer.spec is not None:
+                    feats = featurizer(example["audio"], c.shape[1])
                 writer.write(example["id"], example["speaker"], example["text"], c, feats)
             bar.update(len(group))
         pending.clear()
@@ -691,7 +725,7 @@ def tokenize_split(
         frame_rate=frame_rate,
         records_per_shard=records_per_shard,
         metadata=metadata,
-        features=feature_spec,
+        features=featurizer.spec,
     ) as writer:
         for example in corpora.speech_examples(
             corpus,
@@ -735,8 +769,9 @@ def tokenize_corpus(
 ) -> dict[str, dict[str, Any]]:
     """Tokenizes every (or the named) split of `corpus`; finished splits are skipped.
 
-    `token_features` ("" or "log_mel", config.data.token_features): per-frame features
-    stored with the codes; a finished split without them is redone (`split_is_complete`).
+    `token_features` (`TOKEN_FEATURES`, config.data.token_features): per-frame features
+    stored with the codes (a `teacher=` kwarg for "ctc_teacher"); a finished split with
+    other features or none is redone (`split_is_complete`).
 
     Returns {split: {"status": "written" | "skipped", **manifest entry}}. Tokens of one
     directory must come from one codec: a manifest naming another codec checkpoint or
@@ -834,6 +869,8 @@ def tokenize_workdir(
         raise ValueError(f"data.token_features={token_features!r}; supported: {TOKEN_FEATURES}")
     codec, step = train.restore_codec(config, checkpoint_dir)
     logging.info("tokenize: codec step %d from %s", step, checkpoint_dir)
+    if token_features == "ctc_teacher":
+        kwargs["teacher"] = token_features_for(token_features, codec, config, workdir).teacher
     return tokenize_corpus(
         codec,
         corpus,

@@ -72,6 +72,7 @@ class ContentTeacher(nnx.Module):
             )
         self.mel = _mel_config(config)
         self.hop = _hop(config)
+        self.dim = int(t.dim)
         self.layer = str(t.layer)
         self.net = ctc.CTCRecognizer(
             int(t.ctc_n_mels),
@@ -162,6 +163,33 @@ class ContentTeacher(nnx.Module):
             feats = hidden[int(self.layer)]
         frames = -(-n // self.hop)
         return jax.lax.stop_gradient(feats[:, :frames])
+
+
+# content_rows pads a clip to whole buckets of this many frames, so tokenizing a corpus
+# compiles one shape per bucket rather than one per clip length. Whole buckets also fix
+# the parity of the 10 ms frame count, on which the stride-2 'SAME' convolution's frame
+# grid depends: every clip's rows come from the same grid.
+_ROWS_BUCKET_FRAMES = 25
+
+
+@nnx.jit
+def _content(model: ContentTeacher, wav: jax.Array, lengths: jax.Array) -> jax.Array:
+    return model(wav, lengths)
+
+
+def content_rows(model: ContentTeacher, wav: np.ndarray, frames: int) -> np.ndarray:
+    """float32 [frames, dim]: the teacher's distillation features of one clip, one row per
+    codec frame (the clip's first `frames` frames; rows past its end are zeros). These are
+    the `ctc_teacher` token features (`gpa_jax.codec.data.TOKEN_FEATURES`)."""
+    n = max(len(wav), 1)
+    bucket = _ROWS_BUCKET_FRAMES * model.hop
+    padded = np.zeros((1, -(-n // bucket) * bucket), np.float32)
+    padded[0, : len(wav)] = wav
+    feats = np.asarray(_content(model, jnp.asarray(padded), jnp.asarray([n], jnp.int32)))[0]
+    rows = np.zeros((frames, feats.shape[-1]), np.float32)
+    kept = min(frames, feats.shape[0])
+    rows[:kept] = feats[:kept]
+    return rows
 
 
 def _apply_wav(model: ContentTeacher, wav: jax.Array, mask: jax.Array):

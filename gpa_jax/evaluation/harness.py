@@ -111,8 +111,25 @@ def load_split(
 
 
 def reads_features(sampler) -> bool:
-    """Whether the sampler's LM reads log-mel rows at its audio inputs (not codec tokens)."""
+    """Whether the sampler's LM reads feature rows at its audio inputs (not codec tokens)."""
     return sampler.cfg.audio_input != "tokens"
+
+
+def feature_kind(lm_config, workdir: str | None) -> str:
+    """The kind of feature rows (`gpa_jax.codec.data.TOKEN_FEATURES`) in the token shards
+    the LM trained on: what a continuous-input LM must be fed at sampling time."""
+    from gpa_jax.tasks import token_shards
+    from gpa_jax.tasks.config import resolve_paths
+
+    token_dir = resolve_paths(lm_config.tasks, workdir)[0]
+    split = lm_config.tasks.train_split
+    entry = token_shards.read_manifest(token_dir)["splits"].get(split, {})
+    if not entry.get("features"):
+        raise ValueError(
+            f"split {split!r} of {token_dir} has no feature rows: this LM reads continuous "
+            "audio input; tokenize with data.token_features set (launch.tokenize --token_features)"
+        )
+    return str(entry["features"]["kind"])
 
 
 def _generate(models: EvalModels, requests, task: str) -> list:

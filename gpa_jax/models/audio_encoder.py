@@ -1,4 +1,4 @@
-"""LauraGPT's continuous audio input: token-aligned log-mel rows -> LM input embeddings.
+"""LauraGPT's continuous audio input: token-aligned feature rows -> LM input embeddings.
 
 With `model.audio_input = "continuous"` the LM does not read codec-token embeddings at
 the audio *input* positions of an example (ASR / VC source, TTS / VC reference); it reads
@@ -6,7 +6,8 @@ this encoder's output there instead. Its outputs stay discrete codec tokens.
 
 Input rows are `gpa_jax.audio.features.token_aligned_log_mel` (the two 10 ms log-mel
 frames of each 20 ms codec frame, concatenated: a stride-2 subsampling of Whisper's
-100 Hz front end to the codec's 50 Hz, one row per token position), carried in the packed
+100 Hz front end to the codec's 50 Hz, one row per token position) or the codec's CTC
+content teacher's features (`data.token_features`), carried in the packed
 batch as `decoder_audio_features` [b, l, F] with `decoder_audio_mask` [b, l] (1 where a
 row is read), both aligned with `decoder_input_tokens`.
 
@@ -76,7 +77,11 @@ class AudioEncoder(nnx.Module):
             guide_weight=0.0,
             audio_input="tokens",
         )
-        self.blocks = DecoderStack(block_cfg, rngs=rngs, rules=rules)  # ends in RMSNorm
+        # Ends in RMSNorm. None for 0 layers: rows that already carry context (the CTC
+        # teacher's features) need only the convolution and the projection.
+        self.blocks = (
+            DecoderStack(block_cfg, rngs=rngs, rules=rules) if cfg.audio_encoder_layers else None
+        )
         self.out = DenseGeneral((cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), **dims)
 
     def __call__(
@@ -95,6 +100,8 @@ class AudioEncoder(nnx.Module):
         x = self.in_norm(self.conv(_neighbours(features.astype(jnp.float32), keep)))
         # Segment 0 is padding to the attention mask: non-audio rows see nothing, and
         # every audio row of an example sees all of them (all lie in the "prefix").
+        if self.blocks is None:
+            return self.out(x)
         audio_segments = jnp.where(mask, segment_ids, 0)
         h = self.blocks(x, audio_segments, positions, mask, dropout_key=dropout_key)
         return self.out(h)

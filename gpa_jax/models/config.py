@@ -109,9 +109,11 @@ class LMConfig:
     guide_sigma: float = 0.2
     # How audio *inputs* (ASR / VC source, TTS / VC reference) enter the LM; outputs are
     # codec tokens in every variant. "tokens": their RVQ ids' embeddings (GPA / USLM).
-    # "continuous" (LauraGPT): token-aligned log-mel rows of `audio_feature_dim` through
-    # an encoder of `audio_encoder_layers` blocks of this shape
-    # (gpa_jax.models.audio_encoder) replace the embeddings at those positions.
+    # "continuous" (LauraGPT): token-aligned feature rows of `audio_feature_dim` (log-mel,
+    # or the codec's CTC teacher features: data.token_features) through an encoder of
+    # `audio_encoder_layers` blocks of this shape (0: the convolution and projection only,
+    # for rows that already carry context) (gpa_jax.models.audio_encoder) replace the
+    # embeddings at those positions.
     audio_input: str = "tokens"
     audio_encoder_layers: int = 2
     audio_feature_dim: int = 160
@@ -120,10 +122,10 @@ class LMConfig:
         check_block_fields(self)
         if self.audio_input not in AUDIO_INPUTS:
             raise ValueError(f"audio_input={self.audio_input!r}; expected one of {AUDIO_INPUTS}")
-        if self.audio_encoder_layers < 1 or self.audio_feature_dim < 1:
+        if self.audio_encoder_layers < 0 or self.audio_feature_dim < 1:
             raise ValueError(
-                f"audio_encoder_layers={self.audio_encoder_layers} and audio_feature_dim="
-                f"{self.audio_feature_dim} must be >= 1"
+                f"audio_encoder_layers={self.audio_encoder_layers} must be >= 0 and "
+                f"audio_feature_dim={self.audio_feature_dim} >= 1"
             )
         if self.attention_q_block < 1:
             raise ValueError(f"attention_q_block={self.attention_q_block} must be >= 1")

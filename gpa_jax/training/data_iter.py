@@ -232,6 +232,30 @@ def uses_audio_features(config: ml_collections.ConfigDict) -> bool:
     return model is not None and str(model.get("audio_input", "tokens")) != "tokens"
 
 
+def check_feature_rows(config: ml_collections.ConfigDict, token_dir: str, splits) -> None:
+    """The shards' feature rows fit config.model.audio_feature_dim (else one clear error
+    before any batch is built, rather than a shape error deep inside the model)."""
+    from gpa_jax.models.config import LMConfig
+    from gpa_jax.tasks import token_shards
+
+    manifest = token_shards.read_manifest(token_dir)
+    want = int(config.model.get("audio_feature_dim", LMConfig.audio_feature_dim))
+    for split in splits:
+        spec = token_shards.split_features(manifest, split)
+        if spec is None:
+            raise ValueError(
+                f"split {split!r} of {token_dir} has no feature rows, but model.audio_input="
+                f"{config.model.audio_input!r} reads them: tokenize with data.token_features=log_mel "
+                "(or ctc_teacher)"
+            )
+        if int(spec["dim"]) != want:
+            raise ValueError(
+                f"split {split!r} of {token_dir} carries {spec['kind']} rows of {spec['dim']} "
+                f"values, but model.audio_feature_dim={want}: set model.audio_feature_dim="
+                f"{spec['dim']}"
+            )
+
+
 def gather_audio_features(bank: Any, audio_frames: np.ndarray) -> dict[str, np.ndarray]:
     """{decoder_audio_features: float32 [..., F], decoder_audio_mask: int32 [...]} of a
     `decoder_audio_frames` array (1 + the bank's global frame index, 0 = none).
@@ -381,6 +405,8 @@ class TaskData:
                     f"{self.token_dir} has no split {split!r} (config.tasks.train_split / "
                     f"eval_split); it has {list(self.handle.splits)}"
                 )
+        if self.audio_features:
+            check_feature_rows(config, self.token_dir, (tc.train_split, tc.eval_split))
         if trc.batch_size % process_count:
             raise ValueError(
                 f"train.batch_size={trc.batch_size} does not split over {process_count} hosts"

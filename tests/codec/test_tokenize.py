@@ -137,3 +137,58 @@ def test_rerun_skips_finished_splits(job):
     )
     assert redo["test"]["status"] == "written" and redo["validation"]["status"] == "skipped"
     read_manifest(out, verify=True)
+
+
+def _random_ctc_teacher(config):
+    from flax import nnx
+
+    from gpa_jax.codec.teacher import ContentTeacher
+
+    cfg = config.copy_and_resolve_references()
+    cfg.teacher.kind, cfg.teacher.dim, cfg.teacher.ctc_layers = "ctc", 16, 2
+    return ContentTeacher(cfg, rngs=nnx.Rngs(3))
+
+
+def test_ctc_teacher_rows_do_not_depend_on_the_padding_bucket(job):
+    """A clip's rows are the same however much silence pads it to its bucket (the teacher
+    masks past the clip's length); frames past the clip are zeros."""
+    import jax.numpy as jnp
+
+    from gpa_jax.codec.teacher import content_rows
+
+    teacher = _random_ctc_teacher(job[0])
+    wav = np.random.default_rng(0).standard_normal(16000 + 1234).astype(np.float32) * 0.1
+    frames = math.ceil(len(wav) / 320)
+    rows = content_rows(teacher, wav, frames)
+    assert rows.shape == (frames, 16) and np.all(np.isfinite(rows))
+    assert np.abs(rows).max() > 1e-3
+    longer = np.zeros((1, 5 * 8000), np.float32)  # two more 25-frame buckets of padding
+    longer[0, : len(wav)] = wav
+    padded = np.asarray(teacher(jnp.asarray(longer), jnp.asarray([len(wav)], jnp.int32)))[0]
+    np.testing.assert_allclose(rows, padded[:frames], atol=1e-4)
+    assert np.all(content_rows(teacher, wav, frames + 3)[frames:] == 0)
+
+
+def test_shards_can_carry_the_ctc_teachers_rows(job, tmp_path):
+    from data import corpora
+
+    config, workdir, _, _ = job
+    codec, _ = codec_train.restore_codec(config, codec_train.checkpoint_dir(workdir))
+    teacher = _random_ctc_teacher(config)
+    out = str(tmp_path / "tokens")
+    codec_data.tokenize_corpus(
+        codec, CORPUS, out, data_dir=paths.tfds_dir(workdir), splits=["validation"],
+        token_features="ctc_teacher", teacher=teacher, max_seconds=MAX_SECONDS, **KWARGS,
+    )  # fmt: skip
+    spec = {"kind": "ctc_teacher", "dim": 16, "dtype": "float16"}
+    assert read_manifest(out)["splits"]["validation"]["features"] == spec
+    clips = {
+        ex["id"]: ex["audio"]
+        for ex in corpora.speech_examples(CORPUS, "validation", data_dir=paths.tfds_dir(workdir))
+    }
+    featurize = codec_data.TokenFeatures("ctc_teacher", codec, teacher)
+    for utt in iter_utterances(out, "validation"):
+        want = featurize(clips[utt.id], utt.num_frames).astype(np.float16)
+        np.testing.assert_array_equal(utt.features, want)
+    with pytest.raises(ValueError, match="needs the codec's trained CTC teacher"):
+        codec_data.TokenFeatures("ctc_teacher", codec)

@@ -103,3 +103,19 @@ def test_tokens_variant_has_no_encoder_and_unknown_variants_are_named():
     assert numpy_model(dataclasses.replace(CFG, audio_input="tokens")).audio_encoder is None
     with pytest.raises(ValueError, match="audio_input='mel'"):
         dataclasses.replace(CFG, audio_input="mel")
+
+
+def test_zero_encoder_layers_read_rows_through_the_convolution_only():
+    """audio_encoder_layers=0 (rows that already carry context, e.g. the CTC teacher's):
+    no blocks; a row reaches the embeddings of its neighbours only, so the causal LM's
+    logits before the row's left neighbour do not move."""
+    model = numpy_model(dataclasses.replace(CFG, audio_encoder_layers=0))
+    assert model.audio_encoder.blocks is None
+    tokens, features = inputs()
+    base = forward(model, tokens, features, MASK)
+    edited = features.copy()
+    edited[:, 4] = 3.0
+    changed = forward(model, tokens, edited, MASK)
+    np.testing.assert_allclose(changed[:, :3], base[:, :3], atol=1e-5)
+    assert float(jnp.max(jnp.abs(changed[:, 3:8] - base[:, 3:8]))) > 1e-3
+    np.testing.assert_allclose(changed[:, 8:], base[:, 8:], atol=1e-5)

@@ -146,8 +146,11 @@ def test_resume_on_the_task_pipeline_reproduces_the_straight_run(token_workdir, 
 
 def continuous(config):
     """`config` with the LM reading audio features (the model's key may not exist yet)."""
+    from tests.tasks.conftest import FEATURE_DIM
+
     with config.unlocked():
         config.model.audio_input = "continuous"
+        config.model.audio_feature_dim = FEATURE_DIM  # the test shards' rows
     return config
 
 
@@ -201,3 +204,14 @@ def test_continuous_audio_input_iterator_state_restores_exactly(feature_workdir)
 def test_continuous_audio_input_needs_shards_with_features(token_workdir):
     with pytest.raises(ValueError, match="tokenize with data.token_features=log_mel"):
         make_iterators(continuous(task_config()), workdir=token_workdir)
+
+
+def test_feature_rows_of_another_width_are_named_before_any_batch(feature_workdir):
+    from tests.tasks.conftest import FEATURE_DIM
+
+    config = continuous(task_config())
+    with config.unlocked():
+        config.model.audio_feature_dim = FEATURE_DIM + 1
+    with pytest.raises(ValueError, match=rf"rows of {FEATURE_DIM} values, but model.audio_feature_dim="
+                                         rf"{FEATURE_DIM + 1}: set model.audio_feature_dim={FEATURE_DIM}"):  # fmt: skip
+        make_iterators(config, workdir=feature_workdir)
