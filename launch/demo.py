@@ -52,6 +52,10 @@ _LM_OVERRIDES = flags.DEFINE_list(
     "lm_overrides", [], "Overrides of the LM config (configs/gpa_tiny.py), e.g. "
     "model.audio_input=continuous (the LauraGPT variant); they hold for every stage that reads it.",
 )
+_ACOUSTIC_OVERRIDES = flags.DEFINE_list(
+    "acoustic_overrides", [], "Overrides of both acoustic stages' configs (gpa_jax.acoustic.config), "
+    "e.g. train.num_steps=3000; they hold for the acoustic and acoustic_eval stages.",
+)
 _TO = flags.DEFINE_enum("to_stage", "evaluate", STAGES, "Last stage to run.")
 
 # --quick: the tiny corpus (60 utterances) and just enough steps to exercise every stage.
@@ -90,7 +94,7 @@ def _stages(workdir: str, quick: bool):
     from launch.build_corpus import build_corpus
 
     corpus_cfg, codec_cfg, lm_cfg = _configs(quick)
-    acoustic_overrides = tuple(QUICK["acoustic"]) if quick else ()
+    acoustic_overrides = (*(QUICK["acoustic"] if quick else ()), *_ACOUSTIC_OVERRIDES.value)
 
     def codec():
         from gpa_jax.codec import jobs

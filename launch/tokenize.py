@@ -9,7 +9,8 @@ Restores the codec (params + codebook buffers) from the latest checkpoint in
 n_q, codebook size, frame rate, sha256 and each split's skipped bad audio). With
 config.data.token_features="log_mel" (codec_tiny's default; --token_features overrides
 it) every utterance also carries its token-aligned log-mel, the LM's continuous audio
-input. Rerunning skips splits already complete (with the asked-for features), so an
+input; --token_features=ctc_teacher stores the codec's CTC content teacher's features
+(<workdir>/codec/teacher) instead. Rerunning skips splits already complete (with the asked-for features), so an
 interrupted job resumes at the split it was on.
 The job itself is `gpa_jax.codec.data.tokenize_workdir`; this module only parses flags.
 """

@@ -89,6 +89,47 @@ def test_demo_stops_in_the_codec_stage_and_resumes_it(compile_cache, tmp_path):
     assert "== [2/2] codec done in" in again and os.path.exists(marker_path(workdir, "codec"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, job, flag", [
+    ("lm", "lm training", "--lm_overrides"),
+    ("acoustic", "nar training", "--acoustic_overrides"),
+])  # fmt: skip
+def test_demo_stops_in_a_training_stage_and_resumes_it(quick_demo, compile_cache, tmp_path, stage, job, flag):
+    """SIGTERM while the demo's LM (or first acoustic) stage trains: the trainer saves, the
+    demo exits 143 naming the stage, writes no marker and does not go on as if the stage
+    had finished; the same command resumes the stage from the saved checkpoint."""
+    import shutil
+
+    from launch.demo import marker_path
+
+    finished, _ = quick_demo
+    workdir = str(tmp_path / "demo")
+    shutil.copytree(finished, workdir)
+    steps = 60  # enough steps after compilation for the signal to land mid-training
+    overrides = f"{flag}=train.num_steps={steps},optimizer.total_steps={steps},train.log_every=2"
+    cmd = [PYTHON, "-m", "launch.demo", "--quick", f"--workdir={workdir}", f"--from_stage={stage}",
+           f"--to_stage={stage}", overrides]  # fmt: skip
+    env = {**subprocess_env(compile_cache), "XLA_FLAGS": ""}
+    rc, out = run_until(cmd, env, rf"step ([2-9]|[1-4]\d)/{steps}: loss", signal.SIGTERM, timeout=900)
+    assert rc == 143, out[-3000:]
+    assert f"== [1/1] {stage} stopped by SIGTERM; rerun the same command to resume at this stage" in (
+        out
+    ), out[-3000:]
+    said = re.search(rf"{job}: stopped by SIGTERM; stopped at step (\d+), checkpoint \d+ saved in ", out)
+    assert said, out[-3000:]
+    step = int(said[1])
+    assert 2 <= step < steps
+    assert not os.path.exists(marker_path(workdir, stage))
+    assert "demo finished" not in out and "Traceback" not in out
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                           check=False)  # fmt: skip
+    again = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, again[-3000:]
+    assert f"resumed from checkpoint {step}" in again, again[-3000:]
+    assert f"== [1/1] {stage} done in" in again and os.path.exists(marker_path(workdir, stage))
+
+
 def test_corpus_build_stops_and_the_rerun_builds_it(compile_cache, tmp_path):
     """SIGTERM while the tiny corpus is being synthesised: status 143, one message, no
     dataset that looks finished; the same command then builds it."""
