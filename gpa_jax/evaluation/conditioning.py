@@ -137,6 +137,22 @@ def conditioning_report(
     return report
 
 
+def asr_transcripts(sampler, bank: planning.Bank, settings: planning.PlanSettings, *, split: str,
+                    num: int = 40, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Greedy ASR of the first `num` planned ASR rows of `split`: {rows, wer, cer} (corpus
+    rates, `gpa_jax.evaluation.asr_metrics`), next to the conditioning gain."""
+    from gpa_jax.evaluation import asr_metrics
+    from gpa_jax.sampling import Request
+
+    plan = planning.plan_task("asr", bank, settings, seed, split)[0][:num]
+    requests = [Request.asr(bank.utterance_codes(int(r[TGT]))[:1],
+                            source_features=bank.utterance_features(int(r[TGT])))
+                for r in plan]  # fmt: skip
+    hyps = [res.text or "" for res in sampler.generate(requests)]
+    rates = asr_metrics.error_rates([bank.texts[r[TGT]] for r in plan], hyps)
+    return {"rows": len(plan), "wer": float(rates.wer), "cer": float(rates.cer)}
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     at = f"step {report['step']}, " if "step" in report else ""
     lines = [f"does the LM read its input? ({at}{report['split']} split, nats per output token)",
@@ -150,15 +166,19 @@ def format_report(report: Mapping[str, Any]) -> str:
             continue
         lines.append(f"{task:<5} {r['rows']:>5} {r['nll_matched']:>10.4f} "
                      f"{r['nll_mismatched']:>12.4f} {r['gain']:>7.4f}")  # fmt: skip
+    if "asr_transcripts" in report:
+        a = report["asr_transcripts"]
+        lines.append(f"greedy ASR of {a['rows']} rows: WER {a['wer']:.3f}, CER {a['cer']:.3f}")
     return "\n".join(lines)
 
 
 def report_for_workdir(
     workdir: str, *, split: str = "validation", num: int = 32, seed: int = 0,
-    step: int | None = None,
+    step: int | None = None, asr_rows: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Loads the LM of <workdir>/checkpoints (params of `step`, default the newest) and its
-    token shards; the report (with the step)."""
+    token shards; the report (with the step), and with `asr_rows` the greedy ASR error
+    rates of that many rows (`asr_transcripts`)."""
     from gpa_jax.sampling import Sampler, config_from_checkpoint
     from gpa_jax.tasks.config import resolve_paths
     from gpa_jax.training import checkpoint as ckpt_lib
@@ -173,5 +193,8 @@ def report_for_workdir(
     bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers,
                               features=sampler.cfg.audio_input != "tokens")  # fmt: skip
     report = conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
+    if asr_rows:
+        report["asr_transcripts"] = asr_transcripts(sampler, bank, settings, split=split,
+                                                    num=asr_rows, seed=seed)  # fmt: skip
     report["step"] = ckpt_lib.saved_steps(lm_dir)[-1] if step is None else int(step)
     return report

@@ -49,3 +49,22 @@ def test_mismatched_rows_keep_the_output_and_swap_the_input(lm, vocab, bank):  #
         if bank.texts[r[0]] != bank.texts[c[0]]:
             assert not np.array_equal(p1, p2)  # another text in the prompt
     assert "gain" in conditioning.format_report(report)
+
+
+def test_asr_transcripts_score_the_planned_rows_greedy_transcripts(lm, vocab, bank):  # noqa: F811
+    sampler = _sampler(lm, vocab)
+    settings = planning.PlanSettings.from_config(small_config(), SEQ_LEN)
+    got = conditioning.asr_transcripts(sampler, bank, settings, split="train", num=3)
+    plan, _ = planning.plan_task("asr", bank, settings, 0, "train")
+    assert got["rows"] == min(3, len(plan))
+    assert got["wer"] >= 0 and got["cer"] >= 0
+    # The same rows scored by hand: the greedy transcripts against their own texts.
+    from gpa_jax.evaluation import asr_metrics
+    from gpa_jax.sampling import Request
+
+    rows = plan[:3]
+    hyps = [r.text or "" for r in sampler.generate([Request.asr(bank.utterance_codes(int(r[0]))[:1]) for r in rows])]
+    want = asr_metrics.error_rates([bank.texts[r[0]] for r in rows], hyps)
+    assert got["wer"] == pytest.approx(want.wer) and got["cer"] == pytest.approx(want.cer)
+    text = conditioning.format_report({"split": "train", "asr_transcripts": got})
+    assert f"greedy ASR of {got['rows']} rows: WER {got['wer']:.3f}" in text
