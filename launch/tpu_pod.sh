@@ -18,6 +18,9 @@
 # Multi-slice (several slices over DCN): create the slices as one queued resource, set
 # --config.mesh.dcn_shape="(<slices>, 1, 1)"; the MEGASCALE_* variables the runtime sets
 # are detected by --multihost as well.
+# A lost worker (no heartbeat for --heartbeat_timeout seconds, default 30) stops the
+# others with one line in their logs naming it and exit status 75; rerun `train` to
+# resume from the last checkpoint.
 # Optional: LIBTPU_INIT_ARGS (XLA/libtpu flags) is passed through to every host.
 set -euo pipefail
 cd "$(dirname "$0")/.."

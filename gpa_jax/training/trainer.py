@@ -44,9 +44,9 @@ checkpoint) on batches from `gpa_jax.training.data_iter` (or iterators passed in
   train.divergence_factor x its running average marks the checkpoints saved around it as
   diverged; the newest good checkpoint is always kept (`recovery.DivergenceGuard`).
 
-Multi-host: call `maybe_initialize_distributed` first (launch.train does); every host
-runs the same loop on its own slice of each global batch; the stop-on-signal decision
-is agreed across hosts at log steps.
+Multi-host: join the job first (`gpa_jax.multihost.initialize`; launch.train does); every
+host runs the same loop on its own slice of each global batch; the stop-on-signal
+decision is agreed across hosts at log steps.
 """
 
 from __future__ import annotations
@@ -101,49 +101,6 @@ class TrainResult:
     signal: int | None = None
     train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # last log
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # last eval
-
-
-# --- multi-host ------------------------------------------------------------------------------
-
-
-def multihost_env() -> bool:
-    """Whether the environment describes a multi-process job JAX can join.
-
-    JAX_COORDINATOR_ADDRESS (set by you, with JAX_NUM_PROCESSES / JAX_PROCESS_ID), a TPU
-    slice with several workers (TPU_WORKER_HOSTNAMES or MEGASCALE_* multi-slice vars),
-    or a SLURM / Open MPI job of more than one task.
-    """
-    env = os.environ
-    if env.get("JAX_COORDINATOR_ADDRESS") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        return True
-    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-        return True
-    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if int(env.get(var, "1") or 1) > 1:
-            return True
-    return False
-
-
-def maybe_initialize_distributed(multihost: bool | None = None) -> bool:
-    """`jax.distributed.initialize()` if `multihost` (None: if `multihost_env()`).
-
-    Must run before anything touches a JAX device. jax.distributed finds the coordinator,
-    process count and id itself on Cloud TPU, SLURM, Open MPI and with the JAX_* vars.
-    Returns whether it initialised.
-    """
-    if multihost is None:
-        multihost = multihost_env()
-    if not multihost:
-        return False
-    jax.distributed.initialize()
-    logging.info(
-        "jax.distributed: process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
-    return True
 
 
 # --- the step functions ----------------------------------------------------------------------

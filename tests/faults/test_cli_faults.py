@@ -92,6 +92,14 @@ def test_output_folder_is_checked_before_any_work(tmp_path):
     _user_error(_cli("train", f"--workdir={unwritable / 'run'}"), "cannot create work dir")
 
 
+def test_an_incomplete_multiprocess_job_is_refused_before_it_starts(tmp_path):
+    start = time.time()
+    result = _cli("train", "--coordinator_address=localhost:1", "--num_processes=2",
+                  f"--workdir={tmp_path}")  # fmt: skip
+    _user_error(result, "also needs --process_id (or $JAX_PROCESS_ID)")
+    assert time.time() - start < 60  # no process started, no coordinator waited for
+
+
 def test_resume_with_a_changed_shape_names_the_parameter(tiny_lm, tmp_path):
     from gpa_jax import config_utils
     from gpa_jax.training import checkpoint as ckpt_lib
