@@ -13,7 +13,8 @@ with the reference's codes as the voice prompt, and decoded; ASR loads no acoust
 Before any model loads (seconds): the work dir and its LM checkpoint must exist, --out's
 folder is created, and the inputs' headers are read: a source longer than the LM can
 take (`max_source_frames`, stated in seconds) is refused undecoded, only the first
-ref_max_frames of --ref are read, and a --ref shorter than the LM config's
+ref_max_frames of --ref reach the LM (the acoustic stage's voice prompt reads its own
+length, data.prompt_max_frames, when longer), and a --ref shorter than the LM config's
 tasks.ref_min_frames is refused (--allow_short_ref serves it with a warning). These and a
 request the sampler rejects (empty text, ...) exit with status 2 and the reason.
 
@@ -83,9 +84,10 @@ def main(argv):
     sampling = sampling_config()
     tasks = lm_config.tasks
     wavs = {}
-    ref_ids = 0
+    ref_ids = ref_max = 0
     if "ref" in needs:
-        # Only the reference's first ref_max_frames are used: the rest is never read.
+        # Only the reference's first ref_max_frames reach the LM (the acoustic stage's voice
+        # prompt may read more, below): the rest is never read.
         ref_max = int(sampling.ref_max_frames or tasks.ref_max_frames)
         wavs["ref"] = audio_io.load_audio(given["ref"], rate, first_seconds=ref_max / frame_rate)
         frames = math.ceil(len(wavs["ref"]) / hop)
@@ -127,6 +129,12 @@ def main(argv):
     codec = models.codec
     if int(codec.sample_rate) != rate:
         raise ValueError(f"the codec runs at {codec.sample_rate} Hz, expected {rate}")
+    if "ref" in wavs and models.acoustic is not None and models.acoustic.prompt_frames > ref_max:
+        # The acoustic stage's voice prompt is longer than the LM's reference: read that
+        # much (the sampler keeps the first ref_max frames for the LM).
+        wavs["ref"] = audio_io.load_audio(
+            given["ref"], rate, first_seconds=models.acoustic.prompt_frames / frame_rate
+        )
     codes = {name: codec_api.encode(codec, wav, rate) for name, wav in wavs.items()}
     rows = {name: None for name in wavs}
     if harness.reads_features(models.sampler):  # a continuous-input LM: rows of the same audio

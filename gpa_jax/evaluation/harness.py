@@ -49,7 +49,7 @@ from gpa_jax.evaluation.results import SampleStore, markdown_table
 from gpa_jax.evaluation.speaker import SAMPLE_RATE as SPEAKER_RATE
 from gpa_jax.evaluation.speaker import SpeakerEncoder, cosine
 from gpa_jax.tasks import planning
-from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, SRC, TGT
+from gpa_jax.tasks.planning import REF, SRC, TGT
 
 TASKS = ("asr", "tts", "vc")
 # Outputs shorter than this (0.1 s at 50 Hz) count as failed: nothing to judge or embed.
@@ -235,7 +235,9 @@ def _evaluate_tasks(
             out[task] = {"error": f"no {task} examples could be planned on {split}"}
             bar.update()
             continue
-        crops = [(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        # The acoustic stage's voice prompt may be longer than the LM's reference crop.
+        voice_frames = models.acoustic.prompt_frames if models.acoustic is not None else 0
+        crops = [planning.voice_crop(bank, r, voice_frames) for r in plan]
         refs = [data.codes(*crop) for crop in crops]
         ref_rows = [data.features(*crop) for crop in crops]
         if task == "tts":
@@ -259,7 +261,7 @@ def _evaluate_tasks(
             wavs = dict(zip(ok, synth, strict=True))
         texts = [bank.texts[r[TGT]] for r in plan]
         truth = [data.wav(int(r[TGT])) for r in plan]
-        ref_wavs = [data.wav(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in plan]
+        ref_wavs = [data.wav(*crop) for crop in crops]
         voices = [bank.speakers[r[TGT]] for r in plan]
         gen_hyps = models.judge.transcribe([wavs[i] for i in ok], rate) if ok else []
         hyp = dict(zip(ok, gen_hyps, strict=True))

@@ -28,7 +28,7 @@ from gpa_jax import paths
 from gpa_jax.codec.curves import load_points, write_points
 from gpa_jax.evaluation import asr_metrics, conditioning, harness
 from gpa_jax.tasks import planning
-from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, TGT
+from gpa_jax.tasks.planning import TGT
 
 CURVE_TASKS = ("asr", "tts", "vc")
 
@@ -82,7 +82,7 @@ def lm_curves(
     asr_refs = [bank.texts[r[TGT]] for r in asr_rows]
     tts_texts = [bank.texts[r[TGT]] for r in tts_rows]
     tts_voices = [bank.speakers[r[TGT]] for r in tts_rows]
-    crops = [(int(r[REF]), int(r[REF_START]), int(r[REF_LEN])) for r in tts_rows]
+    crops = [planning.voice_crop(bank, r, models.acoustic.prompt_frames) for r in tts_rows]
     prompts = [data.codes(*crop) for crop in crops]
     prompt_rows = [data.features(*crop) for crop in crops]
     truth = judge.transcribe([data.wav(int(r[TGT])) for r in tts_rows], rate)

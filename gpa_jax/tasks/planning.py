@@ -239,6 +239,17 @@ class TaskStats:
         return d
 
 
+def voice_crop(bank: Bank, row: np.ndarray, frames: int) -> tuple[int, int, int]:
+    """(utterance, start, length) of a planned row's reference crop, widened to `frames`
+    where its utterance has them. The acoustic stage's voice prompt may be longer than the
+    LM's reference: both are given this crop, and the sampler keeps its first
+    ref_max_frames for the LM."""
+    utt, start, length = int(row[REF]), int(row[REF_START]), int(row[REF_LEN])
+    total = int(bank.frames[utt])
+    length = min(max(length, int(frames)), total)
+    return utt, min(start, total - length), length
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
     """The config.tasks fields planning reads (see gpa_jax.tasks.config), plus L."""
