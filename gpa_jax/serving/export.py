@@ -347,41 +347,45 @@ def export_workdir(
 
     partial = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # an earlier export that did not finish
-    mesh = _one_device_mesh()
-    sampling = sampling_config()
-    tasks = lm_config.tasks
-    params = ckpt_lib.restore_params_only(lm_dir, lm_config, mesh, lm_step)
-    write_lm(
-        partial, lm_config, params, vocab,
-        ref_layers=int(sampling.ref_layers or tasks.ref_layers),
-        ref_max_frames=int(sampling.ref_max_frames or tasks.ref_max_frames),
-    )  # fmt: skip
-    del params
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "workdir": os.path.abspath(workdir),
-        "lm": {
-            "checkpoint": os.path.abspath(lm_dir),
-            "step": lm_step,
-            "architecture": "Qwen3ForCausalLM",
-        },
-        "codec": None,
-        "acoustic": {},
-    }
-    if codec_config is not None:
-        codec, codec_step = codec_train.restore_codec(codec_config, codec_dir)
-        write_module(os.path.join(partial, CODEC_DIR), codec, codec_config)
-        manifest["codec"] = {"checkpoint": os.path.abspath(codec_dir), "step": codec_step,
-                             "folder": CODEC_DIR}  # fmt: skip
-    for variant, stage_ckpt in stage_dirs.items():
-        stage_config = config_from_checkpoint(stage_ckpt)
-        stage_step = ckpt_lib.saved_steps(stage_ckpt)[-1]
-        model = ckpt_lib.restore_model(stage_ckpt, stage_config, mesh, stage_step)
-        folder = os.path.join(ACOUSTIC_DIR, variant)
-        write_module(os.path.join(partial, folder), model, stage_config)
-        manifest["acoustic"][variant] = {"checkpoint": os.path.abspath(stage_ckpt),
-                                         "step": stage_step, "folder": folder}  # fmt: skip
-    _write_json(os.path.join(partial, MANIFEST), manifest)
+    try:
+        mesh = _one_device_mesh()
+        sampling = sampling_config()
+        tasks = lm_config.tasks
+        params = ckpt_lib.restore_params_only(lm_dir, lm_config, mesh, lm_step)
+        write_lm(
+            partial, lm_config, params, vocab,
+            ref_layers=int(sampling.ref_layers or tasks.ref_layers),
+            ref_max_frames=int(sampling.ref_max_frames or tasks.ref_max_frames),
+        )  # fmt: skip
+        del params
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "workdir": os.path.abspath(workdir),
+            "lm": {
+                "checkpoint": os.path.abspath(lm_dir),
+                "step": lm_step,
+                "architecture": "Qwen3ForCausalLM",
+            },
+            "codec": None,
+            "acoustic": {},
+        }
+        if codec_config is not None:
+            codec, codec_step = codec_train.restore_codec(codec_config, codec_dir)
+            write_module(os.path.join(partial, CODEC_DIR), codec, codec_config)
+            manifest["codec"] = {"checkpoint": os.path.abspath(codec_dir), "step": codec_step,
+                                 "folder": CODEC_DIR}  # fmt: skip
+        for variant, stage_ckpt in stage_dirs.items():
+            stage_config = config_from_checkpoint(stage_ckpt)
+            stage_step = ckpt_lib.saved_steps(stage_ckpt)[-1]
+            model = ckpt_lib.restore_model(stage_ckpt, stage_config, mesh, stage_step)
+            folder = os.path.join(ACOUSTIC_DIR, variant)
+            write_module(os.path.join(partial, folder), model, stage_config)
+            manifest["acoustic"][variant] = {"checkpoint": os.path.abspath(stage_ckpt),
+                                             "step": stage_step, "folder": folder}  # fmt: skip
+        _write_json(os.path.join(partial, MANIFEST), manifest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # no half export left (full disk, ^C)
+        raise
     if os.path.isdir(out_dir):  # empty, or an earlier export that --overwrite replaces
         shutil.rmtree(out_dir)
     os.replace(partial, out_dir)

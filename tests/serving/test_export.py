@@ -224,6 +224,28 @@ def test_vocab_side_file_builds_the_samplers_prompts(workdir, tmp_path):
     assert layout["control_tokens"]["<|tts|>"] == layout["tasks"]["tts"]["prompt"][1]
 
 
+def test_sentencepiece_text_ships_its_model_and_encodes_as_the_vocabulary(tmp_path):
+    import sentencepiece
+    import seqio
+
+    from gpa_jax.tasks import spm
+
+    model_file = str(tmp_path / "text.model")
+    spm.train_sentencepiece(["the cat sat on the mat", "a dog ran", "hello there"] * 4,
+                            model_file, vocab_size=40)  # fmt: skip
+    vocab = SpeechVocabulary(seqio.SentencePieceVocabulary(model_file), num_audio_streams=N_Q,
+                             codebook_size=CODEBOOK)  # fmt: skip
+    config = lm_config(model=lm_model_config(vocab_size=vocab.vocab_size, **TINY))
+    model = numpy_model(LMConfig.from_config(config.model))
+    out = tmp_path / "out"
+    export.write_lm(str(out), config, model, vocab, ref_layers=1, ref_max_frames=40)
+    text = json.loads((out / "gpa_vocab.json").read_text())["text"]
+    assert text["kind"] == "sentencepiece" and text["size"] == vocab.text_size
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(out / text["model_file"]))
+    ids = [text["offset"] + i for i in pieces.encode("the cat ran")]
+    assert ids == list(vocab.encode("the cat ran"))
+
+
 def _run_export(*flags):
     env = {**os.environ, "XLA_FLAGS": ""}
     return subprocess.run(
