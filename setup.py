@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "soxr>=0.5",
     "sentencepiece>=0.2",
     "msgpack>=1.0",  # token shard records (gpa_jax/tasks/token_shards.py)
+    "safetensors>=0.4",  # launch.export's files and their loaders (gpa_jax/serving/export.py)
     "ml_collections>=1.1",
     "clu>=0.0.12",
     "tensorboard>=2.20",  # clu's TensorBoard writer; TF 2.21 no longer pulls it in
@@ -46,7 +47,9 @@ EXTRAS = {
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
     # HuBERT / HF audio encoders as offline distillation teachers (codec issue).
     "hubert": ["transformers>=4.45", "torch==2.13.0"],
-    # Side-by-side PyTorch baseline for launch.bench_train / launch.bench_sample.
+    # Side-by-side PyTorch baseline for launch.bench_train / launch.bench_sample, and the
+    # export's parity test (HF Qwen3ForCausalLM on the exported LM). Installed by
+    # launch/setup_env.sh, so CI runs those tests.
     "bench": ["transformers>=4.45", "torch==2.13.0"],
     "judge": JUDGE,
     # Neural judges for TTS / VC evaluation: the whisper judge for WER, Resemblyzer for speaker

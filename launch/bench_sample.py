@@ -112,24 +112,13 @@ class TorchSide:
         import torch
         import transformers
 
+        from gpa_jax.models import LMConfig
+        from gpa_jax.serving import qwen3
+
         self.torch = torch
+        # The export's config.json (one mapping: gpa_jax.serving.qwen3), sdpa attention.
         hf_config = transformers.Qwen3Config(
-            vocab_size=m.vocab_size,
-            hidden_size=m.embed_dim,
-            intermediate_size=m.mlp_dim,
-            num_hidden_layers=m.num_layers,
-            num_attention_heads=m.num_heads,
-            num_key_value_heads=m.num_kv_heads,
-            head_dim=m.head_dim,
-            tie_word_embeddings=True,
-            rms_norm_eps=m.norm_eps,
-            rope_theta=m.rope_theta,
-            max_position_embeddings=m.max_len,
-            attention_dropout=0.0,
-            attn_implementation="sdpa",
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=None,
+            **qwen3.hf_config(LMConfig.from_config(m)), attn_implementation="sdpa"
         )
         torch.manual_seed(seed)
         self.model = transformers.Qwen3ForCausalLM(hf_config).eval()
@@ -177,32 +166,6 @@ class TorchSide:
         return out[:, prompts.shape[1] :].numpy()
 
 
-def load_torch_weights(model: Any, weights: dict[str, np.ndarray]) -> None:
-    """Copies an HF Qwen3 state dict into a DecoderLM (unrolled layers) in place."""
-    cfg = model.cfg
-    e, h, kv, d = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-
-    def put(var, value):
-        var[...] = np.asarray(value, dtype=var[...].dtype).reshape(var[...].shape)
-
-    put(model.embedder.embedding, weights["model.embed_tokens.weight"])
-    put(model.decoder.final_norm.scale, weights["model.norm.weight"])
-    for i, block in enumerate(model.decoder.layers):
-        p = f"model.layers.{i}."
-        a = block.attn
-        put(a.q_proj.kernel, weights[p + "self_attn.q_proj.weight"].T.reshape(e, h, d))
-        put(a.k_proj.kernel, weights[p + "self_attn.k_proj.weight"].T.reshape(e, kv, d))
-        put(a.v_proj.kernel, weights[p + "self_attn.v_proj.weight"].T.reshape(e, kv, d))
-        put(a.o_proj.kernel, weights[p + "self_attn.o_proj.weight"].T.reshape(h, d, e))
-        put(a.q_norm.scale, weights[p + "self_attn.q_norm.weight"])
-        put(a.k_norm.scale, weights[p + "self_attn.k_norm.weight"])
-        put(block.pre_attn_norm.scale, weights[p + "input_layernorm.weight"])
-        put(block.pre_mlp_norm.scale, weights[p + "post_attention_layernorm.weight"])
-        put(block.mlp.gate_proj.kernel, weights[p + "mlp.gate_proj.weight"].T)
-        put(block.mlp.up_proj.kernel, weights[p + "mlp.up_proj.weight"].T)
-        put(block.mlp.down_proj.kernel, weights[p + "mlp.down_proj.weight"].T)
-
-
 class JaxSide:
     """The sampler's Decoder over left-padded prompts, bucketed like the Sampler."""
 
@@ -212,18 +175,17 @@ class JaxSide:
 
         from gpa_jax.models import LMConfig, make_lm
         from gpa_jax.sampling import decode, sampling_config
+        from gpa_jax.serving import qwen3
 
         self.decode = decode
         self.cfg = LMConfig.from_config(config.model)
-        if weights is not None and self.cfg.scan_layers:
-            raise ValueError("torch weights load into unrolled layers: set model.scan_layers=False")
         # Params from numpy into an abstract model (fast: no RNG compile), then torch's.
         model = nnx.eval_shape(lambda: make_lm(config, rngs=nnx.Rngs(0)))
         rng = np.random.default_rng(seed)
         for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
             var.set_value(np.asarray(0.02 * rng.standard_normal(var.shape), var.dtype))
         if weights is not None:
-            load_torch_weights(model, weights)
+            qwen3.load_hf_state_dict(model, weights)
         self.decoder = decode.Decoder(model)
         s = sampling_config()
         self.prompt_bucket, self.steps_bucket = int(s.prompt_bucket), int(s.steps_bucket)

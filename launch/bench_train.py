@@ -7,7 +7,7 @@
 JAX side: the trainer's own jitted, sharded train step (`trainer.make_step_fns`: AdamW
 with clipping, z-loss, per-task sums) on the config's mesh, state built as the trainer
 builds it. Torch side (the `[bench]` extra): `transformers.Qwen3ForCausalLM` of the same
-shape (vocab, width, layers, heads / kv heads, head_dim, MLP, tied embeddings, QK-norm,
+shape (vocab, width, layers, heads / kv heads, head_dim, MLP, tied or not, QK-norm,
 RoPE theta, norm eps) with sdpa attention, `torch.optim.AdamW` with the config's
 hyper-parameters, global-norm clipping and the same weighted cross-entropy + z-loss.
 Both sides train on the same packed batch (`data_iter.SyntheticLMBatches`, batch 0 of the
@@ -128,31 +128,22 @@ class TorchSide:
         import torch
         import transformers
 
+        from gpa_jax.models import LMConfig
+        from gpa_jax.serving import qwen3
+
         m, opt = config.model, config.optimizer
         self.name = f"torch[{dtype}]"
         self._torch = torch
-        if not m.tie_embeddings or not m.qk_norm:
-            raise ValueError(
-                "the torch baseline is Qwen3 (tied embeddings, QK-norm); this config has "
-                f"tie_embeddings={m.tie_embeddings}, qk_norm={m.qk_norm}"
-            )
+        if not m.qk_norm:
+            raise ValueError("the torch baseline is Qwen3, which always has QK-norm; this config "
+                             "has qk_norm=False")  # fmt: skip
         if m.prefix_bidirectional:
             logging.warning("torch baseline: prefix_bidirectional ignored (causal Qwen3)")
-        hf_config = transformers.Qwen3Config(
-            vocab_size=m.vocab_size,
-            hidden_size=m.embed_dim,
-            intermediate_size=m.mlp_dim,
-            num_hidden_layers=m.num_layers,
-            num_attention_heads=m.num_heads,
-            num_key_value_heads=m.num_kv_heads,
-            head_dim=m.head_dim,
-            tie_word_embeddings=True,
-            rms_norm_eps=m.norm_eps,
-            rope_theta=m.rope_theta,
-            max_position_embeddings=max(m.max_len, config.train.seq_len),
-            attention_dropout=0.0,
-            attn_implementation="sdpa",
-        )
+        # The export's config.json (one mapping: gpa_jax.serving.qwen3), positions for the
+        # benchmark's sequence length, sdpa attention.
+        hf = qwen3.hf_config(LMConfig.from_config(m))
+        hf["max_position_embeddings"] = max(m.max_len, config.train.seq_len)
+        hf_config = transformers.Qwen3Config(**hf, attn_implementation="sdpa")
         torch.manual_seed(int(config.seed))
         self.model = transformers.Qwen3ForCausalLM(hf_config).train()
         self.optimizer = torch.optim.AdamW(

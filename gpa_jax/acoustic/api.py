@@ -167,7 +167,16 @@ class AcousticStage:
                 f"no acoustic checkpoints in {directory}: train with python -m launch.train "
                 f"--config=<acoustic config> --workdir={workdir}"
             )
-        model = ckpt_lib.restore_model(directory, config, mesh, step)
+        return cls.from_model(ckpt_lib.restore_model(directory, config, mesh, step), config, **kwargs)
+
+    @classmethod
+    def from_model(
+        cls, model: AcousticModel, config: ml_collections.ConfigDict, *, codec=None, **kwargs
+    ) -> AcousticStage:
+        """A trained model with the prompt / chunk lengths of its training `config`.
+
+        NAR's default "expected" decoding reads the codebooks of `codec` (default: the codec
+        that config.codec names, restored from its checkpoint)."""
         kwargs.setdefault("prompt_frames", int(config.data.prompt_max_frames))
         kwargs.setdefault("chunk_frames", int(config.data.target_max_frames))
         if model.cfg.variant == "nar":
@@ -175,7 +184,8 @@ class AcousticStage:
             if kwargs["nar_decoding"] == "expected" and kwargs.get("codebooks") is None:
                 from gpa_jax.acoustic.kind import codec_codebooks, load_codec
 
-                kwargs["codebooks"] = codec_codebooks(load_codec(config)[0])
+                codec = load_codec(config)[0] if codec is None else codec
+                kwargs["codebooks"] = codec_codebooks(codec)
         return cls(model, **kwargs)
 
     # --- inputs ---------------------------------------------------------------------------
