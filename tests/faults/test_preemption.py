@@ -92,7 +92,7 @@ def test_demo_stops_in_the_codec_stage_and_resumes_it(compile_cache, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, job, flag", [
     ("lm", "lm training", "--lm_overrides"),
-    ("acoustic", "nar training", "--acoustic_overrides"),
+    ("acoustic", "acoustic training", "--acoustic_overrides"),
 ])  # fmt: skip
 def test_demo_stops_in_a_training_stage_and_resumes_it(quick_demo, compile_cache, tmp_path, stage, job, flag):
     """SIGTERM while the demo's LM (or first acoustic) stage trains: the trainer saves, the
