@@ -263,12 +263,21 @@ class Engine:
             _init_state, cfg=self.cfg, slots=self.slots, cache_len=self.cache_len
         )
         init_kw = {} if out_shardings is None else {"out_shardings": out_shardings[0]}
-        self._state = self._run(jax.jit(init, **init_kw))
+        self._init_fn = jax.jit(init, **init_kw)
+        self._serial = 0
+        self.stats = collections.Counter()  # joins, decode_calls, decode_steps, tokens, finished
+        self.reset()
+
+    def reset(self) -> None:
+        """Empties the engine (every request dropped, the cache zeroed); the compiled
+        programs stay. A server calls it after a failed step."""
+        for ticket in [*getattr(self, "_waiting", ()), *getattr(self, "_tickets", ())]:
+            if ticket is not None and not ticket.finished:
+                ticket.cancelled, ticket.slot = True, None
+        self._state = self._run(self._init_fn)
         self._tickets: list[Ticket | None] = [None] * self.slots
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._stop = np.zeros(self.slots, np.bool_)  # slots freed by a cancel, to end on device
-        self._serial = 0
-        self.stats = collections.Counter()  # joins, decode_calls, decode_steps, tokens, finished
 
     def _state_shardings(self, mesh, rules):
         """(state, outputs) shardings on a mesh: the cache as the model's rules say, the

@@ -181,6 +181,13 @@ def test_queue_bound_cancel_and_budget_stops(lm, vocab):  # noqa: F811
         (alone,) = sampler.generate([ticket.request])
         np.testing.assert_array_equal(ticket.result.tokens, alone.tokens)
     assert len(b.result.tokens) <= 15 and len(c.result.tokens) <= 12
+    # reset(): everything dropped, the programs kept, the next requests served as alone.
+    d = engine.submit(requests[0])
+    engine.step()
+    engine.reset()
+    assert d.cancelled and d.slot is None and engine.idle
+    (again,) = engine.generate([requests[0]])
+    np.testing.assert_array_equal(again.tokens, sampler.generate([requests[0]])[0].tokens)
     # max_new_tokens=1: done at the join, never decoded.
     (one,) = engine.generate([dataclasses.replace(requests[0], max_new_tokens=1)])
     assert one.ok and len(one.tokens) <= 1 and one.max_new_tokens == 1

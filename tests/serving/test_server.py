@@ -199,6 +199,28 @@ def test_overload_is_503_and_the_requests_taken_are_served(serve_models):
         assert client.get("/health").json()["status"] == "draining"
 
 
+def test_failures_are_500_for_the_requests_they_hit_and_the_server_goes_on(serve_models):
+    models = server_lib.ServeModels(serve_models.sampler, serve_models.codec, serve_models.limits,
+                                    voices=serve_models.voices)  # fmt: skip
+    app = create_app(models, ServerSettings(**SETTINGS))
+    with TestClient(app) as client:
+        worker = app.state.server.worker
+        step, calls = worker.engine.step, []
+
+        def broken_once():
+            calls.append(1)
+            if len(calls) == 2:  # mid-generation
+                raise RuntimeError("device lost")
+            return step()
+
+        worker.engine.step = broken_once
+        failed = _speech(client, stream=False, max_new_tokens=12)
+        assert failed.status_code == 500 and "device lost" in failed.json()["error"]["message"]
+        ok = _speech(client, stream=False, max_new_tokens=12)
+        assert ok.status_code == 200 and worker.failures == 1
+        assert "gpa_worker_failures_total 1" in client.get("/metrics").text
+
+
 def test_real_server_streams_chunks_and_drains_on_shutdown(serve_models):
     """uvicorn on a socket: the audio arrives in pieces while it is made; SIGTERM's
     handler refuses new connections but the open stream is finished, then it exits."""
