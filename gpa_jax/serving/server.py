@@ -852,6 +852,14 @@ class _DrainingServer(uvicorn.Server):
         self.gpa_server.drain()
         super().handle_exit(sig, frame)
 
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the signal once it has shut down; a drained shutdown is
+            # the normal end of a server, so the process exits 0 instead.
+            getattr(self, "_captured_signals", []).clear()
+
 
 def uvicorn_server(app: FastAPI, **config: Any) -> uvicorn.Server:
     """uvicorn's Server for `app` (`config`: uvicorn.Config's keywords). On SIGTERM /
