@@ -62,6 +62,9 @@ EXTRAS = {
         "matplotlib>=3.8",  # the codec quality curves (codec/curves.py)
         "torch==2.13.0",
     ],
+    # The HTTP server (python -m launch.serve); httpx for its tests (FastAPI's TestClient),
+    # python-multipart for its form uploads.
+    "serve": ["fastapi>=0.115", "uvicorn>=0.30", "python-multipart>=0.0.9", "httpx>=0.27"],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
 }

@@ -11,7 +11,7 @@ resemblyzer, installed with --no-deps by setup_env.sh, is checked on its own.
 pip evaluates environment markers against the interpreter running it, not --python-version
 (pypa/pip#11010), so each resolve runs in a pip whose marker environment is the target's.
 
-  python -m launch.check_python_versions [--python=3.12,3.13] [--extras=dev,eval,bench,judge]
+  python -m launch.check_python_versions [--python=3.12,3.13] [--extras=dev,eval,bench,serve,judge]
 
 Prints one block per version; exits 1 when a version does not resolve. Needs the package index.
 """
@@ -36,7 +36,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_EXTRAS = ("dev", "eval", "bench", "judge")  # setup_env.sh's and the notebook's
+DEFAULT_EXTRAS = ("dev", "eval", "bench", "serve", "judge")  # setup_env.sh's and the notebook's
 NO_DEPS = ("resemblyzer",)  # setup_env.sh installs these with --no-deps
 MAX_GLIBC_MINOR = 35  # Ubuntu 22.04 (Colab, TPU VM images)
 

@@ -25,11 +25,10 @@ first one being the time to first chunk, and the chunks are joined into --out.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from gpa_jax.errors import UserError
 from launch import common
@@ -67,9 +66,8 @@ def main(argv):
     if task != "asr":
         common.output_file(_OUT.value)
     from gpa_jax import config_utils
-    from gpa_jax.audio import io as audio_io
-    from gpa_jax.sampling import config_from_checkpoint, sampling_config
-    from gpa_jax.sampling.config import max_source_frames
+    from gpa_jax.sampling import config_from_checkpoint
+    from gpa_jax.serving.inputs import InputLimits
     from gpa_jax.training import checkpoint as ckpt_lib
 
     lm_dir = ckpt_lib.checkpoint_dir(workdir)
@@ -78,49 +76,23 @@ def main(argv):
                         f"launch.train --workdir={workdir}, or python -m launch.demo)")  # fmt: skip
     lm_config = config_from_checkpoint(lm_dir)
     codec_config = config_utils.load_config(os.path.join(REPO, "configs", "codec_tiny.py"))
-    rate = int(codec_config.codec.sample_rate)
-    hop = math.prod(codec_config.codec.strides)
-    frame_rate = rate / hop
-    sampling = sampling_config()
-    tasks = lm_config.tasks
+    limits = InputLimits(lm_config, codec_config)
+    rate = limits.sample_rate
     wavs = {}
-    ref_ids = ref_max = 0
     if "ref" in needs:
-        # Only the reference's first ref_max_frames reach the LM (the acoustic stage's voice
-        # prompt may read more, below): the rest is never read.
-        ref_max = int(sampling.ref_max_frames or tasks.ref_max_frames)
-        wavs["ref"] = audio_io.load_audio(given["ref"], rate, first_seconds=ref_max / frame_rate)
-        frames = math.ceil(len(wavs["ref"]) / hop)
-        if frames < tasks.ref_min_frames:
-            problem = (
-                f"--ref {given['ref']} is {len(wavs['ref']) / rate:.2f} s ({frames} frames), "
-                f"shorter than the {tasks.ref_min_frames / frame_rate:.2f} s "
-                f"(tasks.ref_min_frames={tasks.ref_min_frames}) of the references the LM was "
-                "trained on; the voice would be cloned poorly"
-            )
-            if not _SHORT_REF.value:
-                raise UserError(f"{problem}. Give a longer clip, or --allow_short_ref to serve it")
-            logging.warning("%s (served anyway: --allow_short_ref)", problem)
-        ref_layers = int(sampling.ref_layers or tasks.ref_layers)
-        ref_ids = min(frames, int(tasks.ref_min_frames)) * ref_layers
+        wavs["ref"] = limits.load_reference(
+            given["ref"], "--ref", allow_short=_SHORT_REF.value,
+            hint=". Give a longer clip, or --allow_short_ref to serve it",
+        )  # fmt: skip
     if "audio" in needs:
-        max_total_len = int(sampling.max_total_len or lm_config.model.max_len)
-        limit = max_source_frames(task, max_total_len, sampling, reference_ids=ref_ids) / frame_rate
-        try:  # The duration comes from the header: an over-long file is never decoded.
-            wavs["audio"] = audio_io.load_audio(given["audio"], rate, max_seconds=limit)
-        except audio_io.AudioError as error:
-            if error.kind != "too_long":
-                raise
-            raise UserError(
-                f"--audio {error}; this LM "
-                f"takes at most {limit:.2f} s of {task} source ({max_total_len} tokens at "
-                f"{frame_rate:g} Hz, with room for the output). Cut the clip or serve it in parts"
-            ) from None
+        wavs["audio"] = limits.load_source(given["audio"], "--audio", task,
+                                           reference_wav=wavs.get("ref"),
+                                           hint=". Cut the clip or serve it in parts")  # fmt: skip
 
     from gpa_jax.acoustic import api as acoustic_api
-    from gpa_jax.codec import api as codec_api
+    from gpa_jax.audio import io as audio_io
     from gpa_jax.evaluation import harness
-    from gpa_jax.sampling import Request
+    from gpa_jax.serving.inputs import RequestBuilder
 
     models = harness.load_models(
         workdir, lm_config=lm_config, codec_config=codec_config, speaker_encoder="",
@@ -129,29 +101,22 @@ def main(argv):
     codec = models.codec
     if int(codec.sample_rate) != rate:
         raise ValueError(f"the codec runs at {codec.sample_rate} Hz, expected {rate}")
-    if "ref" in wavs and models.acoustic is not None and models.acoustic.prompt_frames > ref_max:
-        # The acoustic stage's voice prompt is longer than the LM's reference: read that
-        # much (the sampler keeps the first ref_max frames for the LM).
-        wavs["ref"] = audio_io.load_audio(
-            given["ref"], rate, first_seconds=models.acoustic.prompt_frames / frame_rate
-        )
-    codes = {name: codec_api.encode(codec, wav, rate) for name, wav in wavs.items()}
-    rows = {name: None for name in wavs}
-    if harness.reads_features(models.sampler):  # a continuous-input LM: rows of the same audio
-        from gpa_jax.codec.data import token_features_for
-
-        kind = harness.feature_kind(lm_config, workdir)
-        featurize = token_features_for(kind, codec, codec_config, workdir)
-        rows = {name: featurize(wav, codes[name].shape[1]) for name, wav in wavs.items()}
-
+    if (
+        "ref" in wavs and models.acoustic is not None
+        and models.acoustic.prompt_frames > limits.frames(wavs["ref"]) >= limits.ref_max_frames
+    ):  # fmt: skip
+        # The acoustic stage's voice prompt is longer than the LM's reference, which cut
+        # the clip: read that much (the sampler keeps the first ref_max_frames for the LM).
+        limits.voice_frames = models.acoustic.prompt_frames
+        wavs["ref"] = limits.load_reference(given["ref"], "--ref", allow_short=True)
+    builder = RequestBuilder.from_models(codec, models.sampler, lm_config, codec_config, workdir)
+    inputs = dict(source_wav=wavs.get("audio"), reference_wav=wavs.get("ref"))
     if task == "asr":
-        request = Request.asr(codes["audio"][:1], id=_AUDIO.value, source_features=rows["audio"])
+        request = builder.build("asr", id=_AUDIO.value, **inputs)
     elif task == "tts":
-        request = Request.tts(_TEXT.value, codes["ref"], id="tts", seed=_SEED.value,
-                              reference_features=rows["ref"])  # fmt: skip
+        request = builder.build("tts", text=_TEXT.value, id="tts", seed=_SEED.value, **inputs)
     else:
-        request = Request.vc(codes["audio"][:1], codes["ref"], id=_AUDIO.value, seed=_SEED.value,
-                             source_features=rows["audio"], reference_features=rows["ref"])  # fmt: skip
+        request = builder.build("vc", id=_AUDIO.value, seed=_SEED.value, **inputs)
     if _STREAM.value and task != "asr":
         _stream(models, request)
         return

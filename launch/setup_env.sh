@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up used by both README commands and CI:
 #   1. Debian packages the corpus needs (espeak-ng, flite, sox) via apt-get when missing;
-#   2. a virtualenv in .venv (Python 3.11) with `pip install -e ".[dev,eval,bench]"` under
+#   2. a virtualenv in .venv (Python 3.11) with `pip install -e ".[dev,eval,bench,serve]"` under
 #      constraints.txt, then resemblyzer without its declared deps (see the eval extra in setup.py).
 # Re-running is cheap: a stamp file records the hash of setup.py + constraints.txt + this script.
 set -euo pipefail
@@ -41,10 +41,10 @@ want=$(cat setup.py constraints.txt launch/setup_env.sh | sha256sum | cut -d' ' 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "[setup] creating virtualenv $VENV and installing gpa_jax[dev,eval,bench] (pinned by constraints.txt)"
+echo "[setup] creating virtualenv $VENV and installing gpa_jax[dev,eval,bench,serve] (pinned by constraints.txt)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,eval,bench]"
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,eval,bench,serve]"
 # Its real deps (torch, librosa, webrtcvad-wheels) come with the eval extra.
 "$VENV/bin/python" -m pip install -q -c constraints.txt --no-deps resemblyzer
 echo "$want" > "$stamp"

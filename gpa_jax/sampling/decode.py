@@ -212,7 +212,9 @@ def select_tokens(logits, step, arrays, seen, mode: Mode):
     temperature = arrays["temperature"]
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
     scores, ids = jax.lax.top_k(scaled, mode.num_candidates)
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(arrays["keys"])
+    # A row's key depends on its own seed and step only (step: scalar or per row [B]).
+    keys = arrays["keys"]
+    keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape))
     sampled = jax.vmap(_sample_row)(keys, scores, ids, arrays["top_k"], arrays["top_p"])
     return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
 
@@ -234,29 +236,61 @@ def _compute_dtype_weights(state: nnx.State, dtype: Any) -> nnx.State:
     return jax.tree.map(cast, state)
 
 
-def _start(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype):
-    """Prefill + the first sampled token: the decode carry at step 1."""
-    model = nnx.merge(graphdef, _compute_dtype_weights(state, compute_dtype))
+def prefill_logits(model, arrays, cache_length: int, rules):
+    """Prefill of left-padded prompts (arrays: tokens [B, P], lengths [B], optional audio
+    rows) -> (logits of each row's last prompt position [B, V], KV cache of `cache_length`
+    slots, the prompts at slots 0..P-1). Shared by `Decoder` and the continuous-batching
+    engine (`gpa_jax.sampling.engine`)."""
     tokens = arrays["tokens"]
-    B, P = tokens.shape
+    P = tokens.shape[1]
     pad = P - arrays["lengths"]  # [B]
     slots = jnp.arange(P, dtype=jnp.int32)[None, :]
     segment_ids = (slots >= pad[:, None]).astype(jnp.int32)
     positions = jnp.maximum(slots - pad[:, None], 0)
     tokens = with_logical_constraint(tokens, ("batch", "length"), rules)
     h, cache = model.prefill(
-        tokens, segment_ids, positions, segment_ids, P + max_steps,
+        tokens, segment_ids, positions, segment_ids, cache_length,
         audio_features=arrays.get("audio_features"), audio_mask=arrays.get("audio_mask"),
     )  # fmt: skip
-    logits = model.logits(h[:, -1:])[:, 0]
-    seen = jnp.zeros((B, logits.shape[-1]), jnp.bool_) if mode.repetition_penalty else None
-    tok = select_tokens(logits, 0, arrays, seen, mode)
+    return model.logits(h[:, -1:])[:, 0], cache
+
+
+def emit_tokens(logits, step, arrays, seen, done, mode: Mode):
+    """One decode step's tokens [B] from logits [B, V]: PAD for rows already `done`, `seen`
+    (None without a repetition penalty) marks the new tokens, and a row is done after
+    <eos> or once `step + 1` reaches its max_new (`step`: scalar or per row)."""
+    new = select_tokens(logits, step, arrays, seen, mode)
+    new = jnp.where(done, PAD_ID, new)
     if seen is not None:
-        seen = seen.at[jnp.arange(B), tok].set(True)
+        rows = jnp.arange(new.shape[0])
+        seen = seen.at[rows, new].set(seen[rows, new] | ~done)
+    done = done | (new == EOS_ID) | (step + 1 >= arrays["max_new"])
+    return new, seen, done
+
+
+def merged_model(graphdef, state, compute_dtype):
+    """The model with its matrices in the compute dtype (see _compute_dtype_weights)."""
+    return nnx.merge(graphdef, _compute_dtype_weights(state, compute_dtype))
+
+
+def loop_model(graphdef, state, compute_dtype):
+    """A function that rebuilds the model from raw arrays inside a loop body: Variables
+    (and nnx.scan over stacked layers) must not cross into a while_loop's trace."""
+    leaves, treedef = jax.tree.flatten(_compute_dtype_weights(state, compute_dtype))
+    return lambda: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def _start(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype):
+    """Prefill + the first sampled token: the decode carry at step 1."""
+    model = merged_model(graphdef, state, compute_dtype)
+    B, P = arrays["tokens"].shape
+    logits, cache = prefill_logits(model, arrays, P + max_steps, rules)
+    seen = jnp.zeros((B, logits.shape[-1]), jnp.bool_) if mode.repetition_penalty else None
+    tok, seen, done = emit_tokens(logits, 0, arrays, seen, jnp.zeros((B,), jnp.bool_), mode)
     return {
         "step": jnp.asarray(1, jnp.int32),
         "tok": tok,
-        "done": (tok == EOS_ID) | (arrays["max_new"] <= 1),
+        "done": done,
         "out": jnp.full((B, max_steps), PAD_ID, jnp.int32).at[:, 0].set(tok),
         "cache": cache,
         "seen": seen,
@@ -266,33 +300,25 @@ def _start(state, arrays, *, graphdef, max_steps, mode, rules, compute_dtype):
 def _advance(state, arrays, carry, stop, *, graphdef, max_steps, mode, compute_dtype):
     """Decode steps until step `stop` (traced: one compile for every stop), max_steps or
     every row done. Called once with stop = max_steps, or chunk by chunk when streaming."""
-    weights = _compute_dtype_weights(state, compute_dtype)
-    # The loop body rebuilds its own module from the raw arrays: Variables (and nnx.scan
-    # over stacked layers) must not cross into the while_loop's trace.
-    leaves, treedef = jax.tree.flatten(weights)
+    make_model = loop_model(graphdef, state, compute_dtype)
     B, P = arrays["tokens"].shape
     pad = P - arrays["lengths"]  # [B]
     all_slots = jnp.arange(P + max_steps, dtype=jnp.int32)[None, :]
-    rows = jnp.arange(B)
     stop = jnp.minimum(stop, max_steps)
 
     def cond(c):
         return (c["step"] < stop) & ~jnp.all(c["done"])
 
     def body(c):
-        step, done, seen = c["step"], c["done"], c["seen"]
+        step = c["step"]
         index = P + step - 1  # slot of the token being fed
         kv_mask = (all_slots >= pad[:, None]) & (all_slots <= index)
         pos = (arrays["lengths"] + step - 1)[:, None]
-        step_model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-        logits, cache = step_model.decode_step(c["tok"][:, None], pos, kv_mask, c["cache"], index)
-        new = select_tokens(logits[:, 0], step, arrays, seen, mode)
-        new = jnp.where(done, PAD_ID, new)
+        logits, cache = make_model().decode_step(c["tok"][:, None], pos, kv_mask, c["cache"], index)
+        new, seen, done = emit_tokens(logits[:, 0], step, arrays, c["seen"], c["done"], mode)
         out = jax.lax.dynamic_update_slice_in_dim(c["out"], new[:, None], step, axis=1)
-        if seen is not None:
-            seen = seen.at[rows, new].set(seen[rows, new] | ~done)
-        done = done | (new == EOS_ID) | (step + 1 >= arrays["max_new"])
-        return {"step": step + 1, "tok": new, "done": done, "out": out, "cache": cache, "seen": seen}
+        return {"step": step + 1, "tok": new, "done": done, "out": out, "cache": cache,
+                "seen": seen}  # fmt: skip
 
     return jax.lax.while_loop(cond, body, carry)
 

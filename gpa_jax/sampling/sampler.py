@@ -419,11 +419,18 @@ class Sampler:
     def _run_chunk(self, chunk: Sequence[_Prepared]) -> dict[str, np.ndarray]:
         return self.decoder(*self.decode_batch(chunk))
 
-    def decode_batch(self, chunk: Sequence[_Prepared]) -> tuple[decode_lib.Batch, int]:
-        """The bucketed decode batch of prepared requests and its step bound."""
+    def decode_batch(
+        self,
+        chunk: Sequence[_Prepared],
+        *,
+        prompt_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[decode_lib.Batch, int]:
+        """The bucketed decode batch of prepared requests and its step bound; the prompt
+        length and row count default to this sampler's buckets."""
         s = self.sampling
         longest = max(len(p.prompt) for p in chunk)
-        P = _round_up(longest, int(s.prompt_bucket))
+        P = _round_up(longest, int(s.prompt_bucket)) if prompt_length is None else prompt_length
         steps = _round_up(max(p.max_new for p in chunk), int(s.steps_bucket))
         batch = decode_lib.make_batch(
             [p.prompt for p in chunk],
@@ -435,16 +442,21 @@ class Sampler:
             id_ranges=[p.id_range for p in chunk],
             seeds=[p.request.seed for p in chunk],
             prompt_length=P,
-            batch_size=self._bucket_batch(len(chunk)),
+            batch_size=self._bucket_batch(len(chunk)) if batch_size is None else batch_size,
             audio=[p.audio for p in chunk] if chunk[0].audio is not None else None,
         )
         return batch, steps
 
     def _result(self, p: _Prepared, out: dict[str, np.ndarray], row: int) -> Result:
-        r = p.request
         n = int(out["num_tokens"][row])
         hit = bool(out["hit_eos"][row])
-        tokens = np.asarray(out["tokens"][row, : n - 1 if hit else n], np.int32)
+        return self.result(p, out["tokens"][row, : n - 1 if hit else n], hit)
+
+    def result(self, p: _Prepared, tokens: Sequence[int], hit_eos: bool) -> Result:
+        """The Result of a prepared request from its generated ids (<eos> excluded)."""
+        r = p.request
+        tokens = np.asarray(tokens, np.int32)
+        hit = bool(hit_eos)
         result = Result(
             id=r.id,
             task=r.task,

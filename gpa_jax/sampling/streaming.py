@@ -19,6 +19,11 @@ samples of a window are held back and crossfaded with the next window's decode o
 same span. The samples of all chunks of a request, concatenated, are its utterance:
 frames * hop samples.
 
+Continuous batching (`EngineAudio`, `stream_engine_audio`): with `gpa_jax.sampling.engine`
+the LM decodes a few steps per call for every request in its slots, and each request gets
+its windows on its own schedule (the chunk sizes above, counted in its own new frames);
+the windows of the requests due together are synthesized in one batch.
+
 Timing: every chunk carries `elapsed_s` since `stream_audio` was called (device work
 finished, the samples on the host); a request's first chunk gives its time to first chunk
 (TTFC). Rejected requests yield one final chunk with `error` set and no samples; a row
@@ -27,9 +32,11 @@ whose synthesis fails ends the same way, the other rows go on.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -108,14 +115,53 @@ def synthesizer(codec, stage=None) -> Synthesize:
     return lambda rvq1, prompts: acoustic_api.synthesize(stage, codec, rvq1, prompts)
 
 
-@dataclasses.dataclass
-class _Row:
+@dataclasses.dataclass(eq=False)
+class AudioStream:
+    """One TTS/VC request's audio as its RVQ-1 frames arrive (module docstring's windows).
+
+    With `sizes` (a `chunk_schedule`) it is `due` for a window once that many new frames
+    have come; without, only when it is finished (one window: the whole utterance)."""
+
     index: int
     request: Request
+    fader: Crossfader | None = None  # None once its last chunk is out
+    t0: float = 0.0  # its chunks' elapsed_s count from here
+    sizes: Iterator[int] | None = None
     frames: list[int] = dataclasses.field(default_factory=list)  # RVQ-1 codes so far
     synthesized: int = 0  # frames already covered by a decode window
     finished: bool = False
-    fader: Crossfader | None = None
+    target: int = 0  # new frames the next window waits for (0: take the next size)
+
+    def add(self, codes: Sequence[int], finished: bool) -> None:
+        self.frames.extend(int(c) for c in codes)
+        self.finished = self.finished or bool(finished)
+
+    @property
+    def due(self) -> bool:
+        if self.fader is None:
+            return False
+        if self.finished:
+            return True
+        if self.sizes is None:
+            return False
+        if not self.target:
+            self.target = next(self.sizes)
+        return len(self.frames) - self.synthesized >= self.target
+
+
+def _check_options(chunk_frames, chunk_growth, max_chunk_frames, context_frames, overlap_frames):
+    """Validates the streaming options; returns max_chunk_frames (at least chunk_frames)."""
+    if context_frames < 0 or overlap_frames < 0:
+        raise ValueError("context_frames and overlap_frames must be >= 0")
+    if max_chunk_frames is not None:  # a first chunk above the cap makes the cap
+        max_chunk_frames = max(int(max_chunk_frames), int(chunk_frames))
+    next(chunk_schedule(chunk_frames, chunk_growth, max_chunk_frames))  # checks the sizes
+    if overlap_frames > context_frames:
+        raise ValueError(
+            f"overlap_frames={overlap_frames} > context_frames={context_frames}: the next "
+            "window must cover the held-back samples"
+        )
+    return max_chunk_frames
 
 
 def stream_audio(
@@ -133,16 +179,8 @@ def stream_audio(
     """Yields AudioChunks of TTS/VC `requests` as they are generated (module docstring).
     Requests are served in batches of sampling.max_batch, in the order given. `synthesize`
     defaults to `synthesizer(codec, sampler.acoustic)`."""
-    if context_frames < 0 or overlap_frames < 0:
-        raise ValueError("context_frames and overlap_frames must be >= 0")
-    if max_chunk_frames is not None:  # a first chunk above the cap makes the cap
-        max_chunk_frames = max(int(max_chunk_frames), int(chunk_frames))
-    next(chunk_schedule(chunk_frames, chunk_growth, max_chunk_frames))  # checks the sizes
-    if overlap_frames > context_frames:
-        raise ValueError(
-            f"overlap_frames={overlap_frames} > context_frames={context_frames}: the next "
-            "window must cover the held-back samples"
-        )
+    max_chunk_frames = _check_options(chunk_frames, chunk_growth, max_chunk_frames,
+                                      context_frames, overlap_frames)  # fmt: skip
     t0 = time.perf_counter()
     synthesize = synthesize or synthesizer(codec, sampler.acoustic)
     hop = int(codec.hop_length)
@@ -159,7 +197,7 @@ def stream_audio(
     size = int(sampler.sampling.max_batch)
     for lo in range(0, len(prepared), size):
         chunk = prepared[lo : lo + size]
-        rows = [_Row(p.index, p.request, fader=Crossfader(overlap_frames * hop)) for p in chunk]
+        rows = [AudioStream(p.index, p.request, Crossfader(overlap_frames * hop), t0) for p in chunk]
         batch, steps = sampler.decode_batch(chunk)
         chunks = sampler.decoder.stream(batch, steps, chunk_frames, growth=chunk_growth,
                                         max_chunk_steps=max_chunk_frames)  # fmt: skip
@@ -171,12 +209,11 @@ def stream_audio(
                 eos = np.flatnonzero(new == EOS_ID)  # the row's generation ended
                 new = new[: eos[0]] if eos.size else new
                 new = new[new != PAD_ID]  # after a row stopped
-                row.frames.extend(sampler.vocab.ids_to_audio(new, 0).tolist())
-                row.finished = bool(done[b])
-            yield from _synthesize_rows(rows, synthesize, hop, context_frames, t0)
+                row.add(sampler.vocab.ids_to_audio(new, 0), done[b])
+            yield from _synthesize_rows(rows, synthesize, hop, context_frames)
 
 
-def _synthesize_rows(rows, synthesize, hop, context_frames, t0) -> Iterator[AudioChunk]:
+def _synthesize_rows(rows, synthesize, hop, context_frames) -> Iterator[AudioChunk]:
     """One decode window per row with new frames (or that just finished), batched."""
     todo = [r for r in rows if r.fader is not None and (len(r.frames) > r.synthesized or r.finished)]
     if not todo:
@@ -194,7 +231,7 @@ def _synthesize_rows(rows, synthesize, hop, context_frames, t0) -> Iterator[Audi
         for r, _ in items:
             r.fader = None
             yield AudioChunk(r.index, r.request.id, np.zeros(0, np.float32), r.synthesized * hop,
-                             True, time.perf_counter() - t0, f"synthesis failed: {e}")  # fmt: skip
+                             True, time.perf_counter() - r.t0, f"synthesis failed: {e}")  # fmt: skip
         return
     by_row = {id(r): (w0, wav) for (r, w0), wav in zip(items, wavs, strict=True)}
     for r in todo:
@@ -204,7 +241,103 @@ def _synthesize_rows(rows, synthesize, hop, context_frames, t0) -> Iterator[Audi
             out = r.fader.push(np.asarray(wav)[: (len(r.frames) - w0) * hop], w0 * hop, r.finished)
         else:  # finished without new frames: flush what is held back
             out = r.fader.push(r.fader.tail.copy(), r.fader.emitted, True)
-        r.synthesized = len(r.frames)
-        yield AudioChunk(r.index, r.request.id, out, start, r.finished, time.perf_counter() - t0)
+        r.synthesized, r.target = len(r.frames), 0
+        yield AudioChunk(r.index, r.request.id, out, start, r.finished, time.perf_counter() - r.t0)
         if r.finished:
             r.fader = None
+
+
+# --- continuous batching ----------------------------------------------------------------
+
+
+class EngineAudio:
+    """Audio of the TTS/VC requests an `Engine` serves, each on its own chunk schedule.
+
+        audio = EngineAudio(engine, codec)
+        ticket = engine.submit(Request.tts("hello", ref))
+        audio.track(ticket)                       # stream=False: one chunk at the end
+        for event in ...: chunks = audio.feed(engine.step())
+
+    `feed` takes the engine's Events and returns (ticket, AudioChunk) pairs: a request
+    gets a window once it has `chunk_frames` new frames (then `chunk_growth` times more,
+    at most `max_chunk_frames`, as `stream_audio`) or has finished; the windows of all
+    requests due in one call are synthesized together. A chunk's `index` is the ticket's
+    serial and `elapsed_s` counts from its submission.
+    """
+
+    def __init__(
+        self,
+        engine,
+        codec,
+        *,
+        synthesize: Synthesize | None = None,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        chunk_growth: float = DEFAULT_CHUNK_GROWTH,
+        max_chunk_frames: int | None = DEFAULT_MAX_CHUNK_FRAMES,
+        context_frames: int = DEFAULT_CONTEXT_FRAMES,
+        overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
+    ):
+        self.max_chunk_frames = _check_options(chunk_frames, chunk_growth, max_chunk_frames,
+                                               context_frames, overlap_frames)  # fmt: skip
+        self.engine = engine
+        self.vocab = engine.sampler.vocab
+        self.synthesize = synthesize or synthesizer(codec, engine.sampler.acoustic)
+        self.hop = int(codec.hop_length)
+        self.chunk_frames, self.chunk_growth = int(chunk_frames), float(chunk_growth)
+        self.context_frames, self.overlap_frames = int(context_frames), int(overlap_frames)
+        self._streams: dict[int, tuple[Any, AudioStream]] = {}  # ticket serial -> stream
+
+    def track(self, ticket, stream: bool = True) -> None:
+        """Makes audio for `ticket` (a tts/vc request): in chunks, or at its end."""
+        if ticket.request.task not in ("tts", "vc"):
+            raise RequestError(f"audio is made for tts and vc, not {ticket.request.task!r}")
+        sizes = None
+        if stream:
+            sizes = chunk_schedule(self.chunk_frames, self.chunk_growth, self.max_chunk_frames)
+        self._streams[ticket.serial] = (ticket, AudioStream(
+            ticket.serial, ticket.request, Crossfader(self.overlap_frames * self.hop),
+            ticket.submitted_s, sizes,
+        ))  # fmt: skip
+
+    def forget(self, ticket) -> None:
+        self._streams.pop(ticket.serial, None)
+
+    def feed(self, events) -> list[tuple[Any, AudioChunk]]:
+        for event in events:
+            entry = self._streams.get(event.ticket.serial)
+            if entry is not None:
+                entry[1].add(self.vocab.ids_to_audio(event.tokens, 0), event.finished)
+        due = [s for _, s in self._streams.values() if s.due]
+        out = []
+        for chunk in _synthesize_rows(due, self.synthesize, self.hop, self.context_frames):
+            out.append((self._streams[chunk.index][0], chunk))
+            if chunk.final:
+                del self._streams[chunk.index]
+        return out
+
+
+def stream_engine_audio(engine, codec, requests: Sequence[Request], **options) -> Iterator[AudioChunk]:
+    """`stream_audio` through continuous batching: submits the TTS/VC `requests` as the
+    engine's queue allows, steps it until they are done, and yields each request's
+    AudioChunks as they come (`index`: its position in `requests`). `options`: EngineAudio's."""
+    audio = EngineAudio(engine, codec, **options)
+    position: dict[int, int] = {}
+    pending = collections.deque(enumerate(requests))
+    t0 = time.perf_counter()
+    while pending or position:
+        while pending and engine.waiting < engine.max_queue:
+            i, request = pending.popleft()
+            try:
+                if request.task not in ("tts", "vc"):
+                    raise RequestError(f"streaming serves tts and vc, not {request.task!r}")
+                ticket = engine.submit(request)
+            except RequestError as e:
+                yield AudioChunk(i, request.id, np.zeros(0, np.float32), 0, True,
+                                 time.perf_counter() - t0, str(e))  # fmt: skip
+                continue
+            position[ticket.serial] = i
+            audio.track(ticket)
+        for ticket, chunk in audio.feed(engine.step()):
+            yield dataclasses.replace(chunk, index=position[ticket.serial])
+            if chunk.final:
+                del position[ticket.serial]
