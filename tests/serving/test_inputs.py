@@ -33,6 +33,15 @@ def test_reference_is_read_to_ref_max_frames_and_a_short_one_is_refused(limits, 
     assert len(limits.load_reference(short, "--ref", allow_short=True)) == RATE // 2
 
 
+def test_reference_is_read_to_the_acoustic_stages_longer_voice_prompt(lm, tmp_path):
+    config, _ = lm
+    limits = InputLimits(config, codec_config(), voice_frames=200)
+    long = limits.load_reference(_write(tmp_path, "long.wav", wav_bytes(5.0)), "--ref")
+    assert len(long) == 200 * 320  # the sampler keeps the first ref_max_frames for the LM
+    shorter = InputLimits(config, codec_config(), voice_frames=100)  # never below the LM's
+    assert len(shorter.load_reference(_write(tmp_path, "l2.wav", wav_bytes(5.0)), "--ref")) == 150 * 320
+
+
 def test_source_over_the_lm_limit_is_refused_in_seconds_from_the_header(limits, tmp_path):
     asr_limit = limits.max_source_seconds("asr")
     vc_limit = limits.max_source_seconds("vc", clip(2.0))
