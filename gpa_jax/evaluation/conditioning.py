@@ -141,16 +141,21 @@ def asr_transcripts(sampler, bank: planning.Bank, settings: planning.PlanSetting
                     num: int = 40, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Greedy ASR of the first `num` planned ASR rows of `split`: {rows, wer, cer} (corpus
     rates, `gpa_jax.evaluation.asr_metrics`), next to the conditioning gain."""
+    plan = planning.plan_task("asr", bank, settings, seed, split)[0][:num]
+    return asr_rows_error_rates(sampler, bank, plan)
+
+
+def asr_rows_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str, Any]:
+    """{rows, wer, cer}: greedy transcripts of planned ASR `rows` against their texts."""
     from gpa_jax.evaluation import asr_metrics
     from gpa_jax.sampling import Request
 
-    plan = planning.plan_task("asr", bank, settings, seed, split)[0][:num]
     requests = [Request.asr(bank.utterance_codes(int(r[TGT]))[:1],
                             source_features=bank.utterance_features(int(r[TGT])))
-                for r in plan]  # fmt: skip
+                for r in rows]  # fmt: skip
     hyps = [res.text or "" for res in sampler.generate(requests)]
-    rates = asr_metrics.error_rates([bank.texts[r[TGT]] for r in plan], hyps)
-    return {"rows": len(plan), "wer": float(rates.wer), "cer": float(rates.cer)}
+    rates = asr_metrics.error_rates([bank.texts[r[TGT]] for r in rows], hyps)
+    return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer)}
 
 
 def format_report(report: Mapping[str, Any]) -> str:

@@ -79,7 +79,6 @@ def lm_curves(
     tts_rows = harness._select(
         planning.plan_task("tts", bank, settings, seed, split)[0], per_task, rng
     )
-    asr_refs = [bank.texts[r[TGT]] for r in asr_rows]
     tts_texts = [bank.texts[r[TGT]] for r in tts_rows]
     tts_voices = [bank.speakers[r[TGT]] for r in tts_rows]
     crops = [planning.voice_crop(bank, r, models.acoustic.prompt_frames) for r in tts_rows]
@@ -110,10 +109,7 @@ def lm_curves(
             figures = cond.get(task, {})
             point[f"{task}_loss"] = figures.get("nll_matched")
             point[f"{task}_gain"] = figures.get("gain")
-        asr = sampler.generate([Request.asr(data.codes(int(r[TGT]))[:1],
-                                            source_features=data.features(int(r[TGT])))
-                                for r in asr_rows])  # fmt: skip
-        point["asr_wer"] = asr_metrics.error_rates(asr_refs, [res.text or "" for res in asr]).wer
+        point["asr_wer"] = conditioning.asr_rows_error_rates(sampler, bank, asr_rows)["wer"]
         tts = sampler.generate(
             [
                 Request.tts(text, ref, seed=seed + i, reference_features=rows)
