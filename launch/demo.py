@@ -117,7 +117,12 @@ def _stages(workdir: str, quick: bool):
     def tokens():
         from gpa_jax.codec import jobs
 
-        jobs.tokenize_corpus(codec_cfg, workdir)
+        # Feature rows only when the LM reads them: a `tokens` LM never does, and the
+        # log-mel rows took 9 of the stage's 12 minutes (launch.tokenize adds them later).
+        config = codec_cfg.copy_and_resolve_references()
+        if lm_cfg.model.audio_input == "tokens":
+            config.data.token_features = ""
+        jobs.tokenize_corpus(config, workdir)
 
     def spm():
         from gpa_jax.tasks import spm as spm_lib
