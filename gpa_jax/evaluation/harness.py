@@ -20,6 +20,9 @@ What is measured:
   the evaluated set. Next to it, two ceilings: the judge's WER on the codec's resynthesis
   of the target (all RVQ layers) and on the target's own RVQ-1 codes through the same
   acoustic stage and decoder (the figure a perfect LM would get).
+- TTS on open text (`open_text`, the headline split only): sentences outside the corpus
+  grammar, with the split's reference clips; judge WER next to the judge's WER on the same
+  sentences spoken by the reference speaker's voice engine, and the share of unseen words.
 - VC: source utterance (speaker A) + reference clip of speaker B -> wav; judge WER; speaker
   similarity to the reference (B) and to the source (A).
 Judge WERs follow `asr_metrics.judge_wer_report` (Whisper's English normaliser, as
@@ -44,6 +47,7 @@ from tqdm.auto import tqdm
 
 from gpa_jax import preemption
 from gpa_jax.evaluation import asr_metrics, conditioning
+from gpa_jax.evaluation import open_text as open_text_lib
 from gpa_jax.evaluation.judge import Judge
 from gpa_jax.evaluation.results import SampleStore, markdown_table
 from gpa_jax.evaluation.speaker import SAMPLE_RATE as SPEAKER_RATE
@@ -155,9 +159,13 @@ def evaluate_tasks(
     progress: bool = True,
     samples_folder: str = "samples",
     clear_results: bool = True,
+    open_text: int = 0,
+    train_split: str = "train",
 ) -> dict[str, Any]:
     """Runs `tasks` on `split`; returns {task: figures, "conditioning": report} and writes
-    the samples under <workdir>/<samples_folder>/<task> (module doc).
+    the samples under <workdir>/<samples_folder>/<task> (module doc). open_text > 0 adds
+    "tts_open": TTS of that many sentences outside the corpus grammar
+    (`gpa_jax.evaluation.open_text`), with words unseen in `train_split`'s transcripts.
 
     SIGTERM / SIGINT stop it at once (`gpa_jax.preemption.Preempted`, exit 143 / 130) with
     a message naming the tasks whose samples are complete; eval/results.{json,md} of an
@@ -183,12 +191,13 @@ def evaluate_tasks(
             models, token_dir=token_dir, corpus=corpus, data_dir=data_dir, split=split,
             workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task,
             tasks=tasks, progress=progress, finished=finished, samples=samples_folder,
+            open_text=open_text, train_split=train_split,
         )  # fmt: skip
 
 
 def _evaluate_tasks(
     models, *, token_dir, corpus, data_dir, split, workdir, settings, seed, max_per_task, tasks,
-    progress, finished, samples,
+    progress, finished, samples, open_text, train_split,
 ) -> dict[str, Any]:  # fmt: skip
     from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.codec import api as codec_api
@@ -310,6 +319,16 @@ def _evaluate_tasks(
                 store.add(uid, wavs[i], **meta)
         finished[task] = store.count
         bar.update()
+    if open_text and "tts" in tasks:
+        plan, _ = planning.plan_task("tts", bank, settings, seed, split)
+        known = {w for t in domain_texts(token_dir, train_split) for w in t.split()}
+        voice_frames = models.acoustic.prompt_frames if models.acoustic is not None else 0
+        store = SampleStore(workdir, "tts_open", rate, samples)
+        out["tts_open"] = open_text_lib.evaluate(
+            models, data, plan, known_words=known, seed=seed, voice_frames=voice_frames, store=store,
+            count=min(open_text, len(open_text_lib.SENTENCES)),
+        )  # fmt: skip
+        finished["tts_open"] = store.count
     bar.close()
     # Does the LM read its input on these rows' split? (teacher-forced, no generation)
     out["conditioning"] = conditioning.conditioning_report(
@@ -380,6 +399,14 @@ def results_sections(results: dict[str, Any], title: str = "") -> dict[str, str]
                 voice_rows.append({"task": task, "voice": voice, "examples": g["num_utterances"],
                                    "judge WER": g["corpus_wer"], "mean utt WER": g["mean_utterance_wer"],
                                    "judge WER on truth": truth.get("corpus_wer")})
+    if "tts_open" in results:
+        f = results["tts_open"]
+        gap = f["judge_wer"] - f["judge_wer_truth"] if "judge_wer" in f and "judge_wer_truth" in f else None
+        rows.append({"task": "tts, open text", "examples": f["examples"], "failed": f["failed"],
+                     "judge WER": f.get("judge_wer"), "mean utt WER": f.get("judge_wer_mean_utt"),
+                     "judge WER on truth": f.get("judge_wer_truth"), "gap (points)": None if gap is None else 100 * gap,
+                     "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
+                     "unseen words": f["unseen_word_rate"]})
     missing = [f"{task}: {results[task]['error']}" for task in ("tts", "vc") if "error" in results.get(task, {})]
     if missing:
         sections["Not evaluated"] = "\n".join(f"- {m}" for m in missing)
@@ -387,7 +414,8 @@ def results_sections(results: dict[str, Any], title: str = "") -> dict[str, str]
         sections[f"TTS / VC (judge: {results['judge']})"] = markdown_table(
             rows, ["task", "examples", "failed", "judge WER", "mean utt WER", "judge WER on truth",
                    "gap (points)", "judge WER, codec resynthesis", "judge WER, truth tokens",
-                   "sim to reference", "sim to other voices", "sim to source", "conditioning gain"])
+                   "sim to reference", "sim to other voices", "sim to source", "conditioning gain",
+                   *(["unseen words"] if "tts_open" in results else [])])
     if voice_rows:
         sections["TTS / VC judge WER per voice"] = markdown_table(
             voice_rows, ["task", "voice", "examples", "judge WER", "mean utt WER", "judge WER on truth"])
@@ -482,6 +510,7 @@ def run_evaluation(
     speaker_encoder: str = "resemblyzer",
     seed: int = 0,
     progress: bool = True,
+    open_text: bool = True,
 ) -> tuple[dict[str, Any], str]:
     """Evaluates the chain trained in `workdir` on each of `splits`; writes
     <workdir>/eval/results.{json,md} and the samples; returns (results, path of results.md).
@@ -515,6 +544,9 @@ def run_evaluation(
             models, token_dir=token_dir, corpus=lm_config.tasks.corpus, data_dir=data_dir, split=split,
             workdir=workdir, settings=settings, seed=seed, max_per_task=max_per_task, progress=progress,
             samples_folder="samples" if index == 0 else f"samples_{split}", clear_results=index == 0,
+            # TTS of sentences outside the corpus grammar, on the headline split only.
+            open_text=(max_per_task or len(open_text_lib.SENTENCES)) if index == 0 and open_text else 0,
+            train_split=lm_config.tasks.train_split,
         )  # fmt: skip
     results = dict(by_split[splits[0]])
     if len(splits) > 1:

@@ -50,8 +50,14 @@ def test_quick_demo_evaluation_outputs(quick_demo):
         assert "judge_wer_truth" in results[task], results[task]
         assert results[task]["judge_wer_mean_utt"] >= 0.0
         assert results[task]["judge_wer_truth_tokens"] >= 0.0 and results[task]["judge_wer_codec"] >= 0.0
+    # TTS of sentences outside the corpus grammar, beside the voice engine's rendering.
+    open_tts = results["tts_open"]
+    assert open_tts["examples"] == 4 and open_tts["unseen_word_rate"] > 0.0
+    assert open_tts["judge_wer_truth"] >= 0.0
+    assert len(list((workdir / "samples" / "tts_open").glob("open*.voice_engine.wav"))) == 4
     md = (workdir / "eval" / "results.md").read_text()
     assert "ASR" in md and "TTS / VC" in md and "judge WER, truth tokens" in md
+    assert "tts, open text" in md and "unseen words" in md
     assert "mean utt WER" in md and "conditioning gain" in md
     curves = json.loads((workdir / "eval" / "curves.json").read_text())  # the LM's curves
     assert [p["step"] for p in curves["points"]] == [10, 20]  # every kept LM checkpoint
