@@ -49,3 +49,43 @@ def normalize_transcript(text: str) -> str:
     text = _DISALLOWED.sub("", text)
     text = _LONE_APOSTROPHE.sub("", text)
     return _SPACES.sub(" ", text).strip()
+
+
+# The TTS text frontends (config.tasks.tts_text): what a TTS prompt spells.
+TTS_TEXT_FRONTENDS = ("transcript", "phonemes")
+_PHONEMIZER = None
+
+
+def phonemize(texts: list[str]) -> list[str]:
+    """US-English IPA phonemes of normalised transcripts, words separated by one space
+    (espeak-ng through `phonemizer`, offline; no stress marks). Phonemes spell how a
+    word sounds, so a TTS model need not learn English spelling (USLM and VALL-E feed
+    phonemes); unseen words get espeak-ng's letter-to-sound rules."""
+    global _PHONEMIZER
+    if _PHONEMIZER is None:
+        try:
+            from phonemizer.backend import EspeakBackend
+        except ImportError as e:  # pragma: no cover - a requirement of the package
+            raise RuntimeError("tts_text='phonemes' needs the phonemizer package") from e
+        try:
+            _PHONEMIZER = EspeakBackend("en-us", preserve_punctuation=False, with_stress=False)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"tts_text='phonemes' needs the espeak-ng library (apt-get install espeak-ng): {e}"
+            ) from e
+    from phonemizer.separator import Separator
+
+    if not texts:
+        return []
+    out = _PHONEMIZER.phonemize(list(texts), separator=Separator(phone="", word=" "),
+                                strip=True, njobs=1)  # fmt: skip
+    return [" ".join(p.split()) for p in out]
+
+
+def tts_prompt_text(texts: list[str], frontend: str) -> list[str]:
+    """What a TTS prompt holds for each normalised transcript under `frontend`."""
+    if frontend == "transcript":
+        return list(texts)
+    if frontend == "phonemes":
+        return phonemize(texts)
+    raise ValueError(f"tasks.tts_text={frontend!r}; expected one of {TTS_TEXT_FRONTENDS}")

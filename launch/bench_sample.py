@@ -331,7 +331,7 @@ def tts_benchmark(workdir: str, concurrency, *, split: str, seed: int, **stream_
     synth = streaming.synthesizer(codec, models.acoustic)
     token_dir = resolve_paths(sampler.config.tasks, workdir)[0]
     bank = planning.load_bank(token_dir, split, sampler.vocab, layers=codec.n_q,
-                              features=harness.reads_features(sampler))  # fmt: skip
+                              features=harness.reads_features(sampler), tts_text=sampler.tts_text)  # fmt: skip
     sampler.sampling.max_batch = max(int(sampler.sampling.max_batch), max(concurrency))
     rows = []
     for n in concurrency:

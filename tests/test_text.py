@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpa_jax.text import normalize_transcript
+from gpa_jax.text import normalize_transcript, phonemize, tts_prompt_text
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,21 @@ def test_output_alphabet() -> None:
     out = normalize_transcript("Mixed: ÄÖÜ, 123, ½, ©, “quotes” — and more…")
     assert set(out) <= set("abcdefghijklmnopqrstuvwxyz0123456789' ")
     assert "  " not in out
+
+
+def test_phonemize_spells_sounds_not_letters() -> None:
+    out = phonemize(["the cat", "knight night", "zyxquor blorft"])
+    assert len(out) == 3 and all(out)
+    # Homophones share phonemes whatever their spelling; words stay separated by one space.
+    first, second = out[1].split(" ")
+    assert first == second
+    assert out[0].count(" ") == 1 and "th" not in out[0]
+    # Unseen words still get a spelling (letter-to-sound rules), deterministically.
+    assert phonemize(["zyxquor blorft"]) == [out[2]]
+
+
+def test_tts_prompt_text_frontends() -> None:
+    assert tts_prompt_text(["a cat"], "transcript") == ["a cat"]
+    assert tts_prompt_text(["a cat"], "phonemes") == phonemize(["a cat"])
+    with pytest.raises(ValueError, match="tts_text='ipa'"):
+        tts_prompt_text(["a cat"], "ipa")

@@ -196,7 +196,7 @@ def report_for_workdir(
     token_dir = resolve_paths(config.tasks, workdir)[0]
     settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
     bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers,
-                              features=sampler.cfg.audio_input != "tokens")  # fmt: skip
+                              features=sampler.cfg.audio_input != "tokens", tts_text=settings.tts_text)  # fmt: skip
     report = conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
     if asr_rows:
         report["asr_transcripts"] = asr_transcripts(sampler, bank, settings, split=split,

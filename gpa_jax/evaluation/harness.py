@@ -96,13 +96,15 @@ class SplitData:
 
 
 def load_split(
-    token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate, *, features: bool = False
+    token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate, *, features: bool = False,
+    tts_text: str = "transcript",
 ) -> SplitData:
     """The split's bank (all `n_q` layers; with `features`, the token-aligned log-mel rows
-    a continuous-input LM reads) and its recordings."""
+    a continuous-input LM reads; TTS prompts spelled by `tts_text`) and its recordings."""
     from gpa_jax.codec import data as codec_data
 
-    bank = planning.load_bank(token_dir, split, vocab, layers=n_q, features=features)
+    bank = planning.load_bank(token_dir, split, vocab, layers=n_q, features=features,
+                              tts_text=tts_text)
     clips = codec_data.load_clips(corpus, split, data_dir=data_dir, sample_rate=sample_rate)
     audio = dict(zip(clips.ids, clips.audio, strict=True))
     missing = [i for i in bank.ids if i not in audio]
@@ -209,7 +211,7 @@ def _evaluate_tasks(
     codec, vocab = models.codec, models.sampler.vocab
     rate = int(codec.sample_rate)
     data = load_split(token_dir, vocab, corpus, split, data_dir, codec.n_q, codec.hop_length, rate,
-                      features=reads_features(models.sampler))  # fmt: skip
+                      features=reads_features(models.sampler), tts_text=models.sampler.tts_text)  # fmt: skip
     bank = data.bank
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"split": split, "judge": models.judge.name}

@@ -69,6 +69,7 @@ def lm_curves(
     data = harness.load_split(
         token_dir, vocab, lm_config.tasks.corpus, split, paths.tfds_dir(workdir),
         codec.n_q, codec.hop_length, rate, features=harness.reads_features(models.sampler),
+        tts_text=models.sampler.tts_text,
     )  # fmt: skip
     bank = data.bank
     settings = planning.PlanSettings.from_config(lm_config.tasks, int(lm_config.train.seq_len))

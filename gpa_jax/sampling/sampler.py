@@ -62,7 +62,7 @@ from gpa_jax.sampling import decode as decode_lib
 from gpa_jax.sampling.config import TASKS, check_params, sampling_config
 from gpa_jax.tasks import layout
 from gpa_jax.tasks.vocab import SpeechVocabulary
-from gpa_jax.text import normalize_transcript
+from gpa_jax.text import normalize_transcript, tts_prompt_text
 
 Acoustic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_REF_MAX_FRAMES = 150
@@ -253,6 +253,8 @@ class Sampler:
         )
         self.ref_layers = int(s.ref_layers or (tasks.ref_layers if tasks is not None else 1))
         self.ref_min_frames = int(tasks.ref_min_frames if tasks is not None else DEFAULT_REF_MIN_FRAMES)
+        # TTS prompts spell what the LM was trained on (config.tasks.tts_text).
+        self.tts_text = str(tasks.get("tts_text", "transcript")) if tasks is not None else "transcript"
         if self.ref_layers > vocab.num_audio_streams:
             raise ValueError(
                 f"ref_layers={self.ref_layers} but the vocabulary has "
@@ -325,7 +327,8 @@ class Sampler:
             normalized = normalize_transcript(request.text or "")
             if not normalized:
                 raise RequestError(f"empty text (given {request.text!r})")
-            text = np.asarray(self.vocab.encode(normalized), np.int32)
+            spelled = tts_prompt_text([normalized], self.tts_text)[0]
+            text = np.asarray(self.vocab.encode(spelled), np.int32)
             expected = s.tts.frames_per_char * len(normalized)
         if task in ("asr", "vc"):
             src = self._codes(request.source, "source", 1)[0]

@@ -73,7 +73,8 @@ SLOTS = {
 
 
 def vocabulary_layout(
-    vocab: SpeechVocabulary, *, ref_layers: int, ref_max_frames: int, sampling: Any = None
+    vocab: SpeechVocabulary, *, ref_layers: int, ref_max_frames: int, sampling: Any = None,
+    tts_text: str = "transcript",
 ) -> dict[str, Any]:
     """gpa_vocab.json: the id layout, and per task its prompt template (ids and slots,
     made by `layout.input_segments` itself), output id range and sampling defaults."""
@@ -85,6 +86,10 @@ def vocabulary_layout(
         text.update(kind="sentencepiece", model_file=TEXT_TOKENIZER)
     else:  # seqio.ByteVocabulary: byte b is text id b + its special-token count
         text.update(kind="utf-8 bytes", byte_offset=int(vocab.text_vocab.encode("a")[0]) - ord("a"))
+    # What the TTS {text} slot spells (config.tasks.tts_text); ASR always emits the transcript.
+    text["tts_text"] = tts_text if tts_text == "transcript" else (
+        f"{tts_text}: espeak-ng en-us IPA of the normalised transcript, no stress marks, "
+        "words separated by one space (gpa_jax.text.phonemize)")
     tasks = {}
     for task in layout.OUTPUT_KIND:
         pieces = layout.input_segments(
@@ -124,6 +129,11 @@ def vocabulary_layout(
     }
 
 
+def _tts_text(config: ml_collections.ConfigDict) -> str:
+    tasks = config.get("tasks")
+    return "transcript" if tasks is None else str(tasks.get("tts_text", "transcript"))
+
+
 def _spm_file(vocab: SpeechVocabulary) -> str:
     return getattr(vocab.text_vocab, "sentencepiece_model_file", "") or ""
 
@@ -155,7 +165,8 @@ def write_lm(
     _write_json(
         os.path.join(out_dir, GENERATION_CONFIG), {"eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     )
-    layout_json = vocabulary_layout(vocab, ref_layers=ref_layers, ref_max_frames=ref_max_frames)
+    layout_json = vocabulary_layout(vocab, ref_layers=ref_layers, ref_max_frames=ref_max_frames,
+                                   tts_text=_tts_text(config))
     _write_json(os.path.join(out_dir, VOCAB_FILE), layout_json)
     if _spm_file(vocab):
         shutil.copyfile(_spm_file(vocab), os.path.join(out_dir, TEXT_TOKENIZER))

@@ -18,6 +18,9 @@ config; config files override fields. Fields:
                       first n layers, frame-major interleaved (needs vocab.audio_streams >= n)
     trim_ref_to_fit   shorten the reference before dropping an over-long example
     verify_checksums  check shard sha256s against the manifest when loading a split
+    tts_text          what a TTS prompt spells: "transcript" (the text ids ASR emits) or
+                      "phonemes" (espeak-ng IPA of the transcript, gpa_jax.text.phonemize,
+                      in the byte text vocabulary; ASR still emits the transcript)
     vocab.text        "spm" (SentencePiece model) or "byte"
     vocab.spm_model   SentencePiece model path; "" = the one `launch.train_spm` writes by
                       default: <workdir>/spm/<corpus with / as _>_<spm_vocab_size>.model
@@ -40,6 +43,8 @@ from typing import Any
 
 import ml_collections
 
+from gpa_jax.text import TTS_TEXT_FRONTENDS
+
 # Append only: the position fixes the task's id in batches and its tag token's id.
 TASK_NAMES: tuple[str, ...] = ("tts", "asr", "vc")
 
@@ -60,6 +65,7 @@ def tasks_config(**overrides: Any) -> ml_collections.ConfigDict:
             ref_layers=1,
             trim_ref_to_fit=True,
             verify_checksums=True,
+            tts_text="transcript",
             vocab=dict(text="spm", spm_model="", spm_vocab_size=1024, audio_streams=1),
         )
     )
@@ -96,6 +102,13 @@ def validate_tasks_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.vocab.text not in ("spm", "byte"):
         raise ValueError(f"tasks.vocab.text={config.vocab.text!r}; expected 'spm' or 'byte'")
+    if config.tts_text not in TTS_TEXT_FRONTENDS:
+        raise ValueError(
+            f"tasks.tts_text={config.tts_text!r}; expected one of {TTS_TEXT_FRONTENDS}"
+        )
+    if config.tts_text == "phonemes" and config.vocab.text != "byte":
+        # IPA letters are not SentencePiece pieces of the corpus transcripts.
+        raise ValueError("tasks.tts_text='phonemes' needs tasks.vocab.text='byte'")
 
 
 def default_token_dir(workdir: str, corpus: str) -> str:

@@ -47,6 +47,7 @@ from absl import logging
 from gpa_jax.tasks import token_shards
 from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.vocab import SpeechVocabulary
+from gpa_jax.text import tts_prompt_text
 
 TASKS = TASK_NAMES
 # Plan row columns.
@@ -74,6 +75,12 @@ class Bank:
     text_len: np.ndarray  # int64 [U]
     text_ids: np.ndarray  # int32 [total text tokens]: SpeechVocabulary ids
     manifest: dict[str, Any]
+    # What TTS prompts spell (config.tasks.tts_text) and its ids, laid out as text_*; the
+    # text_* arrays themselves when that is the transcript.
+    tts_text: str = "transcript"
+    tts_text_start: np.ndarray | None = None
+    tts_text_len: np.ndarray | None = None
+    tts_text_ids: np.ndarray | None = None
     # float16 [total frames, F] or None: row audio_start[u] + f is utterance u's frame f
     # (the same global frame index as the columns of `codes`); load_bank(features=True).
     features: np.ndarray | None = None
@@ -112,9 +119,11 @@ def load_bank(
     layers: int,
     verify: bool = True,
     features: bool = False,
+    tts_text: str = "transcript",
 ) -> Bank:
     """Reads a split's shards: metadata, text ids, the first `layers` RVQ layers and, with
-    `features`, the per-frame features (the shards must have been tokenized with them)."""
+    `features`, the per-frame features (the shards must have been tokenized with them);
+    `tts_text` is the TTS prompts' text frontend (gpa_jax.text.tts_prompt_text)."""
     manifest = token_shards.read_manifest(directory, verify=verify)
     if features and split in manifest["splits"]:
         if token_shards.split_features(manifest, split) is None:
@@ -161,10 +170,12 @@ def load_bank(
             if utts
             else np.zeros((0, dim), np.float16)
         )
-    encoded = [np.asarray(vocab.encode(t), dtype=np.int32) for t in texts]
-    text_len = np.array([len(e) for e in encoded], dtype=np.int64)
-    text_start = np.concatenate([[0], np.cumsum(text_len)[:-1]]).astype(np.int64)
-    text_ids = np.concatenate(encoded) if encoded else np.zeros([0], np.int32)
+    text_start, text_len, text_ids = _encode_texts(vocab, texts)
+    tts_arrays = (text_start, text_len, text_ids)
+    if tts_text != "transcript":
+        unique = sorted(set(texts))
+        spelled = dict(zip(unique, tts_prompt_text(unique, tts_text), strict=True))
+        tts_arrays = _encode_texts(vocab, [spelled[t] for t in texts])
     speaker_names = sorted(set(speakers))
     unique_texts = sorted(set(texts))
     speaker_pos = {s: i for i, s in enumerate(speaker_names)}
@@ -180,10 +191,23 @@ def load_bank(
         codes=codes,
         text_start=text_start,
         text_len=text_len,
-        text_ids=text_ids.astype(np.int32),
+        text_ids=text_ids,
         manifest=manifest,
+        tts_text=tts_text,
+        tts_text_start=tts_arrays[0],
+        tts_text_len=tts_arrays[1],
+        tts_text_ids=tts_arrays[2],
         features=feature_rows,
     )
+
+
+def _encode_texts(vocab: SpeechVocabulary, texts: list[str]):
+    """(start int64 [U], len int64 [U], ids int32 [total]) of the texts, concatenated."""
+    encoded = [np.asarray(vocab.encode(t), dtype=np.int32) for t in texts]
+    length = np.array([len(e) for e in encoded], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+    ids = np.concatenate(encoded) if encoded else np.zeros([0], np.int32)
+    return start, length, ids.astype(np.int32)
 
 
 _BANKS: dict[tuple, Bank] = {}
@@ -197,13 +221,14 @@ def cached_bank(
     layers: int,
     verify: bool = True,
     features: bool = False,
+    tts_text: str = "transcript",
 ) -> Bank:
-    """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers
-    and whether features are loaded)."""
-    key = (os.path.abspath(directory), split, vocab, layers, bool(features))
+    """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers,
+    whether features are loaded and the TTS text frontend)."""
+    key = (os.path.abspath(directory), split, vocab, layers, bool(features), tts_text)
     with _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = load_bank(directory, split, vocab, layers, verify, features)
+            _BANKS[key] = load_bank(directory, split, vocab, layers, verify, features, tts_text)
         return _BANKS[key]
 
 
@@ -259,6 +284,7 @@ class PlanSettings:
     ref_min_frames: int
     ref_layers: int
     trim_ref_to_fit: bool
+    tts_text: str = "transcript"
 
     @classmethod
     def from_config(cls, config: Any, sequence_length: int) -> PlanSettings:
@@ -271,6 +297,8 @@ class PlanSettings:
             ref_min_frames=int(config.ref_min_frames),
             ref_layers=int(config.ref_layers),
             trim_ref_to_fit=bool(config.trim_ref_to_fit),
+            # Configs saved before the field existed spelled transcripts.
+            tts_text=str(config.get("tts_text", "transcript")),
         )
 
 
@@ -337,6 +365,11 @@ def plan_task(
         raise ValueError(
             f"ref_layers={settings.ref_layers} but the bank holds {bank.num_layers} layers"
         )
+    if task == "tts" and bank.tts_text != settings.tts_text:
+        raise ValueError(
+            f"the bank spells TTS prompts as {bank.tts_text!r}, the tasks want "
+            f"{settings.tts_text!r}: load it with load_bank(..., tts_text=settings.tts_text)"
+        )
     rng = task_rng(seed, task, split)
     index = _Index(bank)
     stats = TaskStats(task=task, split=split)
@@ -344,7 +377,7 @@ def plan_task(
     L = settings.sequence_length
     for t in range(bank.num_utterances):
         stats.candidates += 1
-        text_len = int(bank.text_len[t])
+        text_len = int((bank.tts_text_len if task == "tts" else bank.text_len)[t])
         frames = int(bank.frames[t])
         if task in ("tts", "asr") and text_len == 0:
             stats.dropped["empty_text"] += 1

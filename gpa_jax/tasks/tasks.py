@@ -78,6 +78,9 @@ class _BankTensors:
         self.text_ids = tf.constant(bank.text_ids)
         self.text_start = tf.constant(bank.text_start)
         self.text_len = tf.constant(bank.text_len)
+        self.tts_text_ids = tf.constant(bank.tts_text_ids)
+        self.tts_text_start = tf.constant(bank.tts_text_start)
+        self.tts_text_len = tf.constant(bank.tts_text_len)
 
 
 _TENSORS: dict[int, tuple[planning.Bank, _BankTensors]] = {}
@@ -140,6 +143,7 @@ class SpeechTaskSource(seqio.DataSource):
             layers,
             verify=self.verify_checksums,
             features=self.audio_features,
+            tts_text=self.settings.tts_text,
         )
 
     def plan(self, split: str, seed: int | None = None) -> tuple[np.ndarray, planning.TaskStats]:
@@ -214,6 +218,12 @@ def _text(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
     return t.text_ids[start : start + t.text_len[u]]
 
 
+def _tts_text(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
+    """What the TTS prompt spells for utterance u (config.tasks.tts_text)."""
+    start = t.tts_text_start[u]
+    return t.tts_text_ids[start : start + t.tts_text_len[u]]
+
+
 def _audio_frames(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
     """Global frame indices (bank rows) of utterance u, the frames `_audio` reads."""
     return tf.range(t.audio_start[u], t.audio_start[u] + t.frames[u], dtype=tf.int64)
@@ -259,7 +269,7 @@ def _example(task, vocab, s, frames, targets, *, text=None, reference=None, sour
 def _assemble_tts(row, *, t, vocab, s, frames=False) -> dict[str, tf.Tensor]:
     reference = (_reference(t, vocab, s, row), _reference_frames(t, row))
     target = _audio(t, vocab, row[planning.TGT])
-    text = _text(t, row[planning.TGT])
+    text = _tts_text(t, row[planning.TGT])
     return _example("tts", vocab, s, frames, target, text=text, reference=reference)
 
 

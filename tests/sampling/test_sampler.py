@@ -104,6 +104,33 @@ def test_prompt_is_what_the_trainer_feeds_for_the_same_example(registered, vocab
         np.testing.assert_array_equal(fed[: len(prompt)], prompt)
 
 
+def test_phoneme_tts_prompt_is_what_the_trainer_feeds(tmp_path, vocab, lm):
+    """tasks.tts_text='phonemes' in the LM's config: the sampler spells a TTS request's
+    text as phonemes, exactly as the trainer's TTS examples do."""
+    directory = str(tmp_path / "tokens")
+    write_corpus(directory)
+    tasks = small_config(tts_text="phonemes")
+    handle = tasks_lib.register_tasks(directory, vocab, tasks, sequence_length=SEQ_LEN,
+                                      namespace="sampler_phonemes")  # fmt: skip
+    config, model = lm
+    config = config.copy_and_resolve_references()
+    config.tasks = tasks
+    sampler = Sampler(config, model, vocab, sampling=sampling_config(ref_max_frames=40))
+    assert sampler.tts_text == "phonemes"
+    source = handle.sources["tts"]
+    rows, _ = source.plan("train")
+    bank = source.bank("train")
+    ds = pipeline.make_dataset(handle.task_names["tts"], "train", SEQ_LEN, 1, None, False,
+                               pack=False, num_epochs=1)  # fmt: skip
+    for row, ex in list(zip(rows, ds.as_numpy_iterator(), strict=False))[:4]:
+        t, r, start, n, _ = (int(x) for x in row)
+        s = bank.audio_start[r] + start
+        prompt = sampler.prepare(Request.tts(bank.texts[t], bank.codes[:, s : s + n])).prompt
+        np.testing.assert_array_equal(ex["decoder_input_tokens"][0][: len(prompt)], prompt)
+        plain = _sampler(lm, vocab, ref_max_frames=40)
+        assert len(plain.prepare(Request.tts(bank.texts[t], bank.codes[:, s : s + n])).prompt) != len(prompt)
+
+
 def test_bad_requests_get_errors_and_the_rest_is_served(lm, vocab):
     sampler = _sampler(lm, vocab, max_batch=4)
     good = [

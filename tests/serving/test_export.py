@@ -222,6 +222,10 @@ def test_vocab_side_file_builds_the_samplers_prompts(workdir, tmp_path):
     assert layout["tasks"]["asr"]["output_ids"][1] == text["offset"] + text["size"]
     assert layout["tasks"]["tts"]["output_ids"] == ranges[0]
     assert layout["control_tokens"]["<|tts|>"] == layout["tasks"]["tts"]["prompt"][1]
+    assert text["tts_text"] == "transcript"  # the fixture's LM spells TTS text as transcripts
+    phonemes = export.vocabulary_layout(task_vocabulary(config, root), ref_layers=layers,
+                                        ref_max_frames=max_frames, tts_text="phonemes")  # fmt: skip
+    assert phonemes["text"]["tts_text"].startswith("phonemes: espeak-ng en-us IPA")
 
 
 def test_sentencepiece_text_ships_its_model_and_encodes_as_the_vocabulary(tmp_path):

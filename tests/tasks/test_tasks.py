@@ -213,3 +213,40 @@ def test_tasks_config_rejects_unknown_and_inconsistent_fields():
         small_config(rates=dict(se=1.0))
     with pytest.raises(ValueError, match="ref_layers=2 needs"):
         small_config(ref_layers=2, vocab=dict(audio_streams=1))
+
+
+def test_phoneme_tts_text_spells_tts_prompts_asr_keeps_the_transcript(parallel_corpus, vocab):
+    """tasks.tts_text='phonemes': the TTS prompt's text is the transcript's espeak-ng IPA,
+    the planner's length rule counts those ids, and ASR still emits the transcript."""
+    from gpa_jax.text import phonemize
+
+    handle = tasks_lib.register_tasks(
+        parallel_corpus[0], vocab, small_config(tts_text="phonemes"),
+        sequence_length=SEQ_LEN, namespace="test_phon",
+    )  # fmt: skip
+    bank = handle.sources["tts"].bank("train")
+    assert bank.tts_text == "phonemes"
+    rows, examples = _examples(handle, "tts")
+    assert len(rows) > 20
+    d = vocab.delimiter_id
+    for row, ex in zip(rows, examples, strict=True):
+        t = row[planning.TGT]
+        _, rest = _split_at(ex["inputs"][2:-1], d("text"))
+        spelled = vocab.decode(rest)
+        assert spelled == phonemize([bank.texts[t]])[0] != bank.texts[t]
+        assert bank.tts_text_len[t] == len(rest)
+    asr_rows, asr_examples = _examples(handle, "asr")
+    for row, ex in zip(asr_rows, asr_examples, strict=True):
+        assert vocab.decode(ex["targets"]) == bank.texts[row[planning.TGT]]
+    # A bank that spells transcripts cannot plan phoneme TTS prompts (the lengths differ).
+    plain = planning.load_bank(parallel_corpus[0], "train", vocab, 1)
+    settings = handle.sources["tts"].settings
+    with pytest.raises(ValueError, match="spells TTS prompts as 'transcript'"):
+        planning.plan_task("tts", plain, settings, 0, "train")
+
+
+def test_phoneme_tts_text_needs_byte_text():
+    with pytest.raises(ValueError, match="tts_text='phonemes' needs tasks.vocab.text='byte'"):
+        small_config(tts_text="phonemes", vocab=dict(text="spm"))
+    with pytest.raises(ValueError, match="tasks.tts_text='ipa'"):
+        small_config(tts_text="ipa")
