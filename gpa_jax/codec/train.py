@@ -328,10 +328,8 @@ def ensure_teacher(
 
 
 def _create_writer(logdir: str):
-    try:  # One home for the TensorBoard fallback (clu needs the `tensorboard` package).
-        from gpa_jax.training.metrics import create_default_writer
-    except ImportError:
-        from clu.metric_writers import create_default_writer
+    from gpa_jax.training.metrics import create_default_writer
+
     return create_default_writer(logdir)
 
 

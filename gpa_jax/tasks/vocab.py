@@ -40,36 +40,23 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from gpa_jax.tasks.config import TASK_NAMES
+from gpa_jax.tasks.ids import (  # noqa: F401 (re-exported: the table above documents them)
+    BOS_ID,
+    CONTROL_TOKENS,
+    DELIM_END,
+    DELIM_START,
+    DELIMITERS,
+    EOS_ID,
+    PAD_ID,
+    PAD_TO_MULTIPLE,
+    TAG_END,
+    TAG_START,
+    TASK_TAGS,
+    TEXT_OFFSET,
+    UNK_ID,
+    delimiter_id,
+)
 
-PAD_ID = 0
-EOS_ID = 1
-UNK_ID = 2
-BOS_ID = 3
-TAG_START, TAG_END = 4, 16  # [start, end) of task-tag ids
-DELIM_START, DELIM_END = 16, 64  # [start, end) of delimiter ids
-TEXT_OFFSET = 64
-PAD_TO_MULTIPLE = 128
-
-# Append only: an entry's position fixes its id. Task tags are the task table itself.
-TASK_TAGS: tuple[str, ...] = TASK_NAMES
-DELIMITERS: tuple[str, ...] = ("text", "ref_audio", "src_audio", "tgt_audio")
-assert len(TASK_TAGS) <= TAG_END - TAG_START
-assert len(DELIMITERS) <= DELIM_END - DELIM_START
-
-
-def _control_names() -> list[str]:
-    names = ["<pad>", "<eos>", "<unk>", "<bos>"]
-    for i in range(TAG_START, TAG_END):
-        k = i - TAG_START
-        names.append(f"<|{TASK_TAGS[k]}|>" if k < len(TASK_TAGS) else f"<|reserved_{i}|>")
-    for i in range(DELIM_START, DELIM_END):
-        k = i - DELIM_START
-        names.append(f"<|{DELIMITERS[k]}|>" if k < len(DELIMITERS) else f"<|reserved_{i}|>")
-    return names
-
-
-CONTROL_TOKENS: tuple[str, ...] = tuple(_control_names())
 _CONTROL_IDS = {name: i for i, name in enumerate(CONTROL_TOKENS)}
 
 
@@ -160,9 +147,7 @@ class SpeechVocabulary(seqio.Vocabulary):
 
     @staticmethod
     def delimiter_id(name: str) -> int:
-        if name not in DELIMITERS:
-            raise KeyError(f"no delimiter {name!r}; delimiters: {DELIMITERS}")
-        return DELIM_START + DELIMITERS.index(name)
+        return delimiter_id(name)
 
     # --- audio -------------------------------------------------------------------------
 

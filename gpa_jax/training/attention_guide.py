@@ -27,13 +27,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from gpa_jax.tasks.vocab import DELIM_END, DELIM_START, TEXT_OFFSET, SpeechVocabulary
+from gpa_jax.tasks.ids import DELIM_END, DELIM_START, TEXT_OFFSET, delimiter_id
 
 # The delimiters that open a conditioning input (fixed ids: see gpa_jax.tasks.vocab).
-CONDITIONING_DELIMITERS = (
-    SpeechVocabulary.delimiter_id("text"),
-    SpeechVocabulary.delimiter_id("src_audio"),
-)
+CONDITIONING_DELIMITERS = (delimiter_id("text"), delimiter_id("src_audio"))
 
 
 def _rank_and_count(mask: jax.Array, segments: jax.Array) -> tuple[jax.Array, jax.Array]:

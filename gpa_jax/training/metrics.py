@@ -1,10 +1,12 @@
-"""Metric writers for training runs: clu's TensorBoard writer, plus readers for tests.
+"""Metric writers for training runs (TensorBoard files and log lines), plus readers.
 
-`create_default_writer(logdir)` is clu's (absl log lines + TensorBoard summaries). clu
-writes through TensorFlow, so GPUs are hidden from TensorFlow first: it must not claim
-accelerator memory that JAX uses. `read_scalars(logdir)` reads scalars back with
-TensorBoard's own event reader (tests, notebooks); `MemoryWriter` keeps everything in
-memory (tests, benchmarks).
+The writers follow clu's `MetricWriter` interface (write_scalars / write_texts /
+write_audios / write_images / write_hparams / flush / close) without importing it:
+`clu.metric_writers` imports TensorFlow for its summary writer, and a training host
+imports no TensorFlow (DESIGN.md). `create_default_writer(logdir)` writes TensorBoard
+event files through tensorboardX (TF-free) and logs every scalar line, as clu's default
+writer does; `read_scalars(logdir)` reads scalars back with TensorBoard's own event
+reader (tests, notebooks); `MemoryWriter` keeps everything in memory (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from clu import metric_writers
+from absl import logging
 
 
-class MemoryWriter(metric_writers.MetricWriter):
+class MemoryWriter:
     """Keeps every scalar/text in memory: `scalars[tag] = [(step, value), ...]`."""
 
     def __init__(self):
@@ -89,17 +91,65 @@ def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]
     return out
 
 
+class TensorBoardWriter:
+    """clu's MetricWriter interface over tensorboardX: event files in `logdir` (when given)
+    and one absl log line per write_scalars call."""
+
+    def __init__(self, logdir: str | os.PathLike | None):
+        self._tb = None
+        if logdir is not None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.fspath(logdir), flush_secs=30)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+        logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, int(step))
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        if self._tb is not None:
+            for k, v in texts.items():
+                self._tb.add_text(k, v, int(step))
+
+    def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
+        """audios: {tag: float [batch, samples, channels]} (clu's layout); the first clip."""
+        if self._tb is not None:
+            for k, v in audios.items():
+                clip = np.asarray(v, np.float32)[0, :, 0]
+                self._tb.add_audio(k, clip, int(step), sample_rate=int(sample_rate))
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        """images: {tag: [batch, height, width, channels]} (clu's layout)."""
+        if self._tb is not None:
+            for k, v in images.items():
+                self._tb.add_images(k, np.asarray(v), int(step), dataformats="NHWC")
+
+    def write_histograms(self, step: int, arrays: Mapping[str, Any], num_buckets=None) -> None:
+        if self._tb is not None:
+            for k, v in arrays.items():
+                self._tb.add_histogram(
+                    k, np.asarray(v), int(step), bins=num_buckets or "tensorflow"
+                )
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        if self._tb is not None:
+            self._tb.add_text("hparams", "\n".join(f"{k}: {v}" for k, v in hparams.items()), 0)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
 def create_default_writer(logdir: str | os.PathLike | None, *, just_logging: bool = False):
-    """clu's default writer: log lines, plus TensorBoard files in `logdir` on the main host.
+    """Log lines, plus TensorBoard files in `logdir` on the main host.
 
     just_logging: log lines only (non-primary hosts of a multi-host run).
     """
-    try:  # clu writes through TensorFlow: keep TF off the accelerators JAX uses.
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # Devices already initialised: nothing more to do.
-        pass
-    return metric_writers.create_default_writer(
-        None if just_logging else os.fspath(logdir), just_logging=just_logging
-    )
+    return TensorBoardWriter(None if just_logging or logdir is None else logdir)

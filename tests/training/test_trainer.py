@@ -297,7 +297,7 @@ def test_sigterm_saves_and_the_resumed_run_matches(compile_cache, tmp_path):
     _assert_same_params(_params(workdir, config), _params(tmp_path / "straight", config))
 
 
-def test_clu_event_files_read_back(tmp_path):
+def test_tensorboard_event_files_read_back(tmp_path):
     writer = create_default_writer(tmp_path)
     writer.write_scalars(3, {"train/loss": 1.5, "train/tts/accuracy": 0.25})
     writer.write_texts(3, {"sample": "hello"})
