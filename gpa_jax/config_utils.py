@@ -179,8 +179,7 @@ def parse_override_value(key: str, raw: str, current: Any) -> Any:
             if current is None:
                 return raw  # A None placeholder accepts a plain string.
             raise ConfigError(
-                f"config key {key!r} expects a Python literal {type(current).__name__}, "
-                f"got {raw!r}"
+                f"config key {key!r} expects a Python literal {type(current).__name__}, got {raw!r}"
             ) from None
         if current is None:
             return value
@@ -191,7 +190,9 @@ def parse_override_value(key: str, raw: str, current: Any) -> Any:
         if not isinstance(value, (tuple, list)):
             value = (value,)
         return type(current)(value)
-    raise ConfigError(f"config key {key!r} holds a {type(current).__name__}; it cannot be overridden")
+    raise ConfigError(
+        f"config key {key!r} holds a {type(current).__name__}; it cannot be overridden"
+    )
 
 
 def apply_overrides(
@@ -245,9 +246,7 @@ def validate(config: ml_collections.ConfigDict, source: str = "config") -> None:
     """Checks that `config.kind` is known and every field its schema requires is present."""
     kind = config.get("kind")
     if kind not in SCHEMAS:
-        raise ConfigError(
-            f"{source}: config.kind={kind!r}; expected one of {sorted(SCHEMAS)}"
-        )
+        raise ConfigError(f"{source}: config.kind={kind!r}; expected one of {sorted(SCHEMAS)}")
     missing = []
     for dotted in SCHEMAS[kind]:
         node: Any = config
@@ -291,7 +290,7 @@ def flags_parser(argv: list[str]) -> list[str]:
     _pending_overrides.clear()
     for arg in argv:
         if arg.startswith(_OVERRIDE_PREFIX):
-            override = arg[len(_OVERRIDE_PREFIX):]
+            override = arg[len(_OVERRIDE_PREFIX) :]
             if "=" not in override:
                 raise ConfigError(f"{arg!r} must be written --config.key=value (with '=')")
             _pending_overrides.append(override)
@@ -306,3 +305,10 @@ def config_from_flags() -> ml_collections.ConfigDict:
     if not spec:
         raise ConfigError("--config is required, e.g. --config=configs/gpa_tiny.py")
     return load_config(spec, list(_pending_overrides))
+
+
+def ensure_flags_parsed() -> None:
+    """Grain's worker processes read its absl flags; outside an absl app (notebooks,
+    pytest, a plain script) nothing parsed them, so their defaults are accepted here."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

@@ -26,7 +26,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from gpa_jax import preemption
+from gpa_jax import config_utils, preemption
 
 
 @dataclasses.dataclass
@@ -473,18 +473,9 @@ def crop_dataset(
     # Crops are cheap: no read threads in-process, a couple per worker.
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if num_workers == 0 else 2))
     if num_workers > 0:
-        _ensure_flags_parsed()
+        config_utils.ensure_flags_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter_ds
-
-
-def _ensure_flags_parsed() -> None:
-    """Grain's worker processes read its absl flags; outside an absl app (notebooks,
-    pytest, a plain script) nothing parsed them, so their defaults are accepted here."""
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
 
 
 def clips_dir(workdir: str, corpus: str, split: str) -> str:
@@ -558,9 +549,13 @@ class TokenFeatures:
             self.spec = {"kind": kind, "dim": (codec.hop_length // mel.hop_length) * mel.n_mels}
         elif kind == "ctc_teacher":
             if teacher is None:
-                raise ValueError("data.token_features='ctc_teacher' needs the codec's trained CTC teacher")
+                raise ValueError(
+                    "data.token_features='ctc_teacher' needs the codec's trained CTC teacher"
+                )
             if int(teacher.hop) != int(codec.hop_length):
-                raise ValueError(f"the CTC teacher's hop {teacher.hop} is not the codec's {codec.hop_length}")
+                raise ValueError(
+                    f"the CTC teacher's hop {teacher.hop} is not the codec's {codec.hop_length}"
+                )
             self.spec = {"kind": kind, "dim": int(teacher.dim)}
 
     def __call__(self, wav: np.ndarray, frames: int) -> np.ndarray:
@@ -575,7 +570,9 @@ class TokenFeatures:
         raise ValueError("token_features='' has no features to compute")
 
 
-def token_features_for(kind: str, codec: Any, config: ml_collections.ConfigDict, workdir: str) -> TokenFeatures:
+def token_features_for(
+    kind: str, codec: Any, config: ml_collections.ConfigDict, workdir: str
+) -> TokenFeatures:
     """`TokenFeatures` of `kind` for a codec trained in `workdir` with `config` (loads the
     CTC teacher from its directory when the kind needs it)."""
     teacher = None

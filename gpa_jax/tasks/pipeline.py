@@ -40,20 +40,18 @@ Multi-host: pass shard_info=seqio.ShardInfo(jax.process_index(), jax.process_cou
 the per-host batch size; each host then plans the same examples and keeps every
 num_shards-th one (disjoint, deterministic).
 
-Why tf.data checkpoints and not grain (decided with the trainer wired in): the tasks
+Why the tasks pipeline keeps tf.data checkpoints, and where Grain comes in: the tasks
 are SeqIO tasks and the mixture, its rate sampling and the packer are seqio's tf.data
 ops, and a tf.data iterator checkpoint restores all of them exactly (tested here and
 end to end in tests/training/test_task_data.py: N straight steps == N/2, stop, resume,
-N/2, every loss equal). A grain pipeline would give a graph-independent state of a few
-integers per worker, but only by re-implementing the mixture sampling and packing
-outside seqio, i.e. leaving the SeqIO design the project asks for. The price, measured
-on the default synthetic corpus at L = 512, batch 8: the state is ~11.7 MB per host
-(almost all of it seqio's packing buffer), restoring it takes ~2 s, and an old state
-no longer restores after the mixture, lengths or batch size change (a rerun with such
-changes needs a fresh work dir). Those are acceptable at checkpoint intervals of
-minutes. If states become a problem (many hosts, frequent saves), the path is grain
-over the same planning (planning.py has no TF in it) and token shards (random access
-through token_shards.UtteranceSource), with grain's packing transform.
+N/2, every loss equal). The price, measured on the default synthetic corpus at L = 512,
+batch 8: the state is ~11.7 MB per host (almost all of it seqio's packing buffer),
+restoring it takes ~2 s, and an old state no longer restores after the mixture, lengths
+or batch size change. A training host that should import no TensorFlow, or keep a small
+state, trains from the batch cache instead (`launch.cache_batches`, then
+config.data.source = "cache": gpa_jax.data.batch_cache): this pipeline runs once, its
+batches are written to ArrayRecord in order and Grain reads them back, resumable by batch
+index. SeqIO stays the definition of the examples either way.
 """
 
 from __future__ import annotations

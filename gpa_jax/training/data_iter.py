@@ -65,7 +65,7 @@ AUDIO_MASK_KEY = "decoder_audio_mask"
 # What the tasks pipeline emits (gpa_jax.tasks.feature_converter.AUDIO_FRAMES); replaced
 # by the two keys above before a batch leaves `AudioFeatureBatches`.
 AUDIO_FRAMES_KEY = "decoder_audio_frames"
-SOURCES = ("tasks", "synthetic")
+SOURCES = ("tasks", "cache", "synthetic")
 # Stream tags that keep the train and eval batches of one seed disjoint.
 _STREAMS = {"train": 0, "eval": 1}
 
@@ -472,6 +472,83 @@ class TaskData:
         return train, evals
 
 
+def cache_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None) -> str:
+    """config.data.cache_dir, else <workdir>/batch_cache."""
+    from gpa_jax.data import batch_cache
+
+    if config.data.get("cache_dir"):
+        return str(config.data.cache_dir)
+    if workdir is None:
+        raise ValueError("config.data.cache_dir is empty and no work directory was given")
+    return batch_cache.default_dir(os.fspath(workdir))
+
+
+def cache_fingerprint(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None) -> str:
+    """The batch-cache fingerprint of `config` over its token shards' manifest."""
+    from gpa_jax.data import batch_cache
+    from gpa_jax.tasks.token_shards import MANIFEST_NAME
+
+    token_dir = resolve_paths(config.tasks, None if workdir is None else os.fspath(workdir))[0]
+    path = os.path.join(token_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no token shards at {token_dir} ({MANIFEST_NAME} missing)")
+    with open(path, "rb") as f:
+        return batch_cache.fingerprint(config, f.read())
+
+
+def cached_iterators(config, workdir, with_eval: bool, *, process_index: int = 0,
+                     process_count: int = 1):  # fmt: skip
+    """(train, eval) `CachedBatches` of config.data.source='cache' (no TensorFlow)."""
+    from gpa_jax.data.batch_cache import CachedBatches
+
+    kw = dict(
+        fingerprint_value=cache_fingerprint(config, workdir),
+        process_index=process_index,
+        process_count=process_count,
+        workers=int(config.data.get("cache_workers", 0)),
+    )
+    directory = cache_dir(config, workdir)
+    train = CachedBatches(directory, "train", **kw)
+    return train, (CachedBatches(directory, "eval", **kw) if with_eval else None)
+
+
+def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None) -> str:
+    """Runs the SeqIO mixture of `config` once and caches what training reads: the
+    `train.num_steps` train batches and the `train.eval_steps` eval batches (when evals
+    are on), for config.data.source='cache' (gpa_jax.data.batch_cache). Returns the
+    cache folder. An existing cache for this config is kept; one made for another config
+    is replaced."""
+    from gpa_jax.data import batch_cache
+
+    directory = cache_dir(config, workdir)
+    value = cache_fingerprint(config, workdir)
+    with_eval = bool(config.train.eval_every)
+    try:
+        manifest = batch_cache.read_manifest(directory)
+    except batch_cache.CacheError:
+        manifest = None
+    wanted = {"train": int(config.train.num_steps)}
+    if with_eval:
+        wanted["eval"] = int(config.train.eval_steps)
+    if (manifest and manifest["fingerprint"] == value
+            and all(manifest["splits"].get(s, {}).get("batches") == n for s, n in wanted.items())):  # fmt: skip
+        logging.info("batch cache %s is up to date", directory)
+        return directory
+    if os.path.isdir(directory):  # another config's cache: its files go first
+        for name in os.listdir(directory):
+            if name.endswith(".array_record") or name == batch_cache.MANIFEST:
+                os.remove(os.path.join(directory, name))
+    data = TaskData(config, workdir)
+    train, evals = data.iterators(with_eval)
+    splits = {"train": batch_cache.write_split(directory, "train", train, wanted["train"])}
+    meta: dict[str, Any] = {"fingerprint": value}
+    if with_eval:
+        splits["eval"] = batch_cache.write_split(directory, "eval", evals, wanted["eval"])
+        meta["reference_losses"] = dict(evals.reference_losses)
+    batch_cache.write_manifest(directory, {**meta, "splits": splits})
+    return directory
+
+
 def make_iterators(
     config: ml_collections.ConfigDict,
     *,
@@ -493,4 +570,7 @@ def make_iterators(
     if source == "tasks":
         data = TaskData(config, workdir, process_index=process_index, process_count=process_count)
         return data.iterators(with_eval)
+    if source == "cache":
+        return cached_iterators(config, workdir, with_eval, process_index=process_index,
+                                process_count=process_count)  # fmt: skip
     raise ValueError(f"config.data.source={source!r}; supported: {SOURCES}")

@@ -107,12 +107,16 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     """`config.data`: where batches come from (gpa_jax.training.data_iter.SOURCES).
 
     source: 'tasks' (the SeqIO mixture of `config.tasks` over token shards; what the
-    configs/gpa_*.py files train on) or 'synthetic' (random packed batches, needing no
-    data: the default, for tests, benchmarks and smoke runs). Task ids in batches name
-    gpa_jax.tasks.config.TASK_NAMES (not configurable: the same table fixes the tasks'
-    tag tokens).
+    configs/gpa_*.py files train on), 'cache' (the same batches, cached once to
+    ArrayRecord by `launch.cache_batches` and read with Grain: no TensorFlow on the
+    training host; gpa_jax.data.batch_cache) or 'synthetic' (random packed batches,
+    needing no data: the default, for tests, benchmarks and smoke runs). Task ids in
+    batches name gpa_jax.tasks.config.TASK_NAMES (not configurable: the same table fixes
+    the tasks' tag tokens).
+    cache_dir: the cache's folder ("" = <workdir>/batch_cache); cache_workers: Grain
+    worker processes reading it (0 = threads in the training process).
     """
-    values = dict(source="synthetic")
+    values = dict(source="synthetic", cache_dir="", cache_workers=0)
     return _section("data", values, overrides)
 
 
