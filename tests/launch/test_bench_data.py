@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TINY = [
     "--config.model.num_layers=1",
@@ -22,6 +24,7 @@ def _run(module, *args):
                           cwd=REPO, check=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bench_data_reads_the_cache_and_times_the_trainer():
     result = _run("launch.bench_data", *_TINY, "--batches=6", "--steps=1", "--rounds=2")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -105,6 +105,7 @@ def test_a_cache_of_another_config_is_refused_and_a_rerun_is_a_noop(cached_workd
             make_iterators(cache_config("data.source=cache", change), workdir=cached_workdir)
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_resumes_and_matches_the_task_pipeline(cached_workdir, tmp_path):
     """4 steps from the cache == 2, stop, resume 2 == 4 steps on data.source=tasks."""
     tasks_run = _new_run(cached_workdir, tmp_path / "tasks")
@@ -124,6 +125,7 @@ def test_training_from_the_cache_resumes_and_matches_the_task_pipeline(cached_wo
         assert parts == reference.series(tag), tag
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_imports_no_tensorflow(cached_workdir, tmp_path):
     """A process where TensorFlow and seqio look uninstalled trains two steps from the cache."""
     workdir = _new_run(cached_workdir, tmp_path / "no_tf")
