@@ -270,14 +270,15 @@ def test_cache_decode_equals_full_recompute(scan):
     mask[:, 2:7] = 1
     seg = np.ones((B, P), np.int32)
     pos = np.arange(P, dtype=np.int32)[None].repeat(B, 0)
-    hidden, cache = model.prefill(tokens[:, :P], seg, pos, None, P + steps,
-                                  audio_features=features[:, :P], audio_mask=mask[:, :P])  # fmt: skip
+    prefill = nnx.jit(lambda m: m.prefill(tokens[:, :P], seg, pos, None, P + steps,
+                                          audio_features=features[:, :P], audio_mask=mask[:, :P]))
+    step = nnx.jit(lambda m, tok, i, cache: m.decode_step(
+        tok, jnp.full((B, 1), i, jnp.int32),
+        jnp.broadcast_to(jnp.arange(P + steps) <= i, (B, P + steps)), cache, i))  # fmt: skip
+    hidden, cache = prefill(model)
     got = [model.logits(hidden)]
     for i in range(steps):
-        kv = jnp.broadcast_to(jnp.arange(P + steps) <= P + i, (B, P + steps))
-        logits, cache = model.decode_step(tokens[:, P + i : P + i + 1],
-                                          jnp.full((B, 1), P + i, jnp.int32), kv, cache,
-                                          jnp.asarray(P + i, jnp.int32))  # fmt: skip
+        logits, cache = step(model, tokens[:, P + i : P + i + 1], jnp.asarray(P + i, jnp.int32), cache)
         got.append(logits)
     got = jnp.concatenate(got, axis=1)
     n = P + steps
