@@ -3,7 +3,9 @@
 vocab 4096, d 256, 6 layers, 4 heads / 2 kv heads (head_dim 64), SwiGLU 1024, tied,
 QK-norm: the HF Qwen3 baseline's shape, so JAX and PyTorch throughput compare 1:1.
 Float32 compute and unrolled layers: faster on a 2-core CPU (PERFORMANCE.md), and
-compile time is no issue at 6 layers. `arg` = "bf16" switches compute to bfloat16.
+compile time is no issue at 6 layers. `arg`: comma-separated variants, "bf16" (compute in
+bfloat16), "continuous" or "hybrid" (model.audio_input: the LauraGPT / WHISPER-GPT audio
+inputs, which read the token shards' log-mel rows); e.g. configs/gpa_tiny.py:hybrid.
 
 Data: the SeqIO task mixture (config.tasks) over the token shards of the default
 synthetic corpus, found under the run's work directory as the earlier stages write them:
@@ -54,9 +56,17 @@ from gpa_jax.tasks.config import tasks_config
 from gpa_jax.training.train_step import data_config, optimizer_config
 
 NUM_STEPS = 1500
+VARIANTS = ("bf16", "continuous", "hybrid")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variants = {v.strip() for v in (arg or "").split(",") if v.strip()}
+    unknown = sorted(variants - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"gpa_tiny variants {unknown} unknown; valid: {', '.join(VARIANTS)}")
+    if {"continuous", "hybrid"} <= variants:
+        raise ValueError("gpa_tiny: choose one audio input, continuous or hybrid")
+    audio_input = next((v for v in ("continuous", "hybrid") if v in variants), "tokens")
     model = lm_model_config(
         vocab_size=4096,
         num_layers=6,
@@ -68,10 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         rope_theta=10_000.0,
         max_len=512,
         scan_layers=False,
-        dtype="bfloat16" if arg == "bf16" else "float32",
+        dtype="bfloat16" if "bf16" in variants else "float32",
         # 'cpu' attention on the CPU backend (layers.blocked_attention), jax's own on GPU/TPU.
         attention_impl="auto",
         guide_weight=0.3,
+        audio_input=audio_input,
     )
     config = lm_config(
         model=model,

@@ -50,7 +50,8 @@ flags.DEFINE_bool("quick", False, "Tiny corpus and a few steps per stage: a smok
 _FROM = flags.DEFINE_enum("from_stage", "corpus", STAGES, "First stage to run (earlier ones must be done).")
 _LM_OVERRIDES = flags.DEFINE_list(
     "lm_overrides", [], "Overrides of the LM config (configs/gpa_tiny.py), e.g. "
-    "model.audio_input=continuous (the LauraGPT variant); they hold for every stage that reads it.",
+    "model.audio_input=continuous (the LauraGPT variant) or =hybrid (WHISPER-GPT); they hold "
+    "for every stage that reads it.",
 )
 _ACOUSTIC_OVERRIDES = flags.DEFINE_list(
     "acoustic_overrides", [], "Overrides of both acoustic stages' configs (gpa_jax.acoustic.config), "

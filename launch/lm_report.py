@@ -1,5 +1,5 @@
-"""Prints the LM's validation loss per task next to its unigram baseline, and whether the
-LM reads its input.
+"""Prints the LM's validation loss and perplexity per task next to its unigram baseline,
+and whether the LM reads its input.
 
     python -m launch.lm_report --config=configs/gpa_tiny.py --workdir=W
 

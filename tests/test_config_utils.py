@@ -111,6 +111,17 @@ def test_repo_configs_validate(name):
     config_utils.load_config(f"configs/{name}")
 
 
+def test_gpa_tiny_variants_select_the_audio_input_and_bad_ones_are_named():
+    hybrid = config_utils.load_config("configs/gpa_tiny.py:bf16,hybrid")
+    assert (hybrid.model.audio_input, hybrid.model.dtype) == ("hybrid", "bfloat16")
+    assert 0 < hybrid.model.mel_dropout < 1
+    assert config_utils.load_config("configs/gpa_tiny.py").model.audio_input == "tokens"
+    with pytest.raises(ValueError, match=r"\['whisper'\] unknown; valid: bf16, continuous, hybrid"):
+        config_utils.load_config("configs/gpa_tiny.py:whisper")
+    with pytest.raises(ValueError, match="one audio input"):
+        config_utils.load_config("configs/gpa_tiny.py:continuous,hybrid")
+
+
 def test_command_line_overrides_through_absl(config_path, tmp_path):
     """The absl flags parser hands --config.* overrides to the loader."""
     script = tmp_path / "entry.py"

@@ -21,6 +21,11 @@ example, and attention only sees audio rows of the same example (segment), so pa
 never leaks between examples and text/delimiter positions never enter the encoder. The
 blocks are the LM's `DecoderStack` with its logical axis names, so the LM's sharding
 rules shard the encoder too.
+
+`causal=True` is the same encoder for the hybrid variant (WHISPER-GPT,
+`gpa_jax.models.transformer.DecoderLM`): the convolution reads rows t-2, t-1, t and the
+blocks attend causally, so row t's output depends on no later row and the causal LM
+stays causal in the mel it reads.
 """
 
 from __future__ import annotations
@@ -38,30 +43,47 @@ from gpa_jax.models.layers import DenseGeneral, RMSNorm
 CONV_WIDTH = 3  # rows: the frame itself and one on each side (60 ms of mel frames)
 
 
-def _neighbours(x: jax.Array, keep: jax.Array) -> jax.Array:
-    """[b, l, f] -> [b, l, CONV_WIDTH, f]: rows t-1, t, t+1, zeroed where `keep` [b, l, 3]
-    is False (not an audio row of the same example, or past the row's ends)."""
-    prev = jnp.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
-    nxt = jnp.pad(x[:, 1:], ((0, 0), (0, 1), (0, 0)))
-    stacked = jnp.stack([prev, x, nxt], axis=2)
+def _shift(x: jax.Array, offset: int, fill: Any = 0) -> jax.Array:
+    """x [b, l, ...] -> row t holds x[t + offset] (`fill` past the ends)."""
+    if offset == 0:
+        return x
+    pad = [(0, 0)] * x.ndim
+    if offset > 0:
+        pad[1] = (0, offset)
+        return jnp.pad(x[:, offset:], pad, constant_values=fill)
+    pad[1] = (-offset, 0)
+    return jnp.pad(x[:, :offset], pad, constant_values=fill)
+
+
+def _offsets(causal: bool) -> tuple[int, ...]:
+    """Row offsets the convolution reads: centred, or the row and the two before it."""
+    return tuple(range(1 - CONV_WIDTH, 1)) if causal else tuple(range(-1, CONV_WIDTH - 1))
+
+
+def _neighbours(x: jax.Array, keep: jax.Array, causal: bool = False) -> jax.Array:
+    """[b, l, f] -> [b, l, CONV_WIDTH, f]: rows t+o for each of `_offsets(causal)`, zeroed
+    where `keep` [b, l, CONV_WIDTH] is False (not an audio row of the same example, or
+    past the row's ends)."""
+    stacked = jnp.stack([_shift(x, o) for o in _offsets(causal)], axis=2)
     return stacked * keep[..., None].astype(x.dtype)
 
 
-def _neighbour_mask(mask: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """bool [b, l, 3]: whether rows t-1, t, t+1 are audio rows of row t's example."""
+def _neighbour_mask(mask: jax.Array, segment_ids: jax.Array, causal: bool = False) -> jax.Array:
+    """bool [b, l, CONV_WIDTH]: whether rows t+o (`_offsets`) are audio rows of row t's
+    example."""
     seg = jnp.where(mask, segment_ids, -1)
-    prev = jnp.pad(seg[:, :-1], ((0, 0), (1, 0)), constant_values=-2)
-    nxt = jnp.pad(seg[:, 1:], ((0, 0), (0, 1)), constant_values=-2)
-    return jnp.stack([prev == seg, mask, nxt == seg], axis=-1) & mask[..., None]
+    same = [_shift(seg, o, fill=-2) == seg for o in _offsets(causal)]
+    return jnp.stack(same, axis=-1) & mask[..., None]
 
 
 class AudioEncoder(nnx.Module):
     """Token-aligned log-mel rows [b, l, F] -> embeddings [b, l, embed] (module docstring)."""
 
-    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None):
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None, causal: bool = False):
         from gpa_jax.models.transformer import DecoderStack
 
         self.cfg = cfg
+        self.causal = causal
         dims = dict(rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         self.conv = DenseGeneral(
             (CONV_WIDTH, cfg.audio_feature_dim), (cfg.embed_dim,), (None, None, "embed"), **dims
@@ -69,11 +91,11 @@ class AudioEncoder(nnx.Module):
         self.in_norm = RMSNorm(
             cfg.embed_dim, eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype
         )
-        # The LM's block shape, bidirectional, without the LM-only extras.
+        # The LM's block shape, bidirectional unless causal, without the LM-only extras.
         block_cfg = dataclasses.replace(
             cfg,
             num_layers=cfg.audio_encoder_layers,
-            prefix_bidirectional=True,
+            prefix_bidirectional=not causal,
             guide_weight=0.0,
             audio_input="tokens",
         )
@@ -96,12 +118,14 @@ class AudioEncoder(nnx.Module):
         """features [b, l, F], mask [b, l] (nonzero = audio row), segment_ids / positions
         [b, l] of the packed batch -> [b, l, embed]; rows where mask is 0 are meaningless."""
         mask = mask.astype(bool)
-        keep = _neighbour_mask(mask, segment_ids)
-        x = self.in_norm(self.conv(_neighbours(features.astype(jnp.float32), keep)))
+        keep = _neighbour_mask(mask, segment_ids, self.causal)
+        x = self.in_norm(self.conv(_neighbours(features.astype(jnp.float32), keep, self.causal)))
         # Segment 0 is padding to the attention mask: non-audio rows see nothing, and
-        # every audio row of an example sees all of them (all lie in the "prefix").
+        # every audio row of an example sees all of them (all lie in the "prefix"), or,
+        # causal, the ones up to itself.
         if self.blocks is None:
             return self.out(x)
         audio_segments = jnp.where(mask, segment_ids, 0)
-        h = self.blocks(x, audio_segments, positions, mask, dropout_key=dropout_key)
+        prefix = None if self.causal else mask
+        h = self.blocks(x, audio_segments, positions, prefix, dropout_key=dropout_key)
         return self.out(h)

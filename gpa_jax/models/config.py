@@ -60,7 +60,7 @@ REMAT_POLICIES = (
 ATTENTION_IMPLS = ("xla", "cudnn", "cpu", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 # model.audio_input values (LMConfig).
-AUDIO_INPUTS = ("tokens", "continuous")
+AUDIO_INPUTS = ("tokens", "continuous", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +114,22 @@ class LMConfig:
     # `audio_encoder_layers` blocks of this shape (0: the convolution and projection only,
     # for rows that already carry context) (gpa_jax.models.audio_encoder) replace the
     # embeddings at those positions.
+    # "hybrid" (WHISPER-GPT): every position reads Linear(concat(a causal encoding of the
+    # feature rows up to it, RMSNorm(token embedding))); positions without a recorded row
+    # (text, control tokens, every generated position) read a learned null row instead.
     audio_input: str = "tokens"
     audio_encoder_layers: int = 2
     audio_feature_dim: int = 160
+    # Hybrid only: in training each recorded row is replaced by the null row with this
+    # probability, so the LM also learns to read tokens where no mel exists (decoding).
+    mel_dropout: float = 0.15
 
     def __post_init__(self):
         check_block_fields(self)
         if self.audio_input not in AUDIO_INPUTS:
             raise ValueError(f"audio_input={self.audio_input!r}; expected one of {AUDIO_INPUTS}")
+        if not 0.0 <= self.mel_dropout < 1.0:
+            raise ValueError(f"mel_dropout={self.mel_dropout} must be in [0, 1) (a probability)")
         if self.audio_encoder_layers < 0 or self.audio_feature_dim < 1:
             raise ValueError(
                 f"audio_encoder_layers={self.audio_encoder_layers} must be >= 0 and "
@@ -136,6 +144,12 @@ class LMConfig:
             )
         if not 1 <= self.guide_heads <= self.num_heads:
             raise ValueError(f"guide_heads={self.guide_heads}; expected 1..num_heads={self.num_heads}")
+
+    def needs_train_rng(self) -> bool:
+        """Whether a training forward draws random numbers (dropout, or the hybrid
+        variant's mel dropout): the train step passes a key iff this holds."""
+        mel = self.audio_input == "hybrid" and self.mel_dropout > 0.0
+        return self.dropout_rate > 0.0 or mel
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> LMConfig:

@@ -32,6 +32,7 @@ from gpa_jax.models.layers import (
     attention_core,
     dropout,
     make_attention_mask,
+    partitioned,
     to_dtype,
 )
 from gpa_jax.sharding import normalize_rules, with_logical_constraint
@@ -338,6 +339,46 @@ class DecoderStack(nnx.Module):
         return self.final_norm(x), cache
 
 
+# fold_in constant of the mel-dropout draw within the model's dropout key.
+_MEL_DROPOUT_STREAM = 7
+
+
+class HybridFusion(nnx.Module):
+    """WHISPER-GPT's input: Linear(concat(mel representation, RMSNorm(token embedding))).
+
+    The mel representation is the causal audio encoder's output where a recorded row is
+    read (`audio_mask`), else a learned null row: text and control positions, the outputs
+    being generated, and recorded rows dropped by mel dropout. Applying it at every
+    position (not only at codec ids) keeps the model free of the vocabulary layout and
+    makes a decode step, which never has a recorded row, read exactly what training
+    showed it at output positions.
+    """
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None):
+        self.rules = rules
+        dims = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        self.token_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, **dims)
+        # The encoder's output is RMS-normed then projected: the null row starts at the
+        # same scale (unit variance per element).
+        init = partitioned(nnx.initializers.normal(1.0), ("embed",))
+        self.null_mel = nnx.Param(init(rngs.params(), (cfg.embed_dim,), to_dtype(cfg.param_dtype)))
+        # [mel, token] stacked on a size-2 axis: the same map as concat + Linear.
+        self.proj = DenseGeneral(
+            (2, cfg.embed_dim), (cfg.embed_dim,), (None, "embed", None), rngs=rngs, **dims
+        )
+
+    def __call__(
+        self, embeddings: jax.Array, mel: jax.Array | None, mask: jax.Array | None
+    ) -> jax.Array:
+        """embeddings [b, l, embed]; mel [b, l, embed] read where mask [b, l] is nonzero
+        (None: nowhere, a decode step) -> fused inputs [b, l, embed]."""
+        null = jnp.broadcast_to(self.null_mel[...].astype(embeddings.dtype), embeddings.shape)
+        if mel is not None:
+            null = jnp.where(mask[..., None] > 0, mel.astype(embeddings.dtype), null)
+        x = jnp.stack([null, self.token_norm(embeddings)], axis=-2)
+        return with_logical_constraint(self.proj(x), _ACTIVATION, self.rules)
+
+
 class DecoderLM(nnx.Module):
     """Token ids (+ optional extra input embeddings) -> float32 logits [b, l, vocab]."""
 
@@ -356,7 +397,12 @@ class DecoderLM(nnx.Module):
         )
         self.decoder = DecoderStack(cfg, rngs=rngs, rules=rules)
         self.audio_encoder = (
-            AudioEncoder(cfg, rngs=rngs, rules=rules) if cfg.audio_input == "continuous" else None
+            AudioEncoder(cfg, rngs=rngs, rules=rules, causal=cfg.audio_input == "hybrid")
+            if cfg.audio_input != "tokens"
+            else None
+        )
+        self.fusion = (
+            HybridFusion(cfg, rngs=rngs, rules=rules) if cfg.audio_input == "hybrid" else None
         )
         if cfg.tie_embeddings:
             self.lm_head = None
@@ -396,19 +442,23 @@ class DecoderLM(nnx.Module):
         """Logits for `tokens` [b, l]; with `guide` (band, query rows: see
         `gpa_jax.training.attention_guide`) returns (logits, guided-attention penalty).
 
-        audio_features [b, l, F] / audio_mask [b, l]: the continuous audio inputs, aligned
-          with `tokens` (required iff cfg.audio_input == "continuous"; see `embed`).
+        audio_features [b, l, F] / audio_mask [b, l]: the recorded audio rows, aligned
+          with `tokens` (required iff cfg.audio_input is "continuous" or "hybrid"; see
+          `embed`).
         extra_embeddings: [b, l, embed] added to the token embeddings (zeros where there
           is nothing to add), e.g. projected continuous audio features.
         input_embeddings_fn: embeddings -> embeddings hook applied after that, for
           fusions that are not a plain sum.
         rngs: an `nnx.Rngs` (its 'dropout' stream is used) or a key; needed only when
-          `deterministic=False` and dropout_rate > 0.
+          `deterministic=False` and `cfg.needs_train_rng()`.
         """
         dropout_key = None
-        if not deterministic and self.cfg.dropout_rate > 0.0:
+        if not deterministic and self.cfg.needs_train_rng():
             if rngs is None:
-                raise ValueError("dropout_rate > 0 with deterministic=False needs rngs")
+                raise ValueError(
+                    "dropout_rate > 0 (or the hybrid variant's mel_dropout > 0) with "
+                    "deterministic=False needs rngs"
+                )
             dropout_key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
         segment_ids, positions = _default_layout(tokens, segment_ids, positions)
         encoder_key = decoder_key = dropout_key
@@ -417,6 +467,8 @@ class DecoderLM(nnx.Module):
         x = self.embed(
             tokens, extra_embeddings, audio_features=audio_features, audio_mask=audio_mask,
             segment_ids=segment_ids, positions=positions, dropout_key=encoder_key,
+            mel_dropout_key=None if dropout_key is None else jax.random.fold_in(
+                dropout_key, _MEL_DROPOUT_STREAM),
         )  # fmt: skip
         if input_embeddings_fn is not None:
             x = input_embeddings_fn(x)
@@ -438,26 +490,35 @@ class DecoderLM(nnx.Module):
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
         dropout_key: jax.Array | None = None,
+        mel_dropout_key: jax.Array | None = None,
     ) -> jax.Array:
         """Input embeddings [b, l, embed]: the token table, plus `extra_embeddings`; in the
         continuous variant the audio encoder's output replaces them where `audio_mask` is
-        set (the codec ids there are placeholders the model never reads)."""
+        set (the codec ids there are placeholders the model never reads); in the hybrid
+        variant `HybridFusion` joins it with the token embedding at every position.
+
+        mel_dropout_key (hybrid, training): drops recorded rows with probability
+        cfg.mel_dropout before the encoder reads them (None: no mel dropout)."""
         x = self.embedder(tokens)
-        if extra_embeddings is not None:
-            x = x + extra_embeddings.astype(x.dtype)
         if self.audio_encoder is None:
-            return x
+            return _plus(x, extra_embeddings)
         if audio_features is None or audio_mask is None:
             raise ValueError(
-                "model.audio_input='continuous' reads log-mel rows at the audio input "
-                "positions: pass audio_features [b, l, F] and audio_mask [b, l] (the batch "
-                "keys decoder_audio_features / decoder_audio_mask, made by the task data "
-                "from token shards written with data.token_features='log_mel')"
+                f"model.audio_input={self.cfg.audio_input!r} reads log-mel rows at the audio "
+                "input positions: pass audio_features [b, l, F] and audio_mask [b, l] (the "
+                "batch keys decoder_audio_features / decoder_audio_mask, made by the task "
+                "data from token shards written with data.token_features='log_mel')"
             )
         segment_ids, positions = _default_layout(tokens, segment_ids, positions)
+        if self.fusion is not None and mel_dropout_key is not None and self.cfg.mel_dropout > 0:
+            drop = jax.random.bernoulli(mel_dropout_key, self.cfg.mel_dropout, audio_mask.shape)
+            audio_mask = jnp.where(drop, 0, audio_mask)
         audio = self.audio_encoder(
             audio_features, audio_mask, segment_ids, positions, dropout_key=dropout_key
         )
+        if self.fusion is not None:
+            return _plus(self.fusion(x, audio, audio_mask), extra_embeddings)
+        x = _plus(x, extra_embeddings)
         return jnp.where(audio_mask[..., None] > 0, audio.astype(x.dtype), x)
 
     def prefill(
@@ -477,7 +538,8 @@ class DecoderLM(nnx.Module):
 
         Take logits where needed with `self.logits(h[:, i:i+1])` (only the last prompt
         position is needed to start decoding). Padding has segment id 0. The continuous
-        variant's audio inputs all lie in the prompt, so only prefill reads them.
+        and hybrid variants' recorded audio inputs all lie in the prompt, so only prefill
+        reads them.
         """
         x = self.embed(
             tokens, extra_embeddings, audio_features=audio_features, audio_mask=audio_mask,
@@ -499,12 +561,18 @@ class DecoderLM(nnx.Module):
     ) -> tuple[jax.Array, dict[str, Any]]:
         """tokens/positions [b, t] written at cache slots index.. -> (logits [b, t, vocab], cache).
 
-        Generated positions are outputs, never audio inputs: only the token table is read."""
+        Generated positions are outputs, never recorded audio inputs: only the token table
+        is read (in the hybrid variant fused with the null row, as in training)."""
         x = self.embedder(tokens)
-        if extra_embeddings is not None:
-            x = x + extra_embeddings.astype(x.dtype)
+        if self.fusion is not None:
+            x = self.fusion(x, None, None)
+        x = _plus(x, extra_embeddings)
         h, cache = self.decoder.decode(x, positions, kv_mask, cache, index)
         return self.logits(h), cache
+
+
+def _plus(x: jax.Array, extra: jax.Array | None) -> jax.Array:
+    return x if extra is None else x + extra.astype(x.dtype)
 
 
 def _default_layout(

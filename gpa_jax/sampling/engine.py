@@ -448,7 +448,7 @@ class Engine:
                 count += 1
                 if log:
                     log(f"decode program {count}: sampled={sampled}, penalty={penalty}")
-        dim = self.cfg.audio_feature_dim if self.sampler.cfg.audio_input == "continuous" else 0
+        dim = self.cfg.audio_feature_dim if self.sampler.cfg.audio_input != "tokens" else 0
         for size in self.join_sizes:
             for P in self.prompt_buckets:
                 audio = (

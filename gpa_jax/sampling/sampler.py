@@ -38,7 +38,9 @@ carries the token-aligned log-mel rows of its source / reference
 (`gpa_jax.audio.features.token_aligned_log_mel`, one row per codec frame, cropped like
 the codes); the prompt's audio positions read them (prefill), its codec ids there are
 placeholders. `launch.sample` computes codes and rows from the same wav; the evaluation
-reads both from the token shards.
+reads both from the token shards. The hybrid variant (`"hybrid"`, WHISPER-GPT) takes the
+same rows and reads them beside the codec ids (prefill); every generated position reads
+the model's null row (`gpa_jax.models.transformer.HybridFusion`), as in training.
 """
 
 from __future__ import annotations
@@ -342,7 +344,8 @@ class Sampler:
                 raise RequestError(f"{task} needs a reference (codes of the target voice)")
             ref = self._codes(request.reference, "reference", self.ref_layers)
             ref = ref[:, : self.ref_max_frames]
-        continuous = self.cfg.audio_input == "continuous"
+        # Continuous and hybrid LMs both read the recorded rows of the prompt's audio.
+        continuous = self.cfg.audio_input != "tokens"
         src_rows = ref_rows = None
         if continuous and source is not None:
             src_rows = self._features(request.source_features, "source", len(source))
@@ -399,7 +402,7 @@ class Sampler:
         """Validated float32 log-mel rows [frames, F] of a continuous-input request."""
         if value is None:
             raise RequestError(
-                f"model.audio_input='continuous' needs {what}_features (token-aligned log-mel "
+                f"model.audio_input={self.cfg.audio_input!r} needs {what}_features (token-aligned log-mel "
                 f"rows, gpa_jax.audio.features.token_aligned_log_mel of the {what} audio)"
             )
         rows = np.asarray(value, np.float32)

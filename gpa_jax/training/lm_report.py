@@ -10,7 +10,9 @@ The unigram baseline (gpa_jax.tasks.baseline) is the cross-entropy of the eval s
 output tokens under the training split's smoothed unigram distribution: what a model
 that ignores all context scores. The trainer writes it beside each eval as
 eval/<task>/unigram_loss, so the table reads both from one metrics dict. Losses are in
-nats per loss token (the output segment and <eos>); `ratio` = eval loss / unigram.
+nats per loss token (the output segment and <eos>); `ratio` = eval loss / unigram;
+`ppl` = exp(eval loss), the teacher-forced perplexity per output token (WHISPER-GPT's
+measure, so the audio-input variants compare on it directly).
 """
 
 from __future__ import annotations
@@ -46,11 +48,17 @@ def table_rows(
                 eval_loss=float(loss),
                 unigram_loss=float(base),
                 ratio=float(loss) / float(base) if base else math.nan,
+                ppl=_perplexity(float(loss)),
                 accuracy=eval_metrics.get(f"eval/{task}/accuracy"),
                 loss_tokens=eval_metrics.get(f"eval/{task}/loss_tokens"),
             )
         )
     return rows
+
+
+def _perplexity(nll: float) -> float:
+    """exp(nll); inf where it overflows (a diverged run) rather than an error."""
+    return math.exp(nll) if nll < 700 else math.inf
 
 
 def loss_table(eval_metrics: Mapping[str, float], task_names: tuple[str, ...] | None = None) -> str:
@@ -62,13 +70,14 @@ def loss_table(eval_metrics: Mapping[str, float], task_names: tuple[str, ...] | 
             f"tasks data source write both (metrics given: {sorted(eval_metrics)[:12]} ...)"
         )
     lines = [
-        f"{'task':<6} {'eval loss':>9} {'unigram':>9} {'ratio':>6} {'accuracy':>8} {'tokens':>8}"
+        f"{'task':<6} {'eval loss':>9} {'ppl':>9} {'unigram':>9} {'ratio':>6} {'accuracy':>8} "
+        f"{'tokens':>8}"
     ]
     for r in rows:
         acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         tok = "" if r["loss_tokens"] is None else f"{int(r['loss_tokens'])}"
         lines.append(
-            f"{r['task']:<6} {r['eval_loss']:>9.4f} {r['unigram_loss']:>9.4f} "
+            f"{r['task']:<6} {r['eval_loss']:>9.4f} {r['ppl']:>9.3f} {r['unigram_loss']:>9.4f} "
             f"{r['ratio']:>6.3f} {acc:>8} {tok:>8}"
         )
     return "\n".join(lines)

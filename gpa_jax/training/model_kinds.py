@@ -33,6 +33,10 @@ import ml_collections
 from flax import nnx
 
 
+def _dropout_rng(config: ml_collections.ConfigDict) -> bool:
+    return float(config.model.dropout_rate) > 0.0
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelKind:
     """How the trainer builds, feeds and scores one family of models."""
@@ -52,6 +56,9 @@ class ModelKind:
     optional_keys: tuple[str, ...] = ()
     # Keys kept as float32 when they arrive as floats (everything else becomes int32).
     float_keys: tuple[str, ...] = ("decoder_loss_weights",)
+    # config -> whether a training forward draws random numbers (then batch_sums gets a
+    # key per step and micro-batch, else None); default: model.dropout_rate > 0.
+    needs_train_rng: Callable[[ml_collections.ConfigDict], bool] = _dropout_rng
 
     @property
     def device_keys(self) -> tuple[str, ...]:
@@ -73,6 +80,12 @@ def _lm_batch_sums(model, batch, dropout_key, config):
     )
 
 
+def _lm_needs_train_rng(config: ml_collections.ConfigDict) -> bool:
+    from gpa_jax.models import LMConfig
+
+    return LMConfig.from_config(config.model).needs_train_rng()
+
+
 def _lm_make_iterators(config, *, workdir=None, process_index: int = 0, process_count: int = 1):
     from gpa_jax.training import data_iter
 
@@ -92,6 +105,7 @@ def _lm_kind() -> ModelKind:
         batch_keys=BATCH_KEYS,
         optional_keys=(PREFIX_KEY, TASK_IDS_KEY, AUDIO_FEATURES_KEY, AUDIO_MASK_KEY),
         float_keys=("decoder_loss_weights", AUDIO_FEATURES_KEY),
+        needs_train_rng=_lm_needs_train_rng,
     )
 
 

@@ -281,6 +281,14 @@ def train_step(
     return aux
 
 
+def needs_train_rng(config: ml_collections.ConfigDict) -> bool:
+    """Whether the train step passes the loss a random key: the model kind decides
+    (dropout; the hybrid LM's mel dropout). Eval never gets one."""
+    from gpa_jax.training.model_kinds import get_kind
+
+    return get_kind(config).needs_train_rng(config)
+
+
 def batch_shardings(batch: Batch, mesh: Mesh, rules: Any) -> dict[str, NamedSharding]:
     """[batch, length] arrays sharded by the 'batch' rule (data and fsdp axes)."""
     spec = sharding_lib.logical_to_mesh_spec(("batch", "length"), rules)
@@ -325,7 +333,7 @@ def make_sharded_train_step(
     batch_spec = NamedSharding(mesh, sharding_lib.logical_to_mesh_spec(("batch", "length"), rules))
     replicated = NamedSharding(mesh, PartitionSpec())
     z_loss = float(config.optimizer.z_loss)
-    use_dropout = float(config.model.dropout_rate) > 0.0
+    use_dropout = needs_train_rng(config)
     base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
 
     def pure_step(state, batch):

@@ -79,6 +79,7 @@ from gpa_jax.training.train_step import (
     _DROPOUT_STREAM,
     make_schedule,
     model_logits,
+    needs_train_rng,
     token_cross_entropy,
 )
 
@@ -177,7 +178,7 @@ def make_step_fns(
     accum = int(config.train.grad_accum_steps)
     batch_sums = model_kinds.get_kind(config).batch_sums
     schedule = make_schedule(config)
-    use_dropout = float(config.model.dropout_rate) > 0.0
+    use_dropout = needs_train_rng(config)
     base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
     # Accumulated gradients live sharded like the params (FSDP: never a full copy).
     grad_shardings = nnx.filter_state(state_shardings[0], nnx.Param)

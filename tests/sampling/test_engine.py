@@ -22,6 +22,7 @@ from tests.sampling.test_sampler import (  # noqa: F401 (fixtures)
     _rows,
     _sampler,
     continuous_lm,
+    hybrid_lm,
     lm,
     vocab,
 )
@@ -193,16 +194,17 @@ def test_queue_bound_cancel_and_budget_stops(lm, vocab):  # noqa: F811
     assert one.ok and len(one.tokens) <= 1 and one.max_new_tokens == 1
 
 
-def test_continuous_input_requests_through_the_engine(continuous_lm, vocab):  # noqa: F811
-    sampler = _sampler(continuous_lm, vocab)
+@pytest.mark.parametrize("variant", ["continuous_lm", "hybrid_lm"])
+def test_continuous_input_requests_through_the_engine(request, variant, vocab):  # noqa: F811
+    sampler = _sampler(request.getfixturevalue(variant), vocab)
     requests = [
         Request.asr(_codes(30, 0), source_features=_rows(30, 0), id="a", max_new_tokens=6),
         Request.vc(_codes(25, 2), _codes(15, 3), source_features=_rows(25, 2),
                    reference_features=_rows(15, 3), id="v", params=GREEDY, max_new_tokens=9),
     ]  # fmt: skip
     got = Engine(sampler, slots=1, steps_per_call=4).generate(requests)
-    for request, result in zip(requests, got, strict=True):
-        (alone,) = sampler.generate([request])
+    for req, result in zip(requests, got, strict=True):
+        (alone,) = sampler.generate([req])
         np.testing.assert_array_equal(result.tokens, alone.tokens)
     assert FEAT == sampler.cfg.audio_feature_dim
 

@@ -386,3 +386,93 @@ def test_continuous_prompt_rows_are_what_the_trainer_feeds(feature_corpus, vocab
         np.testing.assert_array_equal(fed["decoder_audio_mask"][0, :n_prompt], prepared.audio[1])
         np.testing.assert_allclose(fed["decoder_audio_features"][0, :n_prompt], prepared.audio[0])
         assert prepared.audio[1].sum() > 0
+
+
+# --- the hybrid audio-input variant (WHISPER-GPT) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hybrid_lm(vocab):
+    config = _config(vocab.vocab_size)
+    config.model.audio_input = "hybrid"
+    config.model.audio_encoder_layers = 1
+    config.model.audio_feature_dim = FEAT
+    return config, numpy_model(LMConfig.from_config(config.model))
+
+
+def _recompute_greedy(model, prepared, steps):
+    """Greedy decoding by a full forward pass per step over prompt + generated tokens, the
+    prompt's rows where recorded and none past it (what training shows an output). The
+    sequence is padded at its end to one length (one compile); a causal model's logits at
+    position n - 1 do not see it."""
+    import jax.numpy as jnp
+
+    features, mask = prepared.audio
+    lo, hi = prepared.id_range
+    P, total = len(prepared.prompt), len(prepared.prompt) + steps
+    prefix = (np.arange(total) < P).astype(np.int32)[None]
+    rows = np.pad(features, ((0, steps), (0, 0)))[None]
+    row_mask = np.pad(mask, (0, steps))[None]
+    forward = nnx.jit(lambda m, seq: m(seq, jnp.ones_like(seq), None, prefix,
+                                       audio_features=rows, audio_mask=row_mask))  # fmt: skip
+    ids = np.arange(model.cfg.vocab_size)
+    allowed = ((ids >= lo) & (ids < hi)) | (ids == 1)
+    seq = np.zeros((1, total), np.int32)
+    seq[0, :P] = prepared.prompt
+    out = []
+    for n in range(P, total):
+        logits = np.asarray(forward(model, seq))[0, n - 1]
+        token = int(np.argmax(np.where(allowed, logits, -np.inf)))
+        if token == 1:  # <eos>
+            break
+        out.append(token)
+        seq[0, n] = token
+    return np.asarray(out, np.int32)
+
+
+@pytest.mark.parametrize("task", ["asr", "tts", "vc"])
+def test_hybrid_cached_decoding_equals_full_recompute(hybrid_lm, vocab, task):
+    from gpa_jax.sampling.decode import EOS_ID
+
+    assert EOS_ID == 1
+    sampler = _sampler(hybrid_lm, vocab, ref_max_frames=12)
+    src, ref = _codes(9, 0), _codes(15, 1)
+    request = {
+        "asr": Request.asr(src, source_features=_rows(9, 0), max_new_tokens=8),
+        "tts": Request.tts("hi there", ref, reference_features=_rows(15, 1),
+                           params=SamplingParams(), max_new_tokens=8),
+        "vc": Request.vc(src, ref, source_features=_rows(9, 0), reference_features=_rows(15, 1),
+                         params=SamplingParams(), max_new_tokens=8),
+    }[task]  # fmt: skip
+    (result,) = sampler.generate([request])
+    assert result.ok and len(result.tokens) >= 1
+    expected = _recompute_greedy(hybrid_lm[1], sampler.prepare(request), 8)
+    np.testing.assert_array_equal(result.tokens, expected)
+
+
+def test_hybrid_requests_read_their_rows_and_decode_alone_as_in_a_batch(hybrid_lm, vocab):
+    sampler = _sampler(hybrid_lm, vocab, max_batch=4)
+    requests = [
+        Request.asr(_codes(30, 0), source_features=_rows(30, 0), id="a", max_new_tokens=6),
+        Request.tts("hello there", _codes(20, 1), reference_features=_rows(20, 1), id="t",
+                    max_new_tokens=10),
+        Request.vc(_codes(25, 2), _codes(15, 3), source_features=_rows(25, 2),
+                   reference_features=_rows(15, 3), id="v", max_new_tokens=10),
+        Request.asr(_codes(12, 4), id="nofeat"),
+    ]  # fmt: skip
+    together = {r.id: r for r in sampler.generate(requests)}
+    assert "'hybrid' needs source_features" in together["nofeat"].error
+    for request in requests[:3]:
+        alone = sampler.generate([request])[0]
+        assert alone.ok and together[request.id].ok
+        np.testing.assert_array_equal(alone.tokens, together[request.id].tokens)
+    # The rows are read: other source rows give other ASR logits at the prompt's end.
+    logits = []
+    for rows in (_rows(30, 0), _rows(30, 9)):
+        prepared = sampler.prepare(dataclasses.replace(requests[0], source_features=rows))
+        features, mask = prepared.audio
+        n = len(prepared.prompt)
+        logits.append(np.asarray(hybrid_lm[1](
+            prepared.prompt[None], np.ones((1, n), np.int32), None, np.ones((1, n), np.int32),
+            audio_features=features[None], audio_mask=mask[None])[0, -1]))  # fmt: skip
+    assert np.abs(logits[0] - logits[1]).max() > 1e-3

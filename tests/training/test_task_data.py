@@ -144,12 +144,12 @@ def test_resume_on_the_task_pipeline_reproduces_the_straight_run(token_workdir, 
 # --- the continuous audio input (model.audio_input != "tokens") ---------------------------
 
 
-def continuous(config):
+def continuous(config, variant="continuous"):
     """`config` with the LM reading audio features (the model's key may not exist yet)."""
     from tests.tasks.conftest import FEATURE_DIM
 
     with config.unlocked():
-        config.model.audio_input = "continuous"
+        config.model.audio_input = variant
         config.model.audio_feature_dim = FEATURE_DIM  # the test shards' rows
     return config
 
@@ -201,9 +201,21 @@ def test_continuous_audio_input_iterator_state_restores_exactly(feature_workdir)
             np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
-def test_continuous_audio_input_needs_shards_with_features(token_workdir):
-    with pytest.raises(ValueError, match="tokenize with data.token_features=log_mel"):
-        make_iterators(continuous(task_config()), workdir=token_workdir)
+@pytest.mark.parametrize("variant", ["continuous", "hybrid"])
+def test_continuous_audio_input_needs_shards_with_features(token_workdir, variant):
+    with pytest.raises(ValueError, match=f"{variant}' reads them: tokenize with data.token_features"):
+        make_iterators(continuous(task_config(), variant), workdir=token_workdir)
+
+
+def test_hybrid_input_reads_the_continuous_variants_batches(feature_workdir):
+    """The same rows at the same (input) positions: only the model differs."""
+    cont, _ = make_iterators(continuous(task_config()), workdir=feature_workdir)
+    hybrid, _ = make_iterators(continuous(task_config(), "hybrid"), workdir=feature_workdir)
+    for _ in range(2):
+        a, b = next(cont), next(hybrid)
+        assert set(a) == set(b) and b[AUDIO_MASK_KEY].any()
+        for key, value in a.items():
+            np.testing.assert_array_equal(b[key], value, err_msg=key)
 
 
 def test_feature_rows_of_another_width_are_named_before_any_batch(feature_workdir):

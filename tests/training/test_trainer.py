@@ -334,13 +334,17 @@ class _WithAudioRows:
         self.inner.set_state(state)
 
 
-def test_continuous_variant_trains_its_encoder_and_serves_from_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("variant", ["continuous", "hybrid"])
+def test_continuous_variant_trains_its_encoder_and_serves_from_the_checkpoint(tmp_path, variant):
+    """Also the hybrid variant (its fusion too), with mel dropout on: the trainer gives
+    it a key though dropout_rate is 0."""
     from gpa_jax.sampling import Request, Sampler
     from gpa_jax.tasks.vocab import SpeechVocabulary
 
     config = tiny_config(
-        "model.audio_input=continuous", "model.audio_encoder_layers=1",
+        f"model.audio_input={variant}", "model.audio_encoder_layers=1",
         "model.audio_feature_dim=8", "train.num_steps=3", "model.vocab_size=512",
+        "model.mel_dropout=0.3",
     )  # fmt: skip
     train, evals = make_iterators(config)
     writer = MemoryWriter()
@@ -352,6 +356,8 @@ def test_continuous_variant_trains_its_encoder_and_serves_from_the_checkpoint(tm
     params = _params(tmp_path, config)
     encoder = [k for k in params if "audio_encoder" in k]
     assert encoder, sorted(params)[:5]
+    fusion = [k for k in params if "fusion" in k]
+    assert bool(fusion) == (variant == "hybrid"), fusion
     # A batch without the rows is refused by name.
     with pytest.raises(ValueError, match="decoder_audio_features"):
         trainer.train(config, tmp_path / "plain", writer=MemoryWriter(), progress=False)
