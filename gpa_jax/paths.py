@@ -33,6 +33,7 @@ and `upload` the finished file.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -169,6 +170,22 @@ def glob(folder: str | os.PathLike, pattern: str) -> list[str]:
     if not p.is_dir():
         return []
     return sorted(os.path.join(os.fspath(folder), child.name) for child in p.glob(pattern))
+
+
+def find_files(folder: str | os.PathLike, pattern: str) -> list[str]:
+    """Sorted paths of the files anywhere under `folder` whose name matches the shell
+    pattern; [] when the folder does not exist."""
+    folder = os.fspath(folder)
+    if not isdir(folder):
+        return []
+    scheme = folder.partition("://")[0] + "://" if is_remote(folder) else ""
+    found = []
+    for root, _, files in as_path(folder).walk():
+        root = os.fspath(root)
+        if scheme and not is_remote(root):  # fsspec hands back roots without the scheme
+            root = scheme + root.lstrip("/")
+        found += [os.path.join(root, name) for name in fnmatch.filter(files, pattern)]
+    return sorted(found)
 
 
 def open_file(path: str | os.PathLike, mode: str = "r") -> IO[Any]:
