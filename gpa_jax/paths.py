@@ -328,3 +328,17 @@ def staging_dir(target_dir: str | os.PathLike) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="gpa_jax-stage-") as tmp:
         yield tmp
+
+
+@contextlib.contextmanager
+def local_output(path: str | os.PathLike) -> Iterator[str]:
+    """A local file name for a writer that writes only local files (a plot, a log); for
+    a URL it is a temporary file uploaded to `path` when the block ends without error."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="gpa_jax-out-") as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        yield local
+        upload(local, path)

@@ -296,7 +296,7 @@ def evaluate_workdir(
         skipped=clips.skipped,
     )
     path = eval_path(workdir, split)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(os.path.dirname(path))
     paths.atomic_write_json(path, result, indent=1, sort_keys=True)  # whole or absent
     logging.info("eval: wrote %s", path)
     return result

@@ -259,6 +259,6 @@ def probe_workdir(
         corpus=config.data.corpus, split=split, codec_step=step, codec_checkpoint=checkpoint_dir
     )
     path = probe_path(workdir, split)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(os.path.dirname(path))
     paths.atomic_write_json(path, result, indent=1, sort_keys=True)  # whole or absent
     return result
