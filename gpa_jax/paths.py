@@ -133,6 +133,13 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """os.path.abspath for local paths; URLs are already absolute (and abspath would
+    mangle them)."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
+
+
 def as_path(path: str | os.PathLike) -> epath.Path:
     return epath.Path(os.fspath(path))
 

@@ -257,7 +257,7 @@ def evaluate_workdir(
     corpus = corpus or config.data.corpus
     data_dir = data_dir or paths.tfds_dir(workdir)
     limit = int(ec.max_utterances if max_utterances is None else max_utterances) or None
-    checkpoint_dir = os.path.abspath(checkpoint_dir or codec_train.checkpoint_dir(workdir))
+    checkpoint_dir = paths.absolute(checkpoint_dir or codec_train.checkpoint_dir(workdir))
     codec, step = codec_train.restore_codec(config, checkpoint_dir)
     clips = codec_data.load_clips(
         corpus,

@@ -238,7 +238,7 @@ def probe_workdir(
     pc = config.probe
     split = split or pc.split
     data_dir = data_dir or paths.tfds_dir(workdir)
-    checkpoint_dir = os.path.abspath(checkpoint_dir or codec_train.checkpoint_dir(workdir))
+    checkpoint_dir = paths.absolute(checkpoint_dir or codec_train.checkpoint_dir(workdir))
     codec, step = codec_train.restore_codec(config, checkpoint_dir)
     load = dict(
         data_dir=data_dir, sample_rate=codec.sample_rate, max_seconds=config.data.max_seconds
