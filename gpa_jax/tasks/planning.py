@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import threading
 import zlib
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.tasks import token_shards
 from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.vocab import SpeechVocabulary
@@ -200,7 +200,7 @@ def cached_bank(
 ) -> Bank:
     """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers
     and whether features are loaded)."""
-    key = (os.path.abspath(directory), split, vocab, layers, bool(features))
+    key = (paths.absolute(directory), split, vocab, layers, bool(features))
     with _BANKS_LOCK:
         if key not in _BANKS:
             _BANKS[key] = load_bank(directory, split, vocab, layers, verify, features)
