@@ -12,6 +12,13 @@ A sweep file `configs/sweeps/<name>.py` defines `get_sweep() -> dict` with
     args       optional extra flags for the entry point, e.g. ["--noprogress"]
 
 Each run is `python -m <entry> --config=<config> --workdir=<run dir> --config.<k>=<v> ...`.
+Runs share the sweep work dir's data: when a config trains on the tasks (`data.source`
+'tasks') and leaves the token shards (`tasks.token_dir`) or the SentencePiece model
+(`tasks.vocab.spm_model`) to their defaults, they are pinned to the defaults under the
+sweep's work dir (where the demo, `launch.tokenize` / `launch.train_spm` or
+`tpu_pod.sh stage` put them), not under the run dir.
+The work dir may be local or gs:// (`gpa_jax.paths`); with gs:// a run's log is written
+locally while it runs and uploaded as `<run dir>/run.log` when it ends.
 Every grid point's overrides are checked against the config before anything runs (an
 unknown key or a wrongly typed value fails the whole sweep up front). A run that finished
 writes `<run dir>/SWEEP_DONE` (after its status.json, both atomically); rerunning the
@@ -24,17 +31,18 @@ then stop the sweep the same way (`gpa_jax.preemption`); the rerun resumes at th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import itertools
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from gpa_jax import config_utils, paths, preemption
@@ -96,6 +104,24 @@ def _fill(value: Any, workdir: str) -> Any:
     return value.format(workdir=workdir) if isinstance(value, str) else value
 
 
+def _shared_data(config: Any, workdir: str) -> dict[str, str]:
+    """Overrides pinning a run's default data paths to the sweep's work dir."""
+    from gpa_jax.tasks import config as tasks_config
+
+    tc = config.get("tasks")
+    data = config.get("data")
+    if tc is None or "token_dir" not in tc or data is None or data.get("source") != "tasks":
+        return {}  # not trained on the token shards (e.g. synthetic batches)
+    pinned = {}
+    if not tc.token_dir:
+        pinned["tasks.token_dir"] = tasks_config.default_token_dir(workdir, tc.corpus)
+    if tc.vocab.text == "spm" and not tc.vocab.spm_model:
+        pinned["tasks.vocab.spm_model"] = tasks_config.default_spm_model(
+            workdir, tc.corpus, tc.vocab.spm_vocab_size
+        )
+    return pinned
+
+
 def expand(sweep: Mapping[str, Any], workdir: str = ".") -> list[Run]:
     """The runs of a sweep: the grid's Cartesian product, each checked against the config."""
     keys = list(sweep["grid"])
@@ -105,7 +131,10 @@ def expand(sweep: Mapping[str, Any], workdir: str = ".") -> list[Run]:
         point = dict(zip(keys, values, strict=True))
         overrides = {**fixed, **point}
         # Fails here, before any run starts, on unknown keys or wrongly typed values.
-        config_utils.load_config(sweep["config"], [f"{k}={_flag_value(v)}" for k, v in overrides.items()])
+        config = config_utils.load_config(
+            sweep["config"], [f"{k}={_flag_value(v)}" for k, v in overrides.items()]
+        )
+        overrides.update(_shared_data(config, workdir))
         runs.append(Run(_run_name(point), overrides))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -145,16 +174,16 @@ def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict
     with preemption.watch(f"sweep {sweep['name']}", on_signal=forward):
         for index, run in enumerate(runs, start=1):
             run_dir = os.path.join(root, run.name)
-            if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
+            if paths.exists(os.path.join(run_dir, DONE_MARKER)):
                 log(f"[{index}/{len(runs)}] {run.name}: done earlier, skipped")
                 continue
             if preemption.requested():
                 preemption.stop(f"runs before {run.name} are finished")
-            os.makedirs(run_dir, exist_ok=True)
+            paths.makedirs(run_dir)
             cmd = command(sweep, run, run_dir)
             log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
             start = time.time()
-            with open(os.path.join(run_dir, "run.log"), "ab") as out:
+            with _run_log(run_dir) as log_file, open(log_file, "ab") as out:
                 child[:] = [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                              start_new_session=True)]  # fmt: skip
                 rc = child[0].wait()
@@ -176,6 +205,25 @@ def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict
     return gather(sweep, workdir)
 
 
+@contextlib.contextmanager
+def _run_log(run_dir: str) -> Iterator[str]:
+    """A local file to append a run's output to; for a gs:// run dir it is uploaded (after
+    the earlier attempts' log) when the run ends."""
+    target = os.path.join(run_dir, "run.log")
+    if not paths.is_remote(run_dir):
+        yield target
+        return
+    with tempfile.TemporaryDirectory(prefix="gpa_jax-sweep-") as tmp:
+        local = os.path.join(tmp, "run.log")
+        with open(local, "wb") as f:
+            if paths.exists(target):
+                f.write(paths.read_bytes(target))
+        try:
+            yield local
+        finally:
+            paths.upload(local, target)
+
+
 def _say(message: str) -> str:
     print(message, file=sys.stderr, flush=True)
     return message
@@ -190,14 +238,14 @@ def gather(sweep: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
         run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
         row: dict[str, Any] = {"run": run.name, **{k: run.overrides[k] for k in sweep["grid"]}}
         status_path = os.path.join(run_dir, "status.json")
-        if os.path.exists(os.path.join(run_dir, DONE_MARKER)):
+        if paths.exists(os.path.join(run_dir, DONE_MARKER)):
             row["status"] = "done"
-        elif os.path.exists(status_path):
-            rc = json.load(open(status_path))["returncode"]
+        elif paths.exists(status_path):
+            rc = paths.read_json(status_path)["returncode"]
             row["status"] = f"{'preempted' if rc in PREEMPTED_CODES else 'failed'} (exit {rc})"
         else:
             row["status"] = "not run"
-        scalars = read_scalars(os.path.join(run_dir, "tensorboard")) if os.path.isdir(run_dir) else {}
+        scalars = read_scalars(os.path.join(run_dir, "tensorboard")) if paths.isdir(run_dir) else {}
         for tag in sweep["metrics"]:
             series = scalars.get(tag)
             row[tag] = series[-1][1] if series else None
@@ -210,7 +258,7 @@ def write_table(sweep: Mapping[str, Any], workdir: str, rows: list[dict[str, Any
     from gpa_jax.evaluation.results import markdown_table
 
     root = sweep_dir(workdir, sweep)
-    os.makedirs(root, exist_ok=True)
+    paths.makedirs(root)
     table = markdown_table(rows, ["run", *sweep["grid"], "status", *sweep["metrics"]])
     paths.atomic_write_text(os.path.join(root, "results.md"), f"# Sweep {sweep['name']}\n\n{table}\n")
     paths.atomic_write_json(os.path.join(root, "results.json"), rows, indent=2, default=str)
@@ -218,13 +266,32 @@ def write_table(sweep: Mapping[str, Any], workdir: str, rows: list[dict[str, Any
 
 
 def pod_commands(sweep: Mapping[str, Any], workdir: str) -> list[str]:
-    """One `launch/tpu_pod.sh train` line per run, for a pod (WORKDIR set per run)."""
+    """One `launch/tpu_pod.sh train ... && launch/tpu_pod.sh wait` line per run, for a pod
+    (WORKDIR set per run; the data paths pinned to `workdir`, see the module docstring).
+
+    `train` starts the run in the background on every worker and `wait` blocks until it
+    ends, so the lines run as a script use the pod one run after another; a failed run
+    stops such a script (rerun it: the runs resume from their checkpoints).
+    """
+    if sweep["entry"] != "launch.train":
+        raise ValueError(
+            f"sweep {sweep['name']}: --mode=print emits launch/tpu_pod.sh commands, which "
+            f"run launch.train; this sweep's entry is {sweep['entry']}"
+        )
     lines = []
     for run in expand(sweep, workdir):
         run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
         extra = " ".join(shlex.quote(a) for a in [*run.flags(), *sweep["args"]])
-        lines.append(
+        env = (
             f"CONFIG={shlex.quote(sweep['config'])} WORKDIR={shlex.quote(run_dir)} "
-            f"bash launch/tpu_pod.sh train {extra}"
+            f"LOG={shlex.quote(_log_name(sweep, run))}"
+        )
+        lines.append(
+            f"{env} bash launch/tpu_pod.sh train {extra} && {env} bash launch/tpu_pod.sh wait"
         )
     return lines
+
+
+def _log_name(sweep: Mapping[str, Any], run: Run) -> str:
+    # A file name on the worker: the run name without characters a shell or path minds.
+    return f"sweep_{sweep['name']}_{re.sub(r'[^A-Za-z0-9.+-]+', '_', run.name)}.log"

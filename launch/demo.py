@@ -113,7 +113,7 @@ def _stages(workdir: str, quick: bool):
             print(f"codec on {split}:\n{evaluate.format_table(result)}")
         print(probe.format_table(jobs.probe_codec(codec_cfg, workdir)))
         curves.codec_curves(codec_cfg, workdir, judge=judge, judge_report=judge_report)
-        print(open(curves.curves_path(workdir, "md")).read())
+        print(paths.read_text(curves.curves_path(workdir, "md")))
 
     def tokens():
         from gpa_jax.codec import jobs
@@ -133,7 +133,7 @@ def _stages(workdir: str, quick: bool):
             print(f"text vocabulary: {lm_cfg.tasks.vocab.text} (no SentencePiece model needed)")
             return
         _, model = resolve_paths(lm_cfg.tasks, workdir)
-        if os.path.exists(model):
+        if paths.exists(model):
             print(f"SentencePiece model {model} exists, reused")
             return
         sentences = spm_lib.corpus_transcripts(lm_cfg.tasks.corpus, lm_cfg.tasks.train_split, paths.tfds_dir(workdir))
@@ -180,11 +180,11 @@ def _stages(workdir: str, quick: bool):
             workdir, lm_config=lm_cfg, codec_config=codec_cfg,
             max_per_task=QUICK["max_per_task"] if quick else 40, splits=splits,
         )
-        print(open(md_path).read())
+        print(paths.read_text(md_path))
         judge, _ = common.codec_judge()
         lm_curves.lm_curves(workdir, lm_config=lm_cfg, codec_config=codec_cfg, judge=judge,
                             split=splits[0], **(QUICK["curves"] if quick else {}))
-        print(open(lm_curves.curves_path(workdir, "md")).read())
+        print(paths.read_text(lm_curves.curves_path(workdir, "md")))
 
     return {
         "corpus": lambda: build_corpus(corpus_cfg, workdir),
@@ -206,14 +206,12 @@ def marker_path(workdir: str, stage: str) -> str:
 
 def _marker(workdir: str, stage: str, quick: bool) -> dict | None:
     """The stage's marker if it finished at this size, else None."""
-    import json
 
     path = marker_path(workdir, stage)
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return None
     try:
-        with open(path) as f:
-            marker = json.load(f)
+        marker = paths.read_json(path)
     except ValueError:  # unreadable: treat as not done (markers are written atomically)
         return None
     return marker if marker.get("quick") == quick else None
@@ -246,8 +244,7 @@ def main(argv):
     logging.info("demo: work dir %s, %s sizes, stages %s", workdir, "quick" if quick else "default", chosen)
     if flags.FLAGS["from_stage"].present:  # an explicit --from_stage reruns it and what follows
         for name in STAGES[first:]:
-            if os.path.exists(marker_path(workdir, name)):
-                os.remove(marker_path(workdir, name))
+            paths.remove(marker_path(workdir, name))
     total = time.time()
     # Immediate: a signal stops the stage it is in (training stages save first: they
     # push their own deferred handling), and no later stage starts.
@@ -267,7 +264,7 @@ def main(argv):
                 raise
             seconds = time.time() - start
             # The stage's outputs are complete: record it, whole or not at all.
-            os.makedirs(os.path.dirname(marker_path(workdir, name)), exist_ok=True)
+            paths.makedirs(os.path.dirname(marker_path(workdir, name)))
             paths.atomic_write_json(marker_path(workdir, name), {"quick": quick, "seconds": round(seconds, 1)})
             write_timings(workdir, quick)
             print(f"{head} done in {seconds:.1f} s", flush=True)

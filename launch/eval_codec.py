@@ -18,7 +18,7 @@ import json
 
 from absl import app, flags
 
-from gpa_jax import config_utils, preemption
+from gpa_jax import config_utils, paths, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -49,7 +49,7 @@ def main(argv):
         curves.codec_curves(
             config, workdir, judge=judge, judge_report=judge_report, data_dir=flags.FLAGS.data_dir
         )
-        print(open(curves.curves_path(workdir, "md")).read())
+        print(paths.read_text(curves.curves_path(workdir, "md")))
         return
     result = evaluate.evaluate_workdir(
         config,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from gpa_jax import config_utils, preemption
+from gpa_jax import config_utils, paths, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
@@ -56,7 +56,7 @@ def main(argv):
             judge=make_judge(_JUDGE.value, workdir=workdir, model_dir=_JUDGE_DIR.value),
             split=_SPLITS.value[0], per_task=_CURVE_EXAMPLES.value, acoustic_variant=_ACOUSTIC.value,
         )  # fmt: skip
-        print(open(lm_curves.curves_path(workdir, "md")).read())
+        print(paths.read_text(lm_curves.curves_path(workdir, "md")))
         return
     _, md_path = harness.run_evaluation(
         workdir,
@@ -69,7 +69,7 @@ def main(argv):
         judge_model_dir=_JUDGE_DIR.value,
         speaker_encoder=_SPEAKER.value,
     )
-    print(open(md_path).read())
+    print(paths.read_text(md_path))
 
 
 if __name__ == "__main__":

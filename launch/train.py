@@ -38,7 +38,7 @@ import sys
 
 from absl import app, flags, logging
 
-from gpa_jax import config_utils, multihost, preemption
+from gpa_jax import config_utils, multihost, paths, preemption
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
@@ -128,11 +128,7 @@ def _report_path(workdir: str, job: multihost.Job) -> str | None:
 def _restart_note(workdir: str) -> str:
     """What a restart of every process resumes from (read when a peer was lost)."""
     directory = os.path.join(workdir, "checkpoints")
-    steps = (
-        sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-        if os.path.isdir(directory)
-        else []
-    )
+    steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
     where = f"checkpoint {steps[-1]} in {directory}" if steps else "the start (no checkpoint yet)"
     return f"restart every process with the same command to resume from {where}"
 

@@ -76,3 +76,49 @@ def test_sweep_runs_gathers_and_skips_finished_runs(tmp_path):
     assert "| num_layers=2 |" in (workdir / "sweeps" / "t" / "results.md").read_text()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
+
+
+def test_print_mode_on_gs_pins_the_shared_data_and_runs_one_after_another(tmp_path):
+    """gs:// work dir: the runs read the tokens and SentencePiece model staged under the
+    sweep's work dir (tpu_pod.sh stage), and each line waits for its run to end."""
+    fixed = {"train.num_steps": 2, "data.source": "tasks", "tasks.vocab.text": "spm"}
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2]}, fixed))
+    lines = sweep_lib.pod_commands(sweep, "gs://b/w")
+    assert len(lines) == 2
+    train, wait = lines[1].split(" && ")
+    assert train.startswith("CONFIG=") and "WORKDIR=gs://b/w/sweeps/t/num_layers=2" in train
+    assert "LOG=sweep_t_num_layers_2.log" in train
+    assert "bash launch/tpu_pod.sh train" in train and wait.endswith("bash launch/tpu_pod.sh wait")
+    assert "WORKDIR=gs://b/w/sweeps/t/num_layers=2" in wait
+    corpus = "synthetic_speech/default"
+    assert f"--config.tasks.token_dir=gs://b/w/tokens/{corpus}" in train
+    assert "--config.tasks.vocab.spm_model=gs://b/w/spm/synthetic_speech_default_1024.model" in train
+    assert "--config.model.num_layers=2" in train
+
+
+def test_gather_and_table_on_gs(fake_gcs, tmp_path):
+    """Backend: in-memory fake gs:// (tests/fake_gcs.py): run status, markers, TensorBoard
+    scalars (event files read through the host cache) and the results table."""
+    from clu import metric_writers
+
+    from gpa_jax import paths
+
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2]}))
+    workdir = f"{fake_gcs}/w"
+    root = sweep_lib.sweep_dir(workdir, sweep)
+    paths.atomic_write_json(f"{root}/num_layers=1/status.json", {"returncode": 0})
+    paths.atomic_write_text(f"{root}/num_layers=1/{sweep_lib.DONE_MARKER}", "")
+    paths.atomic_write_json(f"{root}/num_layers=2/status.json", {"returncode": 1})
+    local_tb = tmp_path / "tb"
+    writer = metric_writers.SummaryWriter(str(local_tb))
+    writer.write_scalars(2, {"eval/loss": 1.5})
+    writer.close()
+    for event_file in local_tb.iterdir():
+        paths.upload(event_file, f"{root}/num_layers=1/tensorboard/train/{event_file.name}")
+    rows = sweep_lib.gather(sweep, workdir)
+    assert [r["status"] for r in rows] == ["done", "failed (exit 1)"]
+    assert rows[0]["eval/loss"] == pytest.approx(1.5) and rows[1]["eval/loss"] is None
+    table = sweep_lib.write_table(sweep, workdir, rows)
+    assert "| num_layers=1 |" in table
+    assert paths.read_json(f"{root}/results.json")[0]["run"] == "num_layers=1"
+    assert paths.read_text(f"{root}/results.md").startswith("# Sweep t")

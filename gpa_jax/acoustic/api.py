@@ -29,7 +29,6 @@ it a drop-in for code-based consumers at the price of a re-quantization error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import jax
@@ -38,6 +37,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from gpa_jax import paths
 from gpa_jax.acoustic.model import VOCODER_STAGE, AcousticModel
 
 DEFAULT_BUCKET_FRAMES = 25
@@ -162,7 +162,7 @@ class AcousticStage:
         # Inference on one device; the checkpoint restores onto any mesh.
         mesh = sharding_lib.make_mesh(mesh_config(shape=(1, 1, 1)), devices=jax.devices()[:1])
         directory = ckpt_lib.checkpoint_dir(workdir)
-        if not os.path.isdir(directory):
+        if not paths.isdir(directory):
             raise FileNotFoundError(
                 f"no acoustic checkpoints in {directory}: train with python -m launch.train "
                 f"--config=<acoustic config> --workdir={workdir}"

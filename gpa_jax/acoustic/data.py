@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import threading
 import zlib
 from typing import Any
@@ -47,6 +46,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.tasks import token_shards
 from gpa_jax.tasks.pipeline import DataIterator, shuffled_epochs
 
@@ -110,7 +110,7 @@ _LOCK = threading.Lock()
 
 
 def cached_bank(directory: str, split: str, verify: bool = True) -> CodeBank:
-    key = (os.path.abspath(directory), split)
+    key = (paths.absolute(directory), split)
     with _LOCK:
         if key not in _BANKS:
             _BANKS[key] = load_code_bank(directory, split, verify)

@@ -165,7 +165,7 @@ def evaluate(
     if sample_dir:
         from gpa_jax.audio.io import save_wav
 
-        os.makedirs(sample_dir, exist_ok=True)
+        paths.makedirs(sample_dir)
         for i, ex in enumerate(examples[:num_samples]):
             save_wav(
                 os.path.join(sample_dir, f"{ex['id']}_original.wav"), refs[i], codec.sample_rate
@@ -319,7 +319,7 @@ def run(
                                       "other_speaker")} for ex in examples],
     )  # fmt: skip
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
         # Whole or absent (gpa_jax.paths): a killed evaluation never looks finished.
         paths.atomic_write_text(os.path.join(out_dir, "results.md"), format_table(result) + "\n")
         paths.atomic_write_json(

@@ -7,6 +7,7 @@ early, with an `AudioError` that says which file or example and why.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 
@@ -14,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from gpa_jax import paths
 from gpa_jax.errors import UserError
 
 # int16 PCM full scale. Both directions use 2^15 (soundfile reads PCM_16 the same way), so
@@ -194,14 +196,22 @@ def load_audio(
     failure is an AudioError that names the file.
     """
     name = os.fspath(path)
-    if not os.path.exists(name):
+    local = name
+    if paths.is_remote(name):  # libsndfile opens local files: gcsfuse or the host cache
+        try:
+            local = paths.local_path(name)
+        except FileNotFoundError:
+            raise AudioError(name, "file not found", "not_found") from None
+        except IsADirectoryError:
+            raise AudioError(name, "not a regular file", "not_a_file") from None
+    if not os.path.exists(local):
         raise AudioError(name, "file not found", "not_found")
-    if not os.path.isfile(name):
+    if not os.path.isfile(local):
         raise AudioError(name, "not a regular file", "not_a_file")
-    if os.path.getsize(name) == 0:
+    if os.path.getsize(local) == 0:
         raise AudioError(name, "empty file (0 bytes)", "empty")
     try:
-        with sf.SoundFile(name) as f:
+        with sf.SoundFile(local) as f:
             orig_sr = f.samplerate
             if orig_sr <= 0:
                 raise AudioError(name, f"invalid sample rate {orig_sr} in header", "bad_header")
@@ -261,4 +271,9 @@ def save_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None
         raise TypeError(f"expected float samples, got {wav.dtype}")
     if not np.all(np.isfinite(wav)):
         raise AudioError(path, "refusing to write NaN or infinite samples", "non_finite")
+    if paths.is_remote(path):  # one object write of the finished file
+        buffer = io.BytesIO()
+        sf.write(buffer, float_to_int16(wav), sample_rate, subtype="PCM_16", format="WAV")
+        paths.atomic_write_text(path, buffer.getvalue())
+        return
     sf.write(os.fspath(path), float_to_int16(wav), sample_rate, subtype="PCM_16", format="WAV")

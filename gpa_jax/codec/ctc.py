@@ -324,8 +324,6 @@ SAVED = (nnx.Param, CodebookState)
 
 
 def _checkpoint_manager(directory: str):
-    import os
-
     import orbax.checkpoint as ocp
 
     # The newest save, and the newest undiverged one when they differ (gpa_jax.recovery).
@@ -333,7 +331,7 @@ def _checkpoint_manager(directory: str):
         [ocp.checkpoint_managers.LatestN(n=1), recovery.LastGood()]
     )
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(paths.absolute(directory), options=options)
 
 
 def _save(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, metrics=None) -> None:
@@ -391,16 +389,16 @@ def transcribe(
 
 def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> None:
     """Params of `module` (Orbax) + meta.json under `directory` (overwritten)."""
+    import contextlib
     import os
-    import shutil
 
     import orbax.checkpoint as ocp
 
     from gpa_jax.errors import DiskFullError, is_disk_full
     from gpa_jax.training import checkpoint as ckpt_lib
 
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = paths.absolute(directory)
+    paths.makedirs(directory)
     params = nnx.to_pure_dict(nnx.state(module, SAVED))
     target = os.path.join(directory, "params")
     try:
@@ -411,7 +409,8 @@ def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> Non
             raise
         # Nothing under `directory` is marked complete (no meta.json): the job's own
         # checkpoints stay, so a rerun with space back resumes and saves again.
-        shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            paths.rmtree(target)
         raise DiskFullError(
             f"no space left on device saving the trained model to {target}; its training "
             "checkpoints are kept: free space and rerun to resume and save it"
@@ -422,14 +421,13 @@ def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> Non
 
 def load_module(module: nnx.Module, directory: str) -> dict[str, Any]:
     """Restores params saved by `save_module` into `module`; returns its meta.json."""
-    import json
     import os
 
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
+    directory = paths.absolute(directory)
     meta_path = os.path.join(directory, "meta.json")
-    if not os.path.isfile(meta_path):
+    if not paths.isfile(meta_path):
         raise FileNotFoundError(f"no trained model in {directory!r} (missing meta.json)")
     state = nnx.state(module, SAVED)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
@@ -437,5 +435,4 @@ def load_module(module: nnx.Module, directory: str) -> dict[str, Any]:
         restored = ckpt.restore(os.path.join(directory, "params"), abstract)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(module, state)
-    with open(meta_path) as f:
-        return json.load(f)
+    return paths.read_json(meta_path)

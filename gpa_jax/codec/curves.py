@@ -13,7 +13,6 @@ in curves.json are reused, so a resumed run scores only its new checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -96,21 +95,21 @@ def codec_curves(
 
 def load_points(json_path: str) -> list[dict[str, Any]]:
     """The points of a curves.json (codec or LM), [] if there is none yet."""
-    if not os.path.isfile(json_path):
+    if not paths.isfile(json_path):
         return []
-    with open(json_path) as f:
-        return json.load(f)["points"]
+    return paths.read_json(json_path)["points"]
 
 
 def write_points(json_path: str, header: dict[str, Any], points: list[dict[str, Any]],
                  markdown: str, plot) -> None:  # fmt: skip
     """curves.json / .md / .png side by side; json and md whole or absent (gpa_jax.paths),
     so a killed run never leaves a half table. plot(png_path) draws the figure."""
-    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    paths.makedirs(os.path.dirname(json_path))
     stem = os.path.splitext(json_path)[0]
     paths.atomic_write_json(json_path, {**header, "points": points}, indent=1)
     paths.atomic_write_text(f"{stem}.md", markdown)
-    plot(f"{stem}.png")
+    with paths.local_output(f"{stem}.png") as png:  # matplotlib writes local files
+        plot(png)
 
 
 def _write(workdir: str, points: list[dict[str, Any]], header: dict[str, str]) -> None:

@@ -607,6 +607,7 @@ def split_is_complete(out_dir: str, split: str, token_features: str = "") -> boo
 
     from absl import logging
 
+    from gpa_jax import paths
     from gpa_jax.tasks import token_shards
 
     try:
@@ -630,10 +631,10 @@ def split_is_complete(out_dir: str, split: str, token_features: str = "") -> boo
             return False
     for shard in entry["shards"]:
         path = os.path.join(out_dir, shard["file"])
-        if not os.path.isfile(path):
+        if not paths.isfile(path):
             return False
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
+        with paths.open_file(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != shard["sha256"]:
@@ -851,14 +852,13 @@ def tokenize_workdir(
     `workdir` (or `checkpoint_dir`) and tokenizes `corpus` (default config.data.corpus) from
     `data_dir` (default <workdir>/tfds) into `tokens_dir(workdir, corpus)`, with the
     per-frame features of `token_features` (default config.data.token_features)."""
-    import os
 
     from absl import logging
 
     from gpa_jax import paths
     from gpa_jax.codec import train
 
-    checkpoint_dir = os.path.abspath(checkpoint_dir or train.checkpoint_dir(workdir))
+    checkpoint_dir = paths.absolute(checkpoint_dir or train.checkpoint_dir(workdir))
     corpus = corpus or config.data.corpus
     if token_features is None:
         token_features = str(config.data.get("token_features", ""))

@@ -257,7 +257,7 @@ def evaluate_workdir(
     corpus = corpus or config.data.corpus
     data_dir = data_dir or paths.tfds_dir(workdir)
     limit = int(ec.max_utterances if max_utterances is None else max_utterances) or None
-    checkpoint_dir = os.path.abspath(checkpoint_dir or codec_train.checkpoint_dir(workdir))
+    checkpoint_dir = paths.absolute(checkpoint_dir or codec_train.checkpoint_dir(workdir))
     codec, step = codec_train.restore_codec(config, checkpoint_dir)
     clips = codec_data.load_clips(
         corpus,
@@ -296,7 +296,7 @@ def evaluate_workdir(
         skipped=clips.skipped,
     )
     path = eval_path(workdir, split)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(os.path.dirname(path))
     paths.atomic_write_json(path, result, indent=1, sort_keys=True)  # whole or absent
     logging.info("eval: wrote %s", path)
     return result

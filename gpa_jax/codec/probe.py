@@ -238,7 +238,7 @@ def probe_workdir(
     pc = config.probe
     split = split or pc.split
     data_dir = data_dir or paths.tfds_dir(workdir)
-    checkpoint_dir = os.path.abspath(checkpoint_dir or codec_train.checkpoint_dir(workdir))
+    checkpoint_dir = paths.absolute(checkpoint_dir or codec_train.checkpoint_dir(workdir))
     codec, step = codec_train.restore_codec(config, checkpoint_dir)
     load = dict(
         data_dir=data_dir, sample_rate=codec.sample_rate, max_seconds=config.data.max_seconds
@@ -259,6 +259,6 @@ def probe_workdir(
         corpus=config.data.corpus, split=split, codec_step=step, codec_checkpoint=checkpoint_dir
     )
     path = probe_path(workdir, split)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(os.path.dirname(path))
     paths.atomic_write_json(path, result, indent=1, sort_keys=True)  # whole or absent
     return result

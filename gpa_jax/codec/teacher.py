@@ -32,6 +32,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from gpa_jax import paths
 from gpa_jax.audio.features import MelConfig, log_mel_jnp
 from gpa_jax.codec import ctc
 from gpa_jax.codec.rvq import ResidualVectorQuantizer
@@ -229,13 +230,11 @@ def _arch(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def load_teacher(config: ml_collections.ConfigDict, directory: str) -> ContentTeacher:
     """The trained CTC teacher in `directory` (its architecture must match the config)."""
-    import json
 
     meta_path = os.path.join(directory, "meta.json")
-    if not os.path.isfile(meta_path):
+    if not paths.isfile(meta_path):
         raise FileNotFoundError(f"no CTC teacher in {directory!r} (missing meta.json)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = paths.read_json(meta_path)
     if not _meta_matches(meta, config):
         raise ValueError(
             f"teacher in {directory!r} was trained with {meta.get('teacher_config')}, but the "

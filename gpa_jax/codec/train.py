@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from gpa_jax import preemption, recovery
+from gpa_jax import paths, preemption, recovery
 from gpa_jax.codec import api
 from gpa_jax.codec import data as codec_data
 from gpa_jax.codec.discriminator import MultiScaleSTFTDiscriminator
@@ -241,7 +241,7 @@ def checkpoint_manager(directory: str, keep: int | None = None) -> ocp.Checkpoin
         [ocp.checkpoint_managers.LatestN(n=keep or None), recovery.LastGood()]
     )
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(paths.absolute(directory), options=options)
 
 
 def save_checkpoint(
@@ -275,7 +275,7 @@ def restore_codec(
     config: ml_collections.ConfigDict, directory: str, step: int | None = None
 ) -> tuple[Codec, int]:
     """The trained codec (params + codebook buffers) from a codec checkpoint directory."""
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         raise FileNotFoundError(f"no codec checkpoint directory {directory!r}; train one first")
     manager = checkpoint_manager(directory)
     model = Codec.from_config(config)
@@ -312,7 +312,7 @@ def ensure_teacher(
     from gpa_jax.codec import teacher as teacher_lib
 
     directory = teacher_lib.teacher_dir(config, workdir)
-    if not os.path.isfile(os.path.join(directory, "meta.json")):
+    if not paths.isfile(os.path.join(directory, "meta.json")):
         if train_set is None and data_dir is None:
             raise FileNotFoundError(
                 f"no CTC teacher in {directory!r} and no corpus to train one (data_dir)"

@@ -521,7 +521,6 @@ def run_evaluation(
     etc.) and its samples go to <workdir>/samples/<task>; every further split's figures
     are under results["splits"][split] and its samples under <workdir>/samples_<split>/.
     """
-    import json
 
     from gpa_jax import paths
     from gpa_jax.evaluation.judge import make_judge
@@ -559,9 +558,8 @@ def run_evaluation(
     for split in splits:
         sections.update(results_sections(by_split[split], title=split if len(splits) > 1 else ""))
         codec_eval = os.path.join(workdir, "codec", f"eval_{split}.json")
-        if os.path.isfile(codec_eval):
-            with open(codec_eval) as f:
-                codec_figures = json.load(f)
+        if paths.isfile(codec_eval):
+            codec_figures = paths.read_json(codec_eval)
             if split == splits[0]:
                 results["codec"] = codec_figures
             rows = [{"decode": name, **{k: v for k, v in figures.items() if not isinstance(v, dict)}}

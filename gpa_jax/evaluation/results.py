@@ -15,14 +15,14 @@ A new evaluation run of a task replaces that task's samples (stale wavs of an ol
 are removed with their manifest), so a manifest always describes exactly its folder.
 The manifest grows one line per sample, each written (and flushed) right after its wav,
 so an evaluation killed half-way leaves a line for every finished sample; a reader skips
-a torn last line with a warning.
+a torn last line with a warning. On gs:// (objects cannot be appended to) the manifest is
+rewritten whole after each sample, with the same guarantee.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,11 +39,11 @@ class SampleStore:
     def __init__(self, workdir: str, task: str, sample_rate: int, folder: str = "samples"):
         self.root = os.path.join(workdir, folder, task)
         self.sample_rate = int(sample_rate)
-        if os.path.isdir(self.root):
-            shutil.rmtree(self.root)
-        os.makedirs(self.root)
+        paths.rmtree(self.root)
+        paths.makedirs(self.root)
         self.manifest_path = os.path.join(self.root, "manifest.jsonl")
         self._names: set[str] = set()
+        self._lines: list[str] = []  # the manifest so far (rewritten whole on gs://)
         self.count = 0  # samples (wav + manifest line) written
 
     def add(self, name: str, wav: np.ndarray, **meta: Any) -> str:
@@ -54,10 +54,14 @@ class SampleStore:
         path = os.path.join(self.root, f"{name}.wav")
         audio_io.save_wav(path, np.asarray(wav, np.float32), self.sample_rate)
         line = {"wav": os.path.basename(path), "sample_rate": self.sample_rate, **meta}
+        self._lines.append(json.dumps(line, sort_keys=True) + "\n")
         # Appended and closed (flushed) per sample, after its wav: a killed run keeps the
         # lines of the samples it finished, and never a line without its wav.
-        with open(self.manifest_path, "a") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+        if paths.is_remote(self.manifest_path):
+            paths.atomic_write_text(self.manifest_path, "".join(self._lines))
+        else:
+            with open(self.manifest_path, "a") as f:
+                f.write(self._lines[-1])
         self.count += 1
         return path
 
@@ -68,10 +72,9 @@ def read_manifest(path: str) -> list[dict[str, Any]]:
     A last line cut short (the writer was killed in the middle of it) is skipped with a
     warning; a bad line anywhere else is an error.
     """
-    root = os.path.dirname(os.path.abspath(path))
+    root = os.path.dirname(path if paths.is_remote(path) else os.path.abspath(path))
     rows = []
-    with open(path) as f:
-        lines = f.readlines()
+    lines = paths.read_text(path).splitlines(keepends=True)
     for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
@@ -112,7 +115,7 @@ def write_results(
 ) -> tuple[str, str]:
     """Writes results.json (`results`) and results.md (`sections`: title -> Markdown)."""
     out = os.path.join(workdir, "eval")
-    os.makedirs(out, exist_ok=True)
+    paths.makedirs(out)
     json_path = os.path.join(out, "results.json")
     md_path = os.path.join(out, "results.md")
     # Atomic (gpa_jax.paths): an interrupted evaluation never leaves a results file behind
@@ -157,14 +160,14 @@ def write_tensorboard(
     writer.write_scalars(step, {f"eval/{k}": v for k, v in scalar_figures(results).items()})
     for task in tasks:
         manifest = os.path.join(workdir, "samples", task, "manifest.jsonl")
-        if not os.path.isfile(manifest):
+        if not paths.isfile(manifest):
             continue
         rows = [r for r in read_manifest(manifest) if r.get("role", "generated") == "generated"]
         texts = {}
         for i, row in enumerate(rows[:num_audio]):
             said = row.get("hypothesis") or row.get("judge_hypothesis") or ""
             texts[f"eval/{task}/{i}"] = f"reference: {row.get('text', '')}\n\nheard: {said}"
-            if task != "asr" and os.path.isfile(row["wav"]):
+            if task != "asr" and paths.isfile(row["wav"]):
                 wav = audio_io.load_audio(row["wav"], int(row["sample_rate"]))
                 writer.write_audios(step, {f"eval/{task}/{i}": wav[None, :, None]},
                                     sample_rate=int(row["sample_rate"]))  # fmt: skip

@@ -46,7 +46,6 @@ the model's null row (`gpa_jax.models.transformer.HybridFusion`), as in training
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -58,6 +57,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from gpa_jax import paths
 from gpa_jax import sharding as sharding_lib
 from gpa_jax.models import LMConfig, make_lm
 from gpa_jax.sampling import decode as decode_lib
@@ -202,12 +202,11 @@ def config_from_checkpoint(ckpt_dir: str, step: int | None = None) -> ml_collect
         raise FileNotFoundError(f"no checkpoint steps in {ckpt_dir}")
     step = steps[-1] if step is None else int(step)
     path = os.path.join(ckpt_dir, str(step), ckpt.META, "metadata")
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(
             f"{path} missing: checkpoint step {step} has no saved config; pass config="
         )
-    with open(path) as f:
-        meta = json.load(f)
+    meta = paths.read_json(path)
     if "config" not in meta:
         raise KeyError(f"{path} has no 'config' entry; pass config=")
     return ml_collections.ConfigDict(meta["config"])

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import threading
 import zlib
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.tasks import token_shards
 from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.vocab import SpeechVocabulary
@@ -225,7 +225,7 @@ def cached_bank(
 ) -> Bank:
     """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers,
     whether features are loaded and the TTS text frontend)."""
-    key = (os.path.abspath(directory), split, vocab, layers, bool(features), tts_text)
+    key = (paths.absolute(directory), split, vocab, layers, bool(features), tts_text)
     with _BANKS_LOCK:
         if key not in _BANKS:
             _BANKS[key] = load_bank(directory, split, vocab, layers, verify, features, tts_text)

@@ -81,9 +81,7 @@ def train_sentencepiece(
         num_threads=num_threads,
         minloglevel=2,
     )
-    directory = os.path.dirname(output_path)
-    if directory:
-        tf.io.gfile.makedirs(directory)
+    paths.makedirs(os.path.dirname(output_path))
     # Whole or not at all: the demo's spm stage skips when this file exists.
     paths.atomic_write_text(output_path, model.getvalue())
     pieces = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()

@@ -52,10 +52,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -167,7 +168,7 @@ def decode_record(data: bytes, where: str = "record") -> Utterance:
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -178,7 +179,7 @@ def _sha256(path: str) -> str:
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> str:
     """Writes manifest.json atomically (temp file + rename); returns its path."""
-    os.makedirs(directory, exist_ok=True)
+    paths.makedirs(directory)
     path = os.path.join(directory, MANIFEST_NAME)
     # gpa_jax.paths: fsync before the rename, the temporary removed on any failure (a
     # signal, a full disk) and a killed writer's one cleaned up by the next write.
@@ -189,14 +190,13 @@ def write_manifest(directory: str, manifest: Mapping[str, Any]) -> str:
 def read_manifest(directory: str, verify: bool = False) -> dict[str, Any]:
     """Reads manifest.json; `verify` also checks that every shard exists with its sha256."""
     path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.isfile(path):
+    try:
+        manifest = paths.read_json(path)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"no {MANIFEST_NAME} in {directory!r}: not a token directory (run the codec "
             "tokenization job first)"
-        )
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
+        ) from None
     except json.JSONDecodeError as error:
         raise ShardError(f"{path}: not valid JSON ({error})") from None
     if manifest.get("format") != FORMAT:
@@ -210,7 +210,7 @@ def read_manifest(directory: str, verify: bool = False) -> dict[str, Any]:
         for split in manifest["splits"]:
             for shard in manifest["splits"][split]["shards"]:
                 shard_path = os.path.join(directory, shard["file"])
-                if not os.path.isfile(shard_path):
+                if not paths.isfile(shard_path):
                     raise ShardError(f"{shard_path}: listed in {path} but missing")
                 actual = _sha256(shard_path)
                 if actual != shard["sha256"]:
@@ -302,7 +302,13 @@ class ShardWriter:
         self._speakers: set[str] = set()
         self._frames = 0
         self._closed = False
-        os.makedirs(directory, exist_ok=True)
+        paths.makedirs(directory)
+        # ArrayRecord writes local files only: shards for a gs:// directory are written
+        # in a local folder and uploaded by close().
+        self._stage = (
+            tempfile.mkdtemp(prefix=f"gpa_jax-{split}-") if paths.is_remote(directory)
+            else directory
+        )
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -380,7 +386,7 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
         path = os.path.join(
-            self.directory, f".{self.split}-{len(self._tmp_paths):05d}.{os.getpid()}.tmp"
+            self._stage, f".{self.split}-{len(self._tmp_paths):05d}.{os.getpid()}.tmp"
         )
         self._writer = array_record_module.ArrayRecordWriter(path, self._options)
         self._tmp_paths.append(path)
@@ -394,7 +400,12 @@ class ShardWriter:
         for path in self._tmp_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+        self._remove_stage()
         self._closed = True
+
+    def _remove_stage(self) -> None:
+        if self._stage != self.directory:
+            shutil.rmtree(self._stage, ignore_errors=True)
 
     def close(self) -> dict[str, Any]:
         """Finalizes shard names and the manifest; returns this split's manifest entry."""
@@ -406,15 +417,22 @@ class ShardWriter:
         self._closed = True
         manifest = self._base_manifest()
         # Replace this split: drop shards of an earlier write of the same split.
-        for old in glob.glob(os.path.join(self.directory, f"{self.split}-*-of-*{SHARD_SUFFIX}")):
-            os.remove(old)
+        for old in paths.glob(self.directory, f"{self.split}-*-of-*{SHARD_SUFFIX}"):
+            paths.remove(old)
         shards = []
         n = len(self._tmp_paths)
-        for k, (tmp, count) in enumerate(zip(self._tmp_paths, self._counts, strict=True)):
-            name = shard_name(self.split, k, n)
-            final = os.path.join(self.directory, name)
-            os.replace(tmp, final)
-            shards.append({"file": name, "num_records": count, "sha256": _sha256(final)})
+        try:
+            for k, (tmp, count) in enumerate(zip(self._tmp_paths, self._counts, strict=True)):
+                name = shard_name(self.split, k, n)
+                final = os.path.join(self.directory, name)
+                digest = _sha256(tmp)
+                if self._stage == self.directory:
+                    os.replace(tmp, final)
+                else:
+                    paths.upload(tmp, final)
+                shards.append({"file": name, "num_records": count, "sha256": digest})
+        finally:
+            self._remove_stage()
         entry = {
             "num_utterances": self.num_written,
             "num_frames": self._frames,
@@ -435,7 +453,7 @@ class ShardWriter:
             "frame_rate": self.frame_rate,
             "codes_dtype": self._dtype.name,
         }
-        if not os.path.isfile(os.path.join(self.directory, MANIFEST_NAME)):
+        if not paths.isfile(os.path.join(self.directory, MANIFEST_NAME)):
             return {**header, "metadata": self.metadata, "splits": {}}
         manifest = read_manifest(self.directory)
         for key in ("n_q", "codebook_size", "frame_rate"):
@@ -450,6 +468,18 @@ class ShardWriter:
 
 
 # --- reading -------------------------------------------------------------------------
+
+
+def _local_shard(path: str) -> str:
+    """The shard as a local file for ArrayRecord (a gs:// one: gcsfuse or the host cache,
+    `gpa_jax.paths.local_path`)."""
+    try:
+        local = paths.local_path(path)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: listed in the manifest but missing") from None
+    if not os.path.isfile(local):
+        raise ShardError(f"{path}: listed in the manifest but missing")
+    return local
 
 
 def _check_utterance(
@@ -480,12 +510,10 @@ def _check_utterance(
 def iter_utterances(directory: str, split: str, verify: bool = False) -> Iterator[Utterance]:
     """Yields a split's utterances in shard order; bad records raise ShardError (file, index)."""
     manifest = read_manifest(directory, verify=verify)
-    paths = split_shard_paths(directory, split, manifest)
+    shard_paths = split_shard_paths(directory, split, manifest)
     features = split_features(manifest, split)
-    for shard, path in zip(manifest["splits"][split]["shards"], paths, strict=True):
-        if not os.path.isfile(path):
-            raise ShardError(f"{path}: listed in the manifest but missing")
-        reader = array_record_module.ArrayRecordReader(path, _SEQUENTIAL_OPTIONS)
+    for shard, path in zip(manifest["splits"][split]["shards"], shard_paths, strict=True):
+        reader = array_record_module.ArrayRecordReader(_local_shard(path), _SEQUENTIAL_OPTIONS)
         try:
             count = reader.num_records()
             if count != shard["num_records"]:
@@ -529,7 +557,7 @@ class UtteranceSource:
     def _reader(self, shard: int) -> Any:
         if shard not in self._readers:
             self._readers[shard] = array_record_module.ArrayRecordReader(
-                self._paths[shard], _RANDOM_ACCESS_OPTIONS
+                _local_shard(self._paths[shard]), _RANDOM_ACCESS_OPTIONS
             )
         return self._readers[shard]
 

@@ -40,6 +40,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gpa_jax import paths
 from gpa_jax.tasks.ids import (  # noqa: F401 (re-exported: the table above documents them)
     BOS_ID,
     CONTROL_TOKENS,
@@ -274,9 +275,11 @@ def make_text_vocabulary(kind: str, spm_model: str = "") -> seqio.Vocabulary:
                 "text vocabulary 'spm' needs a model path: train one with "
                 "python -m launch.train_spm and set tasks.vocab.spm_model"
             )
-        if not tf.io.gfile.exists(spm_model):
+        if not paths.exists(spm_model):
             raise FileNotFoundError(f"SentencePiece model {spm_model!r} does not exist")
-        return seqio.SentencePieceVocabulary(spm_model)
+        # seqio loads the model with tf.io.gfile; a local copy (gcsfuse or the host
+        # cache, gpa_jax.paths.local_path) works with or without TensorFlow's GCS support.
+        return seqio.SentencePieceVocabulary(paths.local_path(spm_model))
     raise ValueError(f"text vocabulary kind must be 'byte' or 'spm', got {kind!r}")
 
 

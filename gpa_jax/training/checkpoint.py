@@ -49,7 +49,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from gpa_jax import recovery
+from gpa_jax import paths, recovery
 from gpa_jax import sharding as sharding_lib
 from gpa_jax.errors import DiskFullError, UserError, is_disk_full
 
@@ -68,10 +68,8 @@ def checkpoint_dir(workdir: str | os.PathLike) -> str:
 
 def saved_steps(directory: str | os.PathLike) -> list[int]:
     """The steps saved in a checkpoint directory, ascending ([] if it does not exist)."""
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+    # gpa_jax.paths: the directory may be gs:// (Orbax writes there directly).
+    return sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
 
 
 # --- data-iterator state item ---------------------------------------------------------------

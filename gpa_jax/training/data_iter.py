@@ -57,6 +57,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gpa_jax import paths
 from gpa_jax.tasks.config import TASK_NAMES, resolve_paths
 
 TASK_IDS_KEY = "decoder_task_ids"
@@ -341,7 +342,7 @@ def task_vocabulary(
             "them with `python -m launch.tokenize --workdir=W --corpus=...` or set "
             "config.tasks.token_dir"
         ) from None
-    if tc.vocab.text == "spm" and not os.path.exists(spm_model):
+    if tc.vocab.text == "spm" and not paths.exists(spm_model):
         raise FileNotFoundError(
             f"SentencePiece model {spm_model!r} (config.tasks.vocab.spm_model) does "
             f"not exist; train it with `python -m launch.train_spm --corpus={tc.corpus} "

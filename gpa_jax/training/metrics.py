@@ -11,13 +11,14 @@ reader (tests, notebooks); `MemoryWriter` keeps everything in memory (tests, ben
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from absl import logging
+
+from gpa_jax import paths
 
 
 class MemoryWriter:
@@ -69,14 +70,14 @@ class MemoryWriter:
 
 
 def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} from every event file under local `logdir` (recursively)."""
+    """{tag: [(step, value), ...]} from every event file under `logdir` (recursively; local
+    or gs://, event files read through `gpa_jax.paths.local_path`)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.util import tensor_util
 
     out: dict[str, list[tuple[int, float]]] = {}
-    pattern = os.path.join(os.fspath(logdir), "**", "*tfevents*")
-    for path in sorted(glob.glob(pattern, recursive=True)):
-        for event in EventFileLoader(path).Load():
+    for path in paths.find_files(logdir, "*tfevents*"):
+        for event in EventFileLoader(paths.local_path(path)).Load():
             for value in event.summary.value:
                 if value.HasField("simple_value"):
                     scalar = value.simple_value

@@ -1,7 +1,9 @@
 """Token shards: write/read round trip, manifest + checksums, rolling, bad records."""
 
+import glob
 import json
 import os
+import tempfile
 
 import msgpack
 import numpy as np
@@ -275,3 +277,36 @@ def test_writer_checks_features(tmp_path):
     with pytest.raises(ValueError, match="needs a 'kind' and a 'dim'"):
         ts.ShardWriter(str(tmp_path), "t", n_q=2, codebook_size=8, frame_rate=50,
                        features={"kind": "log_mel"})  # fmt: skip
+
+
+def test_shards_and_manifest_round_trip_on_gs(fake_gcs, tmp_path):
+    """Backend: in-memory fake gs:// (tests/fake_gcs.py). ArrayRecord shards are staged
+    locally and uploaded; readers get them through the per-host cache (local_path)."""
+    from gpa_jax import paths
+
+    directory = f"{fake_gcs}/work/tokens/tiny"
+    rng = np.random.default_rng(7)
+    utts = _utts(10, rng)
+    _write(directory, "train", utts)
+    _write(directory, "validation", _utts(3, rng))
+    assert paths.listdir(directory) == [
+        "manifest.json", *[f"train-{k:05d}-of-00003.array_record" for k in range(3)],
+        "validation-00000-of-00001.array_record",
+    ]
+    manifest = ts.read_manifest(directory, verify=True)
+    assert manifest["splits"]["train"]["num_utterances"] == 10
+    read = list(ts.iter_utterances(directory, "train"))
+    assert [u.id for u in read] == [u[0] for u in utts]
+    source = ts.UtteranceSource(directory, "train")
+    np.testing.assert_array_equal(source[7].codes, utts[7][3])
+    source.close()
+    _write(directory, "train", utts[:2])  # rewrite: the old shards go, the cache follows
+    assert [u.id for u in ts.iter_utterances(directory, "train")] == ["id00", "id01"]
+    assert not any(n.startswith("train-") and "of-00003" in n for n in paths.listdir(directory))
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "gpa_jax-train-*"))  # unstaged
+
+    paths.remove(f"{directory}/validation-00000-of-00001.array_record")
+    with pytest.raises(ts.ShardError, match=r"gs://fake-bucket/.*validation-00000.*missing"):
+        list(ts.iter_utterances(directory, "validation"))
+    with pytest.raises(FileNotFoundError, match="gs://fake-bucket/work/nowhere"):
+        ts.read_manifest(f"{fake_gcs}/work/nowhere")

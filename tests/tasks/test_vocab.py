@@ -122,6 +122,21 @@ def test_sentencepiece_vocabulary_end_to_end(spm_model):
         vocab_lib.make_text_vocabulary("spm", "")
 
 
+def test_sentencepiece_model_on_gs(fake_gcs):
+    """Backend: in-memory fake gs:// (tests/fake_gcs.py). The model is written to the
+    bucket and loaded through the per-host cache (seqio reads local files here)."""
+    from gpa_jax import paths
+
+    path = f"{fake_gcs}/work/spm/tiny_48.model"
+    spm.train_sentencepiece(SENTENCES, path, vocab_size=48)
+    assert paths.isfile(path)
+    config = ml_collections.ConfigDict(dict(text="spm", spm_model=path, audio_streams=1))
+    v = vocab_lib.make_vocabulary(config, codebook_size=1024)
+    assert v.decode([*v.encode(SENTENCES[0]), v.eos_id]) == SENTENCES[0]
+    with pytest.raises(FileNotFoundError, match="gs://fake-bucket/work/spm/none.model"):
+        vocab_lib.make_text_vocabulary("spm", f"{fake_gcs}/work/spm/none.model")
+
+
 def test_train_spm_launch_reads_tfds_transcripts(tmp_path):
     from launch import train_spm
 
