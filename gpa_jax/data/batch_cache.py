@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, paths
 from gpa_jax.errors import UserError
 
 FORMAT_VERSION = 1
@@ -50,7 +50,11 @@ class CacheError(UserError, ValueError):
 
 
 def default_dir(workdir: str) -> str:
-    return os.path.join(workdir, "batch_cache")
+    return (
+        f"{workdir.rstrip('/')}/batch_cache"
+        if paths.is_remote(workdir)
+        else os.path.join(workdir, "batch_cache")
+    )
 
 
 def fingerprint(config: Any, token_manifest: bytes) -> str:
@@ -87,10 +91,19 @@ def write_split(
     directory: str, split: str, batches: Iterable[Mapping[str, np.ndarray]], num_batches: int
 ) -> dict[str, Any]:
     """Writes the first `num_batches` global batches of `batches`; returns the split's
-    manifest entry. Files appear under their final names only when complete."""
+    manifest entry. Files appear under their final names only when complete (a gs://
+    `directory` gets them uploaded from a local staging folder)."""
+    with paths.staging_dir(directory) as stage:
+        entry = _write_split_files(stage, split, batches, num_batches)
+        if stage != os.fspath(directory):
+            for name in entry["files"]:
+                paths.upload(os.path.join(stage, name), join(directory, name))
+    return entry
+
+
+def _write_split_files(directory, split, batches, num_batches) -> dict[str, Any]:
     from array_record.python import array_record_module
 
-    os.makedirs(directory, exist_ok=True)
     tmp_paths: list[str] = []
     writer, rows, batch_size, keys = None, 0, None, None
     try:
@@ -132,22 +145,17 @@ def write_split(
 
 
 def write_manifest(directory: str, value: Mapping[str, Any]) -> None:
-    from gpa_jax.paths import atomic_write_json
-
-    atomic_write_json(
-        os.path.join(directory, MANIFEST), {"format_version": FORMAT_VERSION, **value}
-    )
+    paths.atomic_write_json(join(directory, MANIFEST), {"format_version": FORMAT_VERSION, **value})
 
 
 def read_manifest(directory: str) -> dict[str, Any]:
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(path):
+    path = join(directory, MANIFEST)
+    if not paths.isfile(path):
         raise CacheError(
             f"no batch cache at {directory} ({MANIFEST} missing): write it with "
             "python -m launch.cache_batches --config=... --workdir=..."
         )
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = paths.read_json(path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{path}: format version {manifest.get('format_version')}, "
                          f"this code reads {FORMAT_VERSION}: re-cache")  # fmt: skip
@@ -166,11 +174,19 @@ def check_fingerprint(directory: str, expected: str) -> dict[str, Any]:
     return manifest
 
 
+def join(directory: str, name: str) -> str:
+    """`directory`/`name` for local folders and URLs."""
+    directory = os.fspath(directory)
+    if paths.is_remote(directory):
+        return f"{directory.rstrip('/')}/{name}"
+    return os.path.join(directory, name)
+
+
 class _ReadBatch:
     """Batch index -> this host's rows of that global batch (a picklable Grain map)."""
 
-    def __init__(self, paths: list[str], batch_size: int, first: int, rows: int):
-        self.paths, self.batch_size, self.first, self.rows = paths, batch_size, first, rows
+    def __init__(self, files: list[str], batch_size: int, first: int, rows: int):
+        self.files, self.batch_size, self.first, self.rows = files, batch_size, first, rows
         self._source = None
 
     def __getstate__(self):
@@ -180,7 +196,7 @@ class _ReadBatch:
         import grain
 
         if self._source is None:
-            self._source = grain.sources.ArrayRecordDataSource(self.paths)
+            self._source = grain.sources.ArrayRecordDataSource(self.files)
         start = int(k) * self.batch_size + self.first
         rows = [_decode_row(self._source[i]) for i in range(start, start + self.rows)]
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
@@ -217,8 +233,9 @@ class CachedBatches:
         self.reference_losses = (
             dict(manifest.get("reference_losses") or {}) if split == "eval" else {}
         )
-        read = _ReadBatch([os.path.join(directory, f) for f in entry["files"]], batch_size,
-                          process_index * rows, rows)  # fmt: skip
+        # ArrayRecord reads local files: gs:// shards via a gcsfuse mount or the host cache.
+        files = [paths.local_path(join(directory, f)) for f in entry["files"]]
+        read = _ReadBatch(files, batch_size, process_index * rows, rows)
         dataset = (
             grain.MapDataset.range(self.num_batches)
             .map(read)

@@ -490,11 +490,10 @@ def cache_fingerprint(config: ml_collections.ConfigDict, workdir: str | os.PathL
     from gpa_jax.tasks.token_shards import MANIFEST_NAME
 
     token_dir = resolve_paths(config.tasks, None if workdir is None else os.fspath(workdir))[0]
-    path = os.path.join(token_dir, MANIFEST_NAME)
-    if not os.path.isfile(path):
+    path = batch_cache.join(token_dir, MANIFEST_NAME)
+    if not paths.isfile(path):
         raise FileNotFoundError(f"no token shards at {token_dir} ({MANIFEST_NAME} missing)")
-    with open(path, "rb") as f:
-        return batch_cache.fingerprint(config, f.read())
+    return batch_cache.fingerprint(config, paths.read_bytes(path))
 
 
 def cached_iterators(config, workdir, with_eval: bool, *, process_index: int = 0,
@@ -535,10 +534,9 @@ def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathL
             and all(manifest["splits"].get(s, {}).get("batches") == n for s, n in wanted.items())):  # fmt: skip
         logging.info("batch cache %s is up to date", directory)
         return directory
-    if os.path.isdir(directory):  # another config's cache: its files go first
-        for name in os.listdir(directory):
-            if name.endswith(".array_record") or name == batch_cache.MANIFEST:
-                os.remove(os.path.join(directory, name))
+    for name in paths.listdir(directory):  # another config's cache: its files go first
+        if name.endswith(".array_record") or name == batch_cache.MANIFEST:
+            paths.remove(batch_cache.join(directory, name))
     data = TaskData(config, workdir)
     train, evals = data.iterators(with_eval)
     splits = {"train": batch_cache.write_split(directory, "train", train, wanted["train"])}

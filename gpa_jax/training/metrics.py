@@ -12,6 +12,9 @@ reader (tests, notebooks); `MemoryWriter` keeps everything in memory (tests, ben
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,14 +97,30 @@ def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]
 
 class TensorBoardWriter:
     """clu's MetricWriter interface over tensorboardX: event files in `logdir` (when given)
-    and one absl log line per write_scalars call."""
+    and one absl log line per write_scalars call. A gs:// `logdir` is written in a local
+    staging folder whose event files are uploaded (gpa_jax.paths) at most every
+    `upload_every_s` seconds of writes, at flush and at close. (tensorboardX writes events
+    from a thread and its flush does not wait for it: an upload before close holds what
+    that thread had written, up to its 30 s flush interval behind.)"""
 
-    def __init__(self, logdir: str | os.PathLike | None):
-        self._tb = None
+    def __init__(self, logdir: str | os.PathLike | None, upload_every_s: float = 60.0):
+        self._tb, self._target, self._stage = None, None, None
+        self._upload_every_s, self._uploaded_at = upload_every_s, time.monotonic()
         if logdir is not None:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.fspath(logdir), flush_secs=30)
+            local = os.fspath(logdir)
+            if paths.is_remote(local):
+                self._target, self._stage = local, tempfile.mkdtemp(prefix="gpa_jax-tb-")
+                local = self._stage
+            self._tb = SummaryWriter(local, flush_secs=30)
+
+    def _upload(self) -> None:
+        """Copies the staged (flushed) event files to the gs:// log dir (whole files: they
+        only grow)."""
+        for name in os.listdir(self._stage):
+            paths.upload(os.path.join(self._stage, name), f"{self._target.rstrip('/')}/{name}")
+        self._uploaded_at = time.monotonic()
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         values = {k: float(np.asarray(v)) for k, v in scalars.items()}
@@ -109,6 +128,9 @@ class TensorBoardWriter:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, int(step))
+            if self._stage and time.monotonic() - self._uploaded_at > self._upload_every_s:
+                self._tb.flush()
+                self._upload()
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         if self._tb is not None:
@@ -142,10 +164,16 @@ class TensorBoardWriter:
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
+            if self._stage:
+                self._upload()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            if self._stage:
+                self._upload()
+                shutil.rmtree(self._stage, ignore_errors=True)
+            self._tb = None
 
 
 def create_default_writer(logdir: str | os.PathLike | None, *, just_logging: bool = False):

@@ -167,3 +167,17 @@ _CONFIG_SOURCE = textwrap.dedent("""
         return load_config(os.path.join({repo!r}, "configs/gpa_tiny.py"),
                            [*TINY, *TASKS, "train.num_steps={steps}", "train.eval_steps=2", *extra])
 """)
+
+
+def test_a_cache_on_gs_round_trips(fake_gcs):
+    """Written to a gs:// folder (staged, uploaded) and read back through the host cache."""
+    from gpa_jax.training.data_iter import SyntheticLMBatches
+
+    config = cache_config()
+    directory = f"{fake_gcs}/work/batch_cache"
+    split = batch_cache.write_split(directory, "train", SyntheticLMBatches(config), 3)
+    batch_cache.write_manifest(directory, {"fingerprint": "f", "splits": {"train": split}})
+    it = batch_cache.CachedBatches(directory, "train", fingerprint_value="f")
+    expected = SyntheticLMBatches(config)
+    for _ in range(3):
+        _assert_same_batch(next(expected), next(it))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from gpa_jax import sharding
+from gpa_jax import paths, sharding
 from gpa_jax.config_utils import ConfigError, load_config
 from gpa_jax.training import checkpoint as ckpt
 from gpa_jax.training import trainer
@@ -370,3 +370,18 @@ def test_continuous_variant_trains_its_encoder_and_serves_from_the_checkpoint(tm
     rows = np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)
     result = sampler.generate([Request.asr(codes, source_features=rows, max_new_tokens=4)])[0]
     assert result.ok and 1 <= len(result.tokens) <= 4
+
+
+def test_tensorboard_files_of_a_gs_log_dir_are_uploaded(fake_gcs):
+    """A gs:// log dir: event files staged locally, uploaded (whole) as they grow and at
+    close, when the staging folder goes."""
+    logdir = f"{fake_gcs}/run/tensorboard"
+    writer = create_default_writer(logdir)
+    stage = writer._stage
+    writer.write_scalars(1, {"train/loss": 2.5})
+    writer.flush()
+    assert paths.find_files(logdir, "*tfevents*")
+    writer.write_scalars(2, {"train/loss": 1.5})
+    writer.close()
+    assert read_scalars(logdir) == {"train/loss": [(1, 2.5), (2, 1.5)]}
+    assert not os.path.exists(stage)
