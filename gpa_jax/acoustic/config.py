@@ -114,6 +114,10 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     task_names         per-stage metric names (stage_task_names), set by acoustic_config
     namespace          SeqIO registry prefix: task <namespace>_<variant>
     verify_checksums   check shard sha256s on load
+    source             'tasks' (the SeqIO task) or 'cache' (its batches cached once by
+                       launch.cache_batches and read with Grain: gpa_jax.data.batch_cache)
+    cache_dir / cache_workers  the cache's folder ('' = <workdir>/batch_cache) and its
+                       Grain worker processes (0 = threads)
     """
     values = dict(
         token_dir="",
@@ -126,6 +130,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
         task_names=stage_task_names(8, "nar"),
         namespace="acoustic",
         verify_checksums=True,
+        source="tasks",
+        cache_dir="",
+        cache_workers=0,
     )
     unknown = sorted(set(overrides) - set(values))
     if unknown:

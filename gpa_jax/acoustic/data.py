@@ -47,20 +47,12 @@ import tensorflow as tf
 from absl import logging
 
 from gpa_jax import paths
+from gpa_jax.acoustic.rows import ROW_KEYS, TASK_IDS_KEY, token_dir  # noqa: F401 (re-exported)
 from gpa_jax.tasks import token_shards
 from gpa_jax.tasks.pipeline import DataIterator, shuffled_epochs
 
 # Plan columns.
 TGT, TGT_START, TGT_LEN, REF, REF_START, REF_LEN = range(6)
-ROW_KEYS = (
-    "codes",
-    "prompt_mask",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "decoder_loss_weights",
-    "stage",
-)
-TASK_IDS_KEY = "decoder_task_ids"
 
 
 @dataclasses.dataclass
@@ -294,16 +286,6 @@ class AcousticPairSource(seqio.DataSource):
 
 def task_name(config: ml_collections.ConfigDict) -> str:
     return f"{config.data.namespace}_{config.model.variant}"
-
-
-def token_dir(config: ml_collections.ConfigDict) -> str:
-    directory = config.data.token_dir
-    if not directory:
-        raise ValueError(
-            "config.data.token_dir is empty: set it to the token shards of the corpus "
-            "(python -m launch.tokenize writes <workdir>/tokens/<corpus>)"
-        )
-    return directory
 
 
 def register_task(config: ml_collections.ConfigDict) -> seqio.Task:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from gpa_jax.acoustic import data as data_lib
+from gpa_jax.acoustic import rows as rows_lib
 from gpa_jax.acoustic.config import AcousticConfig, check_config
 from gpa_jax.acoustic.model import AcousticModel, row_stage
 from gpa_jax.training.model_kinds import ModelKind
@@ -35,7 +35,7 @@ def codec_checkpoint_dir(config: ml_collections.ConfigDict) -> str:
         return config.codec.checkpoint_dir
     from gpa_jax.tasks import token_shards
 
-    directory = data_lib.token_dir(config)
+    directory = rows_lib.token_dir(config)
     recorded = token_shards.read_manifest(directory).get("metadata", {}).get("codec_checkpoint")
     if not recorded:
         raise ValueError(
@@ -113,7 +113,7 @@ def batch_sums(model: AcousticModel, batch, dropout_key, config) -> dict[str, ja
     cfg: AcousticConfig = model.cfg
     num_tasks = len(config.data.task_names)
     w = batch["decoder_loss_weights"].astype(jnp.float32)
-    task_ids = batch.get(data_lib.TASK_IDS_KEY)
+    task_ids = batch.get(rows_lib.TASK_IDS_KEY)
     out = model(batch, dropout_key=dropout_key)
     if cfg.variant == "nar":
         nll, z, correct = token_cross_entropy(
@@ -147,11 +147,25 @@ def batch_sums(model: AcousticModel, batch, dropout_key, config) -> dict[str, ja
     }
 
 
+def make_iterators(config, *, workdir=None, process_index: int = 0, process_count: int = 1):
+    """The acoustic rows' (train, eval) iterators: the SeqIO task (gpa_jax.acoustic.data,
+    TensorFlow) or, with data.source='cache', its batches cached once and read with Grain."""
+    kw = dict(workdir=workdir, process_index=process_index, process_count=process_count)
+    if config.data.get("source", "tasks") == "cache":
+        from gpa_jax.training.data_iter import cached_iterators
+
+        return cached_iterators(config, workdir, bool(config.train.eval_every),
+                                process_index=process_index, process_count=process_count)  # fmt: skip
+    from gpa_jax.acoustic import data as data_lib
+
+    return data_lib.make_iterators(config, **kw)
+
+
 def acoustic_kind() -> ModelKind:
     return ModelKind(
         model_factory=model_factory,
         batch_sums=batch_sums,
-        make_iterators=data_lib.make_iterators,
-        batch_keys=data_lib.ROW_KEYS,
-        optional_keys=(data_lib.TASK_IDS_KEY,),
+        make_iterators=make_iterators,
+        batch_keys=rows_lib.ROW_KEYS,
+        optional_keys=(rows_lib.TASK_IDS_KEY,),
     )

@@ -43,6 +43,11 @@ MANIFEST = "batch_cache.json"
 SPLITS = ("train", "eval")
 ROWS_PER_SHARD = 4096
 _WRITER_OPTIONS = "group_size:1"  # random access to single rows
+# config.data fields that say how batches are read, not what they hold.
+_READ_OPTIONS = ("source", "cache_dir", "cache_workers")
+# Model fields that change the rows: the LM's audio input (feature rows), an acoustic
+# stage's variant and RVQ depth (stage draws).
+_ROW_SHAPING = ("audio_input", "variant", "n_q")
 
 
 class CacheError(UserError, ValueError):
@@ -58,14 +63,21 @@ def default_dir(workdir: str) -> str:
 
 
 def fingerprint(config: Any, token_manifest: bytes) -> str:
-    """sha256 of what defines the cached batches (module docstring)."""
-    tasks = config.tasks.to_dict() if hasattr(config.tasks, "to_dict") else dict(config.tasks)
+    """sha256 of what defines the cached batches (module docstring): the LM's tasks or an
+    acoustic stage's data section, seed, lengths, batch size, the model fields that shape
+    rows, and the token shards' manifest."""
+
+    def plain(section):
+        return section.to_dict() if hasattr(section, "to_dict") else section
+
+    data = {k: v for k, v in plain(config.data).items() if k not in _READ_OPTIONS}
     what = {
-        "tasks": tasks,
+        "tasks": plain(config.get("tasks")),
+        "data": data,
         "seed": int(config.seed),
         "seq_len": int(config.train.seq_len),
         "batch_size": int(config.train.batch_size),
-        "audio_input": str(config.model.get("audio_input", "tokens")),
+        "model": {k: plain(config.model.get(k)) for k in _ROW_SHAPING},
         "token_manifest": hashlib.sha256(token_manifest).hexdigest(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()

@@ -489,7 +489,10 @@ def cache_fingerprint(config: ml_collections.ConfigDict, workdir: str | os.PathL
     from gpa_jax.data import batch_cache
     from gpa_jax.tasks.token_shards import MANIFEST_NAME
 
-    token_dir = resolve_paths(config.tasks, None if workdir is None else os.fspath(workdir))[0]
+    if "tasks" in config:  # the LM
+        token_dir = resolve_paths(config.tasks, None if workdir is None else os.fspath(workdir))[0]
+    else:  # an acoustic stage names its shards itself
+        token_dir = str(config.data.token_dir)
     path = batch_cache.join(token_dir, MANIFEST_NAME)
     if not paths.isfile(path):
         raise FileNotFoundError(f"no token shards at {token_dir} ({MANIFEST_NAME} missing)")
@@ -513,7 +516,8 @@ def cached_iterators(config, workdir, with_eval: bool, *, process_index: int = 0
 
 
 def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None) -> str:
-    """Runs the SeqIO mixture of `config` once and caches what training reads: the
+    """Runs the SeqIO data of `config` (the LM's task mixture, or an acoustic stage's
+    task) once and caches what training reads: the
     `train.num_steps` train batches and the `train.eval_steps` eval batches (when evals
     are on), for config.data.source='cache' (gpa_jax.data.batch_cache). Returns the
     cache folder. An existing cache for this config is kept; one made for another config
@@ -537,13 +541,17 @@ def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathL
     for name in paths.listdir(directory):  # another config's cache: its files go first
         if name.endswith(".array_record") or name == batch_cache.MANIFEST:
             paths.remove(batch_cache.join(directory, name))
-    data = TaskData(config, workdir)
-    train, evals = data.iterators(with_eval)
+    from gpa_jax.training import model_kinds
+
+    source = config.copy_and_resolve_references()
+    with source.unlocked():
+        source.data.source = "tasks"
+    train, evals = model_kinds.get_kind(source).make_iterators(source, workdir=workdir)
     splits = {"train": batch_cache.write_split(directory, "train", train, wanted["train"])}
     meta: dict[str, Any] = {"fingerprint": value}
     if with_eval:
         splits["eval"] = batch_cache.write_split(directory, "eval", evals, wanted["eval"])
-        meta["reference_losses"] = dict(evals.reference_losses)
+        meta["reference_losses"] = dict(getattr(evals, "reference_losses", None) or {})
     batch_cache.write_manifest(directory, {**meta, "splits": splits})
     return directory
 

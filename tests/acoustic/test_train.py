@@ -195,3 +195,22 @@ def test_vocoder_trains_with_the_frozen_codec_codebooks(token_corpus, tmp_path):
     np.testing.assert_array_equal(np.asarray(stage.model.codebooks[...]), books)  # frozen
     latent = stage.complete(np.arange(10) % CODEBOOK, np.zeros((N_Q, 5), np.int64))
     assert latent.shape == (10, 8) and latent.dtype == np.float32
+
+
+@pytest.mark.slow
+def test_the_stage_trains_from_the_batch_cache_as_from_its_task(token_corpus, tmp_path):
+    """data.source='cache' (launch.cache_batches' cache, read with Grain) gives the NAR
+    stage the batches and losses of its SeqIO task."""
+    from gpa_jax.training.data_iter import write_batch_cache
+
+    directory, _ = token_corpus
+    mesh = ("mesh.shape=(2, 2, 2)", "model.num_kv_heads=2")
+    config = tiny_config(directory, "train.num_steps=3", *mesh)
+    workdir = str(tmp_path / "cached")
+    write_batch_cache(config, workdir)
+    reference, cached = MemoryWriter(), MemoryWriter()
+    trainer.train(config, str(tmp_path / "tasks"), writer=reference, progress=False)
+    trainer.train(tiny_config(directory, "train.num_steps=3", "data.source=cache", *mesh),
+                  workdir, writer=cached, progress=False)  # fmt: skip
+    for tag in ("train/loss", "eval/loss"):
+        assert cached.series(tag) == reference.series(tag), tag
