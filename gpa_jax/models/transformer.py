@@ -461,14 +461,16 @@ class DecoderLM(nnx.Module):
                 )
             dropout_key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
         segment_ids, positions = _default_layout(tokens, segment_ids, positions)
-        encoder_key = decoder_key = dropout_key
+        encoder_key = decoder_key = mel_key = dropout_key
         if dropout_key is not None and self.audio_encoder is not None:
             encoder_key, decoder_key = jax.random.split(dropout_key)
+        if dropout_key is not None and self.fusion is not None:
+            # Its own stream: the other variants' dropout draws stay what they were.
+            mel_key = jax.random.fold_in(dropout_key, _MEL_DROPOUT_STREAM)
         x = self.embed(
             tokens, extra_embeddings, audio_features=audio_features, audio_mask=audio_mask,
             segment_ids=segment_ids, positions=positions, dropout_key=encoder_key,
-            mel_dropout_key=None if dropout_key is None else jax.random.fold_in(
-                dropout_key, _MEL_DROPOUT_STREAM),
+            mel_dropout_key=mel_key,
         )  # fmt: skip
         if input_embeddings_fn is not None:
             x = input_embeddings_fn(x)
