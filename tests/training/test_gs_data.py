@@ -1,12 +1,14 @@
-"""Tokens -> train -> evaluate with the data on gs://.
+"""Tokens -> train -> evaluate with the work dir on gs://.
 
 Backend: the in-memory fake gs:// (tests/fake_gcs.py). Token shards + manifest and the
 SentencePiece model are written to the bucket (ShardWriter, train_sentencepiece, as
 launch.tokenize / launch.train_spm do with a gs:// work dir); the trainer reads them
 through `gpa_jax.paths` (ArrayRecord shards and the model via the per-host cache) and its
-periodic evaluation scores the bucket's validation split. The run's own work dir
-(checkpoints, TensorBoard) is local here: Orbax (tensorstore) and TensorFlow's event
-writer speak to GCS themselves, which this backend cannot stand in for.
+periodic evaluation scores the bucket's validation split (per-task eval losses). The
+first test keeps the run's own work dir local (a sweep run reading shared data); the
+second puts the whole work dir in the bucket, Orbax checkpoints included (tensorstore
+through the fake's JSON API server). Metrics go to a MemoryWriter: TensorBoard's event
+writer is TensorFlow's GCS client, which the fake does not stand in for.
 """
 
 import math
