@@ -68,7 +68,12 @@ def existing_workdir() -> str:
 
 
 def output_file(path: str) -> str:
-    """Makes the folder of an output file and checks it is writable, before any work."""
+    """Makes the folder of an output file and checks it is writable, before any work.
+
+    A URL (gs://...) is handed on as is: object stores have no folders to make, and its
+    writer (gpa_jax.paths) reports a failure naming it."""
+    if paths.is_remote(path):
+        return path
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

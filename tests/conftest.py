@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.fake_gcs import fake_gcs  # noqa: E402, F401 - gs:// served from memory
+from tests.fake_gcs import fake_gcs, fake_gcs_with_tensorstore  # noqa: E402, F401 - gs:// in memory
 
 
 def _has_platform(name: str) -> bool:

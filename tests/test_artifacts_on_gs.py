@@ -6,8 +6,9 @@ etils.epath). Covered: generated samples (wavs + manifest.jsonl), evaluation res
 load_audio (through the host cache) and by the gcsfuse mapping. Token shards and
 manifests: tests/tasks/test_token_shards.py; the SentencePiece model:
 tests/tasks/test_vocab.py; sweep status, markers, TensorBoard scalars and tables:
-tests/test_sweep.py. Not covered by this backend: TensorBoard event files written by
-TensorFlow and Orbax checkpoints (tensorstore), which talk to GCS themselves.
+tests/test_sweep.py; Orbax checkpoints (tensorstore through the fake's JSON API server):
+tests/training/test_gs_data.py. Not covered: TensorBoard event files and TFDS written by
+TensorFlow, whose GCS client talks to the real service.
 """
 
 import os

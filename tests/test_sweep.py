@@ -122,3 +122,32 @@ def test_gather_and_table_on_gs(fake_gcs, tmp_path):
     assert "| num_layers=1 |" in table
     assert paths.read_json(f"{root}/results.json")[0]["run"] == "num_layers=1"
     assert paths.read_text(f"{root}/results.md").startswith("# Sweep t")
+
+
+def test_run_mode_on_gs_keeps_logs_status_and_markers_in_the_bucket(fake_gcs, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """Backend: in-memory fake gs:// (tests/fake_gcs.py). The runs are a stand-in entry
+    point (the fake bucket lives in this process only); what is checked is the sweep's own
+    bookkeeping there: run.log (uploaded, appended to on a rerun), status.json, SWEEP_DONE."""
+    from gpa_jax import paths
+
+    (tmp_path / "fake_entry.py").write_text(textwrap.dedent("""
+        import sys
+        print("ran", *sys.argv[1:])
+        sys.exit(1 if "--config.model.num_layers=2" in sys.argv else 0)
+    """))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2]}))
+    sweep["entry"] = "fake_entry"
+    workdir = f"{fake_gcs}/w"
+    rows = sweep_lib.run_sweep(sweep, workdir, log=lambda _: None)
+    assert [r["status"] for r in rows] == ["done", "failed (exit 1)"]
+    root = sweep_lib.sweep_dir(workdir, sweep)
+    assert paths.isfile(f"{root}/num_layers=1/{sweep_lib.DONE_MARKER}")
+    assert not paths.exists(f"{root}/num_layers=2/{sweep_lib.DONE_MARKER}")
+    assert paths.read_json(f"{root}/num_layers=2/status.json")["returncode"] == 1
+    log = paths.read_text(f"{root}/num_layers=1/run.log")
+    assert log.startswith("ran --config=") and f"--workdir={root}/num_layers=1" in log
+    sweep_lib.run_sweep(sweep, workdir, log=lambda _: None)  # reruns only the failed run
+    assert paths.read_text(f"{root}/num_layers=2/run.log").count("ran ") == 2
+    assert paths.read_text(f"{root}/num_layers=1/run.log").count("ran ") == 1

@@ -60,7 +60,7 @@ def test_pod_install_copies_the_checkout_and_mounts_the_bucket_with_gcsfuse():
     assert _flag(scp, "zone") == "us-east5-a" and _flag(scp, "worker") == "all"
     assert "--worker=all" in setup and "--worker=all" in mount
     remote = _flag(setup, "command")
-    assert "bash launch/setup_env.sh" in remote and "-e '.[tpu]'" in remote
+    assert "bash launch/setup_env.sh" in remote and "-e '.[tpu]' google-cloud-storage" in remote
     remote = _flag(mount, "command")
     assert "gcsfuse --implicit-dirs" in remote and "bucket /tmp/gcsfuse/bucket" in remote
     subprocess.run(["bash", "-n", "-c", remote], check=True)  # valid shell
@@ -102,16 +102,10 @@ def test_pod_train_command_runs_on_a_fake_worker(tmp_path):
 
     # The worker: ~/gpa_jax with a .venv whose python records what it was given.
     home = tmp_path / "home"
-    venv = home / "gpa_jax" / ".venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "python").write_text(FAKE_PYTHON)
-    (venv / "python").chmod(0o755)
-    worker_env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    worker_env = _fake_worker(home, FAKE_PYTHON)
     subprocess.run(["bash", "-c", remote], cwd=home, env=worker_env, check=True, timeout=30)
     rc_file = home / "gpa_jax" / "train.rc"
-    deadline = time.time() + 20
-    while not rc_file.exists() and time.time() < deadline:
-        time.sleep(0.1)
+    assert _wait_for(rc_file)
     assert rc_file.read_text().strip() == "3"  # the trainer's exit status, for `wait`
     assert (home / "gpa_jax" / "train.pid").read_text().strip().isdigit()
     argv = (home / "argv.txt").read_text().splitlines()
@@ -128,6 +122,43 @@ def test_pod_train_command_runs_on_a_fake_worker(tmp_path):
     done = subprocess.run(["bash", "-c", _flag(wait, "command")], cwd=home, env=worker_env,
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 3
+
+
+SLEEPING_PYTHON = """#!/usr/bin/env bash
+trap 'echo stopped > "$HOME/term"; exit 143' TERM
+for _ in $(seq 300); do sleep 0.1; done
+"""
+
+
+def _fake_worker(home, python):
+    venv = home / "gpa_jax" / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(python)
+    (venv / "python").chmod(0o755)
+    return {"PATH": os.environ["PATH"], "HOME": str(home)}
+
+
+def _wait_for(path, seconds=20):
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    return path.exists()
+
+
+def test_pod_stop_reaches_the_trainer_on_a_fake_worker(tmp_path):
+    home = tmp_path / "home"
+    worker_env = _fake_worker(home, SLEEPING_PYTHON)
+    [train] = _commands(_run(POD, "train", env=BASE_ENV))
+    subprocess.run(["bash", "-c", _flag(train, "command")], cwd=home, env=worker_env,
+                   check=True, timeout=30)  # fmt: skip
+    time.sleep(1)  # the trainer has started and set its trap
+    assert not (home / "gpa_jax" / "train.rc").exists()
+    [stop] = _commands(_run(POD, "stop", env=BASE_ENV))
+    subprocess.run(["bash", "-c", _flag(stop, "command")], cwd=home, env=worker_env,
+                   check=True, timeout=30)  # fmt: skip
+    assert _wait_for(home / "gpa_jax" / "train.rc")
+    assert (home / "term").read_text().strip() == "stopped"  # SIGTERM reached the trainer
+    assert (home / "gpa_jax" / "train.rc").read_text().strip() == "143"
 
 
 def test_pod_train_needs_a_gs_workdir_and_a_known_subcommand():
