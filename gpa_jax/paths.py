@@ -196,15 +196,14 @@ def find_files(folder: str | os.PathLike, pattern: str) -> list[str]:
 
 
 def open_file(path: str | os.PathLike, mode: str = "r") -> IO[Any]:
-    """open() for local paths and URLs alike; missing files raise FileNotFoundError."""
-    if "r" in mode and not is_remote(path):
+    """open() for local paths and URLs alike; a missing file raises FileNotFoundError
+    naming the whole path (fsspec's own message drops the scheme)."""
+    if not is_remote(path):
         return open(path, mode)  # noqa: SIM115 - the caller closes it
     try:
         return as_path(path).open(mode)
     except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise OSError(f"cannot open {os.fspath(path)} ({mode}): {error}") from error
+        raise FileNotFoundError(f"{os.fspath(path)}: no such object") from None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
