@@ -264,6 +264,16 @@ def _split_url(path: str) -> tuple[str, str]:
     return scheme, rest
 
 
+def cache_path(path: str | os.PathLike) -> str:
+    """Where the per-host cache mirrors `path` (`path` itself when it is local); for local
+    data derived from remote artefacts, e.g. memory-mapped stores."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return path
+    scheme, rest = _split_url(path)
+    return os.path.join(cache_dir(), scheme, rest)
+
+
 def local_path(path: str | os.PathLike) -> str:
     """A local file with the content of `path`, for readers that open only local files.
 
@@ -291,7 +301,7 @@ def local_path(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{path}: no such object") from None
     if info.is_directory:
         raise IsADirectoryError(f"{path}: is a folder, expected a file")
-    cached = os.path.join(cache_dir(), scheme, rest)
+    cached = cache_path(path)
     if _cache_matches(cached, info.length, info.mtime):
         return cached
     os.makedirs(os.path.dirname(cached), exist_ok=True)
