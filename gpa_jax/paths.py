@@ -158,7 +158,7 @@ def isfile(path: str | os.PathLike) -> bool:
 
 
 def makedirs(path: str | os.PathLike) -> None:
-    """mkdir -p; on object stores folders are implicit, so this is a cheap no-op there."""
+    """mkdir -p (object stores have implicit folders: at most a marker object there)."""
     if path:
         as_path(path).mkdir(parents=True, exist_ok=True)
 
@@ -240,8 +240,13 @@ def upload(local: str | os.PathLike, target: str | os.PathLike) -> None:
     if not is_remote(target):
         makedirs(os.path.dirname(target))
         tmp = f"{target}{_temp_suffix(os.getpid())}"
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, target)
+        try:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
         return
     with open(local, "rb") as src, as_path(target).open("wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
