@@ -158,7 +158,7 @@ def isfile(path: str | os.PathLike) -> bool:
 
 
 def makedirs(path: str | os.PathLike) -> None:
-    """mkdir -p; on object stores folders are implicit, so this is a cheap no-op there."""
+    """mkdir -p (object stores have implicit folders: at most a marker object there)."""
     if path:
         as_path(path).mkdir(parents=True, exist_ok=True)
 
@@ -196,15 +196,14 @@ def find_files(folder: str | os.PathLike, pattern: str) -> list[str]:
 
 
 def open_file(path: str | os.PathLike, mode: str = "r") -> IO[Any]:
-    """open() for local paths and URLs alike; missing files raise FileNotFoundError."""
-    if "r" in mode and not is_remote(path):
+    """open() for local paths and URLs alike; a missing file raises FileNotFoundError
+    naming the whole path (fsspec's own message drops the scheme)."""
+    if not is_remote(path):
         return open(path, mode)  # noqa: SIM115 - the caller closes it
     try:
         return as_path(path).open(mode)
     except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise OSError(f"cannot open {os.fspath(path)} ({mode}): {error}") from error
+        raise FileNotFoundError(f"{os.fspath(path)}: no such object") from None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -241,8 +240,13 @@ def upload(local: str | os.PathLike, target: str | os.PathLike) -> None:
     if not is_remote(target):
         makedirs(os.path.dirname(target))
         tmp = f"{target}{_temp_suffix(os.getpid())}"
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, target)
+        try:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
         return
     with open(local, "rb") as src, as_path(target).open("wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
@@ -263,6 +267,16 @@ def _split_url(path: str) -> tuple[str, str]:
     if not scheme or not rest or ".." in rest.split("/"):
         raise ValueError(f"{path!r} is not a usable URL (expected scheme://bucket/object)")
     return scheme, rest
+
+
+def cache_path(path: str | os.PathLike) -> str:
+    """Where the per-host cache mirrors `path` (`path` itself when it is local); for local
+    data derived from remote artefacts, e.g. memory-mapped stores."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return path
+    scheme, rest = _split_url(path)
+    return os.path.join(cache_dir(), scheme, rest)
 
 
 def local_path(path: str | os.PathLike) -> str:
@@ -292,7 +306,7 @@ def local_path(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{path}: no such object") from None
     if info.is_directory:
         raise IsADirectoryError(f"{path}: is a folder, expected a file")
-    cached = os.path.join(cache_dir(), scheme, rest)
+    cached = cache_path(path)
     if _cache_matches(cached, info.length, info.mtime):
         return cached
     os.makedirs(os.path.dirname(cached), exist_ok=True)

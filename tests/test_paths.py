@@ -98,3 +98,17 @@ def test_staging_dir_and_upload(root):
 def test_bad_url_is_named():
     with pytest.raises(ValueError, match="gs://"):
         paths.local_path("gs://")
+
+
+def test_cache_path_mirrors_urls_and_keeps_local_paths(monkeypatch, tmp_path):
+    from gpa_jax.codec.data import clips_dir
+
+    monkeypatch.setenv(paths.CACHE_DIR_ENV, str(tmp_path / "c"))
+    assert paths.cache_path("runs/demo") == "runs/demo"
+    assert paths.cache_path("gs://b/runs/x") == str(tmp_path / "c" / "gs" / "b" / "runs" / "x")
+    # The codec's memory-mapped clip store stays local for a gs:// work dir.
+    assert clips_dir("gs://b/w", "synthetic_speech/tiny", "train") == str(
+        tmp_path / "c" / "gs" / "b" / "w" / "codec" / "clips" / "synthetic_speech" / "tiny" / "train"
+    )
+    assert clips_dir("runs/w", "c", "train") == os.path.join("runs/w", "codec", "clips", "c", "train")
+    assert paths.absolute("gs://b/x") == "gs://b/x" and os.path.isabs(paths.absolute("x"))

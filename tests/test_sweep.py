@@ -151,3 +151,18 @@ def test_run_mode_on_gs_keeps_logs_status_and_markers_in_the_bucket(fake_gcs, tm
     sweep_lib.run_sweep(sweep, workdir, log=lambda _: None)  # reruns only the failed run
     assert paths.read_text(f"{root}/num_layers=2/run.log").count("ran ") == 2
     assert paths.read_text(f"{root}/num_layers=1/run.log").count("ran ") == 1
+
+
+def test_print_mode_cli_with_a_gs_workdir():
+    """`python -m launch.sweep --mode=print` on a shipped sweep: nothing is read from or
+    written to the bucket, one train && wait line per grid point."""
+    cmd = [sys.executable, "-m", "launch.sweep", "--sweep=configs/sweeps/lm_size.py",
+           "--mode=print", "--workdir=gs://bucket/runs/demo"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 6
+    for line in lines:
+        assert line.count("bash launch/tpu_pod.sh") == 2 and line.endswith("tpu_pod.sh wait")
+        assert "WORKDIR=gs://bucket/runs/demo/sweeps/lm_size/num_layers=" in line
+        assert "--config.tasks.token_dir=gs://bucket/runs/demo/tokens/synthetic_speech/default" in line

@@ -479,10 +479,15 @@ def crop_dataset(
 
 
 def clips_dir(workdir: str, corpus: str, split: str) -> str:
-    """<workdir>/codec/clips/<corpus>/<split>: the `ClipStore` the trainer reads."""
+    """<workdir>/codec/clips/<corpus>/<split>: the `ClipStore` the trainer reads.
+
+    The store is memory-mapped, so it is always local: for a gs:// work dir it goes to the
+    per-host cache (`gpa_jax.paths.cache_path`)."""
     import os
 
-    return os.path.join(workdir, "codec", "clips", *corpus.split("/"), split)
+    from gpa_jax import paths
+
+    return os.path.join(paths.cache_path(workdir), "codec", "clips", *corpus.split("/"), split)
 
 
 def train_clips(

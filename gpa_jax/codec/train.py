@@ -360,9 +360,10 @@ def _write_audio(writer, step: int, audios: dict[str, np.ndarray], sr: int, out_
     writer.write_audios(
         step, {f"audio/{k}": v[None, :, None] for k, v in audios.items()}, sample_rate=sr
     )
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     for name, wav in audios.items():
-        soundfile.write(os.path.join(out_dir, f"{step:08d}_{name}.wav"), np.clip(wav, -1, 1), sr)
+        with paths.local_output(os.path.join(out_dir, f"{step:08d}_{name}.wav")) as path:
+            soundfile.write(path, np.clip(wav, -1, 1), sr)
 
 
 # --- the loop ----------------------------------------------------------------------------

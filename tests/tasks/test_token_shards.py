@@ -310,3 +310,21 @@ def test_shards_and_manifest_round_trip_on_gs(fake_gcs, tmp_path):
         list(ts.iter_utterances(directory, "validation"))
     with pytest.raises(FileNotFoundError, match="gs://fake-bucket/work/nowhere"):
         ts.read_manifest(f"{fake_gcs}/work/nowhere")
+
+
+def test_tokenization_resume_check_on_gs(fake_gcs):
+    """Backend: in-memory fake gs://. The tokenization job's "is this split finished"
+    check (manifest entry + every shard's sha256) reads the bucket."""
+    from gpa_jax import paths
+    from gpa_jax.codec.data import split_is_complete
+
+    directory = f"{fake_gcs}/w/tokens/c"
+    assert not split_is_complete(directory, "train")  # nothing there yet
+    _write(directory, "train", _utts(5, np.random.default_rng(3)))
+    assert not split_is_complete(directory, "train")  # no bad_audio entry: unfinished
+    manifest = ts.read_manifest(directory)
+    manifest["splits"]["train"]["bad_audio"] = {"count": 0}
+    ts.write_manifest(directory, manifest)
+    assert split_is_complete(directory, "train")
+    paths.atomic_write_text(f"{directory}/train-00001-of-00002.array_record", b"rewritten")
+    assert not split_is_complete(directory, "train")  # checksum mismatch
