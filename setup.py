@@ -68,6 +68,9 @@ EXTRAS = {
     # The HTTP server (python -m launch.serve); httpx for its tests (FastAPI's TestClient),
     # python-multipart for its form uploads.
     "serve": ["fastapi>=0.115", "uvicorn>=0.30", "python-multipart>=0.0.9", "httpx>=0.27"],
+    # gs:// work dirs: Orbax asks google-cloud-storage about the bucket before it
+    # checkpoints there; etils.epath reads gs:// through gcsfs on a host without TensorFlow.
+    "gcs": ["google-cloud-storage>=3.0", "gcsfs>=2025.1"],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
 }

@@ -43,8 +43,8 @@ MESH=${MESH:-(-1, 1, 1)}
 
 if [ "${INSTALL:-0}" = 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
   bash launch/setup_env.sh
-  # google-cloud-storage: Orbax asks it about the bucket before it checkpoints to gs://.
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cuda]" google-cloud-storage
+  # [gcs]: Orbax asks google-cloud-storage about the bucket before it checkpoints to gs://.
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cuda,gcs]"
 fi
 
 if [ -z "${NUM_GPUS:-}" ]; then

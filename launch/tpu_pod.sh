@@ -109,10 +109,10 @@ case "$cmd" in
     run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME":/tmp/gpa_jax.tar.gz \
       --zone="$ZONE" "${PROJECT_FLAG[@]}" --worker=all
     [ "${DRY_RUN:-0}" = 1 ] || rm -f "$archive"
-    # google-cloud-storage: Orbax asks it about the bucket before it checkpoints to gs://.
+    # [gcs]: Orbax asks google-cloud-storage about the bucket before it checkpoints to gs://.
     on_workers all "mkdir -p $REMOTE_DIR && tar -xzf /tmp/gpa_jax.tar.gz -C $REMOTE_DIR \
 && cd $REMOTE_DIR && bash launch/setup_env.sh \
-&& .venv/bin/python -m pip install -q -c constraints.txt -e '.[tpu]' google-cloud-storage"
+&& .venv/bin/python -m pip install -q -c constraints.txt -e '.[tpu,gcs]'"
     if [ "$GCSFUSE" = 1 ]; then
       need_gs_workdir
       b=$(bucket)

@@ -60,7 +60,7 @@ def test_pod_install_copies_the_checkout_and_mounts_the_bucket_with_gcsfuse():
     assert _flag(scp, "zone") == "us-east5-a" and _flag(scp, "worker") == "all"
     assert "--worker=all" in setup and "--worker=all" in mount
     remote = _flag(setup, "command")
-    assert "bash launch/setup_env.sh" in remote and "-e '.[tpu]' google-cloud-storage" in remote
+    assert "bash launch/setup_env.sh" in remote and "-e '.[tpu,gcs]'" in remote
     remote = _flag(mount, "command")
     assert "gcsfuse --implicit-dirs" in remote and "bucket /tmp/gcsfuse/bucket" in remote
     subprocess.run(["bash", "-n", "-c", remote], check=True)  # valid shell
