@@ -10,7 +10,14 @@ import pytest
 from gpa_jax.sampling import Request, decode
 from gpa_jax.sampling.streaming import Crossfader, stream_audio
 from tests.sampling import helpers as h
-from tests.sampling.test_sampler import _codes, _sampler, lm, vocab  # noqa: F401 (fixtures)
+from tests.sampling.test_sampler import (  # noqa: F401 (fixtures)
+    _codes,
+    _rows,
+    _sampler,
+    hybrid_lm,
+    lm,
+    vocab,
+)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
@@ -130,3 +137,22 @@ def test_stream_with_the_codec_decoder_matches_one_shot_decoding(lm, vocab):  # 
     assert len(got) > 1 and wav.shape == whole.shape == (len(rvq1) * codec.hop_length,)
     err = np.abs(wav - whole).mean() / (np.abs(whole).mean() + 1e-9)
     assert err < 0.5, err
+
+
+def test_streamed_hybrid_tts_reads_its_reference_rows_and_gives_the_one_shot_audio(
+    hybrid_lm, vocab  # noqa: F811
+):
+    """A hybrid LM streams like the others: prefill with the reference's rows, then chunks
+    of null-row decode steps, the same tokens as one-shot generation."""
+    sampler = _sampler(hybrid_lm, vocab)
+    hop = 8
+    codec = types.SimpleNamespace(hop_length=hop)
+    # Seed 3 draws no early <eos>: 20 frames, several chunks.
+    request = Request.tts("hello there", _codes(30, 1), reference_features=_rows(30, 1), id="a",
+                          seed=3, max_new_tokens=20)  # fmt: skip
+    got = list(stream_audio(sampler, codec, [request], chunk_frames=5, context_frames=3,
+                            overlap_frames=2, synthesize=_local_synth(hop)))  # fmt: skip
+    (one_shot,) = sampler.generate([request])
+    assert len(got) > 1 and all(c.error is None for c in got) and got[-1].final
+    wav = np.concatenate([c.wav for c in got])
+    np.testing.assert_allclose(wav, np.repeat(one_shot.rvq1 / 100.0, hop), atol=1e-6)

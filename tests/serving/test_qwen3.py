@@ -81,6 +81,8 @@ def test_what_qwen3_cannot_express_is_refused_in_one_message(vocab):
     for name in ("audio_input='continuous'", "prefix_bidirectional=True", "qk_norm=False"):
         assert name in message
     assert qwen3.unsupported_features(LMConfig.from_config(_config(vocab).model)) == []
+    hybrid = LMConfig.from_config(_config(vocab, audio_input="hybrid").model)
+    assert any("audio_input='hybrid'" in f for f in qwen3.unsupported_features(hybrid))
 
 
 def test_weights_that_do_not_fit_are_named(vocab):
