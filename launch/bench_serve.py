@@ -278,6 +278,11 @@ def main(argv):
     out_dir = _OUT.value or os.path.join(workdir, "bench_serve")
     common.output_file(os.path.join(out_dir, "results.json"))
     device = accelerator()
+    import jax
+
+    # This process only reads the corpus and sends requests: any JAX work here stays on the
+    # CPU, so the accelerator's memory is all the server's.
+    jax.config.update("jax_platforms", "cpu")
     if levels is None:
         levels = parse_levels([], gpu=device.startswith("gpu"))
 

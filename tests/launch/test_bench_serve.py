@@ -63,6 +63,8 @@ def test_table_is_gpas_format():
 
 def check_bench_serve_on(workdir, out):
     """Runs the command at small counts on a trained work dir; checks what it wrote."""
+    _user_error(_cli("bench_serve", f"--workdir={workdir}", "--split=nope", f"--out={out}"),
+                "cannot read split 'nope'", "Unknown split")  # fmt: skip
     result = _cli("bench_serve", f"--workdir={workdir}", f"--out={out}", "--concurrency=1,2",
                   "--requests=3", "--max_new_tokens=10", "--warmup_requests=1", "--judge=none",
                   "--poisson_rate=5", "--slots=2", "--split=train", timeout=1800)  # fmt: skip
