@@ -1,11 +1,11 @@
 """Which model a config trains: `config.kind` -> model factory, loss sums, batch layout, data.
 
-The trainer (`trainer.py`), the checkpoint helpers (`checkpoint.py`) and
-`train_step.create_train_state` build the model, reduce its loss and read its batches
-through the `ModelKind` registered for `config.kind`, so another model family (the
-acoustic stage, `gpa_jax.acoustic`) trains with the same loop, sharding, Orbax
-checkpoints, resume and metrics by registering a kind here. Kinds are imported lazily
-("module:attribute"), so the training package never imports the models it does not run.
+The trainer (`trainer.py`) and the checkpoint helpers (`checkpoint.py`) build the model,
+reduce its loss and read its batches through the `ModelKind` registered for
+`config.kind`, so another model family (the acoustic stage, `gpa_jax.acoustic`) trains
+with the same loop, sharding, Orbax checkpoints, resume and metrics by registering a kind
+here. Kinds are imported lazily ("module:attribute"), so the training package never
+imports the models it does not run.
 
 Contract of `batch_sums(model, batch, dropout_key, config)`: loss-weighted *sums* over the
 (micro-)batch, float32 scalars, with at least

@@ -1,4 +1,4 @@
-"""Loss, optimizer and one training step for the LM (the trainer loop builds on these).
+"""Loss and optimizer of the LM (the trainer's step, `trainer.make_step_fns`, builds on these).
 
 Batch layout (what the SeqIO-style feature converter emits; SeqIO/T5X decoder names):
     decoder_input_tokens   int32 [batch, length]  tokens fed to the model (shifted right)
@@ -11,19 +11,13 @@ Batch layout (what the SeqIO-style feature converter emits; SeqIO/T5X decoder na
                            segment's conditioning prefix (bidirectional attention when
                            config.model.prefix_bidirectional)
 
-Jit style: functional split/merge. `train_step(model, optimizer, batch)` is plain NNX
-(mutates in place, differentiable, no jit of its own); `make_sharded_train_step` splits
-(model, optimizer) into graphdef + state once, jits a pure state -> state function with
-explicit in/out shardings from the logical-axis rules (and donates the old state), and
-merges back. Explicit shardings are what make the step's layout a config decision (and
-match the Orbax restore targets) instead of whatever propagation picks. The returned
-`step` keeps the familiar NNX call style; a trainer that wants no per-step graph walk
-can call `step.jitted(state, batch)` on the pure state directly.
+The trainer's jitted, sharded step (`trainer.make_step_fns`) differentiates the
+loss-weighted sums of `token_sums` (the LM kind's `batch_sums`, `model_kinds`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -31,9 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gpa_jax import sharding as sharding_lib
 from gpa_jax.training.data_iter import AUDIO_FEATURES_KEY, AUDIO_MASK_KEY
 
 Batch = Mapping[str, jax.Array]
@@ -243,119 +235,9 @@ def model_logits(
     )
 
 
-def loss_fn(
-    model: nnx.Module,
-    batch: Batch,
-    *,
-    z_loss: float = 0.0,
-    dropout_key: jax.Array | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Model forward on a packed batch + weighted cross-entropy (see module doc)."""
-    logits = model_logits(model, batch, dropout_key)
-    loss, aux = cross_entropy_loss(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss
-    )
-    aux["loss"] = loss
-    return loss, aux
-
-
-def train_step(
-    model: nnx.Module,
-    optimizer: nnx.Optimizer,
-    batch: Batch,
-    *,
-    z_loss: float = 0.0,
-    dropout_key: jax.Array | None = None,
-) -> dict[str, jax.Array]:
-    """One AdamW step on `batch`; updates `model` and `optimizer` in place, returns metrics.
-
-    Plain NNX code: call it under `make_sharded_train_step` (or nnx.jit) to compile.
-    """
-
-    def compute(m):
-        return loss_fn(m, batch, z_loss=z_loss, dropout_key=dropout_key)
-
-    grads, aux = nnx.grad(compute, has_aux=True)(model)
-    optimizer.update(model, grads)
-    aux["grad_norm"] = optax.tree.norm(nnx.to_pure_dict(nnx.state(grads, nnx.Param)))
-    return aux
-
-
 def needs_train_rng(config: ml_collections.ConfigDict) -> bool:
     """Whether the train step passes the loss a random key: the model kind decides
     (dropout; the hybrid LM's mel dropout). Eval never gets one."""
     from gpa_jax.training.model_kinds import get_kind
 
     return get_kind(config).needs_train_rng(config)
-
-
-def batch_shardings(batch: Batch, mesh: Mesh, rules: Any) -> dict[str, NamedSharding]:
-    """[batch, length] arrays sharded by the 'batch' rule (data and fsdp axes)."""
-    spec = sharding_lib.logical_to_mesh_spec(("batch", "length"), rules)
-    return {k: NamedSharding(mesh, spec) for k in batch}
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, mesh: Mesh, seed: int | None = None
-) -> tuple[nnx.Module, nnx.Optimizer]:
-    """(model, optimizer) initialised directly sharded over `mesh` (params + AdamW moments)."""
-    from gpa_jax.training.model_kinds import get_kind
-
-    key = jax.random.key(config.seed if seed is None else seed)
-    tx = make_optimizer(config)
-    make_model = get_kind(config).model_factory(config)
-
-    def factory():
-        model = make_model(nnx.Rngs(params=key))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    return sharding_lib.create_sharded(factory, mesh, config.sharding_rules)
-
-
-def make_sharded_train_step(
-    config: ml_collections.ConfigDict,
-    model: nnx.Module,
-    optimizer: nnx.Optimizer,
-    mesh: Mesh,
-    *,
-    donate: bool = True,
-) -> Callable[[nnx.Module, nnx.Optimizer, Batch], dict[str, jax.Array]]:
-    """A jitted `step(model, optimizer, batch) -> metrics` with explicit shardings.
-
-    The state shardings come from the logical-axis rules (same as `create_train_state`),
-    the batch is sharded over ('data', 'fsdp') on its batch axis, metrics are replicated.
-    Dropout keys are derived from config.seed and the optimizer step, so a resumed run
-    reproduces them. `model`/`optimizer` are only used here for their structure.
-    """
-    rules = config.sharding_rules
-    graphdef, state = nnx.split((model, optimizer))
-    state_sh = sharding_lib.state_shardings(state, mesh, rules)
-    batch_spec = NamedSharding(mesh, sharding_lib.logical_to_mesh_spec(("batch", "length"), rules))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    z_loss = float(config.optimizer.z_loss)
-    use_dropout = needs_train_rng(config)
-    base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
-
-    def pure_step(state, batch):
-        m, opt = nnx.merge(graphdef, state)
-        key = jax.random.fold_in(base_key, opt.step[...]) if use_dropout else None
-        metrics = train_step(m, opt, batch, z_loss=z_loss, dropout_key=key)
-        return nnx.state((m, opt)), metrics
-
-    jitted = jax.jit(
-        pure_step,
-        in_shardings=(state_sh, batch_spec),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,) if donate else (),
-    )
-
-    def step(model: nnx.Module, optimizer: nnx.Optimizer, batch: Batch) -> dict[str, jax.Array]:
-        state = nnx.state((model, optimizer))
-        with jax.set_mesh(mesh):
-            new_state, metrics = jitted(state, dict(batch))
-        nnx.update((model, optimizer), new_state)
-        return metrics
-
-    step.jitted = jitted  # pure (state, batch) -> (state, metrics), for a trainer loop
-    step.graphdef = graphdef
-    return step

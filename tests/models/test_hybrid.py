@@ -11,8 +11,9 @@ from flax import nnx
 
 from gpa_jax import sharding
 from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import make_optimizer, make_sharded_train_step, optimizer_config
+from gpa_jax.training.train_step import optimizer_config
 from tests.models.helpers import numpy_model
+from tests.training.helpers import trainer_steps
 
 CFG = LMConfig(
     vocab_size=64, num_layers=2, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16,
@@ -189,9 +190,11 @@ def test_mel_dropout_key_comes_through_the_train_step():
         config.optimizer = optimizer_config(learning_rate=0.0, warmup_steps=0, total_steps=10)
         mesh = sharding.make_mesh(mesh_config((1, 1, 1)), devices=jax.devices()[:1])
         model = numpy_model(LMConfig.from_config(config.model))
-        opt = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
-        step = make_sharded_train_step(config, model, opt, mesh, donate=False)
-        losses[mel] = [float(step(model, opt, batch)["loss"]) for _ in range(2)]
+        _, state, step, _ = trainer_steps(config, model, mesh)
+        losses[mel] = []
+        for _ in range(2):  # learning rate 0: the same params both steps
+            state, metrics = step(state, batch)
+            losses[mel].append(float(metrics["loss"]))
     assert losses[0.5][0] != losses[0.5][1]
     assert losses[0.0][0] == losses[0.0][1]
 
@@ -236,13 +239,11 @@ def test_train_step_on_8_devices_with_sharded_params_equals_one_device():
     for shape, devices in (((1, 1, 1), jax.devices()[:1]), ((2, 2, 2), jax.devices()[:8])):
         mesh = sharding.make_mesh(mesh_config(shape), devices=devices)
         model = numpy_model(LMConfig.from_config(config.model), sharding_rules=rules)
-        optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
-        graphdef, state = nnx.split((model, optimizer))
-        model, optimizer = nnx.merge(graphdef, sharding.shard_state(state, mesh, rules))
-        step = make_sharded_train_step(config, model, optimizer, mesh)
-        metrics = jax.device_get(step(model, optimizer, batch))
+        graphdef, state, step, _ = trainer_steps(config, model, mesh)
+        state, metrics = step(state, batch)
+        model, _ = nnx.merge(graphdef, state)
         params = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        results.append((metrics, params, model))
+        results.append((jax.device_get(metrics), params, model))
     (m1, p1, _), (m8, p8, model8) = results
     assert np.isfinite(m1["loss"]) and m1["grad_norm"] > 0
     for key in ("loss", "grad_norm"):

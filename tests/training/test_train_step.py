@@ -1,4 +1,5 @@
-"""Loss weighting, z-loss, optimizer settings, and overfitting one batch."""
+"""Loss weighting, z-loss, optimizer settings, and overfitting one batch with the
+trainer's step (`trainer.make_step_fns`)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,16 +8,16 @@ import optax
 import pytest
 from flax import nnx
 
-from gpa_jax.models import LMConfig, lm_config, lm_model_config
-from gpa_jax.training import (
+from gpa_jax import sharding
+from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
+from gpa_jax.training.train_step import (
     cross_entropy_loss,
-    loss_fn,
     make_optimizer,
+    make_schedule,
     optimizer_config,
-    train_step,
 )
-from gpa_jax.training.train_step import make_schedule
 from tests.models.helpers import numpy_model
+from tests.training.helpers import trainer_steps
 
 MODEL = dict(
     vocab_size=64,
@@ -81,15 +82,26 @@ def test_z_loss_adds_the_expected_term():
     assert float(aux["z_loss"]) == pytest.approx(expected, rel=1e-5)
 
 
-def test_loss_fn_masks_non_output_positions():
-    model = numpy_model(LMConfig(**MODEL))
+def _one_device_mesh():
+    return sharding.make_mesh(mesh_config((1, 1, 1)), devices=jax.devices()[:1])
+
+
+def test_step_loss_masks_non_output_positions():
+    config = lm_config(model=lm_model_config(**MODEL))
+    config.optimizer = optimizer_config()
+    model = numpy_model(LMConfig.from_config(config.model))
+    _, state, _, eval_step = trainer_steps(config, model, _one_device_mesh())
     batch = _batch()
-    loss = jax.jit(lambda b: loss_fn(model, b)[0])
-    base = float(loss(batch))
+
+    def loss(b):
+        sums = eval_step(state, b)
+        return float(sums["loss_sum"] / sums["weight_sum"])
+
+    base = loss(batch)
     masked = dict(batch, decoder_target_tokens=batch["decoder_target_tokens"].at[:, 3].add(1))
-    assert float(loss(masked)) == base  # position 3 has weight 0
+    assert loss(masked) == base  # position 3 has weight 0
     counted = dict(batch, decoder_target_tokens=batch["decoder_target_tokens"].at[:, 12].add(1))
-    assert float(loss(counted)) != base
+    assert loss(counted) != base
 
 
 def test_optimizer_schedule_clipping_and_decay_mask():
@@ -124,9 +136,12 @@ def test_overfits_one_batch():
     config = lm_config(model=lm_model_config(**MODEL))
     config.optimizer = optimizer_config(learning_rate=1e-2, warmup_steps=3, total_steps=30)
     model = numpy_model(LMConfig.from_config(config.model))
-    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
-    step = nnx.jit(train_step, static_argnames=("z_loss",))
+    graphdef, state, step, _ = trainer_steps(config, model, _one_device_mesh())
     batch = _batch()
-    losses = [float(step(model, optimizer, batch, z_loss=1e-4)["loss"]) for _ in range(30)]
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.3 * losses[0], losses
+    _, optimizer = nnx.merge(graphdef, state)
     assert int(optimizer.step[...]) == 30
