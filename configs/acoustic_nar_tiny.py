@@ -11,7 +11,7 @@ import ml_collections
 
 from gpa_jax.acoustic.config import acoustic_config, codec_section, data_config, model_config
 from gpa_jax.models.config import mesh_config
-from gpa_jax.training.train_step import optimizer_config, train_config
+from gpa_jax.training.config import optimizer_config, train_config
 
 VARIANT = "nar"
 

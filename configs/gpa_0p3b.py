@@ -10,8 +10,8 @@ size. bf16 compute, scanned layers (accelerator config).
 
 import ml_collections
 
-from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import optimizer_config
+from gpa_jax.models.config import lm_model_config, mesh_config
+from gpa_jax.training.config import lm_config, optimizer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

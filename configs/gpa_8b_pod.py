@@ -10,8 +10,8 @@ of the slice), tensor 1, data parallel across slices over DCN. E.g. two v5p-128 
 
 import ml_collections
 
-from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import optimizer_config
+from gpa_jax.models.config import lm_model_config, mesh_config
+from gpa_jax.training.config import lm_config, optimizer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -51,9 +51,9 @@ baselines, ASR at 0.83).
 
 import ml_collections
 
-from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
+from gpa_jax.models.config import lm_model_config, mesh_config
 from gpa_jax.tasks.config import tasks_config
-from gpa_jax.training.train_step import data_config, optimizer_config
+from gpa_jax.training.config import data_config, lm_config, optimizer_config
 
 NUM_STEPS = 1500
 VARIANTS = ("bf16", "continuous", "hybrid")

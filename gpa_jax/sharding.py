@@ -10,11 +10,13 @@ parallelism is a config change only:
     graphdef, abstract = abstract_state(lambda: make_lm(config, rngs=nnx.Rngs(0)))
     shardings = state_shardings(abstract, mesh, config.sharding_rules)   # jit in/out
     targets = abstract_with_shardings(abstract, shardings)               # Orbax restore
-    model = create_sharded_model(config, mesh, rngs=nnx.Rngs(config.seed))
+    model = create_sharded(lambda: make_lm(config, rngs=nnx.Rngs(config.seed)), mesh,
+                           config.sharding_rules)
 
 Activation constraints read the mesh from JAX's context (`jax.set_mesh(mesh)`), so run
 sharded code inside `with jax.set_mesh(mesh):`; outside a mesh they are no-ops and the
-same model runs unsharded on one device.
+same model runs unsharded on one device. This module names no model: the LM's own
+helpers on top of it (`create_sharded_model`, `count_params`) live in `gpa_jax.models`.
 """
 
 from __future__ import annotations
@@ -255,33 +257,3 @@ def create_sharded(factory: Callable[[], Any], mesh: Mesh, rules: Sequence[Seque
     with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
-
-
-def create_sharded_model(config: Any, mesh: Mesh, rngs: nnx.Rngs | int | jax.Array | None = None):
-    """A `DecoderLM` from `config` (top-level LM config), its params sharded over `mesh`.
-
-    `rngs` may be an `nnx.Rngs` (its `params` stream is drawn once, eagerly), an int seed
-    or a key; it defaults to `config.seed`.
-    """
-    from gpa_jax.models import make_lm  # models import this module; import lazily.
-
-    if rngs is None:
-        rngs = int(config.seed)
-    if isinstance(rngs, nnx.Rngs):
-        key = rngs.params()
-    elif isinstance(rngs, int):
-        key = jax.random.key(rngs)
-    else:
-        key = rngs
-    return create_sharded(
-        lambda: make_lm(config, rngs=nnx.Rngs(params=key)), mesh, config.sharding_rules
-    )
-
-
-def count_params(config: Any) -> int:
-    """Number of model parameters (nnx.Param elements) via eval_shape; allocates nothing."""
-    from gpa_jax.models import make_lm
-
-    abstract = nnx.eval_shape(lambda: make_lm(config, rngs=nnx.Rngs(0)))
-    params = nnx.state(abstract, nnx.Param)
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

@@ -13,12 +13,12 @@ from gpa_jax.config_utils import load_config_file
 from gpa_jax.models import (
     DEFAULT_SHARDING_RULES,
     LMConfig,
-    lm_config,
+    create_sharded_model,
     lm_model_config,
     make_lm,
     mesh_config,
 )
-from gpa_jax.training.train_step import optimizer_config
+from gpa_jax.training.config import lm_config, optimizer_config
 from tests.models.helpers import numpy_model
 from tests.training.helpers import trainer_steps
 
@@ -123,7 +123,7 @@ def test_create_sharded_model_and_orbax_targets(tmp_path):
         model=lm_model_config(**dict(SMALL, num_layers=1)), mesh=mesh_config((2, 2, 2))
     )
     mesh = sharding.make_mesh(config.mesh)
-    model = sharding.create_sharded_model(config, mesh, rngs=nnx.Rngs(3))
+    model = create_sharded_model(config, mesh, rngs=nnx.Rngs(3))
     kernel = model.decoder.layers.mlp.gate_proj.kernel[...]
     assert kernel.sharding.spec == P(None, "fsdp", "tensor")
     assert kernel.addressable_shards[0].data.shape == (1, 16, 32)

@@ -12,8 +12,8 @@ through `gpa_jax.training.model_kinds`):
                                  codec's quantized latent (sum of all N codebook vectors)
                                  per frame from RVQ-1 + voice prompt (L1 + L2 loss)
     mesh, sharding_rules   as the LM (gpa_jax.models.config)
-    optimizer       gpa_jax.training.train_step.optimizer_config
-    train           gpa_jax.training.train_step.train_config; seq_len must hold
+    optimizer       gpa_jax.training.config.optimizer_config
+    train           gpa_jax.training.config.train_config; seq_len must hold
                     data.prompt_max_frames + data.target_max_frames
     data            token shards and example shaping (`data_config`)
     codec           the frozen codec: its config file and checkpoint directory (the
@@ -159,7 +159,7 @@ def acoustic_config(
     optimizer: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
     """The top-level acoustic config (see module docstring)."""
-    from gpa_jax.training.train_step import optimizer_config, train_config
+    from gpa_jax.training.config import optimizer_config, train_config
 
     cfg = AcousticConfig.from_config(model)
     config = ml_collections.ConfigDict()

@@ -3,11 +3,17 @@
 from gpa_jax.models.config import (
     DEFAULT_SHARDING_RULES,
     LMConfig,
-    lm_config,
     lm_model_config,
     mesh_config,
 )
-from gpa_jax.models.transformer import DecoderBlock, DecoderLM, DecoderStack, make_lm
+from gpa_jax.models.transformer import (
+    DecoderBlock,
+    DecoderLM,
+    DecoderStack,
+    count_params,
+    create_sharded_model,
+    make_lm,
+)
 
 __all__ = [
     "DEFAULT_SHARDING_RULES",
@@ -15,7 +21,8 @@ __all__ = [
     "DecoderLM",
     "DecoderStack",
     "LMConfig",
-    "lm_config",
+    "count_params",
+    "create_sharded_model",
     "lm_model_config",
     "make_lm",
     "mesh_config",

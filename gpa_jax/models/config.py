@@ -5,18 +5,8 @@ ml_collections builders below are generated from it, so a config file only state
 differs from the defaults, and `LMConfig.from_config` rejects unknown keys (a typo in a
 config or sweep fails loudly instead of being ignored).
 
-Top-level LM config layout (what `lm_config` returns; config files add `optimizer`):
-
-    kind            "lm"
-    model           LMConfig fields (see below)
-    mesh.axes       ("data", "fsdp", "tensor")
-    mesh.shape      per-slice (ICI) mesh shape; one -1 means "all remaining devices"
-    mesh.dcn_shape  mesh shape across slices (multi-slice / multi-pod); all 1 = one slice
-    sharding_rules  ((logical_axis, mesh_axis | (mesh_axes...) | None), ...)
-    seed            root of every random choice (params init, dropout, data order)
-    train           loop, batch shape and checkpoint cadence (training.train_step.train_config)
-    data            batch source (training.train_step.data_config)
-    tasks           SeqIO tasks/mixture over token shards (gpa_jax.tasks.config.tasks_config)
+The top-level LM config that holds `model`, `mesh` and `sharding_rules` is
+`gpa_jax.training.config.lm_config`.
 """
 
 from __future__ import annotations
@@ -218,33 +208,3 @@ def mesh_config(
     mesh.shape = tuple(shape)
     mesh.dcn_shape = tuple(dcn_shape)
     return mesh
-
-
-def lm_config(
-    *,
-    model: ml_collections.ConfigDict,
-    mesh: ml_collections.ConfigDict | None = None,
-    sharding_rules: tuple[tuple[str, Any], ...] = DEFAULT_SHARDING_RULES,
-    seed: int = 0,
-    train: ml_collections.ConfigDict | None = None,
-    data: ml_collections.ConfigDict | None = None,
-    tasks: ml_collections.ConfigDict | None = None,
-) -> ml_collections.ConfigDict:
-    """The top-level LM config (kind 'lm') with the trainer's `train`, `data`, `tasks` sections.
-
-    Config files add `optimizer` (see gpa_jax.training.train_step.optimizer_config).
-    """
-    # Imported here: the training and tasks packages sit above the models package.
-    from gpa_jax.tasks.config import tasks_config
-    from gpa_jax.training.train_step import data_config, train_config
-
-    config = ml_collections.ConfigDict()
-    config.kind = "lm"
-    config.seed = seed
-    config.model = model
-    config.mesh = mesh if mesh is not None else mesh_config()
-    config.sharding_rules = tuple(tuple(rule) for rule in sharding_rules)
-    config.train = train if train is not None else train_config()
-    config.data = data if data is not None else data_config()
-    config.tasks = tasks if tasks is not None else tasks_config()
-    return config

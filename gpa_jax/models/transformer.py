@@ -13,6 +13,7 @@ logical axes, so the sharding rules see [layers, embed, heads, head_dim] etc.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.sharding import Mesh
 
+from gpa_jax import sharding as sharding_lib
 from gpa_jax.models.audio_encoder import AudioEncoder
 from gpa_jax.models.config import LMConfig
 from gpa_jax.models.layers import (
@@ -603,3 +606,29 @@ def make_lm(
     else:
         cfg = LMConfig.from_config(config)
     return DecoderLM(cfg, rngs=rngs, sharding_rules=sharding_rules)
+
+
+def create_sharded_model(config: Any, mesh: Mesh, rngs: nnx.Rngs | int | jax.Array | None = None):
+    """A `DecoderLM` from `config` (top-level LM config), its params sharded over `mesh`.
+
+    `rngs` may be an `nnx.Rngs` (its `params` stream is drawn once, eagerly), an int seed
+    or a key; it defaults to `config.seed`.
+    """
+    if rngs is None:
+        rngs = int(config.seed)
+    if isinstance(rngs, nnx.Rngs):
+        key = rngs.params()
+    elif isinstance(rngs, int):
+        key = jax.random.key(rngs)
+    else:
+        key = rngs
+    return sharding_lib.create_sharded(
+        lambda: make_lm(config, rngs=nnx.Rngs(params=key)), mesh, config.sharding_rules
+    )
+
+
+def count_params(config: Any) -> int:
+    """Number of model parameters (nnx.Param elements) via eval_shape; allocates nothing."""
+    abstract = nnx.eval_shape(lambda: make_lm(config, rngs=nnx.Rngs(0)))
+    params = nnx.state(abstract, nnx.Param)
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

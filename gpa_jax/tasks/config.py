@@ -1,6 +1,6 @@
 """`config.tasks`: the one home of the task/mixture settings of LM training.
 
-`gpa_jax.models.config.lm_config` puts `config.tasks = tasks_config()` into every LM
+`gpa_jax.training.config.lm_config` puts `config.tasks = tasks_config()` into every LM
 config; config files override fields. Fields:
 
     corpus            TFDS speech corpus the tokens and the text vocabulary come from

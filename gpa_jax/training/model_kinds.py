@@ -73,9 +73,9 @@ def _lm_model_factory(config: ml_collections.ConfigDict) -> Callable[[nnx.Rngs],
 
 def _lm_batch_sums(model, batch, dropout_key, config):
     from gpa_jax.training.data_iter import task_names
-    from gpa_jax.training.trainer import _token_sums
+    from gpa_jax.training.train_step import token_sums
 
-    return _token_sums(
+    return token_sums(
         model, batch, dropout_key, float(config.optimizer.z_loss), len(task_names(config))
     )
 

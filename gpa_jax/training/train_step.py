@@ -26,7 +26,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from gpa_jax.training.data_iter import AUDIO_FEATURES_KEY, AUDIO_MASK_KEY
+from gpa_jax.training import attention_guide
+from gpa_jax.training.data_iter import AUDIO_FEATURES_KEY, AUDIO_MASK_KEY, TASK_IDS_KEY
 
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = (
@@ -39,85 +40,6 @@ BATCH_KEYS = (
 PREFIX_KEY = "decoder_prefix_mask"
 # fold_in constant that separates the dropout stream from the params init (both from seed).
 _DROPOUT_STREAM = 1
-
-
-def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """`config.optimizer` defaults (AdamW, linear warmup then cosine decay to 10%)."""
-    values = dict(
-        learning_rate=3e-4,
-        warmup_steps=1000,
-        total_steps=100_000,
-        # Final LR as a fraction of the peak, reached at total_steps.
-        end_lr_fraction=0.1,
-        weight_decay=0.1,
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        clip_norm=1.0,
-        # Coefficient of the z-loss, z_loss * logsumexp(logits)**2 per token (PaLM: 1e-4).
-        z_loss=1e-4,
-    )
-    unknown = sorted(set(overrides) - set(values))
-    if unknown:
-        raise ValueError(f"unknown optimizer keys {unknown}; valid: {sorted(values)}")
-    values.update(overrides)
-    return ml_collections.ConfigDict(values)
-
-
-def train_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """`config.train` defaults: loop length, batch shape, cadence of logs/evals/checkpoints.
-
-    batch_size is global (sequences per optimizer step over all hosts); with
-    grad_accum_steps = k each step runs k micro-batches of batch_size / k, so the
-    effective batch never changes with k. eval_every / checkpoint_every = 0 turn periodic
-    evals / saves off (a final save still happens). keep_checkpoints newest checkpoints
-    are kept (0 = all); keep_best > 0 also keeps the keep_best checkpoints with the lowest
-    eval loss (only checkpoints saved at eval steps carry one: make checkpoint_every a
-    multiple of eval_every). async_checkpointing: write files in a background thread.
-    divergence_factor: a finite train loss above this times its running average is a
-    spike; checkpoints saved around it are marked diverged and never push the newest good
-    one out (gpa_jax.recovery; 0 = off).
-    """
-    values = dict(
-        num_steps=1000,
-        batch_size=8,
-        seq_len=512,
-        grad_accum_steps=1,
-        log_every=10,
-        eval_every=200,
-        eval_steps=4,
-        checkpoint_every=500,
-        keep_checkpoints=3,
-        keep_best=0,
-        async_checkpointing=True,
-        divergence_factor=4.0,
-    )
-    return _section("train", values, overrides)
-
-
-def data_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """`config.data`: where batches come from (gpa_jax.training.data_iter.SOURCES).
-
-    source: 'tasks' (the SeqIO mixture of `config.tasks` over token shards; what the
-    configs/gpa_*.py files train on), 'cache' (the same batches, cached once to
-    ArrayRecord by `launch.cache_batches` and read with Grain: no TensorFlow on the
-    training host; gpa_jax.data.batch_cache) or 'synthetic' (random packed batches,
-    needing no data: the default, for tests, benchmarks and smoke runs). Task ids in
-    batches name gpa_jax.tasks.config.TASK_NAMES (not configurable: the same table fixes
-    the tasks' tag tokens).
-    cache_dir: the cache's folder ("" = <workdir>/batch_cache); cache_workers: Grain
-    worker processes reading it (0 = threads in the training process).
-    """
-    values = dict(source="synthetic", cache_dir="", cache_workers=0)
-    return _section("data", values, overrides)
-
-
-def _section(name: str, values: dict[str, Any], overrides: dict[str, Any]):
-    unknown = sorted(set(overrides) - set(values))
-    if unknown:
-        raise ValueError(f"unknown {name} keys {unknown}; valid: {sorted(values)}")
-    values.update(overrides)
-    return ml_collections.ConfigDict(values)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -233,6 +155,49 @@ def model_logits(
         audio_features=batch.get(AUDIO_FEATURES_KEY),
         audio_mask=batch.get(AUDIO_MASK_KEY),
     )
+
+
+def token_sums(
+    model: nnx.Module,
+    batch: Mapping[str, jax.Array],
+    dropout_key: jax.Array | None,
+    z_loss: float,
+    num_tasks: int,
+) -> dict[str, jax.Array]:
+    """The LM's loss-weighted sums over a (micro-)batch (the LM kind's `batch_sums`,
+    `model_kinds`): totals and per task id (0 = unknown/padding); with guided attention
+    on (model.cfg.guide_weight > 0) also guide_sum, the penalty summed over output
+    tokens, added to loss_sum times the weight."""
+    weight = float(getattr(model.cfg, "guide_weight", 0.0))
+    guide = None
+    if weight > 0:
+        guide = attention_guide.attention_guide(batch, float(model.cfg.guide_sigma))
+    out = model_logits(model, batch, dropout_key, guide)
+    logits, penalty = out if guide is not None else (out, None)
+    nll, z, correct = token_cross_entropy(logits, batch["decoder_target_tokens"], z_loss)
+    w = batch["decoder_loss_weights"].astype(jnp.float32)
+    task_ids = batch.get(TASK_IDS_KEY)
+    if task_ids is None:
+        task_ids = jnp.zeros(w.shape, jnp.int32)
+    onehot = jax.nn.one_hot(task_ids, num_tasks + 1, dtype=jnp.float32)  # [b, l, tasks + 1]
+
+    def per_task(x):
+        return jnp.einsum("bl,blt->t", x, onehot)
+
+    sums = {
+        "loss_sum": jnp.sum(w * (nll + z)),
+        "nll_sum": jnp.sum(w * nll),
+        "z_sum": jnp.sum(w * z),
+        "correct_sum": jnp.sum(w * correct),
+        "weight_sum": jnp.sum(w),
+        "task_nll_sum": per_task(w * nll),
+        "task_correct_sum": per_task(w * correct),
+        "task_weight_sum": per_task(w),
+    }
+    if penalty is not None:
+        sums["guide_sum"] = penalty
+        sums["loss_sum"] = sums["loss_sum"] + weight * penalty
+    return sums
 
 
 def needs_train_rng(config: ml_collections.ConfigDict) -> bool:

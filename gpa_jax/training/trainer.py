@@ -71,17 +71,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpa_jax import preemption, recovery
 from gpa_jax import sharding as sharding_lib
-from gpa_jax.training import attention_guide, model_kinds
 from gpa_jax.training import checkpoint as ckpt_lib
 from gpa_jax.training import data_iter as data_lib
 from gpa_jax.training import metrics as metrics_lib
-from gpa_jax.training.train_step import (
-    _DROPOUT_STREAM,
-    make_schedule,
-    model_logits,
-    needs_train_rng,
-    token_cross_entropy,
-)
+from gpa_jax.training import model_kinds
+from gpa_jax.training.train_step import _DROPOUT_STREAM, make_schedule, needs_train_rng
 
 TASK_IDS_KEY = data_lib.TASK_IDS_KEY
 # Exit statuses for a run stopped by a signal (128 + signal number, the shell convention).
@@ -105,48 +99,6 @@ class TrainResult:
 
 
 # --- the step functions ----------------------------------------------------------------------
-
-
-def _token_sums(
-    model: nnx.Module,
-    batch: Mapping[str, jax.Array],
-    dropout_key: jax.Array | None,
-    z_loss: float,
-    num_tasks: int,
-) -> dict[str, jax.Array]:
-    """Loss-weighted sums over a batch: totals and per task id (0 = unknown/padding);
-    with guided attention on (model.cfg.guide_weight > 0) also guide_sum, the penalty
-    summed over output tokens, added to loss_sum times the weight."""
-    weight = float(getattr(model.cfg, "guide_weight", 0.0))
-    guide = None
-    if weight > 0:
-        guide = attention_guide.attention_guide(batch, float(model.cfg.guide_sigma))
-    out = model_logits(model, batch, dropout_key, guide)
-    logits, penalty = out if guide is not None else (out, None)
-    nll, z, correct = token_cross_entropy(logits, batch["decoder_target_tokens"], z_loss)
-    w = batch["decoder_loss_weights"].astype(jnp.float32)
-    task_ids = batch.get(TASK_IDS_KEY)
-    if task_ids is None:
-        task_ids = jnp.zeros(w.shape, jnp.int32)
-    onehot = jax.nn.one_hot(task_ids, num_tasks + 1, dtype=jnp.float32)  # [b, l, tasks + 1]
-
-    def per_task(x):
-        return jnp.einsum("bl,blt->t", x, onehot)
-
-    sums = {
-        "loss_sum": jnp.sum(w * (nll + z)),
-        "nll_sum": jnp.sum(w * nll),
-        "z_sum": jnp.sum(w * z),
-        "correct_sum": jnp.sum(w * correct),
-        "weight_sum": jnp.sum(w),
-        "task_nll_sum": per_task(w * nll),
-        "task_correct_sum": per_task(w * correct),
-        "task_weight_sum": per_task(w),
-    }
-    if penalty is not None:
-        sums["guide_sum"] = penalty
-        sums["loss_sum"] = sums["loss_sum"] + weight * penalty
-    return sums
 
 
 def _split_micro(x: jax.Array, k: int, spec: PartitionSpec) -> jax.Array:

@@ -26,8 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # A 1-layer LM that compiles in seconds (the sweep test's config).
 TINY_LM = """
-from gpa_jax.models.config import lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import optimizer_config
+from gpa_jax.models.config import lm_model_config, mesh_config
+from gpa_jax.training.config import lm_config, optimizer_config
 
 def get_config(arg=None):
     model = lm_model_config(vocab_size=64, num_layers=1, embed_dim=32, num_heads=2,

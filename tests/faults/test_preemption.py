@@ -333,10 +333,11 @@ from gpa_jax.acoustic.model import AcousticModel
 from gpa_jax.codec import train as codec_train
 from gpa_jax.evaluation import harness
 from gpa_jax.evaluation.judge import PocketSphinxJudge
-from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
+from gpa_jax.models import LMConfig, lm_model_config, mesh_config
 from gpa_jax.sampling import Sampler, sampling_config
 from gpa_jax.tasks.planning import PlanSettings
 from gpa_jax.tasks.vocab import SpeechVocabulary
+from gpa_jax.training.config import lm_config
 from tests.codec.test_train import tiny_config
 from tests.models.helpers import numpy_model
 

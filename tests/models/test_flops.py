@@ -3,9 +3,8 @@
 import pytest
 
 from gpa_jax import config_utils
-from gpa_jax.models import LMConfig
+from gpa_jax.models import LMConfig, count_params
 from gpa_jax.models import flops as flops_lib
-from gpa_jax.sharding import count_params
 
 
 def test_gpa_tiny_flops_by_hand():

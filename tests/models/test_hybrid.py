@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from gpa_jax import sharding
-from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import optimizer_config
+from gpa_jax.models import LMConfig, lm_model_config, mesh_config
+from gpa_jax.training.config import lm_config, optimizer_config
 from tests.models.helpers import numpy_model
 from tests.training.helpers import trainer_steps
 

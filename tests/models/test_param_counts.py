@@ -3,7 +3,7 @@
 import pytest
 
 from gpa_jax.config_utils import load_config_file
-from gpa_jax.sharding import count_params
+from gpa_jax.models import count_params
 
 
 @pytest.mark.parametrize(

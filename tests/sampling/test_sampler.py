@@ -12,13 +12,14 @@ import seqio
 from flax import nnx
 
 from gpa_jax import sharding
-from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
+from gpa_jax.models import LMConfig, lm_model_config, mesh_config
 from gpa_jax.sampling import Request, Sampler, SamplingParams, sampling_config
 from gpa_jax.tasks import pipeline
 from gpa_jax.tasks import tasks as tasks_lib
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.training import checkpoint as ckpt
-from gpa_jax.training.train_step import make_optimizer, optimizer_config
+from gpa_jax.training.config import lm_config, optimizer_config
+from gpa_jax.training.train_step import make_optimizer
 from tests.models.helpers import numpy_model
 from tests.tasks.conftest import CODEBOOK, N_Q, SEQ_LEN, small_config, write_corpus
 

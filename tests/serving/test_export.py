@@ -24,13 +24,14 @@ from gpa_jax.codec import train as codec_train
 from gpa_jax.codec.model import Codec
 from gpa_jax.config_utils import load_config
 from gpa_jax.errors import UserError
-from gpa_jax.models import LMConfig, lm_config, lm_model_config
+from gpa_jax.models import LMConfig, lm_model_config
 from gpa_jax.serving import export
 from gpa_jax.tasks.config import default_token_dir
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.training import checkpoint as ckpt
+from gpa_jax.training.config import lm_config, optimizer_config
 from gpa_jax.training.data_iter import task_vocabulary
-from gpa_jax.training.train_step import make_optimizer, optimizer_config
+from gpa_jax.training.train_step import make_optimizer
 from tests.acoustic.test_data import tiny_config as acoustic_tiny_config
 from tests.codec.test_train import tiny_config as codec_tiny_config
 from tests.conftest import REPO

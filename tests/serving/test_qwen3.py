@@ -10,10 +10,11 @@ import pytest
 import seqio
 from flax import nnx
 
-from gpa_jax.models import DecoderLM, LMConfig, lm_config, lm_model_config
+from gpa_jax.models import DecoderLM, LMConfig, lm_model_config
 from gpa_jax.sampling import Request, Sampler
 from gpa_jax.serving import export, qwen3
 from gpa_jax.tasks.vocab import SpeechVocabulary
+from gpa_jax.training.config import lm_config
 from tests.models.helpers import numpy_model
 from tests.tasks.conftest import CODEBOOK, N_Q
 

@@ -10,7 +10,7 @@ from gpa_jax.models.layers import guided_attention_penalty, make_attention_mask
 from gpa_jax.tasks import layout
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.training import attention_guide
-from gpa_jax.training.trainer import _token_sums
+from gpa_jax.training.train_step import token_sums
 from tests.models.helpers import numpy_model
 
 D = SpeechVocabulary.delimiter_id
@@ -106,14 +106,14 @@ def test_guide_weight_adds_the_penalty_to_the_loss_and_its_gradient():
                  head_dim=8, mlp_dim=64, max_len=64, dtype="float32", scan_layers=False)  # fmt: skip
     plain = numpy_model(LMConfig(**shape))
     guided = numpy_model(LMConfig(**shape, guide_weight=0.5, guide_heads=2))
-    a, b = _token_sums(plain, batch, None, 0.0, 3), _token_sums(guided, batch, None, 0.0, 3)
+    a, b = token_sums(plain, batch, None, 0.0, 3), token_sums(guided, batch, None, 0.0, 3)
     assert "guide_sum" not in a
     n_out = float(b["weight_sum"])
     assert 0 < float(b["guide_sum"]) <= n_out
     np.testing.assert_allclose(float(b["loss_sum"]), float(a["loss_sum"]) + 0.5 * float(b["guide_sum"]), rtol=1e-5)
 
     def penalty(model):
-        return _token_sums(model, batch, None, 0.0, 3)["guide_sum"]
+        return token_sums(model, batch, None, 0.0, 3)["guide_sum"]
 
     grads = nnx.grad(penalty)(guided)
     # In the last layer only the guided heads' queries reach the penalty.
@@ -121,4 +121,4 @@ def test_guide_weight_adds_the_penalty_to_the_loss_and_its_gradient():
     assert q_grad[:, :2].sum() > 0 and q_grad[:, 2:].sum() == 0
     # The scanned stack sums the same penalty.
     scanned = numpy_model(LMConfig(**{**shape, "scan_layers": True}, guide_weight=0.5, guide_heads=2))
-    assert 0 < float(_token_sums(scanned, batch, None, 0.0, 3)["guide_sum"]) <= n_out
+    assert 0 < float(token_sums(scanned, batch, None, 0.0, 3)["guide_sum"]) <= n_out

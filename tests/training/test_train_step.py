@@ -9,13 +9,9 @@ import pytest
 from flax import nnx
 
 from gpa_jax import sharding
-from gpa_jax.models import LMConfig, lm_config, lm_model_config, mesh_config
-from gpa_jax.training.train_step import (
-    cross_entropy_loss,
-    make_optimizer,
-    make_schedule,
-    optimizer_config,
-)
+from gpa_jax.models import LMConfig, lm_model_config, mesh_config
+from gpa_jax.training.config import lm_config, optimizer_config
+from gpa_jax.training.train_step import cross_entropy_loss, make_optimizer, make_schedule
 from tests.models.helpers import numpy_model
 from tests.training.helpers import trainer_steps
 
