@@ -32,10 +32,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_utils.config_from_flags()
-    from gpa_jax.training import data_iter
+    from gpa_jax.training import model_kinds
 
     start = time.time()
-    directory = data_iter.write_batch_cache(config, common.existing_workdir())
+    directory = model_kinds.write_batch_cache(config, common.existing_workdir())
     size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
     print(f"batch cache {directory}: {size / 2**20:.1f} MiB in {time.time() - start:.0f} s; "
           "train with --config.data.source=cache")  # fmt: skip

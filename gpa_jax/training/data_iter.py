@@ -515,47 +515,6 @@ def cached_iterators(config, workdir, with_eval: bool, *, process_index: int = 0
     return train, (CachedBatches(directory, "eval", **kw) if with_eval else None)
 
 
-def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None) -> str:
-    """Runs the SeqIO data of `config` (the LM's task mixture, or an acoustic stage's
-    task) once and caches what training reads: the
-    `train.num_steps` train batches and the `train.eval_steps` eval batches (when evals
-    are on), for config.data.source='cache' (gpa_jax.data.batch_cache). Returns the
-    cache folder. An existing cache for this config is kept; one made for another config
-    is replaced."""
-    from gpa_jax.data import batch_cache
-
-    directory = cache_dir(config, workdir)
-    value = cache_fingerprint(config, workdir)
-    with_eval = bool(config.train.eval_every)
-    try:
-        manifest = batch_cache.read_manifest(directory)
-    except batch_cache.CacheError:
-        manifest = None
-    wanted = {"train": int(config.train.num_steps)}
-    if with_eval:
-        wanted["eval"] = int(config.train.eval_steps)
-    if (manifest and manifest["fingerprint"] == value
-            and all(manifest["splits"].get(s, {}).get("batches") == n for s, n in wanted.items())):  # fmt: skip
-        logging.info("batch cache %s is up to date", directory)
-        return directory
-    for name in paths.listdir(directory):  # another config's cache: its files go first
-        if name.endswith(".array_record") or name == batch_cache.MANIFEST:
-            paths.remove(batch_cache.join(directory, name))
-    from gpa_jax.training import model_kinds
-
-    source = config.copy_and_resolve_references()
-    with source.unlocked():
-        source.data.source = "tasks"
-    train, evals = model_kinds.get_kind(source).make_iterators(source, workdir=workdir)
-    splits = {"train": batch_cache.write_split(directory, "train", train, wanted["train"])}
-    meta: dict[str, Any] = {"fingerprint": value}
-    if with_eval:
-        splits["eval"] = batch_cache.write_split(directory, "eval", evals, wanted["eval"])
-        meta["reference_losses"] = dict(getattr(evals, "reference_losses", None) or {})
-    batch_cache.write_manifest(directory, {**meta, "splits": splits})
-    return directory
-
-
 def make_iterators(
     config: ml_collections.ConfigDict,
     *,

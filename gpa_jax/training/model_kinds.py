@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from flax import nnx
+
+from gpa_jax import paths
 
 
 def _dropout_rng(config: ml_collections.ConfigDict) -> bool:
@@ -116,6 +120,12 @@ KINDS: Mapping[str, str] = {
 }
 
 
+def needs_train_rng(config: ml_collections.ConfigDict) -> bool:
+    """Whether the train step passes the loss a random key: the model kind decides
+    (dropout; the hybrid LM's mel dropout). Eval never gets one."""
+    return get_kind(config).needs_train_rng(config)
+
+
 def get_kind(config: ml_collections.ConfigDict | str) -> ModelKind:
     """The ModelKind of `config.kind` (default 'lm') or of a kind name; unknown kinds name
     the known ones."""
@@ -127,3 +137,43 @@ def get_kind(config: ml_collections.ConfigDict | str) -> ModelKind:
     if not isinstance(kind, ModelKind):
         kind = kind()
     return kind
+
+
+def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathLike | None) -> str:
+    """Runs the SeqIO data of `config` (through its kind's `make_iterators`: the LM's task
+    mixture, or an acoustic stage's task) once and caches what training reads: the
+    `train.num_steps` train batches and the `train.eval_steps` eval batches (when evals
+    are on), for config.data.source='cache' (gpa_jax.data.batch_cache). Returns the
+    cache folder. An existing cache for this config is kept; one made for another config
+    is replaced."""
+    from gpa_jax.data import batch_cache
+    from gpa_jax.training.data_iter import cache_dir, cache_fingerprint
+
+    directory = cache_dir(config, workdir)
+    value = cache_fingerprint(config, workdir)
+    with_eval = bool(config.train.eval_every)
+    try:
+        manifest = batch_cache.read_manifest(directory)
+    except batch_cache.CacheError:
+        manifest = None
+    wanted = {"train": int(config.train.num_steps)}
+    if with_eval:
+        wanted["eval"] = int(config.train.eval_steps)
+    if (manifest and manifest["fingerprint"] == value
+            and all(manifest["splits"].get(s, {}).get("batches") == n for s, n in wanted.items())):  # fmt: skip
+        logging.info("batch cache %s is up to date", directory)
+        return directory
+    for name in paths.listdir(directory):  # another config's cache: its files go first
+        if name.endswith(".array_record") or name == batch_cache.MANIFEST:
+            paths.remove(batch_cache.join(directory, name))
+    source = config.copy_and_resolve_references()
+    with source.unlocked():
+        source.data.source = "tasks"
+    train, evals = get_kind(source).make_iterators(source, workdir=workdir)
+    splits = {"train": batch_cache.write_split(directory, "train", train, wanted["train"])}
+    meta: dict[str, Any] = {"fingerprint": value}
+    if with_eval:
+        splits["eval"] = batch_cache.write_split(directory, "eval", evals, wanted["eval"])
+        meta["reference_losses"] = dict(getattr(evals, "reference_losses", None) or {})
+    batch_cache.write_manifest(directory, {**meta, "splits": splits})
+    return directory

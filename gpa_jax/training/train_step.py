@@ -198,11 +198,3 @@ def token_sums(
         sums["guide_sum"] = penalty
         sums["loss_sum"] = sums["loss_sum"] + weight * penalty
     return sums
-
-
-def needs_train_rng(config: ml_collections.ConfigDict) -> bool:
-    """Whether the train step passes the loss a random key: the model kind decides
-    (dropout; the hybrid LM's mel dropout). Eval never gets one."""
-    from gpa_jax.training.model_kinds import get_kind
-
-    return get_kind(config).needs_train_rng(config)

@@ -75,7 +75,7 @@ from gpa_jax.training import checkpoint as ckpt_lib
 from gpa_jax.training import data_iter as data_lib
 from gpa_jax.training import metrics as metrics_lib
 from gpa_jax.training import model_kinds
-from gpa_jax.training.train_step import _DROPOUT_STREAM, make_schedule, needs_train_rng
+from gpa_jax.training.train_step import _DROPOUT_STREAM, make_schedule
 
 TASK_IDS_KEY = data_lib.TASK_IDS_KEY
 # Exit statuses for a run stopped by a signal (128 + signal number, the shell convention).
@@ -130,7 +130,7 @@ def make_step_fns(
     accum = int(config.train.grad_accum_steps)
     batch_sums = model_kinds.get_kind(config).batch_sums
     schedule = make_schedule(config)
-    use_dropout = needs_train_rng(config)
+    use_dropout = model_kinds.needs_train_rng(config)
     base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
     # Accumulated gradients live sharded like the params (FSDP: never a full copy).
     grad_shardings = nnx.filter_state(state_shardings[0], nnx.Param)

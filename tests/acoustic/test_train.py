@@ -201,7 +201,7 @@ def test_vocoder_trains_with_the_frozen_codec_codebooks(token_corpus, tmp_path):
 def test_the_stage_trains_from_the_batch_cache_as_from_its_task(token_corpus, tmp_path):
     """data.source='cache' (launch.cache_batches' cache, read with Grain) gives the NAR
     stage the batches and losses of its SeqIO task."""
-    from gpa_jax.training.data_iter import write_batch_cache
+    from gpa_jax.training.model_kinds import write_batch_cache
 
     directory, _ = token_corpus
     mesh = ("mesh.shape=(2, 2, 2)", "model.num_kv_heads=2")

@@ -176,7 +176,7 @@ def test_mel_dropout_key_comes_through_the_train_step():
     """The hybrid LM with mel_dropout > 0 and dropout_rate 0 still gets a key per step
     (needs_train_rng), so two steps of the same batch see different dropped rows; with
     mel_dropout 0 the step is deterministic."""
-    from gpa_jax.training.train_step import needs_train_rng
+    from gpa_jax.training.model_kinds import needs_train_rng
 
     base = _config(mel_dropout=0.5)
     assert needs_train_rng(base)

@@ -14,8 +14,9 @@ import pytest
 from gpa_jax.data import batch_cache
 from gpa_jax.tasks import tasks as tasks_lib
 from gpa_jax.training import trainer
-from gpa_jax.training.data_iter import make_iterators, write_batch_cache
+from gpa_jax.training.data_iter import make_iterators
 from gpa_jax.training.metrics import MemoryWriter
+from gpa_jax.training.model_kinds import write_batch_cache
 from tests.training.test_task_data import (  # noqa: F401  (fixtures)
     TASK_OVERRIDES,
     _new_run,
