@@ -12,7 +12,7 @@ ignores the input. --asr_rows=N adds the greedy ASR WER/CER of N rows of that sp
 --json_out=PATH also writes the figures as JSON (`lm_report.run_figures`: per-task eval
 loss and perplexity, parameter count, step time; with --conditioning each task's
 matched / mismatched loss and gain, and "asr" wer / cer / rows with --asr_rows, of the
-newest step asked for): what `configs/sweeps/audio_input.py` tabulates.
+last of --conditioning_steps): what `configs/sweeps/audio_input.py` tabulates.
 """
 
 from __future__ import annotations

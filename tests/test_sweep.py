@@ -237,6 +237,16 @@ def test_audio_input_sweep_trains_three_variants_into_one_table(tmp_path, monkey
         assert f"| audio_input={variant} |" in table
     saved = json.load(open(os.path.join(sweep_lib.sweep_dir(workdir, sweep), "results.json")))
     assert [r["run"] for r in saved] == [r["run"] for r in rows]
+    # Identical data: every run trained on the same batches (the same loss tokens per
+    # task at every step).
+    from gpa_jax.training.metrics import read_scalars
+
+    seen = []
+    for row in rows:
+        scalars = read_scalars(os.path.join(sweep_lib.sweep_dir(workdir, sweep), row["run"], "tensorboard"))
+        seen.append({tag: series for tag, series in scalars.items()
+                     if tag.startswith("train/") and tag.endswith("loss_tokens")})  # fmt: skip
+    assert seen[0] and seen[0] == seen[1] == seen[2]
 
 
 def test_evaluate_step_runs_after_training_and_its_json_fills_the_table(tmp_path, monkeypatch):
