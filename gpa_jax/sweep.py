@@ -8,8 +8,15 @@ A sweep file `configs/sweeps/<name>.py` defines `get_sweep() -> dict` with
     fixed      {dotted key: value} applied to every run; "{workdir}" in a string value is
                the sweep's work dir (e.g. the token shards the demo wrote there)
     grid       {dotted key: [values, ...]}: the runs are the Cartesian product, in order
-    metrics    TensorBoard tags gathered from each run (last logged value), e.g. "eval/loss"
+    metrics    what the table shows per run: a TensorBoard tag (its last logged value),
+               e.g. "eval/loss", or "<file>.json:<key>", the key (a "/" in it steps into
+               nested dicts) of a JSON file the run dir holds, e.g. the evaluate step's
     args       optional extra flags for the entry point, e.g. ["--noprogress"]
+    evaluate   optional [module, *flags]: run after each run's entry exits 0, as
+               `python -m <module> --config=<config> --workdir=<run dir> --config.<k>=<v>
+               ... <flags>` ("{run_dir}" in a flag is the run dir), e.g. launch.lm_report
+               writing a JSON file the metrics read; the run is finished when both exit 0
+               (`--mode=print` emits the training commands only, not this step)
 
 Each run is `python -m <entry> --config=<config> --workdir=<run dir> --config.<k>=<v> ...`.
 Runs share the sweep work dir's data: when a config trains on the tasks (`data.source`
@@ -49,6 +56,7 @@ from gpa_jax import config_utils, paths, preemption
 
 DONE_MARKER = "SWEEP_DONE"
 _REQUIRED = ("name", "entry", "config", "grid", "metrics")
+_OPTIONAL = ("fixed", "args", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +87,7 @@ def load_sweep(path: str) -> dict[str, Any]:
         raise ValueError(f"sweep file {path}: defines no get_sweep()")
     sweep = dict(module.get_sweep())
     missing = [k for k in _REQUIRED if k not in sweep]
-    unknown = sorted(set(sweep) - set(_REQUIRED) - {"fixed", "args"})
+    unknown = sorted(set(sweep) - set(_REQUIRED) - set(_OPTIONAL))
     if missing or unknown:
         raise ValueError(f"sweep file {path}: missing keys {missing}, unknown keys {unknown}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep["name"]):
@@ -87,6 +95,9 @@ def load_sweep(path: str) -> dict[str, Any]:
     for key, values in sweep["grid"].items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"sweep file {path}: grid[{key!r}] must be a non-empty list")
+    evaluate = sweep.setdefault("evaluate", [])
+    if isinstance(evaluate, (str, bytes)) or not all(isinstance(a, str) for a in evaluate):
+        raise ValueError(f"sweep file {path}: evaluate must be a list [module, *flags] of strings")
     sweep.setdefault("fixed", {})
     sweep.setdefault("args", [])
     return sweep
@@ -142,6 +153,28 @@ def expand(sweep: Mapping[str, Any], workdir: str = ".") -> list[Run]:
     return runs
 
 
+def check_feature_rows(sweep: Mapping[str, Any], runs: Sequence[Run]) -> None:
+    """Before any run starts: every run whose LM reads per-frame audio features
+    (model.audio_input continuous / hybrid) finds rows of its width in its token shards,
+    so that a sweep does not fail at its second run after an hour of the first. A token
+    dir without a manifest is left to the run's own error."""
+    from gpa_jax.training import data_iter
+
+    for run in runs:
+        config = config_utils.load_config(
+            sweep["config"], [f"{k}={_flag_value(v)}" for k, v in run.overrides.items()]
+        )
+        tc = config.get("tasks")
+        if tc is None or not tc.get("token_dir") or not data_iter.uses_audio_features(config):
+            continue
+        if not paths.exists(os.path.join(tc.token_dir, "manifest.json")):
+            continue
+        try:
+            data_iter.check_feature_rows(config, tc.token_dir, (tc.train_split, tc.eval_split))
+        except ValueError as error:
+            raise ValueError(f"sweep {sweep['name']}, run {run.name}: {error}") from None
+
+
 def sweep_dir(workdir: str, sweep: Mapping[str, Any]) -> str:
     return os.path.join(workdir, "sweeps", sweep["name"])
 
@@ -151,6 +184,19 @@ def command(sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.
         python, "-m", sweep["entry"], f"--config={sweep['config']}", f"--workdir={run_dir}",
         *run.flags(), *sweep["args"],
     ]
+
+
+def evaluate_command(
+    sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.executable
+) -> list[str] | None:
+    """The sweep's `evaluate` step for one run (None if the sweep has none)."""
+    if not sweep.get("evaluate"):
+        return None
+    module, *extra = sweep["evaluate"]
+    return [
+        python, "-m", module, f"--config={sweep['config']}", f"--workdir={run_dir}",
+        *run.flags(), *(a.replace("{run_dir}", run_dir) for a in extra),
+    ]  # fmt: skip
 
 
 PREEMPTED_CODES = {code: sig for sig, code in preemption.EXIT_CODES.items()}
@@ -163,6 +209,7 @@ def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict
     """
     root = sweep_dir(workdir, sweep)
     runs = expand(sweep, workdir)
+    check_feature_rows(sweep, runs)
     child: list[subprocess.Popen] = []
 
     def forward(signum: int) -> None:
@@ -180,14 +227,18 @@ def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict
             if preemption.requested():
                 preemption.stop(f"runs before {run.name} are finished")
             paths.makedirs(run_dir)
-            cmd = command(sweep, run, run_dir)
-            log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
+            cmds = [command(sweep, run, run_dir), evaluate_command(sweep, run, run_dir)]
             start = time.time()
+            rc = 0
             with _run_log(run_dir) as log_file, open(log_file, "ab") as out:
-                child[:] = [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                             start_new_session=True)]  # fmt: skip
-                rc = child[0].wait()
-                child.clear()
+                for cmd in cmds:
+                    if cmd is None or rc != 0:
+                        continue
+                    log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
+                    child[:] = [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                 start_new_session=True)]  # fmt: skip
+                    rc = child[0].wait()
+                    child.clear()
             status = {"returncode": rc, "seconds": round(time.time() - start, 1)}
             paths.atomic_write_json(os.path.join(run_dir, "status.json"), status)
             if rc == 0:  # the marker a rerun trusts: written last, whole
@@ -246,11 +297,29 @@ def gather(sweep: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
         else:
             row["status"] = "not run"
         scalars = read_scalars(os.path.join(run_dir, "tensorboard")) if paths.isdir(run_dir) else {}
+        files: dict[str, Any] = {}
         for tag in sweep["metrics"]:
+            if ".json:" in tag:
+                row[tag] = _json_metric(run_dir, tag, files)
+                continue
             series = scalars.get(tag)
             row[tag] = series[-1][1] if series else None
         rows.append(row)
     return rows
+
+
+def _json_metric(run_dir: str, tag: str, files: dict[str, Any]) -> Any:
+    """The value a "<file>.json:<key/...>" metric names in `run_dir` (None if absent)."""
+    name, key = tag.split(":", 1)
+    if name not in files:
+        path = os.path.join(run_dir, name)
+        files[name] = paths.read_json(path) if paths.exists(path) else {}
+    value = files[name]
+    for part in key.split("/"):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def write_table(sweep: Mapping[str, Any], workdir: str, rows: list[dict[str, Any]]) -> str:

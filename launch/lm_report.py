@@ -9,6 +9,10 @@ same --config (and overrides) the run was trained with. Then (--conditioning, de
 on) the loss of each task's output given its own input vs another row's input, from the
 newest checkpoint (gpa_jax.evaluation.conditioning): a gain near 0 means the model
 ignores the input. --asr_rows=N adds the greedy ASR WER/CER of N rows of that split.
+--json_out=PATH also writes the figures as JSON (`lm_report.run_figures`: per-task eval
+loss and perplexity, parameter count, step time; with --conditioning each task's
+matched / mismatched loss and gain, and "asr" wer / cer / rows with --asr_rows, of the
+last of --conditioning_steps): what `configs/sweeps/audio_input.py` tabulates.
 """
 
 from __future__ import annotations
@@ -25,22 +29,41 @@ _STEPS = flags.DEFINE_list("conditioning_steps", [], "Checkpoint steps for it (d
 _ASR_ROWS = flags.DEFINE_integer(
     "asr_rows", 0, "With it: greedy ASR WER/CER of this many rows of that split per step."
 )
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the figures as JSON here.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from gpa_jax import paths
     from gpa_jax.training import lm_report
 
-    print(lm_report.report(config_utils.config_from_flags(), common.existing_workdir()))
+    config, workdir = config_utils.config_from_flags(), common.existing_workdir()
+    print(lm_report.report(config, workdir))
+    figures = lm_report.run_figures(config, workdir) if _JSON_OUT.value else {}
     if _CONDITIONING.value:
         from gpa_jax.evaluation import conditioning
 
         for step in [int(s) for s in _STEPS.value] or [None]:
             report = conditioning.report_for_workdir(
-                common.existing_workdir(), split=_SPLIT.value, step=step, asr_rows=_ASR_ROWS.value
+                workdir, split=_SPLIT.value, step=step, asr_rows=_ASR_ROWS.value
             )
             print(conditioning.format_report(report))
+            figures["conditioning_step"] = report["step"]
+            for task in conditioning.TASKS:
+                if report.get(task):
+                    figures.setdefault(task, {}).update(
+                        {k: v for k, v in report[task].items() if k != "rows"},
+                        conditioning_rows=report[task]["rows"],
+                    )
+            if "asr_transcripts" in report:
+                figures.setdefault("asr", {}).update(
+                    wer=report["asr_transcripts"]["wer"], cer=report["asr_transcripts"]["cer"],
+                    wer_rows=report["asr_transcripts"]["rows"],
+                )
+    if _JSON_OUT.value:
+        paths.atomic_write_json(_JSON_OUT.value, figures, indent=2)
+        print(f"figures: {_JSON_OUT.value}")
 
 
 if __name__ == "__main__":

@@ -167,3 +167,114 @@ def test_print_mode_cli_with_a_gs_workdir():
         assert line.count("bash launch/tpu_pod.sh") == 2 and line.endswith("tpu_pod.sh wait")
         assert "WORKDIR=gs://bucket/runs/demo/sweeps/lm_size/num_layers=" in line
         assert "--config.tasks.token_dir=gs://bucket/runs/demo/tokens/synthetic_speech/default" in line
+
+
+# --- configs/sweeps/audio_input.py: the three audio inputs on one set of token shards ----
+
+# The shipped sweep at quick sizes on the random token shards of tests.tasks.conftest
+# (byte text, FEATURE_DIM-wide feature rows standing in for log-mel).
+AUDIO_QUICK = {
+    "tasks.corpus": "test_speech/tiny",
+    "tasks.token_dir": "{workdir}/tokens/test_speech/tiny",
+    "tasks.ref_max_frames": 40, "tasks.ref_min_frames": 10,
+    "model.vocab_size": 512, "model.num_layers": 1, "model.embed_dim": 32,
+    "model.num_heads": 2, "model.num_kv_heads": 1, "model.head_dim": 16, "model.mlp_dim": 64,
+    "model.max_len": 128, "model.audio_encoder_layers": 1,
+    "train.seq_len": 128, "train.batch_size": 4, "train.num_steps": 4, "train.log_every": 1,
+    "train.eval_every": 4, "train.eval_steps": 2, "train.checkpoint_every": 4,
+    "optimizer.warmup_steps": 1, "optimizer.total_steps": 4,
+}  # fmt: skip
+
+
+def _audio_sweep(features_dim):
+    sweep = sweep_lib.load_sweep(os.path.join(REPO, "configs", "sweeps", "audio_input.py"))
+    sweep["config"] = os.path.join(REPO, sweep["config"])
+    sweep["fixed"] = {**AUDIO_QUICK, "model.audio_feature_dim": features_dim}
+    # The test shards have no test split; 3 ASR rows keep the greedy decoding short.
+    swap = {"--asr_rows=40": "--asr_rows=3", "--conditioning_split=test": "--conditioning_split=validation"}
+    assert set(swap) <= set(sweep["evaluate"])
+    sweep["evaluate"] = [swap.get(a, a) for a in sweep["evaluate"]]
+    return sweep
+
+
+def test_audio_input_sweep_refuses_shards_without_feature_rows_up_front(tmp_path):
+    from tests.tasks.conftest import FEATURE_DIM, write_corpus
+
+    write_corpus(str(tmp_path / "tokens" / "test_speech" / "tiny"))  # codes only
+    sweep = _audio_sweep(FEATURE_DIM)
+    assert [r.name for r in sweep_lib.expand(sweep, str(tmp_path))] == [
+        "audio_input=tokens", "audio_input=continuous", "audio_input=hybrid"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"run audio_input=continuous: split 'train' .* has no "
+                       r"feature rows.*data.token_features=log_mel"):  # fmt: skip
+        sweep_lib.run_sweep(sweep, str(tmp_path), log=lambda _: None)
+    assert not (tmp_path / "sweeps").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_audio_input_sweep_trains_three_variants_into_one_table(tmp_path, monkeypatch):
+    """End to end at quick sizes: three real trainings on one set of shards with feature
+    rows, each followed by launch.lm_report; the table has a row per variant with finite
+    losses, perplexities, ASR WER / CER, step time and parameter count."""
+    import math
+
+    from tests.tasks.conftest import FEATURE_DIM, write_corpus
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device per run, as a user's sweep
+    workdir = str(tmp_path)
+    write_corpus(os.path.join(workdir, "tokens", "test_speech", "tiny"), features=True)
+    sweep = _audio_sweep(FEATURE_DIM)
+    rows = sweep_lib.run_sweep(sweep, workdir, log=print)
+    table = sweep_lib.write_table(sweep, workdir, rows)
+    assert [r["model.audio_input"] for r in rows] == ["tokens", "continuous", "hybrid"]
+    for row in rows:
+        assert row["status"] == "done", row
+        for tag in sweep["metrics"]:
+            assert isinstance(row[tag], (int, float)) and math.isfinite(row[tag]), (row["run"], tag)
+        assert row["report.json:asr/wer"] >= 0 and row["report.json:step_seconds"] > 0
+    params = [r["report.json:params"] for r in rows]
+    assert params[0] < params[1] < params[2]  # the encoder; the hybrid's fusion on top
+    for variant in ("tokens", "continuous", "hybrid"):
+        assert f"| audio_input={variant} |" in table
+    saved = json.load(open(os.path.join(sweep_lib.sweep_dir(workdir, sweep), "results.json")))
+    assert [r["run"] for r in saved] == [r["run"] for r in rows]
+    # Identical data: every run trained on the same batches (the same loss tokens per
+    # task at every step).
+    from gpa_jax.training.metrics import read_scalars
+
+    seen = []
+    for row in rows:
+        scalars = read_scalars(os.path.join(sweep_lib.sweep_dir(workdir, sweep), row["run"], "tensorboard"))
+        seen.append({tag: series for tag, series in scalars.items()
+                     if tag.startswith("train/") and tag.endswith("loss_tokens")})  # fmt: skip
+    assert seen[0] and seen[0] == seen[1] == seen[2]
+
+
+def test_evaluate_step_runs_after_training_and_its_json_fills_the_table(tmp_path, monkeypatch):
+    """Stand-in entry points: the evaluate step gets the run's config flags and "{run_dir}",
+    runs only after the entry succeeded, and its failure leaves the run unfinished;
+    "<file>.json:<a>/<b>" metrics read nested keys of the JSON it wrote."""
+    (tmp_path / "fake_train.py").write_text(textwrap.dedent("""
+        import sys
+        sys.exit(1 if "--config.model.num_layers=3" in sys.argv else 0)
+    """))
+    (tmp_path / "fake_eval.py").write_text(textwrap.dedent("""
+        import json, sys
+        args = dict(a.split("=", 1) for a in sys.argv[1:])
+        layers = int(args["--config.model.num_layers"])
+        if layers == 2:
+            sys.exit(3)
+        json.dump({"asr": {"wer": 0.5 * layers}, "params": 10 * layers}, open(args["--out"], "w"))
+    """))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2, 3]}))
+    sweep.update(entry="fake_train", evaluate=["fake_eval", "--out={run_dir}/r.json"],
+                 metrics=["r.json:asr/wer", "r.json:params", "r.json:asr/cer"])  # fmt: skip
+    rows = sweep_lib.run_sweep(sweep, str(tmp_path / "w"), log=lambda _: None)
+    assert [r["status"] for r in rows] == ["done", "failed (exit 3)", "failed (exit 1)"]
+    assert rows[0]["r.json:asr/wer"] == 0.5 and rows[0]["r.json:params"] == 10
+    assert rows[0]["r.json:asr/cer"] is None and rows[1]["r.json:asr/wer"] is None
+    with pytest.raises(ValueError, match="evaluate must be a list"):
+        (tmp_path / "bad.py").write_text("def get_sweep():\n    return dict(name='t', entry='e', "
+                                         "config='c', grid={}, metrics=[], evaluate='launch.x')\n")  # fmt: skip
+        sweep_lib.load_sweep(str(tmp_path / "bad.py"))

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from gpa_jax.training import data_iter as data_lib
 
@@ -101,6 +102,32 @@ def last_eval_metrics(workdir: str | os.PathLike) -> tuple[int, dict[str, float]
         for k, series in evals.items()
         if any(s == step for s, _ in series)
     }
+
+
+def run_figures(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's figures as one JSON-ready dict (what a sweep's table reads):
+
+        step          the step of the newest eval
+        params        the model's parameter count (from the config, `count_params`)
+        step_seconds  median seconds per training step over the run's log windows
+                      (compilation, evals and checkpoint saves excluded: train/steps_per_s)
+        <task>        {loss, ppl}: that eval's loss (nats per output token) and exp(loss)
+    """
+    from gpa_jax.sharding import count_params
+    from gpa_jax.training.metrics import read_scalars
+
+    step, metrics = last_eval_metrics(workdir)
+    rates = read_scalars(os.path.join(os.fspath(workdir), "tensorboard")).get("train/steps_per_s", [])
+    out: dict[str, Any] = {
+        "step": int(step),
+        "params": int(count_params(config)),
+        "step_seconds": 1.0 / float(np.median([r for _, r in rates])) if rates else None,
+    }
+    for task in data_lib.task_names(config):
+        loss = metrics.get(f"eval/{task}/loss")
+        if loss is not None:
+            out[task] = {"loss": float(loss), "ppl": _perplexity(float(loss))}
+    return out
 
 
 def report(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
