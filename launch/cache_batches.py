@@ -22,7 +22,7 @@ import time
 
 from absl import app
 
-from gpa_jax import config_utils
+from gpa_jax import config_utils, paths
 from launch import common
 
 config_utils.define_config_flag("configs/gpa_tiny.py")
@@ -36,8 +36,11 @@ def main(argv):
 
     start = time.time()
     directory = model_kinds.write_batch_cache(config, common.existing_workdir())
-    size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
-    print(f"batch cache {directory}: {size / 2**20:.1f} MiB in {time.time() - start:.0f} s; "
+    size = ""
+    if not paths.is_remote(directory):
+        mib = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)) / 2**20
+        size = f"{mib:.1f} MiB "
+    print(f"batch cache {directory}: {size}in {time.time() - start:.0f} s; "
           "train with --config.data.source=cache")  # fmt: skip
 
 
