@@ -40,7 +40,6 @@ from gpa_jax.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "batch_cache.json"
-SPLITS = ("train", "eval")
 ROWS_PER_SHARD = 4096
 _WRITER_OPTIONS = "group_size:1"  # random access to single rows
 # config.data fields that say how batches are read, not what they hold.
@@ -55,11 +54,7 @@ class CacheError(UserError, ValueError):
 
 
 def default_dir(workdir: str) -> str:
-    return (
-        f"{workdir.rstrip('/')}/batch_cache"
-        if paths.is_remote(workdir)
-        else os.path.join(workdir, "batch_cache")
-    )
+    return join(workdir, "batch_cache")
 
 
 def fingerprint(config: Any, token_manifest: bytes) -> str:
