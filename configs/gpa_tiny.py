@@ -38,6 +38,9 @@ Recipe (issue "the LM learns its tasks"; each lever measured on the default corp
   teacher's features (data.token_features=ctc_teacher, 0 encoder layers, same step time)
   lifted the TTS gain (0.26 at 1500 with the 3 s reference) but read the ASR source
   less too (0.21; WER 1.13).
+- TTS text as espeak-ng IPA (tasks.tts_text="phonemes") instead of the transcript: TTS
+  read its text less (gain 0.021 vs 0.130 at 1800 steps of batch 4, README), so the
+  transcript stays.
 Checkpoints every 300 steps are all kept: `launch.evaluate --curves` scores each.
 The vocabulary the data needs (256 bytes + 64 control ids + one RVQ-1 range, padded to
 128) fits in vocab_size 4096; the trainer checks that.
