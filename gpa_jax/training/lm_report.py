@@ -113,7 +113,7 @@ def run_figures(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
                       (compilation, evals and checkpoint saves excluded: train/steps_per_s)
         <task>        {loss, ppl}: that eval's loss (nats per output token) and exp(loss)
     """
-    from gpa_jax.sharding import count_params
+    from gpa_jax.models import count_params
     from gpa_jax.training.metrics import read_scalars
 
     step, metrics = last_eval_metrics(workdir)
