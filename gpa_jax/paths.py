@@ -140,6 +140,14 @@ def absolute(path: str | os.PathLike) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
+def join(directory: str | os.PathLike, name: str) -> str:
+    """`directory`/`name`: os.path.join for local folders, one '/' for URLs."""
+    directory = os.fspath(directory)
+    if is_remote(directory):
+        return f"{directory.rstrip('/')}/{name}"
+    return os.path.join(directory, name)
+
+
 def as_path(path: str | os.PathLike) -> epath.Path:
     return epath.Path(os.fspath(path))
 

@@ -15,7 +15,7 @@ from gpa_jax import paths
 def root(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "work")
-    return request.getfixturevalue("fake_gcs") + "/work"
+    return request.getfixturevalue("fake_gcs") + "/run"
 
 
 def test_write_read_list_remove(root):
@@ -45,7 +45,7 @@ def test_missing_file_names_the_path(root):
     with pytest.raises(FileNotFoundError, match="nothing.json"):
         paths.read_json(missing)
     if paths.is_remote(root):  # a local path is handed on as is; its reader says
-        with pytest.raises(FileNotFoundError, match="gs://fake-bucket/work/nothing.json"):
+        with pytest.raises(FileNotFoundError, match="gs://fake-bucket/run/nothing.json"):
             paths.local_path(missing)
 
 

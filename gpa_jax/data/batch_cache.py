@@ -54,7 +54,7 @@ class CacheError(UserError, ValueError):
 
 
 def default_dir(workdir: str) -> str:
-    return join(workdir, "batch_cache")
+    return paths.join(workdir, "batch_cache")
 
 
 def fingerprint(config: Any, token_manifest: bytes) -> str:
@@ -104,7 +104,7 @@ def write_split(
         entry = _write_split_files(stage, split, batches, num_batches)
         if stage != os.fspath(directory):
             for name in entry["files"]:
-                paths.upload(os.path.join(stage, name), join(directory, name))
+                paths.upload(os.path.join(stage, name), paths.join(directory, name))
     return entry
 
 
@@ -152,11 +152,13 @@ def _write_split_files(directory, split, batches, num_batches) -> dict[str, Any]
 
 
 def write_manifest(directory: str, value: Mapping[str, Any]) -> None:
-    paths.atomic_write_json(join(directory, MANIFEST), {"format_version": FORMAT_VERSION, **value})
+    paths.atomic_write_json(
+        paths.join(directory, MANIFEST), {"format_version": FORMAT_VERSION, **value}
+    )
 
 
 def read_manifest(directory: str) -> dict[str, Any]:
-    path = join(directory, MANIFEST)
+    path = paths.join(directory, MANIFEST)
     if not paths.isfile(path):
         raise CacheError(
             f"no batch cache at {directory} ({MANIFEST} missing): write it with "
@@ -179,14 +181,6 @@ def check_fingerprint(directory: str, expected: str) -> dict[str, Any]:
             f"config's {expected[:12]}): re-cache with python -m launch.cache_batches"
         )
     return manifest
-
-
-def join(directory: str, name: str) -> str:
-    """`directory`/`name` for local folders and URLs."""
-    directory = os.fspath(directory)
-    if paths.is_remote(directory):
-        return f"{directory.rstrip('/')}/{name}"
-    return os.path.join(directory, name)
 
 
 class _ReadBatch:
@@ -241,7 +235,7 @@ class CachedBatches:
             dict(manifest.get("reference_losses") or {}) if split == "eval" else {}
         )
         # ArrayRecord reads local files: gs:// shards via a gcsfuse mount or the host cache.
-        files = [paths.local_path(join(directory, f)) for f in entry["files"]]
+        files = [paths.local_path(paths.join(directory, f)) for f in entry["files"]]
         read = _ReadBatch(files, batch_size, process_index * rows, rows)
         dataset = (
             grain.MapDataset.range(self.num_batches)

@@ -493,7 +493,7 @@ def cache_fingerprint(config: ml_collections.ConfigDict, workdir: str | os.PathL
         token_dir = resolve_paths(config.tasks, None if workdir is None else os.fspath(workdir))[0]
     else:  # an acoustic stage names its shards itself
         token_dir = str(config.data.token_dir)
-    path = batch_cache.join(token_dir, MANIFEST_NAME)
+    path = paths.join(token_dir, MANIFEST_NAME)
     if not paths.isfile(path):
         raise FileNotFoundError(f"no token shards at {token_dir} ({MANIFEST_NAME} missing)")
     return batch_cache.fingerprint(config, paths.read_bytes(path))

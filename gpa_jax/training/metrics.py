@@ -119,7 +119,7 @@ class TensorBoardWriter:
         """Copies the staged (flushed) event files to the gs:// log dir (whole files: they
         only grow)."""
         for name in os.listdir(self._stage):
-            paths.upload(os.path.join(self._stage, name), f"{self._target.rstrip('/')}/{name}")
+            paths.upload(os.path.join(self._stage, name), paths.join(self._target, name))
         self._uploaded_at = time.monotonic()
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:

@@ -165,7 +165,7 @@ def write_batch_cache(config: ml_collections.ConfigDict, workdir: str | os.PathL
         return directory
     for name in paths.listdir(directory):  # another config's cache: its files go first
         if name.endswith(".array_record") or name == batch_cache.MANIFEST:
-            paths.remove(batch_cache.join(directory, name))
+            paths.remove(paths.join(directory, name))
     source = config.copy_and_resolve_references()
     with source.unlocked():
         source.data.source = "tasks"

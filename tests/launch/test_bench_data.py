@@ -1,22 +1,13 @@
 """launch.bench_data and launch.cache_batches as commands (behaviour, not timing)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_TINY = [
-    "--config.model.num_layers=1",
-    "--config.model.embed_dim=32",
-    "--config.model.mlp_dim=64",
-    "--config.model.head_dim=16",
-    "--config.model.vocab_size=128",
-    "--config.train.batch_size=8",
-    "--config.train.seq_len=32",
-]
+from tests.launch.test_bench_train import REPO
+from tests.launch.test_bench_train import TINY_CONFIG as _TINY
 
 
 def _run(module, *args):

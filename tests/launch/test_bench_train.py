@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_TINY = [
+# The tiny LM's config flags (launch.bench_data's test uses them too).
+TINY_CONFIG = [
     "--config.model.num_layers=1",
     "--config.model.embed_dim=32",
     "--config.model.mlp_dim=64",
@@ -16,10 +17,8 @@ _TINY = [
     "--config.model.attention_q_block=8",
     "--config.train.batch_size=8",  # divides the 8 simulated CPU devices of conftest
     "--config.train.seq_len=32",
-    "--steps=1",
-    "--rounds=2",
-    "--warmup=1",
 ]
+_TINY = [*TINY_CONFIG, "--steps=1", "--rounds=2", "--warmup=1"]
 
 
 def _bench(*args):

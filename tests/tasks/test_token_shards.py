@@ -284,7 +284,7 @@ def test_shards_and_manifest_round_trip_on_gs(fake_gcs, tmp_path):
     locally and uploaded; readers get them through the per-host cache (local_path)."""
     from gpa_jax import paths
 
-    directory = f"{fake_gcs}/work/tokens/tiny"
+    directory = f"{fake_gcs}/run/tokens/tiny"
     rng = np.random.default_rng(7)
     utts = _utts(10, rng)
     _write(directory, "train", utts)
@@ -308,8 +308,8 @@ def test_shards_and_manifest_round_trip_on_gs(fake_gcs, tmp_path):
     paths.remove(f"{directory}/validation-00000-of-00001.array_record")
     with pytest.raises(ts.ShardError, match=r"gs://fake-bucket/.*validation-00000.*missing"):
         list(ts.iter_utterances(directory, "validation"))
-    with pytest.raises(FileNotFoundError, match="gs://fake-bucket/work/nowhere"):
-        ts.read_manifest(f"{fake_gcs}/work/nowhere")
+    with pytest.raises(FileNotFoundError, match="gs://fake-bucket/run/nowhere"):
+        ts.read_manifest(f"{fake_gcs}/run/nowhere")
 
 
 def test_tokenization_resume_check_on_gs(fake_gcs):

@@ -127,14 +127,14 @@ def test_sentencepiece_model_on_gs(fake_gcs):
     bucket and loaded through the per-host cache (seqio reads local files here)."""
     from gpa_jax import paths
 
-    path = f"{fake_gcs}/work/spm/tiny_48.model"
+    path = f"{fake_gcs}/run/spm/tiny_48.model"
     spm.train_sentencepiece(SENTENCES, path, vocab_size=48)
     assert paths.isfile(path)
     config = ml_collections.ConfigDict(dict(text="spm", spm_model=path, audio_streams=1))
     v = vocab_lib.make_vocabulary(config, codebook_size=1024)
     assert v.decode([*v.encode(SENTENCES[0]), v.eos_id]) == SENTENCES[0]
-    with pytest.raises(FileNotFoundError, match="gs://fake-bucket/work/spm/none.model"):
-        vocab_lib.make_text_vocabulary("spm", f"{fake_gcs}/work/spm/none.model")
+    with pytest.raises(FileNotFoundError, match="gs://fake-bucket/run/spm/none.model"):
+        vocab_lib.make_text_vocabulary("spm", f"{fake_gcs}/run/spm/none.model")
 
 
 def test_train_spm_launch_reads_tfds_transcripts(tmp_path):

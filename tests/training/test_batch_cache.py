@@ -175,7 +175,7 @@ def test_a_cache_on_gs_round_trips(fake_gcs):
     from gpa_jax.training.data_iter import SyntheticLMBatches
 
     config = cache_config()
-    directory = f"{fake_gcs}/work/batch_cache"
+    directory = f"{fake_gcs}/run/batch_cache"
     split = batch_cache.write_split(directory, "train", SyntheticLMBatches(config), 3)
     batch_cache.write_manifest(directory, {"fingerprint": "f", "splits": {"train": split}})
     it = batch_cache.CachedBatches(directory, "train", fingerprint_value="f")
