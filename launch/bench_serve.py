@@ -45,8 +45,6 @@ from gpa_jax.errors import UserError
 from launch import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_LEVELS = (1, 4, 16, 64)
-GPU_LEVEL = 160  # GPA's largest published concurrency
 
 _CONCURRENCY = flags.DEFINE_list(
     "concurrency", [], "Closed-loop levels (default 1,4,16,64, and 160 with a GPU)."
@@ -72,21 +70,6 @@ _MAX_QUEUE = flags.DEFINE_integer("max_queue", 0, "Server: waiting requests (0: 
 _STEPS = flags.DEFINE_integer("steps_per_call", 8, "Server: decode steps between joins.")
 _MAX_JOIN = flags.DEFINE_integer("max_join", 4, "Server: prompts prefilled together.")
 
-
-def parse_levels(values: list[str], gpu: bool) -> list[int]:
-    """The closed-loop levels: the flag's, else the defaults (160 added on a GPU)."""
-    if not values:
-        return [*DEFAULT_LEVELS, *((GPU_LEVEL,) if gpu else ())]
-    levels = []
-    for value in values:
-        try:
-            level = int(value)
-        except ValueError:
-            level = 0
-        if level < 1:
-            raise UserError(f"--concurrency: {value!r} is not a positive integer")
-        levels.append(level)
-    return sorted(set(levels))
 
 
 def accelerator() -> str:
@@ -173,48 +156,6 @@ class ServerProcess:
         self._log.close()
 
 
-# --- the table ------------------------------------------------------------------------------
-
-
-def _cell(value: Any, scale: float = 1.0, digits: int = 3) -> str:
-    return "–" if value is None else f"{value * scale:.{digits}f}"
-
-
-def _pair(row: dict, key: str) -> str:
-    """'served (one by one)' of a quality figure."""
-    if row.get(key) is None:
-        return "–"
-    return f"{row[key]:.3f} ({row[key + '_one_by_one']:.3f})"
-
-
-TABLE_COLUMNS = ("Concurrency", "Requests ok", "TTS RTF p50", "TTS RTF p95",
-                 "TTS first chunk p50 (ms)", "TTS first chunk p95 (ms)", "TTS audio (s)",
-                 "VC RTF p50", "ASR latency p50 (ms)", "req/s", "ASR WER (alone)",
-                 "TTS judge-WER (alone)", "VC judge-WER (alone)", "= one by one")  # fmt: skip
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """GPA's serving table (concurrency | TTS RTF | first chunk | ...), one line per run:
-    p50 / p95 over its requests, req/s over its wall time; quality figures as 'served
-    (the same requests one by one)'."""
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for row in rows:
-        tts, vc, asr = row["tts"], row["vc"], row["asr"]
-        label = (str(row["concurrency"]) if row["mode"] == "closed"
-                 else f"Poisson {row['rate']:.3g}/s")  # fmt: skip
-        equal = "–" if row.get("equal_fraction") is None else (
-            f"{row['equal_one_by_one']}/{row['compared']}")  # fmt: skip
-        cells = [
-            label, f"{row['ok']}/{row['sent']}", _cell(tts["rtf_p50"]), _cell(tts["rtf_p95"]),
-            _cell(tts["ttfc_s_p50"], 1000, 0), _cell(tts["ttfc_s_p95"], 1000, 0),
-            _cell(tts["audio_s_mean"], digits=2), _cell(vc["rtf_p50"]),
-            _cell(asr["latency_s_p50"], 1000, 0), _cell(row["requests_per_s"]),
-            _pair(row, "asr_wer"), _pair(row, "tts_judge_wer"), _pair(row, "vc_judge_wer"), equal,
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -254,7 +195,7 @@ def main(argv):
 
     # The flags first: a bad one fails before anything loads.
     mix = loadtest.parse_mix(_MIX.value)
-    levels = parse_levels(_CONCURRENCY.value, gpu=False) if _CONCURRENCY.value else None
+    levels = loadtest.parse_levels(_CONCURRENCY.value, gpu=False) if _CONCURRENCY.value else None
     for name, value, low in (("requests", _REQUESTS.value, 1), ("warmup_requests", _WARMUP.value, 0),
                              ("slots", _SLOTS.value, 1), ("max_queue", _MAX_QUEUE.value, 0),
                              ("max_seconds", _MAX_SECONDS.value, 1e-9)):  # fmt: skip
@@ -284,7 +225,7 @@ def main(argv):
     # CPU, so the accelerator's memory is all the server's.
     jax.config.update("jax_platforms", "cpu")
     if levels is None:
-        levels = parse_levels([], gpu=device.startswith("gpu"))
+        levels = loadtest.parse_levels([], gpu=device.startswith("gpu"))
 
     max_source_s, min_reference_s = _limits(workdir)
     utts = loadtest.utterances_from_workdir(workdir, _SPLIT.value)
@@ -330,7 +271,7 @@ def main(argv):
 
         judge = loadtest.JudgeCache(make_judge("whisper"))
     rows = [{**loadtest.summarize(r), **loadtest.compare(r, baseline, requests, judge)} for r in runs]
-    table = markdown_table(rows)
+    table = loadtest.markdown_table(rows)
     summary = {
         "machine": machine(device),
         "workdir": workdir, "split": _SPLIT.value, "mix": mix, "seed": _SEED.value,

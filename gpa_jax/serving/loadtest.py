@@ -479,3 +479,64 @@ def compare(run: Run, baseline: Run, requests: Sequence[LoadRequest],
             asr_metrics.judge_wer_report(refs, alone)["corpus_wer"]
         )
     return out
+
+
+# --- concurrency levels and GPA's table ----------------------------------------------------
+
+DEFAULT_LEVELS = (1, 4, 16, 64)
+GPU_LEVEL = 160  # GPA's largest published concurrency
+
+
+def parse_levels(values: list[str], gpu: bool) -> list[int]:
+    """The closed-loop levels: the flag's, else the defaults (160 added on a GPU)."""
+    if not values:
+        return [*DEFAULT_LEVELS, *((GPU_LEVEL,) if gpu else ())]
+    levels = []
+    for value in values:
+        try:
+            level = int(value)
+        except ValueError:
+            level = 0
+        if level < 1:
+            raise UserError(f"--concurrency: {value!r} is not a positive integer")
+        levels.append(level)
+    return sorted(set(levels))
+
+
+
+    return "–" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _pair(row: dict, key: str) -> str:
+    """'served (one by one)' of a quality figure."""
+    if row.get(key) is None:
+        return "–"
+    return f"{row[key]:.3f} ({row[key + '_one_by_one']:.3f})"
+
+
+TABLE_COLUMNS = ("Concurrency", "Requests ok", "TTS RTF p50", "TTS RTF p95",
+                 "TTS first chunk p50 (ms)", "TTS first chunk p95 (ms)", "TTS audio (s)",
+                 "VC RTF p50", "ASR latency p50 (ms)", "req/s", "ASR WER (alone)",
+                 "TTS judge-WER (alone)", "VC judge-WER (alone)", "= one by one")  # fmt: skip
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """GPA's serving table (concurrency | TTS RTF | first chunk | ...), one line per run:
+    p50 / p95 over its requests, req/s over its wall time; quality figures as 'served
+    (the same requests one by one)'."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        tts, vc, asr = row["tts"], row["vc"], row["asr"]
+        label = (str(row["concurrency"]) if row["mode"] == "closed"
+                 else f"Poisson {row['rate']:.3g}/s")  # fmt: skip
+        equal = "–" if row.get("equal_fraction") is None else (
+            f"{row['equal_one_by_one']}/{row['compared']}")  # fmt: skip
+        cells = [
+            label, f"{row['ok']}/{row['sent']}", _cell(tts["rtf_p50"]), _cell(tts["rtf_p95"]),
+            _cell(tts["ttfc_s_p50"], 1000, 0), _cell(tts["ttfc_s_p95"], 1000, 0),
+            _cell(tts["audio_s_mean"], digits=2), _cell(vc["rtf_p50"]),
+            _cell(asr["latency_s_p50"], 1000, 0), _cell(row["requests_per_s"]),
+            _pair(row, "asr_wer"), _pair(row, "tts_judge_wer"), _pair(row, "vc_judge_wer"), equal,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

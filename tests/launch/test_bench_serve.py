@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from launch import bench_serve
+from gpa_jax.serving import loadtest
 from tests.faults.test_cli_faults import _cli, _user_error
 
 
@@ -21,9 +21,9 @@ def test_bench_serve_needs_a_trained_work_dir_and_good_flags(tmp_path):
 
 
 def test_levels_default_to_gpas_and_add_160_on_a_gpu():
-    assert bench_serve.parse_levels([], gpu=False) == [1, 4, 16, 64]
-    assert bench_serve.parse_levels([], gpu=True) == [1, 4, 16, 64, 160]
-    assert bench_serve.parse_levels(["16", "1", "16"], gpu=True) == [1, 16]
+    assert loadtest.parse_levels([], gpu=False) == [1, 4, 16, 64]
+    assert loadtest.parse_levels([], gpu=True) == [1, 4, 16, 64, 160]
+    assert loadtest.parse_levels(["16", "1", "16"], gpu=True) == [1, 16]
 
 
 def _row(mode="closed", concurrency=4, rate=None, **quality):
@@ -41,7 +41,7 @@ def test_table_is_gpas_format():
     rows = [_row(asr_wer=0.25, asr_wer_one_by_one=0.2, tts_judge_wer=0.5,
                  tts_judge_wer_one_by_one=0.5),
             _row("poisson", None, rate=0.75)]  # fmt: skip
-    lines = bench_serve.markdown_table(rows).splitlines()
+    lines = loadtest.markdown_table(rows).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:6] == ["Concurrency", "Requests ok", "TTS RTF p50", "TTS RTF p95",
                           "TTS first chunk p50 (ms)", "TTS first chunk p95 (ms)"]  # fmt: skip

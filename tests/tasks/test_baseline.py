@@ -54,12 +54,10 @@ def test_entropy_and_smoothed_cross_entropy(registered, vocab):
 
 def test_paths_default_under_the_workdir_where_the_stages_write():
     from gpa_jax.codec.data import tokens_dir
-    from launch.train_spm import default_spm_model as spm_default
 
     assert default_token_dir("W", "synthetic_speech/default") == tokens_dir(
         "W", "synthetic_speech/default"
     )
-    assert spm_default is default_spm_model
     config = small_config(corpus="c/x", vocab=dict(text="spm", spm_vocab_size=99))
     assert resolve_paths(config, "W") == ("W/tokens/c/x", "W/spm/c_x_99.model")
     byte = small_config(token_dir="/t")
