@@ -47,7 +47,7 @@ JUDGE = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "import-linter>=2.1", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+    "dev": ["pytest>=8", "pytest-xdist>=3", "filelock>=3", "ruff>=0.6", "import-linter>=2.1", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
     # HuBERT / HF audio encoders as offline distillation teachers (codec issue).
     "hubert": ["transformers>=4.45", "torch==2.13.0"],
     # Side-by-side PyTorch baseline for launch.bench_train / launch.bench_sample, and the

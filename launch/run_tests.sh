@@ -4,7 +4,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh || exit $?
-.venv/bin/python -m pytest "$@"
+# Two or more workers (pytest-xdist, up to 4 on a larger machine): much of the suite is
+# single-threaded (XLA compiles, subprocess start-ups), so two workers use CI's 2 cores.
+# --dist=loadscope keeps each module's tests (and its module fixtures) on one worker;
+# the workers share one quick-demo run (tests/conftest.py).
+# GPA_JAX_TEST_WORKERS=0 runs in one process.
+workers="${GPA_JAX_TEST_WORKERS:-auto}"
+if [ "$workers" = "0" ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -n "$workers" --maxprocesses=4 --dist=loadscope "$@"
+fi
 rc=$?
 if [ "$rc" -eq 5 ]; then
   # pytest's "no tests collected": say so loudly instead of failing the run with an
