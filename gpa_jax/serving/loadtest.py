@@ -503,7 +503,7 @@ def parse_levels(values: list[str], gpu: bool) -> list[int]:
     return sorted(set(levels))
 
 
-
+def _cell(value: Any, scale: float = 1.0, digits: int = 3) -> str:
     return "–" if value is None else f"{value * scale:.{digits}f}"
 
 
