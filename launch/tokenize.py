@@ -48,7 +48,7 @@ _MAX_BAD_FRACTION = flags.DEFINE_float(
     "max_bad_fraction", None,
     "Bad records (undecodable, bad or near-silent audio, lost to a cut shard) are skipped, "
     "counted and listed in the manifest; past this fraction of a split the job stops "
-    "(default data.corpora.MAX_BAD_FRACTION).",
+    "(default gpa_jax.corpora.MAX_BAD_FRACTION).",
 )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Codec training data: seeded random fixed-length crops of a TFDS speech corpus (grain).
 
-The waveforms are read once (through `data.corpora.speech_examples`, bad audio skipped and
+The waveforms are read once (through `gpa_jax.corpora.speech_examples`, bad audio skipped and
 counted) into memory: the codec only needs audio, and the synthetic corpora (and a few
 hours of a public one) fit. The pipeline is then pure index arithmetic on a grain
 `MapDataset`, so every batch is a function of (config seed, step):
@@ -59,7 +59,7 @@ def load_clips(
     per_speaker: keep only each speaker's first N utterances (in split order), so scores
     weigh every voice alike; limit caps the total.
     """
-    from data import corpora  # Imported here: pulls in TFDS and registers builders.
+    from gpa_jax import corpora  # Imported here: pulls in TFDS and registers builders.
 
     stats = corpora.LoadStats()
     audio, ids, texts, speakers = [], [], [], []
@@ -214,7 +214,7 @@ class ClipStore:
         import json
         import os
 
-        from data import corpora
+        from gpa_jax import corpora
 
         # The silence threshold (audio_io.SILENCE_RMS) is deliberately not in the key: a
         # store built before it existed is reused, so a resumed run keeps its data order.

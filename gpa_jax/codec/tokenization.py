@@ -97,7 +97,7 @@ def corpus_splits(corpus: str, data_dir: str | None) -> dict[str, int]:
     """{split: number of examples} of a prepared TFDS speech corpus."""
     import tensorflow_datasets as tfds
 
-    from data import corpora
+    from gpa_jax import corpora
 
     corpora.adapter_for(corpus)  # Registers builders defined in this repo.
     builder = tfds.builder(corpus, data_dir=data_dir)
@@ -183,12 +183,12 @@ def tokenize_split(
     Returns the split's manifest entry, with `bad_audio` {count, by_kind, ids, records,
     max_bad_fraction} added (its presence marks the split complete for
     `split_is_complete`); `records` names each bad record's corpus, split, id and shard
-    file (`data.corpora.LoadStats`). More faults than `max_bad_fraction` of the split
-    (default `data.corpora.MAX_BAD_FRACTION`) stop the job with `CorpusError`.
+    file (`gpa_jax.corpora.LoadStats`). More faults than `max_bad_fraction` of the split
+    (default `gpa_jax.corpora.MAX_BAD_FRACTION`) stop the job with `CorpusError`.
     """
     from tqdm import tqdm
 
-    from data import corpora
+    from gpa_jax import corpora
     from gpa_jax.codec import api
     from gpa_jax.tasks import token_shards
 

@@ -52,7 +52,7 @@ def load_originals(
     corpus: str, split: str, data_dir: str | None, ids: set[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """{id: {audio, speaker}} of a TFDS split (only `ids` when given)."""
-    from data.corpora import speech_examples
+    from gpa_jax.corpora import speech_examples
 
     out = {}
     for ex in speech_examples(corpus, split, data_dir=data_dir):

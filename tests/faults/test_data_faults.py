@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import corpora
+from gpa_jax import corpora
 from gpa_jax.audio import io as audio_io
 
 CORPUS = "synthetic_speech/tiny"
