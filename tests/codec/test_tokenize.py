@@ -14,8 +14,7 @@ import pytest
 
 from gpa_jax import paths
 from gpa_jax.audio.features import TOKEN_FEATURE_DIM, token_aligned_log_mel
-from gpa_jax.codec import tokenization
-from gpa_jax.codec import decode
+from gpa_jax.codec import decode, tokenization
 from gpa_jax.codec import train as codec_train
 from gpa_jax.tasks.token_shards import iter_utterances, read_manifest
 
@@ -26,7 +25,7 @@ KWARGS = dict(batch_size=8, bucket_frames=300, progress=False)
 
 @pytest.fixture(scope="module")
 def job(tiny_workdir):
-    from data import corpora
+    from gpa_jax import corpora
 
     config, workdir = tiny_workdir
     data_dir = paths.tfds_dir(workdir)
@@ -74,7 +73,7 @@ def test_too_long_audio_is_counted_and_listed_not_fatal(job):
 
 
 def test_shards_carry_the_token_aligned_log_mel_of_each_clip(job):
-    from data import corpora
+    from gpa_jax import corpora
 
     config, workdir, results, _ = job
     assert config.data.token_features == "log_mel"
@@ -170,7 +169,7 @@ def test_ctc_teacher_rows_do_not_depend_on_the_padding_bucket(job):
 
 
 def test_shards_can_carry_the_ctc_teachers_rows(job, tmp_path):
-    from data import corpora
+    from gpa_jax import corpora
 
     config, workdir, _, _ = job
     codec, _ = codec_train.restore_codec(config, codec_train.checkpoint_dir(workdir))
