@@ -4,7 +4,7 @@
 
 The corpus lands in <workdir>/tfds and is read with
 `tfds.load("synthetic_speech/<size>", data_dir=<workdir>/tfds)` after
-`import data.synthetic_speech`, or through `data.corpora.speech_examples`.
+`import data.synthetic_speech`, or through `gpa_jax.corpora.speech_examples`.
 """
 
 from __future__ import annotations

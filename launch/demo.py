@@ -160,16 +160,16 @@ def _stages(workdir: str, quick: bool):
                                overrides=acoustic_overrides)
 
     def acoustic_eval():
-        from gpa_jax.acoustic import recipe
+        from gpa_jax.evaluation import acoustic_stages
 
         variants = ("nar", "vocoder")
-        result = recipe.evaluate_stages(
+        result = acoustic_stages.evaluate_stages(
             token_dir(), {v: os.path.join(workdir, "acoustic", v) for v in variants},
             out_dir=os.path.join(workdir, "eval", "acoustic"), data_dir=paths.tfds_dir(workdir),
             config_kwargs={v: {"overrides": acoustic_overrides} for v in variants},
             **({"num_utterances": 4} if quick else {}),
         )
-        print(recipe.format_table(result))
+        print(acoustic_stages.format_table(result))
 
     def evaluate():
         from gpa_jax.acoustic import recipe  # noqa: F401  (imports the acoustic model kind)

@@ -1,4 +1,4 @@
-"""Evaluates acoustic stages against the codec's bounds (gpa_jax.acoustic.evaluate).
+"""Evaluates acoustic stages against the codec's bounds (gpa_jax.evaluation.acoustic_stages).
 
     python -m launch.eval_acoustic --workdir=runs/acoustic \
         --nar_config=configs/acoustic_nar_tiny.py:runs/acoustic/tokens/synthetic_speech/tiny \
@@ -63,7 +63,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir = common.existing_workdir()
-    from gpa_jax.acoustic import evaluate
+    from gpa_jax.evaluation import acoustic_stages as evaluate
 
     specs = {}
     for name, spec, wd, ov in (

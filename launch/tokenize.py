@@ -12,7 +12,7 @@ it) every utterance also carries its token-aligned log-mel, the LM's continuous 
 input; --token_features=ctc_teacher stores the codec's CTC content teacher's features
 (<workdir>/codec/teacher) instead. Rerunning skips splits already complete (with the asked-for features), so an
 interrupted job resumes at the split it was on.
-The job itself is `gpa_jax.codec.data.tokenize_workdir`; this module only parses flags.
+The job itself is `gpa_jax.codec.tokenization.tokenize_workdir`; this module only parses flags.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from gpa_jax import config_utils, preemption
-from gpa_jax.codec.data import TOKEN_FEATURES
+from gpa_jax.codec.tokenization import TOKEN_FEATURES
 from launch import common
 
 config_utils.define_config_flag("configs/codec_tiny.py")
@@ -48,7 +48,7 @@ _MAX_BAD_FRACTION = flags.DEFINE_float(
     "max_bad_fraction", None,
     "Bad records (undecodable, bad or near-silent audio, lost to a cut shard) are skipped, "
     "counted and listed in the manifest; past this fraction of a split the job stops "
-    "(default data.corpora.MAX_BAD_FRACTION).",
+    "(default gpa_jax.corpora.MAX_BAD_FRACTION).",
 )  # fmt: skip
 
 
@@ -62,9 +62,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_utils.config_from_flags()
     workdir = common.existing_workdir()
-    from gpa_jax.codec import data as codec_data  # Imported here: JAX starts with the job.
+    from gpa_jax.codec import tokenization  # Imported here: JAX starts with the job.
 
-    results = codec_data.tokenize_workdir(
+    results = tokenization.tokenize_workdir(
         config,
         workdir,
         checkpoint_dir=_CHECKPOINT_DIR.value,
@@ -86,7 +86,7 @@ def main(argv):
         for bad in entry["bad_audio"].get("records", []):
             print(f"  skipped {bad['corpus']}/{bad['split']}/{bad['id'] or '?'} "
                   f"({bad['kind']}, {bad['count']} record(s)) in {bad['file']}: {bad['reason']}")  # fmt: skip
-    print(f"tokens in {codec_data.tokens_dir(workdir, _CORPUS.value or config.data.corpus)}")
+    print(f"tokens in {tokenization.tokens_dir(workdir, _CORPUS.value or config.data.corpus)}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from data.sentences import generate_sentences
-from data.voices import VOICES, Voice
+from gpa_jax.audio.voices import VOICES, Voice
 from gpa_jax.text import normalize_transcript
 
 SPLITS = ("train", "validation", "test", "test_unseen_voice")

@@ -1,7 +1,7 @@
 """TFDS builder for the synthetic multi-speaker speech corpus (registered as synthetic_speech).
 
 Everything is generated on the spot: grammar sentences (data.sentences) spoken by
-espeak-ng and flite voices (data.voices), so the corpus needs no download and is the same
+espeak-ng and flite voices (gpa_jax.audio.voices), so the corpus needs no download and is the same
 for the same seed. Synthesis runs in a process pool with a progress bar while TFDS writes
 the examples; an utterance whose synthesis fails (engine error, corrupt or silent output,
 duration out of range) is logged, counted in the generation report and left out, and the
@@ -32,8 +32,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm.auto import tqdm
 
-from data import voices as voices_lib
 from data.synthetic_speech.plan import SPLITS, PlannedUtterance, make_plan
+from gpa_jax.audio import voices as voices_lib
 
 SAMPLE_RATE = voices_lib.SAMPLE_RATE
 GENDERS = ("female", "male")

@@ -1,13 +1,15 @@
-"""What the demo calls: train an acoustic stage, then evaluate the stages against the bounds.
+"""What the demo calls: an acoustic stage's config and its training. The evaluation of the
+stages against the bounds sits above them, in `gpa_jax.evaluation.acoustic_stages`:
 
     from gpa_jax.acoustic import recipe
+    from gpa_jax.evaluation import acoustic_stages
     tokens = "<workdir>/tokens/synthetic_speech/default"            # launch.tokenize output
     nar = recipe.train_stage("nar", tokens, "<workdir>/acoustic/nar")
     voc = recipe.train_stage("vocoder", tokens, "<workdir>/acoustic/vocoder")
-    result = recipe.evaluate_stages(
+    result = acoustic_stages.evaluate_stages(
         tokens, {"nar": "<workdir>/acoustic/nar", "vocoder": "<workdir>/acoustic/vocoder"},
         out_dir="<workdir>/eval_acoustic/test", data_dir="<workdir>/tfds")
-    print(recipe.format_table(result))
+    print(acoustic_stages.format_table(result))
 
 Each call is the same as the command line (`python -m launch.train
 --config=configs/acoustic_<variant>_tiny.py:<tokens>` and `python -m launch.eval_acoustic`)
@@ -20,15 +22,13 @@ token manifest).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from gpa_jax.acoustic.evaluate import format_table, run
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-__all__ = ["evaluate_stages", "format_table", "stage_config", "train_stage"]
+__all__ = ["stage_config", "train_stage"]
 
 
 def stage_config(
@@ -58,21 +58,3 @@ def train_stage(variant: str, token_dir: str, workdir: str, **kwargs: Any):
 
     progress = kwargs.pop("progress", True)
     return trainer.train(stage_config(variant, token_dir, **kwargs), workdir, progress=progress)
-
-
-def evaluate_stages(
-    token_dir: str,
-    workdirs: Mapping[str, str],
-    *,
-    out_dir: str | None = None,
-    data_dir: str | None = None,
-    config_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    **run_kwargs: Any,
-) -> dict[str, Any]:
-    """Evaluates the stages {variant: workdir} (gpa_jax.acoustic.evaluate.run)."""
-    config_kwargs = config_kwargs or {}
-    specs = {
-        variant: (stage_config(variant, token_dir, **config_kwargs.get(variant, {})), wd)
-        for variant, wd in workdirs.items()
-    }
-    return run(specs, out_dir=out_dir, data_dir=data_dir, **run_kwargs)

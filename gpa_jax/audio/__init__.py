@@ -1,4 +1,5 @@
-"""Audio layer: file I/O and validation, log-mel features, jnp STFT and codec losses.
+"""Audio layer: file I/O and validation, log-mel features, jnp STFT and codec losses;
+`voices` (the synthetic corpus' espeak-ng / flite voices) is imported on its own.
 
 Note: the re-exported function `stft` shadows the submodule attribute, so
 `import gpa_jax.audio.stft as m` binds the function; use

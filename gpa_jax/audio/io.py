@@ -25,7 +25,7 @@ _INT16_SCALE = 32768.0
 # Near-silence threshold of the data jobs (codec clips, tokenization): a clip whose RMS
 # is below -60 dBFS (1e-3 of full scale) holds no speech to learn from (quiet read speech
 # sits around -35 to -20 dBFS, 16-bit dither near -96 dBFS). Such clips are counted and
-# skipped as "silent" (`data.corpora.speech_examples(silence_rms=...)`).
+# skipped as "silent" (`gpa_jax.corpora.speech_examples(silence_rms=...)`).
 SILENCE_RMS = 1e-3
 
 

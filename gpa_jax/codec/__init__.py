@@ -3,11 +3,11 @@
 Modules: `seanet` (conv/LSTM encoder and decoder), `rvq` (residual vector quantizer with
 EMA codebooks), `model` (`Codec`), `api` (numpy waveforms <-> code arrays), `losses`
 (generator/discriminator objectives), `discriminator` (MS-STFT discriminator), `config`
-(the hyper-parameters and their sources), `data` (clip/feature stores, crop pipeline,
-tokenization job), `train` (the trainer), `teacher` + `ctc` (the offline CTC content
-teacher), `hubert` (precomputed HF-encoder features, extra [hubert]), `evaluate` (mel
-distance / STOI / bitrate), `probe` (content per RVQ layer), `jobs` (the stage as
-functions for the demo).
+(the hyper-parameters and their sources), `data` (clip/feature stores, crop pipeline),
+`train` (the trainer), `teacher` + `ctc` (the offline CTC content teacher), `hubert`
+(precomputed HF-encoder features, extra [hubert]), `tokenization` (the token-shard job),
+`evaluate` (mel distance / STOI / bitrate), `probe` (content per RVQ layer), `jobs` (the
+stage as functions for the demo). pyproject.toml's contracts state their layering.
 """
 
 from gpa_jax.codec.api import decode, decode_batch, encode, encode_batch, num_frames

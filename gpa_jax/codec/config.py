@@ -168,7 +168,7 @@ def _optimizer_defaults() -> dict[str, Any]:
 
 def _data_defaults() -> dict[str, Any]:
     # Release config: segment_size 48000 samples (3 s at 16 kHz), batch_size 6 per GPU.
-    # The corpus is any `data.corpora` speech corpus ("name/config"); clips longer than
+    # The corpus is any `gpa_jax.corpora` speech corpus ("name/config"); clips longer than
     # max_seconds are skipped and counted. num_workers 0 reads in the training process.
     # token_features: what the tokenization job stores per code frame besides the codes
     # ("" none; "log_mel" the token-aligned log-mel the LM reads with

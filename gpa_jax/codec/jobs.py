@@ -51,9 +51,9 @@ def tokenize_corpus(
     """Token shards of every (or the named) split of `corpus` (default config.data.corpus)
     in <workdir>/tokens/<corpus>; finished splits are skipped. kwargs: batch_size,
     bucket_frames, max_seconds, records_per_shard, progress."""
-    from gpa_jax.codec import data
+    from gpa_jax.codec import tokenization
 
-    return data.tokenize_workdir(
+    return tokenization.tokenize_workdir(
         config, workdir, corpus=corpus, splits=splits, data_dir=data_dir, **kwargs
     )
 

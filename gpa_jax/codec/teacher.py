@@ -181,7 +181,7 @@ def _content(model: ContentTeacher, wav: jax.Array, lengths: jax.Array) -> jax.A
 def content_rows(model: ContentTeacher, wav: np.ndarray, frames: int) -> np.ndarray:
     """float32 [frames, dim]: the teacher's distillation features of one clip, one row per
     codec frame (the clip's first `frames` frames; rows past its end are zeros). These are
-    the `ctc_teacher` token features (`gpa_jax.codec.data.TOKEN_FEATURES`)."""
+    the `ctc_teacher` token features (`gpa_jax.codec.tokenization.TOKEN_FEATURES`)."""
     n = max(len(wav), 1)
     bucket = _ROWS_BUCKET_FRAMES * model.hop
     padded = np.zeros((1, -(-n // bucket) * bucket), np.float32)

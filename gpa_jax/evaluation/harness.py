@@ -122,7 +122,7 @@ def reads_features(sampler) -> bool:
 
 
 def feature_kind(lm_config, workdir: str | None) -> str:
-    """The kind of feature rows (`gpa_jax.codec.data.TOKEN_FEATURES`) in the token shards
+    """The kind of feature rows (`gpa_jax.codec.tokenization.TOKEN_FEATURES`) in the token shards
     the LM trained on: what a continuous-input LM must be fed at sampling time."""
     from gpa_jax.tasks import token_shards
     from gpa_jax.tasks.config import resolve_paths

@@ -77,7 +77,7 @@ def voice_renderings(
 ) -> list[np.ndarray | None]:
     """Each text spoken by its speaker's corpus voice (flite / espeak-ng), None where the
     speaker is not a corpus voice or the engine fails (named in one warning)."""
-    from data import voices
+    from gpa_jax.audio import voices
 
     out: list[np.ndarray | None] = []
     failed = []

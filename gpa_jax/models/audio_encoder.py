@@ -39,6 +39,7 @@ from flax import nnx
 
 from gpa_jax.models.config import LMConfig
 from gpa_jax.models.layers import DenseGeneral, RMSNorm
+from gpa_jax.models.stack import DecoderStack
 
 CONV_WIDTH = 3  # rows: the frame itself and one on each side (60 ms of mel frames)
 
@@ -80,8 +81,6 @@ class AudioEncoder(nnx.Module):
     """Token-aligned log-mel rows [b, l, F] -> embeddings [b, l, embed] (module docstring)."""
 
     def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, rules: Any = None, causal: bool = False):
-        from gpa_jax.models.transformer import DecoderStack
-
         self.cfg = cfg
         self.causal = causal
         dims = dict(rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)

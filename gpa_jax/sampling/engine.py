@@ -53,7 +53,7 @@ import numpy as np
 
 from gpa_jax import sharding as sharding_lib
 from gpa_jax.models.layers import to_dtype
-from gpa_jax.models.transformer import cache_logical_axes, init_cache
+from gpa_jax.models.stack import cache_logical_axes, init_cache
 from gpa_jax.sampling import decode as decode_lib
 from gpa_jax.sampling.sampler import Request, RequestError, Result, Sampler
 

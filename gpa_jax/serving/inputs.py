@@ -17,7 +17,7 @@ Shared by `launch.sample` (one request from files) and the HTTP server
 Audio goes through `gpa_jax.audio.io.load_audio` (mono, resampled to the codec's rate; an
 unreadable, empty or truncated file is an AudioError naming it). Codes come from
 `codec_api.encode`; a continuous-input LM also gets the feature rows its token shards
-carry (`harness.feature_kind` + `codec.data.token_features_for`) of the same audio.
+carry (`harness.feature_kind` + `codec.tokenization.token_features_for`) of the same audio.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class RequestBuilder:
 
         featurize = None
         if harness.reads_features(sampler):
-            from gpa_jax.codec.data import token_features_for
+            from gpa_jax.codec.tokenization import token_features_for
 
             kind = harness.feature_kind(lm_config, workdir)
             featurize = token_features_for(kind, codec, codec_config, workdir)

@@ -112,7 +112,7 @@ def validate_tasks_config(config: ml_collections.ConfigDict) -> None:
 
 
 def default_token_dir(workdir: str, corpus: str) -> str:
-    """Where `launch.tokenize` writes a corpus' shards (gpa_jax.codec.data.tokens_dir)."""
+    """Where `launch.tokenize` writes a corpus' shards (gpa_jax.codec.tokenization.tokens_dir)."""
     return os.path.join(workdir, "tokens", *corpus.split("/"))
 
 

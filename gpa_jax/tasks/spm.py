@@ -34,7 +34,7 @@ def corpus_transcripts(name: str, split: str = "train", data_dir: str | None = N
     """Normalised transcripts of a TFDS speech corpus split, without decoding audio."""
     import tensorflow_datasets as tfds
 
-    from data.corpora import adapter_for
+    from gpa_jax.corpora import adapter_for
 
     adapter = adapter_for(name)
     builder = tfds.builder(name, data_dir=data_dir)

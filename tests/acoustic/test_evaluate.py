@@ -1,4 +1,5 @@
-"""Evaluation plumbing on a small random-init codec: prompts, bounds, metrics, files."""
+"""Acoustic-stage evaluation (gpa_jax.evaluation.acoustic_stages) on a small random-init
+codec: prompts, bounds, metrics, files. Beside the acoustic tests for their token corpus."""
 
 import json
 import os
@@ -6,7 +7,6 @@ import os
 import numpy as np
 from flax import nnx
 
-from gpa_jax.acoustic import evaluate
 from gpa_jax.acoustic.api import AcousticStage, decode_latent, synthesize
 from gpa_jax.acoustic.config import AcousticConfig
 from gpa_jax.acoustic.data import load_code_bank
@@ -15,6 +15,7 @@ from gpa_jax.acoustic.model import AcousticModel
 from gpa_jax.codec import api as codec_api
 from gpa_jax.codec.config import codec_config
 from gpa_jax.codec.model import Codec
+from gpa_jax.evaluation import acoustic_stages as evaluate
 from gpa_jax.evaluation import speaker
 
 from .conftest import CODEBOOK, N_Q

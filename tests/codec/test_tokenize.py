@@ -14,8 +14,7 @@ import pytest
 
 from gpa_jax import paths
 from gpa_jax.audio.features import TOKEN_FEATURE_DIM, token_aligned_log_mel
-from gpa_jax.codec import data as codec_data
-from gpa_jax.codec import decode
+from gpa_jax.codec import decode, tokenization
 from gpa_jax.codec import train as codec_train
 from gpa_jax.tasks.token_shards import iter_utterances, read_manifest
 
@@ -26,11 +25,11 @@ KWARGS = dict(batch_size=8, bucket_frames=300, progress=False)
 
 @pytest.fixture(scope="module")
 def job(tiny_workdir):
-    from data import corpora
+    from gpa_jax import corpora
 
     config, workdir = tiny_workdir
     data_dir = paths.tfds_dir(workdir)
-    results = codec_data.tokenize_workdir(config, workdir, max_seconds=MAX_SECONDS, **KWARGS)
+    results = tokenization.tokenize_workdir(config, workdir, max_seconds=MAX_SECONDS, **KWARGS)
     lengths = {}
     for split in results:
         for ex in corpora.speech_examples(CORPUS, split, data_dir=data_dir):
@@ -40,7 +39,7 @@ def job(tiny_workdir):
 
 def test_every_split_is_tokenized_with_the_frame_rule(job):
     config, workdir, results, lengths = job
-    out = codec_data.tokens_dir(workdir, CORPUS)
+    out = tokenization.tokens_dir(workdir, CORPUS)
     manifest = read_manifest(out, verify=True)
     assert set(results) == {"train", "validation", "test", "test_unseen_voice"}
     assert manifest["n_q"] == 8 and manifest["codebook_size"] == 256
@@ -68,17 +67,17 @@ def test_too_long_audio_is_counted_and_listed_not_fatal(job):
         i for (s, i), n in lengths.items() if s == "train" and n > MAX_SECONDS * 16000
     )
     assert too_long, "the tiny corpus should have train clips over MAX_SECONDS"
-    bad = read_manifest(codec_data.tokens_dir(workdir, CORPUS))["splits"]["train"]["bad_audio"]
+    bad = read_manifest(tokenization.tokens_dir(workdir, CORPUS))["splits"]["train"]["bad_audio"]
     assert bad["count"] == len(too_long) and sorted(bad["ids"]) == too_long
     assert sum(bad["by_kind"].values()) == bad["count"]
 
 
 def test_shards_carry_the_token_aligned_log_mel_of_each_clip(job):
-    from data import corpora
+    from gpa_jax import corpora
 
     config, workdir, results, _ = job
     assert config.data.token_features == "log_mel"
-    out = codec_data.tokens_dir(workdir, CORPUS)
+    out = tokenization.tokens_dir(workdir, CORPUS)
     manifest = read_manifest(out)
     spec = {"kind": "log_mel", "dim": TOKEN_FEATURE_DIM, "dtype": "float16"}
     assert all(manifest["splits"][split]["features"] == spec for split in results)
@@ -94,45 +93,45 @@ def test_shards_carry_the_token_aligned_log_mel_of_each_clip(job):
 
 def test_a_split_without_the_asked_for_features_is_redone(job, caplog):
     config, workdir, _, _ = job
-    out = codec_data.tokens_dir(workdir, CORPUS)
+    out = tokenization.tokens_dir(workdir, CORPUS)
     path = os.path.join(out, "manifest.json")
     with open(path) as f:
         manifest = json.load(f)
     manifest["splits"]["validation"]["features"] = None  # as if tokenized without them
     with open(path, "w") as f:
         json.dump(manifest, f)
-    assert codec_data.split_is_complete(out, "validation")  # none asked for: complete
+    assert tokenization.split_is_complete(out, "validation")  # none asked for: complete
     with caplog.at_level(logging.INFO):
-        assert not codec_data.split_is_complete(out, "validation", "log_mel")
+        assert not tokenization.split_is_complete(out, "validation", "log_mel")
     assert "not data.token_features='log_mel': retokenizing" in caplog.text
-    redo = codec_data.tokenize_workdir(
+    redo = tokenization.tokenize_workdir(
         config, workdir, splits=["validation", "test"], max_seconds=MAX_SECONDS, **KWARGS
     )
     assert redo["validation"]["status"] == "written" and redo["test"]["status"] == "skipped"
     assert redo["validation"]["features"]["kind"] == "log_mel"
     assert all(u.features is not None for u in iter_utterances(out, "validation"))
     # A split with features is complete for a job that asks for none.
-    plain = codec_data.tokenize_workdir(
+    plain = tokenization.tokenize_workdir(
         config, workdir, splits=["test"], token_features="", max_seconds=MAX_SECONDS, **KWARGS
     )
     assert plain["test"]["status"] == "skipped"
     with pytest.raises(ValueError, match="data.token_features='mfcc'; supported"):
-        codec_data.tokenize_workdir(config, workdir, token_features="mfcc", **KWARGS)
+        tokenization.tokenize_workdir(config, workdir, token_features="mfcc", **KWARGS)
 
 
 def test_rerun_skips_finished_splits(job):
     config, workdir, _, _ = job
-    out = codec_data.tokens_dir(workdir, CORPUS)
+    out = tokenization.tokens_dir(workdir, CORPUS)
     shards = sorted(f for f in os.listdir(out) if f.endswith(".array_record"))
     mtimes = [os.path.getmtime(os.path.join(out, f)) for f in shards]
-    again = codec_data.tokenize_workdir(config, workdir, max_seconds=MAX_SECONDS, **KWARGS)
+    again = tokenization.tokenize_workdir(config, workdir, max_seconds=MAX_SECONDS, **KWARGS)
     assert {entry["status"] for entry in again.values()} == {"skipped"}
     assert [os.path.getmtime(os.path.join(out, f)) for f in shards] == mtimes
     # A damaged shard makes its split incomplete: only that split is redone.
     victim = next(f for f in shards if f.startswith("test-"))
     with open(os.path.join(out, victim), "ab") as f:
         f.write(b"junk")
-    redo = codec_data.tokenize_workdir(
+    redo = tokenization.tokenize_workdir(
         config, workdir, splits=["test", "validation"], max_seconds=MAX_SECONDS, **KWARGS
     )
     assert redo["test"]["status"] == "written" and redo["validation"]["status"] == "skipped"
@@ -170,13 +169,13 @@ def test_ctc_teacher_rows_do_not_depend_on_the_padding_bucket(job):
 
 
 def test_shards_can_carry_the_ctc_teachers_rows(job, tmp_path):
-    from data import corpora
+    from gpa_jax import corpora
 
     config, workdir, _, _ = job
     codec, _ = codec_train.restore_codec(config, codec_train.checkpoint_dir(workdir))
     teacher = _random_ctc_teacher(config)
     out = str(tmp_path / "tokens")
-    codec_data.tokenize_corpus(
+    tokenization.tokenize_corpus(
         codec, CORPUS, out, data_dir=paths.tfds_dir(workdir), splits=["validation"],
         token_features="ctc_teacher", teacher=teacher, max_seconds=MAX_SECONDS, **KWARGS,
     )  # fmt: skip
@@ -186,9 +185,9 @@ def test_shards_can_carry_the_ctc_teachers_rows(job, tmp_path):
         ex["id"]: ex["audio"]
         for ex in corpora.speech_examples(CORPUS, "validation", data_dir=paths.tfds_dir(workdir))
     }
-    featurize = codec_data.TokenFeatures("ctc_teacher", codec, teacher)
+    featurize = tokenization.TokenFeatures("ctc_teacher", codec, teacher)
     for utt in iter_utterances(out, "validation"):
         want = featurize(clips[utt.id], utt.num_frames).astype(np.float16)
         np.testing.assert_array_equal(utt.features, want)
     with pytest.raises(ValueError, match="needs the codec's trained CTC teacher"):
-        codec_data.TokenFeatures("ctc_teacher", codec)
+        tokenization.TokenFeatures("ctc_teacher", codec)

@@ -11,9 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import data.synthetic_speech as ss
-from data import voices as voices_lib
 from data.synthetic_speech import synthetic_speech_dataset_builder as builder_lib
-from data.voices import VOICES, SynthesisError
+from gpa_jax.audio import voices as voices_lib
+from gpa_jax.audio.voices import VOICES, SynthesisError
 from gpa_jax.text import normalize_transcript
 
 TINY = next(c for c in ss.CONFIGS if c.name == "tiny")
@@ -276,8 +276,8 @@ def test_default_plan_without_synthesis() -> None:
 
 
 def test_common_schema_loader_reads_the_built_corpus(built) -> None:
-    """data.corpora serves the synthetic corpus in the same schema as LibriSpeech."""
-    from data import corpora
+    """gpa_jax.corpora serves the synthetic corpus in the same schema as LibriSpeech."""
+    from gpa_jax import corpora
 
     data_dir, _ = built
     rows = list(corpora.speech_examples("synthetic_speech/tiny", "test", data_dir=data_dir))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from data import sentences, voices
+from data import sentences
+from gpa_jax.audio import voices
 from gpa_jax.evaluation import open_text
 from gpa_jax.text import normalize_transcript
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import corpora
+from gpa_jax import corpora
 from gpa_jax.audio import io as audio_io
 
 CORPUS = "synthetic_speech/tiny"
@@ -129,7 +129,7 @@ def test_more_bad_records_than_the_fraction_stop_the_pass(data_dir):
 def test_tokenization_lists_bad_records_in_the_manifest_and_stops_past_the_fraction(
     data_dir, tmp_path
 ):
-    from gpa_jax.codec import data as codec_data
+    from gpa_jax.codec import tokenization
     from gpa_jax.codec.model import Codec
     from gpa_jax.tasks import token_shards
     from tests.codec.test_train import tiny_config
@@ -143,9 +143,9 @@ def test_tokenization_lists_bad_records_in_the_manifest_and_stops_past_the_fract
         data_dir=data_dir, splits=[SPLIT], batch_size=8, bucket_frames=600, progress=False
     )
     with pytest.raises(corpora.CorpusError, match="1 of 8 records are bad"):  # stops at once
-        codec_data.tokenize_corpus(codec, CORPUS, out, **kwargs)
-    assert not codec_data.split_is_complete(out, SPLIT)
-    results = codec_data.tokenize_corpus(codec, CORPUS, out, max_bad_fraction=0.25, **kwargs)
+        tokenization.tokenize_corpus(codec, CORPUS, out, **kwargs)
+    assert not tokenization.split_is_complete(out, SPLIT)
+    results = tokenization.tokenize_corpus(codec, CORPUS, out, max_bad_fraction=0.25, **kwargs)
     entry = results[SPLIT]
     assert entry["status"] == "written" and entry["num_utterances"] == 6
     manifest = token_shards.read_manifest(out)["splits"][SPLIT]["bad_audio"]

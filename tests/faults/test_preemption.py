@@ -278,7 +278,7 @@ def _codec_paths(tiny_workdir):
 def test_tokenization_keeps_finished_splits_and_resumes_at_the_stopped_one(
     tiny_workdir, compile_cache, tmp_path
 ):
-    from gpa_jax.codec import data as codec_data
+    from gpa_jax.codec import tokenization
     from gpa_jax.tasks import token_shards
 
     checkpoints, tfds = _codec_paths(tiny_workdir)
@@ -290,7 +290,7 @@ def test_tokenization_keeps_finished_splits_and_resumes_at_the_stopped_one(
     """))
     workdir = tmp_path / "w"
     workdir.mkdir()
-    out = codec_data.tokens_dir(str(workdir), CORPUS)
+    out = tokenization.tokens_dir(str(workdir), CORPUS)
     # validation (8 clips) first, then train (36): the signal comes once validation is
     # listed complete in the manifest, while train is being encoded.
     cmd = [PYTHON, "-m", "launch.tokenize", f"--config={config}", f"--workdir={workdir}",
@@ -306,7 +306,7 @@ def test_tokenization_keeps_finished_splits_and_resumes_at_the_stopped_one(
         "resume at it"
     ) in output, output[-3000:]
     assert "Traceback" not in output
-    assert codec_data.split_is_complete(out, "validation")
+    assert tokenization.split_is_complete(out, "validation")
     assert set(token_shards.read_manifest(out)["splits"]) == {"validation"}
     assert [f for f in os.listdir(out) if "train" in f] == []  # its partial shards are gone
     validation = os.path.getmtime(os.path.join(out, "validation-00000-of-00001.array_record"))
@@ -366,16 +366,16 @@ print("evaluated:", sorted(out), "tts examples:", out["tts"].get("examples"), fl
 
 
 def test_evaluation_keeps_finished_tasks_samples_and_reruns(tiny_workdir, compile_cache, tmp_path):
-    from gpa_jax.codec import data as codec_data
+    from gpa_jax.codec import tokenization
     from gpa_jax.codec import train as codec_train
     from gpa_jax.evaluation.results import read_manifest
 
     checkpoints, tfds = _codec_paths(tiny_workdir)
     config, _ = tiny_workdir
     workdir = tmp_path / "w"
-    tokens = codec_data.tokens_dir(str(workdir), CORPUS)
+    tokens = tokenization.tokens_dir(str(workdir), CORPUS)
     codec, _ = codec_train.restore_codec(config, checkpoints)
-    codec_data.tokenize_corpus(codec, CORPUS, tokens, data_dir=tfds, splits=["train"],
+    tokenization.tokenize_corpus(codec, CORPUS, tokens, data_dir=tfds, splits=["train"],
                                batch_size=4, bucket_frames=300, progress=False)  # fmt: skip
     # Results of an earlier evaluation: they would describe samples this run replaces.
     (workdir / "eval").mkdir()

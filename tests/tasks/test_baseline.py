@@ -53,7 +53,7 @@ def test_entropy_and_smoothed_cross_entropy(registered, vocab):
 
 
 def test_paths_default_under_the_workdir_where_the_stages_write():
-    from gpa_jax.codec.data import tokens_dir
+    from gpa_jax.codec.tokenization import tokens_dir
 
     assert default_token_dir("W", "synthetic_speech/default") == tokens_dir(
         "W", "synthetic_speech/default"

@@ -316,7 +316,7 @@ def test_tokenization_resume_check_on_gs(fake_gcs):
     """Backend: in-memory fake gs://. The tokenization job's "is this split finished"
     check (manifest entry + every shard's sha256) reads the bucket."""
     from gpa_jax import paths
-    from gpa_jax.codec.data import split_is_complete
+    from gpa_jax.codec.tokenization import split_is_complete
 
     directory = f"{fake_gcs}/w/tokens/c"
     assert not split_is_complete(directory, "train")  # nothing there yet

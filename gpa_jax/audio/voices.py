@@ -10,6 +10,10 @@ pitch. Two espeak voices (one female, one male) are held out for the unseen-voic
 `synthesize` returns float32 mono at 16 kHz, trimmed of leading/trailing silence and
 validated; every failure is a `SynthesisError` naming voice, text and a short reason code,
 so a corpus build can count failures by reason and carry on.
+
+The corpus builder (`data/synthetic_speech`) and the open-text evaluation
+(`gpa_jax.evaluation.open_text`, which speaks new sentences in the corpus voices) both
+use it, so it lives in the library's audio layer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for the synthetic corpus' voices (data.voices): real espeak-ng and flite runs."""
+"""Tests for the synthetic corpus' voices (gpa_jax.audio.voices): real espeak-ng and flite runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data import voices as voices_lib
-from data.voices import VOICES, SynthesisError, Voice, synthesis_worker, synthesize
+from gpa_jax.audio import voices as voices_lib
+from gpa_jax.audio.voices import VOICES, SynthesisError, Voice, synthesis_worker, synthesize
 
 SENTENCE = "The old farmer sold three brown cows at the market yesterday."
 

@@ -1,4 +1,5 @@
-"""Evaluation of acoustic stages against the codec's bounds (`python -m launch.eval_acoustic`).
+"""Evaluation of acoustic stages against the codec's bounds (`python -m launch.eval_acoustic`,
+`evaluate_stages` for the demo).
 
 For held-out target utterances u (speaker A) of a token split, from u's ground-truth
 RVQ-1 codes and a voice prompt, the waveforms compared with u's original audio are
@@ -51,7 +52,7 @@ def load_originals(
     corpus: str, split: str, data_dir: str | None, ids: set[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """{id: {audio, speaker}} of a TFDS split (only `ids` when given)."""
-    from data.corpora import speech_examples
+    from gpa_jax.corpora import speech_examples
 
     out = {}
     for ex in speech_examples(corpus, split, data_dir=data_dir):
@@ -326,3 +327,24 @@ def run(
             os.path.join(out_dir, "results.json"), result, indent=1, sort_keys=True
         )
     return result
+
+
+def evaluate_stages(
+    token_dir: str,
+    workdirs: Mapping[str, str],
+    *,
+    out_dir: str | None = None,
+    data_dir: str | None = None,
+    config_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    **run_kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluates the stages {variant: workdir} of `token_dir` (`run`), each with
+    `recipe.stage_config(variant, token_dir, **config_kwargs[variant])`."""
+    from gpa_jax.acoustic import recipe
+
+    config_kwargs = config_kwargs or {}
+    specs = {
+        variant: (recipe.stage_config(variant, token_dir, **config_kwargs.get(variant, {})), wd)
+        for variant, wd in workdirs.items()
+    }
+    return run(specs, out_dir=out_dir, data_dir=data_dir, **run_kwargs)

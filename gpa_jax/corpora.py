@@ -13,6 +13,11 @@ Bad records (an undecodable record, empty / non-finite / too long / near-silent 
 cut TFRecord shard) raise `AudioError` naming the corpus, split, example id and shard
 file, or, with `on_error="skip"`, are logged, counted and listed in `LoadStats`; a pass
 stops with `CorpusError` only when the faults exceed `max_bad_fraction` of the split.
+
+The synthetic corpus' TFDS builder is a dataset definition of the repository
+(`data/synthetic_speech`, not part of the installed library); its adapter names that
+module, imported when the corpus is read, so reading it needs the repository root on
+the path. Public corpora need nothing outside the library.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data import corpora
+from gpa_jax import corpora
 from gpa_jax.audio import io as audio_io
 
 NATIVE_RATES = {"librispeech": 16_000, "libritts": 24_000, "vctk": 48_000}
