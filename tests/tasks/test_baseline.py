@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gpa_jax.tasks.baseline import output_token_counts, unigram_baselines
-from gpa_jax.tasks.config import default_spm_model, default_token_dir, resolve_paths
+from gpa_jax.tasks.config import default_token_dir, resolve_paths
 from gpa_jax.tasks.vocab import EOS_ID
 
 from .conftest import small_config
