@@ -97,6 +97,16 @@ class LMConfig:
     guide_weight: float = 0.0
     guide_heads: int = 1
     guide_sigma: float = 0.2
+    # Auxiliary CTC on the ASR source (hybrid CTC/attention, as in ESPnet's joint
+    # training): the final hidden states at an ASR example's source-audio positions,
+    # through `ctc_proj` and the tied output table (blank = <pad>), are trained by CTC
+    # towards its transcript, added to the loss times `ctc_weight` (0 = off). It teaches
+    # the source positions to carry what was said, which the transcript positions then
+    # read. At most `ctc_examples_per_row` ASR examples of a packed row with at most
+    # `ctc_max_frames` source frames take part (gpa_jax.training.asr_ctc builds the layout).
+    ctc_weight: float = 0.0
+    ctc_examples_per_row: int = 4
+    ctc_max_frames: int = 256
     # How audio *inputs* (ASR / VC source, TTS / VC reference) enter the LM; outputs are
     # codec tokens in every variant. "tokens": their RVQ ids' embeddings (GPA / USLM).
     # "continuous" (LauraGPT): token-aligned feature rows of `audio_feature_dim` (log-mel,
@@ -131,6 +141,11 @@ class LMConfig:
             raise ValueError(
                 f"guide_weight={self.guide_weight} must be >= 0 and guide_sigma="
                 f"{self.guide_sigma} > 0"
+            )
+        if self.ctc_weight < 0 or self.ctc_examples_per_row < 1 or self.ctc_max_frames < 1:
+            raise ValueError(
+                f"ctc_weight={self.ctc_weight} must be >= 0, ctc_examples_per_row="
+                f"{self.ctc_examples_per_row} and ctc_max_frames={self.ctc_max_frames} >= 1"
             )
         if not 1 <= self.guide_heads <= self.num_heads:
             raise ValueError(f"guide_heads={self.guide_heads}; expected 1..num_heads={self.num_heads}")

@@ -102,6 +102,16 @@ class DecoderLM(nnx.Module):
                 param_dtype=cfg.param_dtype,
                 out_dtype="float32",
             )
+        # The auxiliary ASR CTC's own map in front of the output table (config.ctc_weight),
+        # made last so that the other parameters draw the same init with it or without.
+        self.ctc_proj = (
+            DenseGeneral(
+                (cfg.embed_dim,), (cfg.embed_dim,), ("embed", None), rngs=rngs,
+                dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            )  # fmt: skip
+            if cfg.ctc_weight > 0
+            else None
+        )
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Final hidden states -> float32 logits (tied table or separate head)."""
@@ -109,6 +119,13 @@ class DecoderLM(nnx.Module):
             return self.embedder.logits(h)
         out = self.lm_head(h)
         return with_logical_constraint(out, ("batch", "length", "vocab"), self.rules)
+
+    def ctc_logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden states [b, l, embed] -> float32 CTC logits [b, l, vocab] (blank =
+        <pad>) of the auxiliary ASR CTC (cfg.ctc_weight > 0)."""
+        if self.ctc_proj is None:
+            raise ValueError("ctc_logits needs model.ctc_weight > 0 (the CTC projection)")
+        return self.logits(self.ctc_proj(h))
 
     def __call__(
         self,
@@ -124,9 +141,12 @@ class DecoderLM(nnx.Module):
         guide: tuple[jax.Array, jax.Array] | None = None,
         audio_features: jax.Array | None = None,
         audio_mask: jax.Array | None = None,
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        return_hidden: bool = False,
+    ) -> jax.Array | tuple[jax.Array, ...]:
         """Logits for `tokens` [b, l]; with `guide` (band, query rows: see
-        `gpa_jax.training.attention_guide`) returns (logits, guided-attention penalty).
+        `gpa_jax.training.attention_guide`) returns (logits, guided-attention penalty);
+        `return_hidden` appends the final hidden states [b, l, embed] to what is returned
+        (the auxiliary CTC reads them).
 
         audio_features [b, l, F] / audio_mask [b, l]: the recorded audio rows, aligned
           with `tokens` (required iff cfg.audio_input is "continuous" or "hybrid"; see
@@ -161,10 +181,13 @@ class DecoderLM(nnx.Module):
         if input_embeddings_fn is not None:
             x = input_embeddings_fn(x)
         h = self.decoder(x, segment_ids, positions, prefix_mask, dropout_key=decoder_key, guide=guide)
+        out: tuple[jax.Array, ...] = ()
         if guide is not None:
             h, penalty = h
-            return self.logits(h), penalty
-        return self.logits(h)
+            out = (penalty,)
+        if return_hidden:
+            out = (*out, h)
+        return (self.logits(h), *out) if out else self.logits(h)
 
     # --- KV-cache inference (gpa_jax.sampling drives these) -------------------------------
 

@@ -26,7 +26,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from gpa_jax.training import attention_guide
+from gpa_jax.training import asr_ctc, attention_guide
 from gpa_jax.training.data_iter import AUDIO_FEATURES_KEY, AUDIO_MASK_KEY, TASK_IDS_KEY
 
 Batch = Mapping[str, jax.Array]
@@ -140,10 +140,15 @@ def cross_entropy_loss(
 
 
 def model_logits(
-    model: nnx.Module, batch: Batch, dropout_key: jax.Array | None = None, guide: Any = None
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+    model: nnx.Module,
+    batch: Batch,
+    dropout_key: jax.Array | None = None,
+    guide: Any = None,
+    return_hidden: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
     """The model's logits on a packed batch (dropout on iff `dropout_key` is given); with
-    `guide` (`attention_guide.attention_guide`) also the guided-attention penalty."""
+    `guide` (`attention_guide.attention_guide`) also the guided-attention penalty, with
+    `return_hidden` also the final hidden states (`DecoderLM.__call__`)."""
     return model(
         batch["decoder_input_tokens"],
         batch["decoder_segment_ids"],
@@ -154,6 +159,7 @@ def model_logits(
         guide=guide,
         audio_features=batch.get(AUDIO_FEATURES_KEY),
         audio_mask=batch.get(AUDIO_MASK_KEY),
+        return_hidden=return_hidden,
     )
 
 
@@ -167,13 +173,21 @@ def token_sums(
     """The LM's loss-weighted sums over a (micro-)batch (the LM kind's `batch_sums`,
     `model_kinds`): totals and per task id (0 = unknown/padding); with guided attention
     on (model.cfg.guide_weight > 0) also guide_sum, the penalty summed over output
-    tokens, added to loss_sum times the weight."""
-    weight = float(getattr(model.cfg, "guide_weight", 0.0))
+    tokens, added to loss_sum times the weight; with the auxiliary ASR CTC on
+    (model.cfg.ctc_weight > 0) also ctc_sum (`asr_ctc.ctc_sums`, nats summed over ASR
+    examples, so a transcript weighs as its characters' NLL does), added likewise."""
+    cfg = model.cfg
+    weight = float(getattr(cfg, "guide_weight", 0.0))
+    ctc_weight = float(getattr(cfg, "ctc_weight", 0.0))
     guide = None
     if weight > 0:
-        guide = attention_guide.attention_guide(batch, float(model.cfg.guide_sigma))
-    out = model_logits(model, batch, dropout_key, guide)
-    logits, penalty = out if guide is not None else (out, None)
+        guide = attention_guide.attention_guide(batch, float(cfg.guide_sigma))
+    if ctc_weight > 0 and TASK_IDS_KEY not in batch:
+        raise ValueError(f"model.ctc_weight > 0 needs the batch's {TASK_IDS_KEY} (task mixture data)")
+    out = model_logits(model, batch, dropout_key, guide, return_hidden=ctc_weight > 0)
+    out = out if isinstance(out, tuple) else (out,)
+    logits = out[0]
+    penalty = out[1] if guide is not None else None
     nll, z, correct = token_cross_entropy(logits, batch["decoder_target_tokens"], z_loss)
     w = batch["decoder_loss_weights"].astype(jnp.float32)
     task_ids = batch.get(TASK_IDS_KEY)
@@ -197,4 +211,10 @@ def token_sums(
     if penalty is not None:
         sums["guide_sum"] = penalty
         sums["loss_sum"] = sums["loss_sum"] + weight * penalty
+    if ctc_weight > 0:
+        ctc = asr_ctc.ctc_sums(
+            out[-1], batch, model.ctc_logits, int(cfg.ctc_examples_per_row), int(cfg.ctc_max_frames)
+        )
+        sums.update(ctc)
+        sums["loss_sum"] = sums["loss_sum"] + ctc_weight * ctc["ctc_sum"]
     return sums
