@@ -6,14 +6,15 @@ cd "$(dirname "$0")/.."
 bash launch/setup_env.sh || exit $?
 # Two or more workers (pytest-xdist, up to 4 on a larger machine): much of the suite is
 # single-threaded (XLA compiles, subprocess start-ups), so two workers use CI's 2 cores.
-# --dist=loadscope keeps each module's tests (and its module fixtures) on one worker;
-# the workers share one quick-demo run (tests/conftest.py).
+# --dist=loadscope keeps each module's tests (and its module fixtures) on one worker,
+# taking modules in the order tests/conftest.py's scheduled_order gives them
+# (--no-loadscope-reorder); the workers share one quick-demo run (tests/conftest.py).
 # GPA_JAX_TEST_WORKERS=0 runs in one process.
 workers="${GPA_JAX_TEST_WORKERS:-auto}"
 if [ "$workers" = "0" ]; then
   .venv/bin/python -m pytest "$@"
 else
-  .venv/bin/python -m pytest -n "$workers" --maxprocesses=4 --dist=loadscope "$@"
+  .venv/bin/python -m pytest -n "$workers" --maxprocesses=4 --dist=loadscope --no-loadscope-reorder "$@"
 fi
 rc=$?
 if [ "$rc" -eq 5 ]; then

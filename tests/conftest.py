@@ -22,12 +22,36 @@ def _has_platform(name: str) -> bool:
         return False
 
 
+# The module whose tests start the shared quick-demo run (the `quick_demo` fixture).
+DEMO_MODULE = "tests/launch/test_demo.py"
+
+
 def pytest_collection_modifyitems(config, items):
     for marker, platform in (("gpu", "gpu"), ("tpu", "tpu")):
         skip = pytest.mark.skip(reason=f"needs a {platform.upper()}")
         for item in items:
             if marker in item.keywords and not _has_platform(platform):
                 item.add_marker(skip)
+    items[:] = scheduled_order(items)
+
+
+def scheduled_order(items):
+    """Modules in the order `make test`'s workers take them (`--dist=loadscope
+    --no-loadscope-reorder` keeps this order): the demo's own module first, so one
+    worker starts the shared quick-demo run at once; then the modules that do not need
+    that run, largest first (xdist's own default); last the other modules that read the
+    run, which is done by the time they start instead of keeping a worker waiting on
+    its lock. Deterministic, as every worker must collect the same order."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    uses_demo = {m for m, its in modules.items()
+                 if any("quick_demo" in getattr(i, "fixturenames", ()) for i in its)}  # fmt: skip
+    first = [m for m in modules if m == DEMO_MODULE]
+    middle = sorted((m for m in modules if m not in uses_demo and m not in first),
+                    key=lambda m: -len(modules[m]))  # fmt: skip
+    last = [m for m in modules if m in uses_demo and m not in first]
+    return [item for m in (*first, *middle, *last) for item in modules[m]]
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
