@@ -103,10 +103,13 @@ class LMConfig:
     # towards its transcript, added to the loss times `ctc_weight` (0 = off). It teaches
     # the source positions to carry what was said, which the transcript positions then
     # read. At most `ctc_examples_per_row` ASR examples of a packed row with at most
-    # `ctc_max_frames` source frames take part (gpa_jax.training.asr_ctc builds the layout).
+    # `ctc_max_frames` source frames take part (gpa_jax.training.asr_ctc builds the layout;
+    # its cost is [batch, examples_per_row * max_frames] positions through the output
+    # table). The defaults fit the default corpus: 4.4 s (222 frames) per utterance on
+    # average, so a 512-token row holds about two ASR examples.
     ctc_weight: float = 0.0
-    ctc_examples_per_row: int = 4
-    ctc_max_frames: int = 256
+    ctc_examples_per_row: int = 2
+    ctc_max_frames: int = 512
     # How audio *inputs* (ASR / VC source, TTS / VC reference) enter the LM; outputs are
     # codec tokens in every variant. "tokens": their RVQ ids' embeddings (GPA / USLM).
     # "continuous" (LauraGPT): token-aligned feature rows of `audio_feature_dim` (log-mel,
