@@ -158,6 +158,34 @@ def asr_rows_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict
     return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer)}
 
 
+def ctc_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str, Any]:
+    """{rows, wer, cer} of the auxiliary CTC head's greedy transcripts (model.ctc_weight
+    > 0, `gpa_jax.training.asr_ctc`) of planned ASR `rows`: what the source positions
+    carry, to set against the LM's own greedy transcripts (`asr_rows_error_rates`)."""
+    from gpa_jax.evaluation import asr_metrics
+    from gpa_jax.sampling import Request
+    from gpa_jax.tasks.ids import DELIM_END, DELIM_START, PAD_ID, delimiter_id
+
+    model, hyps = sampler.model, []
+    for r in rows:
+        prepared = sampler.prepare(Request.asr(bank.utterance_codes(int(r[TGT]))[:1],
+                                               source_features=bank.utterance_features(int(r[TGT]))))  # fmt: skip
+        prompt = np.asarray(prepared.prompt, np.int32)
+        start = int(np.flatnonzero(prompt == delimiter_id("src_audio"))[0]) + 1
+        after = np.flatnonzero((prompt[start:] >= DELIM_START) & (prompt[start:] < DELIM_END))
+        end = start + (int(after[0]) if len(after) else len(prompt) - start)
+        audio = {}
+        if prepared.audio is not None:  # the continuous / hybrid variants' feature rows
+            features, mask = prepared.audio
+            audio = dict(audio_features=jnp.asarray(features)[None], audio_mask=jnp.asarray(mask)[None])
+        _, hidden = model(jnp.asarray(prompt)[None], return_hidden=True, **audio)
+        best = np.asarray(jnp.argmax(model.ctc_logits(hidden[:, start:end]), axis=-1))[0]
+        keep = (best != PAD_ID) & np.concatenate([[True], best[1:] != best[:-1]])
+        hyps.append(sampler.vocab.decode(best[keep].tolist()))
+    rates = asr_metrics.error_rates([bank.texts[r[TGT]] for r in rows], hyps)
+    return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer)}
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     at = f"step {report['step']}, " if "step" in report else ""
     lines = [f"does the LM read its input? ({at}{report['split']} split, nats per output token)",
@@ -174,6 +202,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "asr_transcripts" in report:
         a = report["asr_transcripts"]
         lines.append(f"greedy ASR of {a['rows']} rows: WER {a['wer']:.3f}, CER {a['cer']:.3f}")
+    if "asr_ctc" in report:
+        a = report["asr_ctc"]
+        lines.append(f"CTC head, greedy, same rows: WER {a['wer']:.3f}, CER {a['cer']:.3f}")
     return "\n".join(lines)
 
 
@@ -201,5 +232,8 @@ def report_for_workdir(
     if asr_rows:
         report["asr_transcripts"] = asr_transcripts(sampler, bank, settings, split=split,
                                                     num=asr_rows, seed=seed)  # fmt: skip
+        if getattr(sampler.model, "ctc_proj", None) is not None:
+            rows = planning.plan_task("asr", bank, settings, seed, split)[0][:asr_rows]
+            report["asr_ctc"] = ctc_error_rates(sampler, bank, rows)
     report["step"] = ckpt_lib.saved_steps(lm_dir)[-1] if step is None else int(step)
     return report
