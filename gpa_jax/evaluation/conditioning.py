@@ -158,11 +158,10 @@ def asr_rows_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict
     return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer)}
 
 
-def ctc_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str, Any]:
-    """{rows, wer, cer} of the auxiliary CTC head's greedy transcripts (model.ctc_weight
-    > 0, `gpa_jax.training.asr_ctc`) of planned ASR `rows`: what the source positions
-    carry, to set against the LM's own greedy transcripts (`asr_rows_error_rates`)."""
-    from gpa_jax.evaluation import asr_metrics
+def ctc_transcripts(sampler, bank: planning.Bank, rows: np.ndarray) -> list[str]:
+    """The auxiliary CTC head's greedy transcripts (model.ctc_weight > 0,
+    `gpa_jax.training.asr_ctc`) of planned ASR `rows`: the argmax at each source position
+    of the ASR prompt, repeats merged, blanks (<pad>) dropped."""
     from gpa_jax.sampling import Request
     from gpa_jax.tasks.ids import DELIM_END, DELIM_START, PAD_ID, delimiter_id
 
@@ -182,6 +181,15 @@ def ctc_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str,
         best = np.asarray(jnp.argmax(model.ctc_logits(hidden[:, start:end]), axis=-1))[0]
         keep = (best != PAD_ID) & np.concatenate([[True], best[1:] != best[:-1]])
         hyps.append(sampler.vocab.decode(best[keep].tolist()))
+    return hyps
+
+
+def ctc_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str, Any]:
+    """{rows, wer, cer} of `ctc_transcripts`: what the source positions carry, to set
+    against the LM's own greedy transcripts of the same rows (`asr_rows_error_rates`)."""
+    from gpa_jax.evaluation import asr_metrics
+
+    hyps = ctc_transcripts(sampler, bank, rows)
     rates = asr_metrics.error_rates([bank.texts[r[TGT]] for r in rows], hyps)
     return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer)}
 

@@ -68,3 +68,36 @@ def test_asr_transcripts_score_the_planned_rows_greedy_transcripts(lm, vocab, ba
     assert got["wer"] == pytest.approx(want.wer) and got["cer"] == pytest.approx(want.cer)
     text = conditioning.format_report({"split": "train", "asr_transcripts": got})
     assert f"greedy ASR of {got['rows']} rows: WER {got['wer']:.3f}" in text
+
+
+def test_ctc_transcripts_read_the_ctc_head_over_the_source_positions(vocab, bank):  # noqa: F811
+    import jax.numpy as jnp
+
+    from gpa_jax.models import LMConfig
+    from tests.models.helpers import numpy_model
+    from tests.sampling.test_sampler import _config
+
+    config = _config(vocab.vocab_size)
+    config.model.ctc_weight = 0.5
+    sampler = _sampler((config, numpy_model(LMConfig.from_config(config.model))), vocab)
+    settings = planning.PlanSettings.from_config(small_config(), SEQ_LEN)
+    rows = planning.plan_task("asr", bank, settings, 0, "train")[0][:2]
+    h_id, i_id = vocab.encode("hi")
+    seen = []
+
+    def spelled(hidden):  # argmax h h <blank> i <blank>...: "hi" once merged
+        seen.append(hidden.shape[1])
+        best = jnp.zeros(hidden.shape[1], jnp.int32).at[:3].set(jnp.asarray([h_id, h_id, 0])).at[3].set(i_id)
+        return jnp.eye(vocab.vocab_size)[best][None]
+
+    sampler.model.ctc_logits = spelled
+    assert conditioning.ctc_transcripts(sampler, bank, rows) == ["hi", "hi"]
+    # The head read exactly each row's source frames.
+    assert seen == [bank.utterance_codes(int(r[0])).shape[1] for r in rows]
+    got = conditioning.ctc_error_rates(sampler, bank, rows)
+    from gpa_jax.evaluation import asr_metrics
+
+    want = asr_metrics.error_rates([bank.texts[r[0]] for r in rows], ["hi", "hi"])
+    assert got == {"rows": 2, "wer": pytest.approx(want.wer), "cer": pytest.approx(want.cer)}
+    text = conditioning.format_report({"split": "train", "asr_ctc": got})
+    assert "CTC head, greedy, same rows: WER" in text
