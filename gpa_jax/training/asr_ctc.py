@@ -32,7 +32,7 @@ import optax
 
 from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.ids import PAD_ID, TEXT_OFFSET
-from gpa_jax.training.attention_guide import _rank_and_count, conditioning_keys
+from gpa_jax.training.attention_guide import rank_and_count, conditioning_keys
 from gpa_jax.training.data_iter import TASK_IDS_KEY
 
 ASR_TASK_ID = TASK_NAMES.index("asr") + 1  # decoder_task_ids numbering (0 = padding)
@@ -61,7 +61,7 @@ def ctc_layout(
     b, length = tokens.shape
     starts = asr & (segments != jnp.pad(segments, ((0, 0), (1, 0)), constant_values=-1)[:, :-1])
     slot = jnp.cumsum(starts, axis=1) - 1  # the row's ASR example index of each position
-    ranks = jax.vmap(_rank_and_count)
+    ranks = jax.vmap(rank_and_count)
     f_rank, f_count = ranks(frames.astype(jnp.int32), segments)
     l_rank, l_count = ranks(labels.astype(jnp.int32), segments)
     # A path through CTC's lattice needs a frame per label plus one (a blank) per repeat.

@@ -33,7 +33,7 @@ from gpa_jax.tasks.ids import DELIM_END, DELIM_START, TEXT_OFFSET, delimiter_id
 CONDITIONING_DELIMITERS = (delimiter_id("text"), delimiter_id("src_audio"))
 
 
-def _rank_and_count(mask: jax.Array, segments: jax.Array) -> tuple[jax.Array, jax.Array]:
+def rank_and_count(mask: jax.Array, segments: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per position of one row: its rank among the `mask` positions of its segment, and
     how many `mask` positions the segment has."""
     num = segments.shape[0] + 1
@@ -59,7 +59,7 @@ def attention_guide(batch: Mapping[str, jax.Array], sigma: float) -> tuple[jax.A
     segments = batch["decoder_segment_ids"].astype(jnp.int32)
     loss = (batch["decoder_loss_weights"] > 0) & (segments > 0)
     keys = conditioning_keys(tokens, segments, loss)
-    ranks = jax.vmap(_rank_and_count)
+    ranks = jax.vmap(rank_and_count)
     n_rank, n_count = ranks(keys.astype(jnp.float32), segments)
     t_rank, t_count = ranks(loss.astype(jnp.float32), segments)
     n = (n_rank + 0.5) / jnp.maximum(n_count, 1.0)
