@@ -32,7 +32,7 @@ import optax
 
 from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.ids import PAD_ID, TEXT_OFFSET
-from gpa_jax.training.attention_guide import rank_and_count, conditioning_keys
+from gpa_jax.training.attention_guide import conditioning_keys, rank_and_count
 from gpa_jax.training.data_iter import TASK_IDS_KEY
 
 ASR_TASK_ID = TASK_NAMES.index("asr") + 1  # decoder_task_ids numbering (0 = padding)
