@@ -167,10 +167,16 @@ def _canonical(path: Path) -> Path:
     return tuple(str(p) for p in path)
 
 
+# Heads only training uses (the auxiliary ASR CTC's projection, model.ctc_weight): the LM
+# they trained generates without them, so the export leaves them out by name.
+TRAINING_ONLY = ("ctc_proj",)
+
+
 def to_hf_state_dict(cfg: LMConfig, params: nnx.State | nnx.Module) -> dict[str, np.ndarray]:
-    """HF Qwen3 tensors (host numpy, the params' own dtype) of a DecoderLM's params."""
+    """HF Qwen3 tensors (host numpy, the params' own dtype) of a DecoderLM's params
+    (`TRAINING_ONLY` heads left out)."""
     check_exportable(cfg)
-    flat = {_canonical(p): v for p, v in _flat_params(params).items()}
+    flat = {_canonical(p): v for p, v in _flat_params(params).items() if str(p[0]) not in TRAINING_ONLY}
     out: dict[str, np.ndarray] = {}
     for name, path, row, n_in in _layer_paths(cfg):
         value = np.asarray(flat[_canonical(path)][...])

@@ -45,6 +45,18 @@ def _params(model):
     return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
+def test_the_training_only_ctc_head_is_left_out_and_nothing_else(vocab):
+    cfg = LMConfig.from_config(_config(vocab, ctc_weight=0.5).model)
+    plain = LMConfig.from_config(_config(vocab).model)
+    model = numpy_model(cfg, seed=3)
+    tensors = qwen3.to_hf_state_dict(cfg, model)
+    assert tensors.keys() == qwen3.to_hf_state_dict(plain, numpy_model(plain)).keys()
+    fresh = nnx.eval_shape(lambda: DecoderLM(plain, rngs=nnx.Rngs(0)))
+    qwen3.load_hf_state_dict(fresh, tensors)
+    original, loaded = _params(model), _params(fresh)
+    assert {k for k in original if k[0] == "ctc_proj"} == original.keys() - loaded.keys()
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_hf_tensors_round_trip_into_a_fresh_model(vocab, shape):
     cfg = LMConfig.from_config(_config(vocab, **SHAPES[shape]).model)
