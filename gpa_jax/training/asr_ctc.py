@@ -48,8 +48,8 @@ def _scatter(values: jax.Array, rows, slots, ranks, keep, shape) -> jax.Array:
 def ctc_layout(
     batch: Mapping[str, jax.Array], slots: int, max_frames: int
 ) -> dict[str, jax.Array]:
-    """The CTC inputs of a packed batch's ASR examples (module docstring). Labels are
-    capped at `max_frames` too (a CTC path needs at least one frame per label)."""
+    """The CTC inputs of a packed batch's ASR examples (module docstring). The label axis
+    is `max_frames` long too: a taking-part example never has more labels than frames."""
     tokens = batch["decoder_input_tokens"]
     targets = batch["decoder_target_tokens"]
     segments = batch["decoder_segment_ids"].astype(jnp.int32)

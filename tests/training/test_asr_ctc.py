@@ -1,5 +1,6 @@
 """The auxiliary ASR CTC: its layout read off a packed batch, and its loss term."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -87,6 +88,6 @@ def test_ctc_weight_adds_the_ctc_of_the_asr_source_to_the_loss():
     np.testing.assert_allclose(float(b["loss_sum"]), float(a["loss_sum"]) + 0.5 * float(want), rtol=1e-4)
 
     grads = nnx.grad(lambda m: token_sums(m, batch, None, 0.0, 3)["ctc_sum"])(model)
-    flat = [np.asarray(x) for x in __import__("jax").tree.leaves(nnx.state(grads, nnx.Param))]
+    flat = [np.asarray(x) for x in jax.tree.leaves(nnx.state(grads, nnx.Param))]
     assert all(np.isfinite(g).all() for g in flat)
     assert np.abs(np.asarray(grads.ctc_proj.kernel[...])).sum() > 0
