@@ -88,6 +88,7 @@ def test_golden_partition_specs_gpa_tiny(scan):
     expected = {
         "embedder.embedding": P("tensor", "fsdp"),
         "decoder.final_norm.scale": P(None),
+        "ctc_proj.kernel": P("fsdp", None),  # the auxiliary ASR CTC's head (ctc_weight > 0)
     }
     if scan:
         expected.update(_tiny_layer_specs("decoder.layers", stacked=True))

@@ -12,8 +12,9 @@ step as 3x the forward (forward + two backward matmuls per weight):
     causal attention FLOPs / token (forward) = per layer 4 * seq_len * heads * head_dim / 2
         (q.k scores and p.v, 2 FLOPs per multiply-add, half the square for causality).
 
-training FLOPs / token = 3 * (2 * weight elements + attention). Norms, RoPE, softmax and
-the optimizer are not counted (as in MaxText), so MFU slightly understates the work done.
+training FLOPs / token = 3 * (2 * weight elements + attention). Norms, RoPE, softmax,
+the optimizer and the auxiliary ASR CTC head (it runs on ASR source positions only) are
+not counted (as in MaxText), so MFU slightly understates the work done.
 Packed sequences are counted at the full `seq_len` (an upper bound on the attended
 keys, as MaxText does).
 

@@ -22,11 +22,14 @@ def test_gpa_tiny_flops_by_hand():
 
 
 def test_weight_count_is_params_minus_norm_scales():
-    """Every param but the norm scales takes part in a matmul (tied: the table once)."""
+    """Every param but the norm scales takes part in a matmul per token (tied: the table
+    once); the training-only CTC head runs on ASR source positions only, so it is not
+    counted per token."""
     config = config_utils.load_config("configs/gpa_tiny.py")
     cfg = LMConfig.from_config(config.model)
     norms = cfg.num_layers * (2 * cfg.embed_dim + 2 * cfg.head_dim) + cfg.embed_dim
-    assert flops_lib.matmul_weight_params(cfg) == count_params(config) - norms
+    ctc_head = cfg.embed_dim * cfg.embed_dim if cfg.ctc_weight > 0 else 0
+    assert flops_lib.matmul_weight_params(cfg) == count_params(config) - norms - ctc_head
 
 
 def test_mfu_and_peak_table():
