@@ -8,7 +8,9 @@ unigram baselines from the run's token shards (gpa_jax.training.lm_report). Pass
 same --config (and overrides) the run was trained with. Then (--conditioning, default
 on) the loss of each task's output given its own input vs another row's input, from the
 newest checkpoint (gpa_jax.evaluation.conditioning): a gain near 0 means the model
-ignores the input. --asr_rows=N adds the greedy ASR WER/CER of N rows of that split.
+ignores the input. --asr_rows=N adds the ASR WER/CER of N rows of that split, decoded as
+the config's `sampling.asr` says (the joint CTC/attention search of configs/gpa_tiny.py;
+--config.sampling.asr.beam=1 --config.sampling.asr.ctc_weight=0 for greedy).
 --json_out=PATH also writes the figures as JSON (`lm_report.run_figures`: per-task eval
 loss and perplexity, parameter count, step time; with --conditioning each task's
 matched / mismatched loss and gain, and "asr" wer / cer / rows with --asr_rows, of the
@@ -27,7 +29,7 @@ _CONDITIONING = flags.DEFINE_bool("conditioning", True, "Also report own- vs oth
 _SPLIT = flags.DEFINE_string("conditioning_split", "validation", "Split of that report.")
 _STEPS = flags.DEFINE_list("conditioning_steps", [], "Checkpoint steps for it (default: newest).")
 _ASR_ROWS = flags.DEFINE_integer(
-    "asr_rows", 0, "With it: greedy ASR WER/CER of this many rows of that split per step."
+    "asr_rows", 0, "With it: ASR WER/CER of this many rows of that split per step."
 )
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the figures as JSON here.")
 
@@ -43,11 +45,13 @@ def main(argv):
     figures = lm_report.run_figures(config, workdir) if _JSON_OUT.value else {}
     if _CONDITIONING.value:
         from gpa_jax.evaluation import conditioning
+        from gpa_jax.sampling.config import lm_sampling
 
         for step in [int(s) for s in _STEPS.value] or [None]:
             report = conditioning.report_for_workdir(
-                workdir, split=_SPLIT.value, step=step, asr_rows=_ASR_ROWS.value
-            )
+                workdir, split=_SPLIT.value, step=step, asr_rows=_ASR_ROWS.value,
+                sampling=lm_sampling(config),
+            )  # fmt: skip
             print(conditioning.format_report(report))
             figures["conditioning_step"] = report["step"]
             for task in conditioning.TASKS:

@@ -139,14 +139,15 @@ def conditioning_report(
 
 def asr_transcripts(sampler, bank: planning.Bank, settings: planning.PlanSettings, *, split: str,
                     num: int = 40, seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """Greedy ASR of the first `num` planned ASR rows of `split`: {rows, wer, cer} (corpus
-    rates, `gpa_jax.evaluation.asr_metrics`), next to the conditioning gain."""
+    """ASR of the first `num` planned ASR rows of `split`: {rows, wer, cer, decoding}
+    (corpus rates, `gpa_jax.evaluation.asr_metrics`), next to the conditioning gain."""
     plan = planning.plan_task("asr", bank, settings, seed, split)[0][:num]
     return asr_rows_error_rates(sampler, bank, plan)
 
 
 def asr_rows_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str, Any]:
-    """{rows, wer, cer}: greedy transcripts of planned ASR `rows` against their texts."""
+    """{rows, wer, cer, decoding}: the sampler's transcripts of planned ASR `rows` against
+    their texts (decoded as `sampler.asr_decoding` says)."""
     from gpa_jax.evaluation import asr_metrics
     from gpa_jax.sampling import Request
 
@@ -155,7 +156,8 @@ def asr_rows_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict
                 for r in rows]  # fmt: skip
     hyps = [res.text or "" for res in sampler.generate(requests)]
     rates = asr_metrics.error_rates([bank.texts[r[TGT]] for r in rows], hyps)
-    return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer)}
+    return {"rows": len(rows), "wer": float(rates.wer), "cer": float(rates.cer),
+            "decoding": sampler.asr_decoding}  # fmt: skip
 
 
 def ctc_transcripts(sampler, bank: planning.Bank, rows: np.ndarray) -> list[str]:
@@ -163,22 +165,20 @@ def ctc_transcripts(sampler, bank: planning.Bank, rows: np.ndarray) -> list[str]
     `gpa_jax.training.asr_ctc`) of planned ASR `rows`: the argmax at each source position
     of the ASR prompt, repeats merged, blanks (<pad>) dropped."""
     from gpa_jax.sampling import Request
-    from gpa_jax.tasks.ids import DELIM_END, DELIM_START, PAD_ID, delimiter_id
+    from gpa_jax.tasks.ids import PAD_ID
 
     model, hyps = sampler.model, []
     for r in rows:
         prepared = sampler.prepare(Request.asr(bank.utterance_codes(int(r[TGT]))[:1],
                                                source_features=bank.utterance_features(int(r[TGT]))))  # fmt: skip
         prompt = np.asarray(prepared.prompt, np.int32)
-        start = int(np.flatnonzero(prompt == delimiter_id("src_audio"))[0]) + 1
-        after = np.flatnonzero((prompt[start:] >= DELIM_START) & (prompt[start:] < DELIM_END))
-        end = start + (int(after[0]) if len(after) else len(prompt) - start)
         audio = {}
         if prepared.audio is not None:  # the continuous / hybrid variants' feature rows
             features, mask = prepared.audio
             audio = dict(audio_features=jnp.asarray(features)[None], audio_mask=jnp.asarray(mask)[None])
         _, hidden = model(jnp.asarray(prompt)[None], return_hidden=True, **audio)
-        best = np.asarray(jnp.argmax(model.ctc_logits(hidden[:, start:end]), axis=-1))[0]
+        source = hidden[:, sampler.source_slots(prepared)]
+        best = np.asarray(jnp.argmax(model.ctc_logits(source), axis=-1))[0]
         keep = (best != PAD_ID) & np.concatenate([[True], best[1:] != best[:-1]])
         hyps.append(sampler.vocab.decode(best[keep].tolist()))
     return hyps
@@ -186,7 +186,7 @@ def ctc_transcripts(sampler, bank: planning.Bank, rows: np.ndarray) -> list[str]
 
 def ctc_error_rates(sampler, bank: planning.Bank, rows: np.ndarray) -> dict[str, Any]:
     """{rows, wer, cer} of `ctc_transcripts`: what the source positions carry, to set
-    against the LM's own greedy transcripts of the same rows (`asr_rows_error_rates`)."""
+    against the LM's own transcripts of the same rows (`asr_rows_error_rates`)."""
     from gpa_jax.evaluation import asr_metrics
 
     hyps = ctc_transcripts(sampler, bank, rows)
@@ -209,7 +209,8 @@ def format_report(report: Mapping[str, Any]) -> str:
                      f"{r['nll_mismatched']:>12.4f} {r['gain']:>7.4f}")  # fmt: skip
     if "asr_transcripts" in report:
         a = report["asr_transcripts"]
-        lines.append(f"greedy ASR of {a['rows']} rows: WER {a['wer']:.3f}, CER {a['cer']:.3f}")
+        lines.append(f"ASR of {a['rows']} rows, {a.get('decoding', 'greedy')}: WER {a['wer']:.3f}, "
+                     f"CER {a['cer']:.3f}")  # fmt: skip
     if "asr_ctc" in report:
         a = report["asr_ctc"]
         lines.append(f"CTC head, greedy, same rows: WER {a['wer']:.3f}, CER {a['cer']:.3f}")
@@ -218,11 +219,12 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def report_for_workdir(
     workdir: str, *, split: str = "validation", num: int = 32, seed: int = 0,
-    step: int | None = None, asr_rows: int = 0,
+    step: int | None = None, asr_rows: int = 0, sampling: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Loads the LM of <workdir>/checkpoints (params of `step`, default the newest) and its
-    token shards; the report (with the step), and with `asr_rows` the greedy ASR error
-    rates of that many rows (`asr_transcripts`)."""
+    token shards; the report (with the step), and with `asr_rows` the ASR error rates of
+    that many rows (`asr_transcripts`), decoded as `sampling` (default: the checkpoint
+    config's, `gpa_jax.sampling.config.lm_sampling`) says."""
     from gpa_jax.sampling import Sampler, config_from_checkpoint
     from gpa_jax.tasks.config import resolve_paths
     from gpa_jax.training import checkpoint as ckpt_lib
@@ -231,7 +233,7 @@ def report_for_workdir(
     lm_dir = ckpt_lib.checkpoint_dir(workdir)
     config = config_from_checkpoint(lm_dir, step)
     vocab = task_vocabulary(config, workdir)
-    sampler = Sampler.from_checkpoint(lm_dir, vocab, config=config, step=step)
+    sampler = Sampler.from_checkpoint(lm_dir, vocab, config=config, step=step, sampling=sampling)
     token_dir = resolve_paths(config.tasks, workdir)[0]
     settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
     bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers,

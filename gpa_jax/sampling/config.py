@@ -13,6 +13,14 @@
     <task>.temperature / top_k / top_p / repetition_penalty
                      temperature 0 = greedy; top_k 0 and top_p 1 = off; penalty 1 = off
     asr.tokens_per_frame   expected text tokens per source audio frame (50 Hz)
+    asr.beam / asr.ctc_weight / asr.candidates
+                     greedy ASR requests are decoded by the joint CTC/attention beam
+                     search (`gpa_jax.sampling.joint_ctc`) when beam > 1 or ctc_weight > 0:
+                     `beam` hypotheses, each expanding its `candidates` best tokens, scored
+                     (1 - ctc_weight) * attention + ctc_weight * CTC prefix. The CTC term
+                     needs an LM trained with its CTC head (model.ctc_weight > 0); for one
+                     without, the sampler warns and searches on attention alone.
+                     beam 1, ctc_weight 0 = plain greedy decoding.
     tts.frames_per_char    expected RVQ-1 frames per character of normalised text
     vc.frames_per_frame    expected output frames per source frame
 
@@ -51,7 +59,8 @@ def sampling_config(**overrides: Any) -> ml_collections.ConfigDict:
             length_margin=2.0,
             length_slack=16,
             asr=dict(
-                temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, tokens_per_frame=0.35
+                temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, tokens_per_frame=0.35,
+                beam=1, ctc_weight=0.0, candidates=8,
             ),
             tts=dict(
                 temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0, frames_per_char=4.0
@@ -84,6 +93,22 @@ def validate_sampling_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("sampling.length_margin must be >= 1 and length_slack >= 0")
     for task in TASKS:
         check_params(config[task], f"sampling.{task}")
+    asr = config.asr
+    if asr.beam < 1 or not 0.0 <= asr.ctc_weight <= 1.0 or asr.candidates < asr.beam:
+        raise ValueError(
+            f"sampling.asr needs beam >= 1, 0 <= ctc_weight <= 1 and candidates >= beam; got "
+            f"beam={asr.beam}, ctc_weight={asr.ctc_weight}, candidates={asr.candidates}"
+        )
+
+
+def lm_sampling(lm_config: Any) -> ml_collections.ConfigDict:
+    """The sampling settings an LM config recommends (its `sampling` section, e.g. the joint
+    CTC/attention ASR search of configs/gpa_tiny.py) over the defaults; the defaults alone
+    for a config without one (checkpoints saved before the section existed)."""
+    section = lm_config.get("sampling") if hasattr(lm_config, "get") else None
+    if section is None:
+        return sampling_config()
+    return sampling_config(**section.to_dict())
 
 
 def check_params(p: Any, where: str) -> None:

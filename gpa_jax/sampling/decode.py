@@ -241,6 +241,13 @@ def prefill_logits(model, arrays, cache_length: int, rules):
     rows) -> (logits of each row's last prompt position [B, V], KV cache of `cache_length`
     slots, the prompts at slots 0..P-1). Shared by `Decoder` and the continuous-batching
     engine (`gpa_jax.sampling.engine`)."""
+    h, cache = prefill_hidden(model, arrays, cache_length, rules)
+    return model.logits(h[:, -1:])[:, 0], cache
+
+
+def prefill_hidden(model, arrays, cache_length: int, rules):
+    """`prefill_logits` before the output table: (final hidden states [B, P, D] of every
+    prompt slot, KV cache). The joint CTC/attention search reads the source slots' states."""
     tokens = arrays["tokens"]
     P = tokens.shape[1]
     pad = P - arrays["lengths"]  # [B]
@@ -252,7 +259,7 @@ def prefill_logits(model, arrays, cache_length: int, rules):
         tokens, segment_ids, positions, segment_ids, cache_length,
         audio_features=arrays.get("audio_features"), audio_mask=arrays.get("audio_mask"),
     )  # fmt: skip
-    return model.logits(h[:, -1:])[:, 0], cache
+    return h, cache
 
 
 def emit_tokens(logits, step, arrays, seen, done, mode: Mode):

@@ -8,9 +8,11 @@
             print(event.ticket.request.id, event.tokens, event.finished)
     print(ticket.result.rvq1)
 
-Requests of any task share the slots. `step()` first lets waiting requests join the free
-slots (one prefill of up to `max_join` prompts, its first tokens sampled from it), then
-runs up to `steps_per_call` decode steps for every occupied slot; a request leaves its slot
+Requests of any task share the slots, except greedy ASR requests when the sampler decodes
+them by its joint CTC/attention beam search (`Sampler.searches`): each is searched whole,
+as `Sampler.generate` does, in the `step()` that finds it waiting (one event, finished).
+`step()` first lets waiting requests join the free slots (one prefill of up to
+`max_join` prompts, its first tokens sampled from it), then runs up to `steps_per_call` decode steps for every occupied slot; a request leaves its slot
 when it emits <eos> or reaches its token budget, and the slot is free for the next join.
 Prompts, budgets, sampling settings and the per-token sampling are the `Sampler`'s own
 (`Sampler.prepare`, `decode.prefill_logits`, `decode.emit_tokens`), so a request gets
@@ -265,7 +267,7 @@ class Engine:
         init_kw = {} if out_shardings is None else {"out_shardings": out_shardings[0]}
         self._init_fn = jax.jit(init, **init_kw)
         self._serial = 0
-        self.stats = collections.Counter()  # joins, decode_calls, decode_steps, tokens, finished
+        self.stats = collections.Counter()  # joins, decode_calls, decode_steps, tokens, finished, searched
         self.reset()
 
     def reset(self) -> None:
@@ -352,6 +354,7 @@ class Engine:
         """Joins waiting requests into free slots, then decodes up to steps_per_call steps
         of every running request. Returns one Event per request that got tokens or ended."""
         events: dict[int, tuple[Ticket, list[int]]] = {}
+        self._search_waiting(events)
         joined = self._join_waiting()
         running = [t for t in self._tickets if t is not None and not t.finished]
         decoded = None
@@ -399,6 +402,20 @@ class Engine:
         fresh.extend(new)
         if done or hit_eos:
             ticket.result = self.sampler.result(ticket.prepared, ticket.tokens, hit_eos)
+            self.stats["finished"] += 1
+
+    def _search_waiting(self, events) -> None:
+        """Decodes the waiting requests that the sampler's ASR search serves
+        (`Sampler.searches`: beam hypotheses, not one slot's row) whole, in this step."""
+        for ticket in [t for t in self._waiting if self.sampler.searches(t.prepared)]:
+            self._waiting.remove(ticket)
+            ticket.started_s = time.perf_counter()
+            ticket.result = self.sampler.search(ticket.prepared)
+            ticket.tokens = ticket.result.tokens.tolist()
+            ticket.steps = len(ticket.tokens) + (ticket.result.stop == "eos")
+            events[ticket.serial] = (ticket, list(ticket.tokens))
+            self.stats["tokens"] += ticket.steps
+            self.stats["searched"] += 1
             self.stats["finished"] += 1
 
     def _join_waiting(self):

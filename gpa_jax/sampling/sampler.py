@@ -61,7 +61,8 @@ from gpa_jax import paths
 from gpa_jax import sharding as sharding_lib
 from gpa_jax.models import LMConfig, make_lm
 from gpa_jax.sampling import decode as decode_lib
-from gpa_jax.sampling.config import TASKS, check_params, sampling_config
+from gpa_jax.sampling import joint_ctc
+from gpa_jax.sampling.config import TASKS, check_params, lm_sampling
 from gpa_jax.tasks import layout
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.text import normalize_transcript, tts_prompt_text
@@ -143,6 +144,7 @@ class Result:
     codes: np.ndarray | None = None
     prompt_length: int = 0
     max_new_tokens: int = 0
+    score: float | None = None  # asr by the joint search: the chosen hypothesis's joint log-score
 
     @property
     def ok(self) -> bool:
@@ -230,7 +232,7 @@ class Sampler:
         self.config = config
         self.vocab = vocab
         self.mesh = mesh
-        self.sampling = sampling if sampling is not None else sampling_config()
+        self.sampling = sampling if sampling is not None else lm_sampling(config)
         self.acoustic = acoustic
         self.cfg = LMConfig.from_config(config.model)
         if vocab.vocab_size > self.cfg.vocab_size:
@@ -246,6 +248,7 @@ class Sampler:
         self.model = model
         self.decoder = decode_lib.Decoder(model, mesh)
         self.batch_multiple = _batch_multiple(mesh, getattr(model, "rules", None))
+        self._init_asr_search()
         tasks = config.get("tasks") if hasattr(config, "get") else None
         s = self.sampling
         self.ref_max_frames = int(
@@ -266,6 +269,70 @@ class Sampler:
             raise ValueError(
                 f"sampling.max_total_len={self.max_total_len} > model max_len {self.cfg.max_len}"
             )
+
+    def _init_asr_search(self) -> None:
+        """The joint CTC/attention search of greedy ASR requests (sampling.asr.beam /
+        ctc_weight; `joint_ctc`), or None for plain greedy decoding."""
+        asr = self.sampling.asr
+        self.asr_beam = int(asr.beam)
+        self.asr_ctc_weight = float(asr.ctc_weight)
+        has_ctc = getattr(self.model, "ctc_proj", None) is not None
+        if self.asr_ctc_weight > 0 and not has_ctc:
+            logging.warning(
+                "sampling.asr.ctc_weight=%s but the LM has no CTC head (trained with "
+                "model.ctc_weight=0): ASR searches on attention alone", self.asr_ctc_weight,
+            )  # fmt: skip
+            self.asr_ctc_weight = 0.0
+        searching = self.asr_beam > 1 or self.asr_ctc_weight > 0
+        self.asr_search = (
+            joint_ctc.JointSearch(self.decoder, use_ctc=self.asr_ctc_weight > 0) if searching else None
+        )
+
+    @property
+    def asr_decoding(self) -> str:
+        """How greedy ASR requests are decoded, in words (for reports)."""
+        if self.asr_search is None:
+            return "greedy"
+        if self.asr_ctc_weight == 0:
+            return f"attention beam search (beam {self.asr_beam})"
+        return f"joint CTC/attention beam search (ctc_weight {self.asr_ctc_weight:g}, beam {self.asr_beam})"
+
+    def searches(self, p: _Prepared) -> bool:
+        """Whether prepared request `p` is decoded by the ASR search (greedy ASR requests,
+        when sampling.asr turns the search on) instead of the batched decode."""
+        return (
+            self.asr_search is not None and p.request.task == "asr"
+            and p.params.temperature == 0 and p.params.repetition_penalty == 1.0
+        )  # fmt: skip
+
+    @staticmethod
+    def source_slots(p: _Prepared) -> np.ndarray:
+        """Prompt indices of an ASR / VC prompt's source frames: the positions the CTC head
+        is trained on (`gpa_jax.training.asr_ctc`, the conditioning inputs)."""
+        from gpa_jax.training.attention_guide import conditioning_keys
+
+        prompt = np.asarray(p.prompt, np.int32)[None]
+        keys = conditioning_keys(prompt, np.ones_like(prompt), np.zeros(prompt.shape, bool))
+        return np.flatnonzero(np.asarray(keys[0]))
+
+    def search(self, p: _Prepared) -> Result:
+        """The Result of an ASR request decoded by the joint search (`searches(p)`)."""
+        s = self.sampling
+        P = _round_up(len(p.prompt), int(s.prompt_bucket))
+        frame_index = self.source_slots(p) + (P - len(p.prompt))
+        shape = joint_ctc.SearchShape(
+            prompt_length=P,
+            frames=_round_up(max(len(frame_index), 1), int(s.prompt_bucket)),
+            max_steps=_round_up(p.max_new, int(s.steps_bucket)),
+            beam=self.asr_beam,
+            candidates=int(s.asr.candidates),
+        )
+        batch, _ = self.decode_batch([p], prompt_length=P, batch_size=self.batch_multiple)
+        out = self.asr_search(batch, frame_index, shape, self.asr_ctc_weight)
+        n = int(out["num_tokens"])
+        result = self.result(p, out["tokens"][:n], bool(out["hit_eos"]))
+        result.score = float(out["score"])
+        return result
 
     @classmethod
     def from_checkpoint(
@@ -508,6 +575,9 @@ class Sampler:
             except RequestError as e:
                 logging.warning("request %s (%s) rejected: %s", rid, request.task, e)
                 results[i] = Result(id=request.id, task=str(request.task), error=str(e))
+        for p in [p for p in ready if self.searches(p)]:
+            results[p.index] = self.search(p)
+        ready = [p for p in ready if results[p.index] is None]
         ready.sort(key=lambda p: len(p.prompt))
         size = int(self.sampling.max_batch)
         for start in range(0, len(ready), size):

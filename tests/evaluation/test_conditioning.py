@@ -67,7 +67,8 @@ def test_asr_transcripts_score_the_planned_rows_greedy_transcripts(lm, vocab, ba
     want = asr_metrics.error_rates([bank.texts[r[0]] for r in rows], hyps)
     assert got["wer"] == pytest.approx(want.wer) and got["cer"] == pytest.approx(want.cer)
     text = conditioning.format_report({"split": "train", "asr_transcripts": got})
-    assert f"greedy ASR of {got['rows']} rows: WER {got['wer']:.3f}" in text
+    assert got["decoding"] == "greedy"
+    assert f"ASR of {got['rows']} rows, greedy: WER {got['wer']:.3f}" in text
 
 
 def test_ctc_transcripts_read_the_ctc_head_over_the_source_positions(vocab, bank):  # noqa: F811
