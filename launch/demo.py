@@ -65,7 +65,7 @@ QUICK = dict(
     codec=[
         "data.corpus=synthetic_speech/tiny", "train.num_steps=40", "teacher.ctc_steps=30",
         "teacher.ctc_eval_utterances=8", "eval.max_utterances=8", "probe.train_utterances=24",
-        "probe.test_utterances=8", "probe.steps=20", "train.checkpoint_every=10",
+        "probe.test_utterances=8", "probe.steps=20", "train.checkpoint_every=20",
         "train.summary_every=40", "codec.kmeans_iters=2", "eval.per_voice=2", "curves.per_voice=1",
     ],
     lm=[

@@ -12,7 +12,8 @@ speaker with another text; VC sources are the same sentence by another speaker),
 is unseen sentences spoken by seen voices.
 
 What is measured:
-- ASR: source RVQ-1 codes -> LM (greedy) -> text; WER / CER against the transcript.
+- ASR: source RVQ-1 codes -> LM (decoded as the LM config's sampling.asr says: greedy, or
+  the joint CTC/attention search) -> text; WER / CER against the transcript.
 - TTS: text + reference clip -> LM RVQ-1 -> acoustic stage (the reference's codes as the
   voice prompt) -> codec decoder -> wav. Judge WER on it, next to the judge's WER on the
   ground-truth recording of the same sentence by the same speaker; speaker similarity of
@@ -227,6 +228,7 @@ def _evaluate_tasks(
         hyps = [res.text or "" for res in results]
         out["asr"] = asr_metrics.error_rates(refs, hyps, ids=[bank.ids[r[TGT]] for r in plan]).as_dict()
         out["asr"]["failed"] = sum(not res.ok for res in results)
+        out["asr"]["decoding"] = models.sampler.asr_decoding
         # Both conventions: corpus WER ("wer", the headline) and the mean per-utterance WER.
         utt_wers = [asr_metrics.utterance_wer(ref, hyp) for ref, hyp in zip(refs, hyps, strict=True)]
         out["asr"]["mean_utterance_wer"] = float(np.mean(utt_wers)) if utt_wers else None
@@ -377,7 +379,7 @@ def results_sections(results: dict[str, Any], title: str = "") -> dict[str, str]
     gain = {t: f.get("gain") for t, f in results.get("conditioning", {}).items() if isinstance(f, dict)}
     if "asr" in results:
         a = results["asr"]
-        sections["ASR (LM, greedy)"] = markdown_table(
+        sections[f"ASR (LM, {a.get('decoding', 'greedy')})"] = markdown_table(
             [{"split": results["split"], "utterances": a["num_utterances"], "WER": a["wer"],
               "mean utt WER": a.get("mean_utterance_wer"), "CER": a["cer"], "failed": a["failed"],
               "conditioning gain": gain.get("asr")}],

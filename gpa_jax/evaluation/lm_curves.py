@@ -7,7 +7,7 @@ is restored (params only) and scored on the same rows of `split`:
 - per task, the teacher-forced loss of the output given its own input (nats per output
   token) and the conditioning gain (loss given another row's input minus that:
   `gpa_jax.evaluation.conditioning`), on `cond_rows` planned rows;
-- ASR: corpus WER of the greedy transcripts of `per_task` source clips;
+- ASR: corpus WER of the transcripts (the LM config's ASR decoding) of `per_task` source clips;
 - TTS: the judge's corpus WER on `per_task` generations (LM -> acoustic stage -> codec
   decoder), a failed generation counting as an empty transcript, next to the judge on the
   recordings of the same sentences.
@@ -52,6 +52,7 @@ def lm_curves(
     """Scores every kept LM checkpoint of `workdir` (module doc); writes the curves files."""
     from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.sampling import Request, Sampler
+    from gpa_jax.sampling.config import asr_decoding, lm_sampling
     from gpa_jax.tasks.config import resolve_paths
     from gpa_jax.training import checkpoint as ckpt_lib
 
@@ -93,6 +94,7 @@ def lm_curves(
         "normalizer": recordings["normalizer"],
         "tts_judge_wer_recordings": recordings["corpus_wer"],
         "asr_examples": len(asr_rows),
+        "asr_decoding": asr_decoding(lm_sampling(lm_config), float(lm_config.model.ctc_weight) > 0),
         "tts_examples": len(tts_rows),
     }
     done = {p["step"]: p for p in load_points(curves_path(workdir, "json"))}
@@ -153,7 +155,8 @@ def format_markdown(points: list[dict[str, Any]], header: dict[str, Any]) -> str
         "",
         f"Split {header['split']}. Loss: teacher-forced nats per output token given the row's "
         "own input; gain: the loss given another row's input minus that (conditioning). "
-        f"ASR: corpus WER of {header['asr_examples']} greedy transcripts. TTS: judge "
+        f"ASR: corpus WER of {header['asr_examples']} transcripts "
+        f"({header['asr_decoding']}). TTS: judge "
         f"{header['judge']} ({header['normalizer']}) corpus WER on {header['tts_examples']} "
         f"generations; on the recordings of the same sentences it is "
         f"{header['tts_judge_wer_recordings']:.3f}.",

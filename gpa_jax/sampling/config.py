@@ -101,6 +101,17 @@ def validate_sampling_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def asr_decoding(sampling: ml_collections.ConfigDict, has_ctc_head: bool) -> str:
+    """How a sampler with these settings decodes greedy ASR requests, in words (reports);
+    the CTC term counts only for an LM with a CTC head (module docstring)."""
+    beam, weight = int(sampling.asr.beam), float(sampling.asr.ctc_weight) if has_ctc_head else 0.0
+    if beam == 1 and weight == 0:
+        return "greedy"
+    if weight == 0:
+        return f"attention beam search (beam {beam})"
+    return f"joint CTC/attention beam search (ctc_weight {weight:g}, beam {beam})"
+
+
 def lm_sampling(lm_config: Any) -> ml_collections.ConfigDict:
     """The sampling settings an LM config recommends (its `sampling` section, e.g. the joint
     CTC/attention ASR search of configs/gpa_tiny.py) over the defaults; the defaults alone

@@ -452,7 +452,8 @@ class Engine:
 
     def warmup(self, log=None) -> int:
         """Compiles every join bucket and decode variant without touching a request (filler
-        rows only, every slot done). Returns the number of programs. `log(message)` is
+        rows only, every slot done); not the ASR searches (compiled per shape on first
+        use). Returns the number of programs. `log(message)` is
         called once per program."""
         if not self.idle:
             raise RuntimeError("warm up an idle engine")

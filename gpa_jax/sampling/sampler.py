@@ -62,7 +62,7 @@ from gpa_jax import sharding as sharding_lib
 from gpa_jax.models import LMConfig, make_lm
 from gpa_jax.sampling import decode as decode_lib
 from gpa_jax.sampling import joint_ctc
-from gpa_jax.sampling.config import TASKS, check_params, lm_sampling
+from gpa_jax.sampling.config import TASKS, asr_decoding, check_params, lm_sampling
 from gpa_jax.tasks import layout
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.text import normalize_transcript, tts_prompt_text
@@ -291,11 +291,7 @@ class Sampler:
     @property
     def asr_decoding(self) -> str:
         """How greedy ASR requests are decoded, in words (for reports)."""
-        if self.asr_search is None:
-            return "greedy"
-        if self.asr_ctc_weight == 0:
-            return f"attention beam search (beam {self.asr_beam})"
-        return f"joint CTC/attention beam search (ctc_weight {self.asr_ctc_weight:g}, beam {self.asr_beam})"
+        return asr_decoding(self.sampling, self.asr_ctc_weight > 0)
 
     def searches(self, p: _Prepared) -> bool:
         """Whether prepared request `p` is decoded by the ASR search (greedy ASR requests,
