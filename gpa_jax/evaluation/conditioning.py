@@ -38,6 +38,15 @@ BATCH = 8
 
 
 @nnx.jit
+def _prompt_hidden(model, tokens, segment_ids, audio_features, audio_mask):
+    """Final hidden states [b, l, d] of prefix-only rows (right padded: segment id 0),
+    read as the sampler's prefill reads a prompt."""
+    _, hidden = model(tokens, segment_ids, None, segment_ids, audio_features=audio_features,
+                      audio_mask=audio_mask, return_hidden=True)  # fmt: skip
+    return hidden
+
+
+@nnx.jit
 def _log_probs(model, tokens, segment_ids, positions, prefix_mask, audio_features, audio_mask):
     logits = model(tokens, segment_ids, positions, prefix_mask, audio_features=audio_features,
                    audio_mask=audio_mask)  # fmt: skip
@@ -171,12 +180,18 @@ def ctc_transcripts(sampler, bank: planning.Bank, rows: np.ndarray) -> list[str]
     for r in rows:
         prepared = sampler.prepare(Request.asr(bank.utterance_codes(int(r[TGT]))[:1],
                                                source_features=bank.utterance_features(int(r[TGT]))))  # fmt: skip
-        prompt = np.asarray(prepared.prompt, np.int32)
-        audio = {}
+        n = len(prepared.prompt)
+        length = -(-n // 64) * 64  # one compile per 64-token bucket
+        tokens = np.zeros((1, length), np.int32)
+        tokens[0, :n] = prepared.prompt
+        features = mask = None
         if prepared.audio is not None:  # the continuous / hybrid variants' feature rows
-            features, mask = prepared.audio
-            audio = dict(audio_features=jnp.asarray(features)[None], audio_mask=jnp.asarray(mask)[None])
-        _, hidden = model(jnp.asarray(prompt)[None], return_hidden=True, **audio)
+            frames, read = prepared.audio
+            features = np.zeros((1, length, frames.shape[1]), np.float32)
+            features[0, :n], mask = frames, np.zeros((1, length), np.int32)
+            mask[0, :n] = read
+        segments = (np.arange(length) < n).astype(np.int32)[None]
+        hidden = _prompt_hidden(model, tokens, segments, features, mask)
         source = hidden[:, sampler.source_slots(prepared)]
         best = np.asarray(jnp.argmax(model.ctc_logits(source), axis=-1))[0]
         keep = (best != PAD_ID) & np.concatenate([[True], best[1:] != best[:-1]])

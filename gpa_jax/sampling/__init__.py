@@ -8,28 +8,33 @@ joint_ctc joint CTC/attention beam search for ASR (an LM with a CTC head)
 engine    Engine: continuous batching (fixed slots over one KV cache, requests join and
           leave between decode calls), for serving
 streaming chunked TTS/VC audio (fixed batches, or per request from an Engine)
+
+Names are imported lazily, so `from gpa_jax.sampling.config import sampling_config` (what
+an LM config file needs for its `sampling` section) does not pull in seqio and the model.
 """
 
-from gpa_jax.sampling.config import sampling_config
-from gpa_jax.sampling.decode import Decoder, Mode, make_batch
-from gpa_jax.sampling.sampler import (
-    Request,
-    RequestError,
-    Result,
-    Sampler,
-    SamplingParams,
-    config_from_checkpoint,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Decoder",
-    "Mode",
-    "Request",
-    "RequestError",
-    "Result",
-    "Sampler",
-    "SamplingParams",
-    "config_from_checkpoint",
-    "make_batch",
-    "sampling_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "config": ("sampling_config",),
+    "decode": ("Decoder", "Mode", "make_batch"),
+    "sampler": (
+        "Request",
+        "RequestError",
+        "Result",
+        "Sampler",
+        "SamplingParams",
+        "config_from_checkpoint",
+    ),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

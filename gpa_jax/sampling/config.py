@@ -20,7 +20,9 @@
                      (1 - ctc_weight) * attention + ctc_weight * CTC prefix. The CTC term
                      needs an LM trained with its CTC head (model.ctc_weight > 0); for one
                      without, the sampler warns and searches on attention alone.
-                     beam 1, ctc_weight 0 = plain greedy decoding.
+                     beam 1, ctc_weight 0 = plain greedy decoding. On a sharded mesh the
+                     beam is rounded up to a multiple of its batch shards (its rows are
+                     one decode batch).
     tts.frames_per_char    expected RVQ-1 frames per character of normalised text
     vc.frames_per_frame    expected output frames per source frame
 

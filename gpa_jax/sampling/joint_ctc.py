@@ -120,7 +120,7 @@ def _search(state, arrays, *, graphdef, shape: SearchShape, rules, compute_dtype
     h, cache = decode_lib.prefill_hidden(model, arrays, L, rules)
     lam = arrays["ctc_weight"]
     id_lo, id_hi = arrays["id_lo"][0], arrays["id_hi"][0]
-    att0 = _masked_logp(model.logits(h[:, -1:])[:, 0], id_lo, id_hi)  # [1, V]
+    att0 = _masked_logp(model.logits(h[:1, -1:])[:, 0], id_lo, id_hi)  # [1, V]: row 0
     if use_ctc:
         frames = jnp.take(h[0], arrays["frame_index"], axis=0)  # [T, D]
         ctc = jax.nn.log_softmax(model.ctc_logits(frames[None])[0].astype(jnp.float32), axis=-1)

@@ -320,8 +320,10 @@ class Sampler:
             prompt_length=P,
             frames=_round_up(max(len(frame_index), 1), int(s.prompt_bucket)),
             max_steps=_round_up(p.max_new, int(s.steps_bucket)),
-            beam=self.asr_beam,
-            candidates=int(s.asr.candidates),
+            # The beam's rows are a decode batch: they must divide over the mesh's batch
+            # shards, so the beam is rounded up to a multiple of them.
+            beam=_round_up(self.asr_beam, self.batch_multiple),
+            candidates=max(int(s.asr.candidates), _round_up(self.asr_beam, self.batch_multiple)),
         )
         batch, _ = self.decode_batch([p], prompt_length=P, batch_size=self.batch_multiple)
         out = self.asr_search(batch, frame_index, shape, self.asr_ctc_weight)

@@ -118,16 +118,11 @@ def lm_config(
     train: ml_collections.ConfigDict | None = None,
     data: ml_collections.ConfigDict | None = None,
     tasks: ml_collections.ConfigDict | None = None,
-    sampling: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
-    """The top-level LM config (kind 'lm') with the trainer's `train`, `data`, `tasks` sections
-    and `sampling`, the decoding its samplers use by default (`gpa_jax.sampling.config`;
-    saved with every checkpoint).
+    """The top-level LM config (kind 'lm') with the trainer's `train`, `data`, `tasks` sections.
 
     Config files add `optimizer` (`optimizer_config`).
     """
-    from gpa_jax.sampling.config import sampling_config
-
     config = ml_collections.ConfigDict()
     config.kind = "lm"
     config.seed = seed
@@ -137,5 +132,4 @@ def lm_config(
     config.train = train if train is not None else train_config()
     config.data = data if data is not None else data_config()
     config.tasks = tasks if tasks is not None else tasks_config()
-    config.sampling = sampling if sampling is not None else sampling_config()
     return config

@@ -180,14 +180,19 @@ def test_lm_without_a_ctc_head_searches_on_attention_and_says_so(vocab, caplog):
 
 
 def test_lm_config_sampling_section_is_the_default(ctc_lm, vocab):
+    from gpa_jax import config_utils
+    from gpa_jax.sampling.config import lm_sampling
+    from tests.conftest import REPO
+
     config, model = ctc_lm
+    assert "sampling" not in config  # an LM config without the section: plain greedy
+    assert Sampler(config, model, vocab).asr_decoding == "greedy"
     config = config.copy_and_resolve_references()
-    config.sampling.asr.beam = 2
-    config.sampling.asr.ctc_weight = 0.4
+    config.sampling = sampling_config(asr=dict(beam=2, ctc_weight=0.4))
     sampler = Sampler(config, model, vocab)
     assert sampler.asr_decoding == "joint CTC/attention beam search (ctc_weight 0.4, beam 2)"
-    del config["sampling"]  # a checkpoint saved before the section: plain greedy
-    assert Sampler(config, model, vocab).asr_decoding == "greedy"
+    tiny = config_utils.load_config(f"{REPO}/configs/gpa_tiny.py")
+    assert (lm_sampling(tiny).asr.beam, lm_sampling(tiny).asr.ctc_weight) == (8, 0.5)
     with pytest.raises(ValueError, match="candidates >= beam"):
         sampling_config(asr=dict(beam=9, candidates=8))
 
