@@ -9,9 +9,9 @@ decoding, 0:B an attention-only beam search, w:B the joint CTC/attention search
 greedy transcripts of the rows are a row of the table too. Every setting decodes the
 first `rows` planned ASR rows of `split` with the newest checkpoint (the params restored
 once) and reports WER / CER (`gpa_jax.evaluation.asr_metrics`) and its seconds per row
-on this machine, compiles included (the first setting pays for the shared prefill-free
-parts, so compare seconds only between the search settings). Choose a setting on
-validation, report it on test: the table that chose configs/gpa_tiny.py's sampling.asr.
+on this machine, its own compiles included (each setting compiles its own programs).
+Choose a setting on validation, report it on test: the table that chose
+configs/gpa_tiny.py's sampling.asr.
 """
 
 from __future__ import annotations

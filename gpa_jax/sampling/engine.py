@@ -12,8 +12,9 @@ Requests of any task share the slots, except greedy ASR requests when the sample
 them by its joint CTC/attention beam search (`Sampler.searches`): each is searched whole,
 as `Sampler.generate` does, in the `step()` that finds it waiting (one event, finished).
 `step()` first lets waiting requests join the free slots (one prefill of up to
-`max_join` prompts, its first tokens sampled from it), then runs up to `steps_per_call` decode steps for every occupied slot; a request leaves its slot
-when it emits <eos> or reaches its token budget, and the slot is free for the next join.
+`max_join` prompts, its first tokens sampled from it), then runs up to `steps_per_call`
+decode steps for every occupied slot; a request leaves its slot when it emits <eos> or
+reaches its token budget, and the slot is free for the next join.
 Prompts, budgets, sampling settings and the per-token sampling are the `Sampler`'s own
 (`Sampler.prepare`, `decode.prefill_logits`, `decode.emit_tokens`), so a request gets
 the tokens it gets from `Sampler.generate`.
@@ -453,8 +454,7 @@ class Engine:
     def warmup(self, log=None) -> int:
         """Compiles every join bucket and decode variant without touching a request (filler
         rows only, every slot done); not the ASR searches (compiled per shape on first
-        use). Returns the number of programs. `log(message)` is
-        called once per program."""
+        use). Returns the number of programs. `log(message)` is called once per program."""
         if not self.idle:
             raise RuntimeError("warm up an idle engine")
         count = 0
