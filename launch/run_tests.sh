@@ -10,6 +10,15 @@ bash launch/setup_env.sh || exit $?
 # taking modules in the order tests/conftest.py's scheduled_order gives them
 # (--no-loadscope-reorder); the workers share one quick-demo run (tests/conftest.py).
 # GPA_JAX_TEST_WORKERS=0 runs in one process.
+# One persistent XLA compilation cache per run, shared by the workers and every process
+# they start (the quick demo's stages, the CLIs, the preemption tests' reruns): many tests
+# compile the same programs in separate processes. A fresh folder each run, so no entry
+# outlives the code that compiled it; an exported JAX_COMPILATION_CACHE_DIR is used as is.
+if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
+  JAX_COMPILATION_CACHE_DIR="$(mktemp -d -t gpa_jax_xla_cache.XXXXXX)"
+  export JAX_COMPILATION_CACHE_DIR
+  trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
+fi
 workers="${GPA_JAX_TEST_WORKERS:-auto}"
 if [ "$workers" = "0" ]; then
   .venv/bin/python -m pytest "$@"

@@ -107,9 +107,14 @@ class LMConfig:
     # its cost is [batch, examples_per_row * max_frames] positions through the output
     # table). The defaults fit the default corpus: 4.4 s (222 frames) per utterance on
     # average, so a 512-token row holds about two ASR examples.
+    # `ctc_classes` > 0: the CTC softmax spans only the vocabulary's first ids [0,
+    # ctc_classes), the control ids and the text range (the only labels CTC ever has):
+    # the output table's full width cost the default step 1.5x its time (most of it in
+    # the [batch, examples_per_row * max_frames, vocab] logits). 0 = the whole vocabulary.
     ctc_weight: float = 0.0
     ctc_examples_per_row: int = 2
     ctc_max_frames: int = 512
+    ctc_classes: int = 0
     # How audio *inputs* (ASR / VC source, TTS / VC reference) enter the LM; outputs are
     # codec tokens in every variant. "tokens": their RVQ ids' embeddings (GPA / USLM).
     # "continuous" (LauraGPT): token-aligned feature rows of `audio_feature_dim` (log-mel,
@@ -149,6 +154,11 @@ class LMConfig:
             raise ValueError(
                 f"ctc_weight={self.ctc_weight} must be >= 0, ctc_examples_per_row="
                 f"{self.ctc_examples_per_row} and ctc_max_frames={self.ctc_max_frames} >= 1"
+            )
+        if not (self.ctc_classes == 0 or 2 <= self.ctc_classes <= self.vocab_size):
+            raise ValueError(
+                f"ctc_classes={self.ctc_classes}: expected 0 (the whole vocabulary) or "
+                f"2..vocab_size={self.vocab_size}"
             )
         if not 1 <= self.guide_heads <= self.num_heads:
             raise ValueError(f"guide_heads={self.guide_heads}; expected 1..num_heads={self.num_heads}")

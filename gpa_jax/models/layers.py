@@ -491,9 +491,11 @@ class Embedder(nnx.Module):
         x = jnp.take(table, tokens, axis=0).astype(self.dtype)
         return with_logical_constraint(x, ("batch", "length", "embed"), self.rules)
 
-    def logits(self, h: jax.Array) -> jax.Array:
-        """[b, l, embed] -> float32 [b, l, vocab] against the (tied) table."""
-        table = self.embedding[...].astype(self.dtype)
+    def logits(self, h: jax.Array, rows: int | None = None) -> jax.Array:
+        """[b, l, embed] -> float32 [b, l, vocab] against the (tied) table; against its
+        first `rows` rows only when given ([b, l, rows])."""
+        table = self.embedding[...] if rows is None else self.embedding[:rows]
+        table = table.astype(self.dtype)
         out = jnp.einsum(
             "bld,vd->blv", h.astype(self.dtype), table, preferred_element_type=jnp.float32
         )

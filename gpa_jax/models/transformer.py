@@ -121,11 +121,20 @@ class DecoderLM(nnx.Module):
         return with_logical_constraint(out, ("batch", "length", "vocab"), self.rules)
 
     def ctc_logits(self, h: jax.Array) -> jax.Array:
-        """Final hidden states [b, l, embed] -> float32 CTC logits [b, l, vocab] (blank =
-        <pad>) of the auxiliary ASR CTC (cfg.ctc_weight > 0)."""
+        """Final hidden states [b, l, embed] -> float32 CTC logits [b, l, n] (blank =
+        <pad>) of the auxiliary ASR CTC (cfg.ctc_weight > 0), over the vocabulary's first
+        n = cfg.ctc_classes ids (all of them when it is 0), through the output table."""
         if self.ctc_proj is None:
             raise ValueError("ctc_logits needs model.ctc_weight > 0 (the CTC projection)")
-        return self.logits(self.ctc_proj(h))
+        x = self.ctc_proj(h)
+        n = self.cfg.ctc_classes
+        if not n:
+            return self.logits(x)
+        if self.lm_head is None:
+            return self.embedder.logits(x, rows=n)
+        kernel = self.lm_head.kernel[...][:, :n].astype(self.cfg.dtype)
+        return jnp.einsum("bld,dv->blv", x.astype(self.cfg.dtype), kernel,
+                          preferred_element_type=jnp.float32)  # fmt: skip
 
     def __call__(
         self,

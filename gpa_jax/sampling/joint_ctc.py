@@ -124,6 +124,9 @@ def _search(state, arrays, *, graphdef, shape: SearchShape, rules, compute_dtype
     if use_ctc:
         frames = jnp.take(h[0], arrays["frame_index"], axis=0)  # [T, D]
         ctc = jax.nn.log_softmax(model.ctc_logits(frames[None])[0].astype(jnp.float32), axis=-1)
+        # A CTC over the vocabulary's first ids only (model.ctc_classes) gives the rest
+        # probability 0, so candidate ids index it as they index att0.
+        ctc = jnp.pad(ctc, ((0, 0), (0, att0.shape[-1] - ctc.shape[-1])), constant_values=NEG_INF)
         pad_row = jnp.where(jnp.arange(ctc.shape[-1]) == PAD_ID, 0.0, NEG_INF)
         # Padded frames: blank with probability 1 (module docstring).
         ctc = jnp.where(arrays["frame_valid"][:, None], ctc, pad_row[None])

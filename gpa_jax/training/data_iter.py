@@ -358,6 +358,12 @@ def task_vocabulary(
             f"the data's vocabulary has {vocab.vocab_size} ids ({vocab}) but "
             f"model.vocab_size={config.model.vocab_size}: raise model.vocab_size"
         )
+    ctc_classes = int(config.model.get("ctc_classes", 0))
+    if config.model.get("ctc_weight", 0.0) > 0 and 0 < ctc_classes < vocab.audio_offset:
+        raise ValueError(
+            f"model.ctc_classes={ctc_classes} leaves out text ids: the data's text ids end at "
+            f"{vocab.audio_offset} ({vocab}); set it to {vocab.audio_offset} (or 0 = all ids)"
+        )
     return vocab
 
 
