@@ -72,7 +72,7 @@ import ml_collections
 
 from gpa_jax.models.config import lm_model_config, mesh_config
 from gpa_jax.sampling.config import sampling_config
-from gpa_jax.tasks.ids import TEXT_OFFSET
+from gpa_jax.tasks.ids import BYTE_TEXT_SIZE, TEXT_OFFSET
 from gpa_jax.tasks.config import tasks_config
 from gpa_jax.training.config import data_config, lm_config, optimizer_config
 
@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         attention_impl="auto",
         guide_weight=0.3,
         ctc_weight=0.5,
-        ctc_classes=TEXT_OFFSET + 256,  # controls + the byte text range: CTC's only labels
+        ctc_classes=TEXT_OFFSET + BYTE_TEXT_SIZE,  # controls + byte text: CTC's only labels
         audio_input=audio_input,
     )
     config = lm_config(

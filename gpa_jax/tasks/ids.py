@@ -17,6 +17,9 @@ BOS_ID = 3
 TAG_START, TAG_END = 4, 16  # [start, end) of task-tag ids
 DELIM_START, DELIM_END = 16, 64  # [start, end) of delimiter ids
 TEXT_OFFSET = 64
+# The text range of tasks.vocab.text = "byte": seqio.ByteVocabulary's 256 bytes after its
+# 3 special ids (tests/tasks/test_vocab.py checks it against seqio).
+BYTE_TEXT_SIZE = 259
 PAD_TO_MULTIPLE = 128
 
 # Append only: an entry's position fixes its id. Task tags are the task table itself.

@@ -82,11 +82,12 @@ def vocab():
     return SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=N_Q, codebook_size=CODEBOOK)
 
 
-def _lm(vocab, ctc_weight):
+def _lm(vocab, ctc_weight, ctc_classes=0):
     model = lm_model_config(
         vocab_size=vocab.vocab_size, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
         head_dim=8, mlp_dim=64, rope_theta=10_000.0, max_len=SEQ_LEN, dtype="float32",
         scan_layers=False, prefix_bidirectional=True, init_std=1.0, ctc_weight=ctc_weight,
+        ctc_classes=ctc_classes,
     )  # fmt: skip
     config = lm_config(model=model, mesh=mesh_config(shape=(-1, 1, 1)))
     return config, numpy_model(LMConfig.from_config(config.model))
@@ -106,13 +107,16 @@ def _source(frames, seed):
     return np.random.default_rng(seed).integers(0, CODEBOOK, (N_Q, frames))
 
 
-def test_chosen_hypothesis_scores_its_joint_log_probability(ctc_lm, vocab):
+@pytest.mark.parametrize("text_only", [False, True], ids=["ctc_all_ids", "ctc_text_ids"])
+def test_chosen_hypothesis_scores_its_joint_log_probability(ctc_lm, vocab, text_only):
     """With every allowed token a candidate, a 6-frame source (so no hypothesis outgrows
     CTC and every search ends in <eos>): score = (1 - w) log p_att(h <eos>) + w log p_ctc(h),
-    recomputed without cache (attention) and by optax's CTC loss on the head's logits."""
-    _, model = ctc_lm
+    recomputed without cache (attention) and by optax's CTC loss on the head's logits;
+    also with the CTC softmax over the control and text ids only (model.ctc_classes)."""
+    lm = _lm(vocab, 0.5, ctc_classes=vocab.audio_offset) if text_only else ctc_lm
+    _, model = lm
     weight = 0.3
-    sampler = _sampler(ctc_lm, vocab, beam=3, ctc_weight=weight, candidates=vocab.vocab_size)
+    sampler = _sampler(lm, vocab, beam=3, ctc_weight=weight, candidates=vocab.vocab_size)
     audio_lo, audio_hi = vocab.audio_range(0)
     for seed in range(3):
         prepared = sampler.prepare(Request.asr(_source(6, seed)))
@@ -129,6 +133,7 @@ def test_chosen_hypothesis_scores_its_joint_log_probability(ctc_lm, vocab):
         assert len(frames) == 6
         hidden = hidden_states(model, prepared.prompt)
         ctc_logits = np.asarray(model.ctc_logits(jnp.asarray(hidden[frames])[None]))
+        assert ctc_logits.shape[-1] == (vocab.audio_offset if text_only else vocab.vocab_size)
         labels = np.zeros((1, len(frames)), np.int32)
         labels[0, : len(tokens)] = tokens
         label_pad = (np.arange(len(frames)) >= len(tokens)).astype(np.float32)[None]

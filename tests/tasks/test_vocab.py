@@ -54,6 +54,16 @@ def test_id_layout_and_sizes():
         v.task_tag_id("se")
 
 
+def test_byte_text_size_is_seqios():
+    """ids.BYTE_TEXT_SIZE (read by configs without importing seqio) is the byte range's."""
+    from gpa_jax.tasks.ids import BYTE_TEXT_SIZE, TEXT_OFFSET
+
+    assert BYTE_TEXT_SIZE == seqio.ByteVocabulary().vocab_size
+    assert vocab_lib.make_text_vocabulary("byte").vocab_size == BYTE_TEXT_SIZE
+    speech = SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=1, codebook_size=256)
+    assert speech.audio_offset == TEXT_OFFSET + BYTE_TEXT_SIZE
+
+
 def test_text_round_trip_and_decode_skips_control_and_audio():
     v = SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=2, codebook_size=16)
     text = "hello world it's me"

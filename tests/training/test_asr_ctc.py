@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from gpa_jax.models import LMConfig
@@ -91,3 +92,24 @@ def test_ctc_weight_adds_the_ctc_of_the_asr_source_to_the_loss():
     flat = [np.asarray(x) for x in jax.tree.leaves(nnx.state(grads, nnx.Param))]
     assert all(np.isfinite(g).all() for g in flat)
     assert np.abs(np.asarray(grads.ctc_proj.kernel[...])).sum() > 0
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_ctc_classes_keep_the_first_ids_of_the_same_logits(tied):
+    """model.ctc_classes = n: CTC's logits are the whole table's first n columns (the
+    control and text ids), for a tied table and a separate head alike."""
+    shape = dict(SHAPE, tie_embeddings=tied, ctc_weight=0.5)
+    full = numpy_model(LMConfig(**shape))
+    text = numpy_model(LMConfig(**shape, ctc_classes=300))
+    nnx.update(text, nnx.state(full))  # ctc_classes changes no parameter
+    h = jax.random.normal(jax.random.PRNGKey(0), (2, 5, SHAPE["embed_dim"]))
+    want = np.asarray(full.ctc_logits(h))
+    got = np.asarray(text.ctc_logits(h))
+    assert want.shape[-1] == SHAPE["vocab_size"] and got.shape[-1] == 300
+    np.testing.assert_allclose(got, want[..., :300], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [1, SHAPE["vocab_size"] + 1])
+def test_ctc_classes_outside_the_vocabulary_are_refused(bad):
+    with pytest.raises(ValueError, match="ctc_classes"):
+        LMConfig(**SHAPE, ctc_weight=0.5, ctc_classes=bad)

@@ -97,6 +97,8 @@ def test_bad_data_settings_name_the_fix(token_workdir, tmp_path):
         make_iterators(task_config(), workdir=tmp_path)
     with pytest.raises(ValueError, match="raise model.vocab_size"):
         make_iterators(task_config("model.vocab_size=256"), workdir=token_workdir)
+    with pytest.raises(ValueError, match="model.ctc_classes=100 leaves out text ids"):
+        make_iterators(task_config("model.ctc_weight=0.5", "model.ctc_classes=100"), workdir=token_workdir)
     with pytest.raises(FileNotFoundError, match="launch.train_spm"):
         make_iterators(task_config("tasks.vocab.text=spm"), workdir=token_workdir)
     with pytest.raises(ValueError, match="no split 'test'"):
