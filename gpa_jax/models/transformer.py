@@ -123,12 +123,13 @@ class DecoderLM(nnx.Module):
     def ctc_logits(self, h: jax.Array) -> jax.Array:
         """Final hidden states [b, l, embed] -> float32 CTC logits [b, l, n] (blank =
         <pad>) of the auxiliary ASR CTC (cfg.ctc_weight > 0), over the vocabulary's first
-        n = cfg.ctc_classes ids (all of them when it is 0), through the output table."""
+        n = cfg.ctc_classes ids (all of them when it is 0 or covers the vocabulary),
+        through the output table."""
         if self.ctc_proj is None:
             raise ValueError("ctc_logits needs model.ctc_weight > 0 (the CTC projection)")
         x = self.ctc_proj(h)
         n = self.cfg.ctc_classes
-        if not n:
+        if not 0 < n < self.cfg.vocab_size:
             return self.logits(x)
         if self.lm_head is None:
             return self.embedder.logits(x, rows=n)

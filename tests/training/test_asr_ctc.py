@@ -109,7 +109,17 @@ def test_ctc_classes_keep_the_first_ids_of_the_same_logits(tied):
     np.testing.assert_allclose(got, want[..., :300], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [1, SHAPE["vocab_size"] + 1])
-def test_ctc_classes_outside_the_vocabulary_are_refused(bad):
+@pytest.mark.parametrize("bad", [1, -1])
+def test_ctc_classes_of_no_real_softmax_are_refused(bad):
     with pytest.raises(ValueError, match="ctc_classes"):
         LMConfig(**SHAPE, ctc_weight=0.5, ctc_classes=bad)
+
+
+def test_ctc_classes_beyond_the_vocabulary_mean_all_of_it():
+    """A setting made for a larger vocabulary (gpa_tiny's, under a test's small one)."""
+    shape = dict(SHAPE, ctc_weight=0.5)
+    full = numpy_model(LMConfig(**shape))
+    wide = numpy_model(LMConfig(**shape, ctc_classes=SHAPE["vocab_size"] + 100))
+    nnx.update(wide, nnx.state(full))
+    h = jax.random.normal(jax.random.PRNGKey(1), (1, 3, SHAPE["embed_dim"]))
+    np.testing.assert_allclose(np.asarray(wide.ctc_logits(h)), np.asarray(full.ctc_logits(h)), rtol=1e-6)
