@@ -17,7 +17,8 @@ synthetic corpus, found under the run's work directory as the earlier stages wri
 
 Recipe (issue "the LM learns its tasks"; each lever measured on the default corpus, this
 2-core CPU, conditioning gain = nats per output token gained from the example's own input):
-- NUM_STEPS = 1500 steps of 8 x 512 tokens (~40 min on 2 cores), the cosine schedule
+- NUM_STEPS = 1500 steps of 8 x 512 tokens (~110 min on 2 cores at 4.4 s/step,
+  launch.bench_train, 2026-12-07), the cosine schedule
   ending with the run (overriding train.num_steps alone leaves optimizer.total_steps
   here). With a 3 s reference, at 400 steps the LM had learned the outputs' prior only
   (gain ASR 0.042, TTS 0.002, VC 0.002); at 1500: ASR 0.35, TTS 0.026, VC 0.032.
@@ -34,6 +35,8 @@ Recipe (issue "the LM learns its tasks"; each lever measured on the default corp
   vs 0.005 / 0.054; ASR eval loss 0.92 vs 1.57 (guide_weight 1.0 run) at 1200; greedy
   ASR WER 0.87 (CER 0.59) while the CTC head itself reads the same rows at WER 0.51,
   CER 0.15: the source positions carry the words, the LM's decoding reads them poorly.
+  Its softmax spans the control and byte-text ids only (model.ctc_classes = 323): over
+  the whole 4096-id table it cost 1.6 s of a 5.8 s step, now 0.3 s of 4.4 s.
 - ASR decoded by the joint CTC/attention beam search (sampling.asr: beam 8, ctc_weight
   0.5; gpa_jax.sampling.joint_ctc) instead of greedy: the CTC prefix probability keeps the
   decoder on what the source says. Chosen on 40 validation rows of that trial's LM
