@@ -75,8 +75,8 @@ import ml_collections
 
 from gpa_jax.models.config import lm_model_config, mesh_config
 from gpa_jax.sampling.config import sampling_config
-from gpa_jax.tasks.ids import BYTE_TEXT_SIZE, TEXT_OFFSET
 from gpa_jax.tasks.config import tasks_config
+from gpa_jax.tasks.ids import BYTE_TEXT_SIZE, TEXT_OFFSET
 from gpa_jax.training.config import data_config, lm_config, optimizer_config
 
 NUM_STEPS = 1500

@@ -4,12 +4,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh || exit $?
-# Two or more workers (pytest-xdist, up to 4 on a larger machine): much of the suite is
-# single-threaded (XLA compiles, subprocess start-ups), so two workers use CI's 2 cores.
-# --dist=loadscope keeps each module's tests (and its module fixtures) on one worker,
-# taking modules in the order tests/conftest.py's scheduled_order gives them
-# (--no-loadscope-reorder); the workers share one quick-demo run (tests/conftest.py).
-# GPA_JAX_TEST_WORKERS=0 runs in one process.
 # One persistent XLA compilation cache per run, shared by the workers and every process
 # they start (the quick demo's stages, the CLIs, the preemption tests' reruns): many tests
 # compile the same programs in separate processes. A fresh folder each run, so no entry
@@ -19,6 +13,12 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
   export JAX_COMPILATION_CACHE_DIR
   trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
 fi
+# Two or more workers (pytest-xdist, up to 4 on a larger machine): much of the suite is
+# single-threaded (XLA compiles, subprocess start-ups), so two workers use CI's 2 cores.
+# --dist=loadscope keeps each module's tests (and its module fixtures) on one worker,
+# taking modules in the order tests/conftest.py's scheduled_order gives them
+# (--no-loadscope-reorder); the workers share one quick-demo run (tests/conftest.py).
+# GPA_JAX_TEST_WORKERS=0 runs in one process.
 workers="${GPA_JAX_TEST_WORKERS:-auto}"
 if [ "$workers" = "0" ]; then
   .venv/bin/python -m pytest "$@"
