@@ -113,11 +113,17 @@ class DecoderLM(nnx.Module):
             else None
         )
 
-    def logits(self, h: jax.Array) -> jax.Array:
-        """Final hidden states -> float32 logits (tied table or separate head)."""
+    def logits(self, h: jax.Array, rows: int | None = None) -> jax.Array:
+        """Final hidden states -> float32 logits (tied table or separate head); over the
+        vocabulary's first `rows` ids only when given."""
         if self.lm_head is None:
-            return self.embedder.logits(h)
-        out = self.lm_head(h)
+            return self.embedder.logits(h, rows)
+        if rows is None:
+            out = self.lm_head(h)
+        else:
+            kernel = self.lm_head.kernel[...][:, :rows].astype(self.cfg.dtype)
+            out = jnp.einsum("bld,dv->blv", h.astype(self.cfg.dtype), kernel,
+                             preferred_element_type=jnp.float32)  # fmt: skip
         return with_logical_constraint(out, ("batch", "length", "vocab"), self.rules)
 
     def ctc_logits(self, h: jax.Array) -> jax.Array:
@@ -127,15 +133,8 @@ class DecoderLM(nnx.Module):
         through the output table."""
         if self.ctc_proj is None:
             raise ValueError("ctc_logits needs model.ctc_weight > 0 (the CTC projection)")
-        x = self.ctc_proj(h)
         n = self.cfg.ctc_classes
-        if not 0 < n < self.cfg.vocab_size:
-            return self.logits(x)
-        if self.lm_head is None:
-            return self.embedder.logits(x, rows=n)
-        kernel = self.lm_head.kernel[...][:, :n].astype(self.cfg.dtype)
-        return jnp.einsum("bld,dv->blv", x.astype(self.cfg.dtype), kernel,
-                          preferred_element_type=jnp.float32)  # fmt: skip
+        return self.logits(self.ctc_proj(h), n if 0 < n < self.cfg.vocab_size else None)
 
     def __call__(
         self,
