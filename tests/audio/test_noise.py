@@ -11,7 +11,9 @@ RATE = 16000
 def _tone(seconds: float, freq: float, seed: int) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
     rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))).astype(
+        np.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +70,12 @@ def test_babble_is_made_of_other_speakers_only(pool):
 
 
 def test_babble_without_another_speaker_falls_back_to_a_colour():
-    alone = noise.BabblePool.from_clips(["a", "b"], ["solo", "solo"], [_tone(1, 100, 0), _tone(1, 120, 1)])
-    noisy = noise.make_noisy(_tone(1.0, 200.0, 2), "c", "solo", alone, noise.NoiseSettings(kinds=("babble",)))
+    alone = noise.BabblePool.from_clips(
+        ["a", "b"], ["solo", "solo"], [_tone(1, 100, 0), _tone(1, 120, 1)]
+    )
+    noisy = noise.make_noisy(
+        _tone(1.0, 200.0, 2), "c", "solo", alone, noise.NoiseSettings(kinds=("babble",))
+    )
     assert noisy.kind in noise.COLOURS and noisy.babble_ids == ()
 
 

@@ -56,7 +56,9 @@ def _evaluate(chain, workdir, trained: bool):
 
     lm = chain["lm"].copy_and_resolve_references()
     lm.tasks.rates.se = 0.2 if trained else 0.0
-    sampler = Sampler(lm, chain["params"], chain["vocab"], sampling=sampling_config(max_total_len=1024))
+    sampler = Sampler(
+        lm, chain["params"], chain["vocab"], sampling=sampling_config(max_total_len=1024)
+    )
     models = chain["harness"].EvalModels(codec=chain["codec"], sampler=sampler,
                                          acoustic=chain["stage"], judge=chain["judge"])  # fmt: skip
     settings = PlanSettings(sequence_length=1024, ref_max_frames=50, ref_min_frames=10,

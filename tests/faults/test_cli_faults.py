@@ -56,7 +56,9 @@ def test_flag_errors(tmp_path):
     _user_error(_cli("sample", "--task=tts", "--text=hi"), "--task=tts needs --ref")
     _user_error(_cli("sample"), "--task")
     _user_error(_cli("sample", "--task=se", "--ref=r.wav"), "--task=se needs --audio")
-    _user_error(_cli("sample", "--task=se", "--audio=n.wav", "--stream"), "--stream serves tts and vc")
+    _user_error(
+        _cli("sample", "--task=se", "--audio=n.wav", "--stream"), "--stream serves tts and vc"
+    )
 
 
 def test_se_is_refused_for_an_lm_trained_without_it(tmp_path):
@@ -65,7 +67,9 @@ def test_se_is_refused_for_an_lm_trained_without_it(tmp_path):
 
     meta = tmp_path / "checkpoints" / "1" / "meta"
     meta.mkdir(parents=True)
-    config = json.loads(load_config(os.path.join(REPO, "configs", "gpa_tiny.py")).to_json_best_effort())
+    config = json.loads(
+        load_config(os.path.join(REPO, "configs", "gpa_tiny.py")).to_json_best_effort()
+    )
     (meta / "metadata").write_text(json.dumps({"step": 1, "config": config}))
     _user_error(_cli("sample", "--task=se", "--audio=n.wav", f"--workdir={tmp_path}"),
                 "was not trained for se", "tasks.rates.se", "--noisy_inputs")  # fmt: skip

@@ -40,7 +40,10 @@ SENTENCES = (
 
 
 def write_corpus(
-    directory: str, parallel: bool = True, seed: int = 0, features: bool = False,
+    directory: str,
+    parallel: bool = True,
+    seed: int = 0,
+    features: bool = False,
     noisy: bool = False,
 ) -> dict[str, dict]:
     """Writes train + validation splits; returns {split: {id: (speaker, text, codes)}}
