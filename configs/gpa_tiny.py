@@ -5,7 +5,10 @@ QK-norm: the HF Qwen3 baseline's shape, so JAX and PyTorch throughput compare 1:
 Float32 compute and unrolled layers: faster on a 2-core CPU (PERFORMANCE.md), and
 compile time is no issue at 6 layers. `arg`: comma-separated variants, "bf16" (compute in
 bfloat16), "continuous" or "hybrid" (model.audio_input: the LauraGPT / WHISPER-GPT audio
-inputs, which read the token shards' log-mel rows); e.g. configs/gpa_tiny.py:hybrid.
+inputs, which read the token shards' log-mel rows), "se" (speech enhancement as a fourth
+task, tasks.rates.se = SE_RATE: needs token shards tokenized with --noisy_inputs); e.g.
+configs/gpa_tiny.py:hybrid,se. Without "se" the LM trains TTS/ASR/VC only, as before SE
+existed (tasks.rates.se = 0; `--config.tasks.rates.se=...` turns it on as well).
 
 Data: the SeqIO task mixture (config.tasks) over the token shards of the default
 synthetic corpus, found under the run's work directory as the earlier stages write them:
@@ -80,7 +83,10 @@ from gpa_jax.tasks.ids import BYTE_TEXT_SIZE, TEXT_OFFSET
 from gpa_jax.training.config import data_config, lm_config, optimizer_config
 
 NUM_STEPS = 1500
-VARIANTS = ("bf16", "continuous", "hybrid")
+VARIANTS = ("bf16", "continuous", "hybrid", "se")
+# SE's share when the "se" variant is on (relative to tts 0.3 / asr 0.45 / vc 0.25; an SE
+# example carries as many loss tokens as a VC one). Not tuned.
+SE_RATE = 0.25
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -119,6 +125,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             vocab=dict(text="byte"), ref_max_frames=50, ref_min_frames=25,
         ),
     )
+    if "se" in variants:
+        config.tasks.rates.se = SE_RATE
     # The decoding every sampler of this LM uses (saved with its checkpoints;
     # gpa_jax.sampling.config.lm_sampling): ASR by the joint CTC/attention search (module
     # docstring), chosen on validation.

@@ -3,13 +3,18 @@
     python -m launch.sample --workdir=W --task=asr --audio=x.wav
     python -m launch.sample --workdir=W --task=tts --text="hello there" --ref=r.wav --out=y.wav
     python -m launch.sample --workdir=W --task=vc  --audio=src.wav --ref=r.wav --out=y.wav
+    python -m launch.sample --workdir=W --task=se  --audio=noisy.wav --out=clean.wav
     python -m launch.sample --workdir=W --task=tts --text="hello" --ref=r.wav --stream
 
 Audio is read with `gpa_jax.audio.io.load_audio` (any soundfile format, mono-ised,
 resampled to the codec's rate; unreadable / empty / truncated / corrupt files are an
 error naming the file), encoded by the codec, served by the LM sampler (params only from <W>/checkpoints,
 the task's sampling defaults), completed by the acoustic stage (<W>/acoustic/<variant>)
-with the reference's codes as the voice prompt, and decoded; ASR loads no acoustic stage.
+with the reference's codes as the voice prompt, and decoded; ASR loads no acoustic stage. SE (speech enhancement, for an LM trained with
+it: tasks.rates.se > 0) takes no --ref: the noisy clip's own codes are the acoustic
+stage's voice prompt (the only recording of the voice there is; `Request.se`), so the
+acoustic stage may carry some of its noise into RVQ-2..N. An LM trained without SE
+refuses --task=se before any model loads.
 Before any model loads (seconds): the work dir and its LM checkpoint must exist, --out's
 folder is created, and the inputs' headers are read: a source longer than the LM can
 take (`max_source_frames`, stated in seconds) is refused undecoded, only the first
@@ -35,11 +40,11 @@ from launch import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_TASK = flags.DEFINE_enum("task", None, ["asr", "tts", "vc"], "Task to run.", required=True)
-_AUDIO = flags.DEFINE_string("audio", None, "Source speech (asr, vc).")
+_TASK = flags.DEFINE_enum("task", None, ["asr", "tts", "vc", "se"], "Task to run.", required=True)
+_AUDIO = flags.DEFINE_string("audio", None, "Source speech (asr, vc), noisy speech (se).")
 _REF = flags.DEFINE_string("ref", None, "Reference clip of the target voice (tts, vc).")
 _TEXT = flags.DEFINE_string("text", None, "Text to speak (tts).")
-_OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc); its folder is created.")
+_OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc, se); its folder is created.")
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (tts, vc).")
 _STREAM = flags.DEFINE_bool("stream", False, "tts/vc: synthesize in chunks as tokens arrive.")
@@ -54,11 +59,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     task = _TASK.value
-    needs = {"asr": ("audio",), "tts": ("text", "ref"), "vc": ("audio", "ref")}[task]
+    needs = {"asr": ("audio",), "tts": ("text", "ref"), "vc": ("audio", "ref"), "se": ("audio",)}[task]
     given = {"audio": _AUDIO.value, "ref": _REF.value, "text": _TEXT.value}
     missing = [f"--{n}" for n in needs if not given[n]]
     if missing:
         raise app.UsageError(f"--task={task} needs {' and '.join(missing)}")
+    if task == "se" and _STREAM.value:
+        raise app.UsageError("--stream serves tts and vc; --task=se makes the whole clip")
 
     # Everything that can be checked without a model is checked first, in seconds: the
     # work dir, the output folder, the input files' headers and lengths.
@@ -75,6 +82,15 @@ def main(argv):
         raise UserError(f"no LM checkpoint in {lm_dir}: train the LM first (python -m "
                         f"launch.train --workdir={workdir}, or python -m launch.demo)")  # fmt: skip
     lm_config = config_from_checkpoint(lm_dir)
+    if task == "se":
+        from gpa_jax.tasks.config import task_rate
+
+        if task_rate(lm_config.tasks, "se") <= 0:
+            raise UserError(
+                f"the LM in {lm_dir} was not trained for se (tasks.rates.se is 0 or absent): "
+                "train one with --config=configs/gpa_tiny.py:se on tokens made with "
+                "launch.tokenize --noisy_inputs"
+            )
     codec_config = config_utils.load_config(os.path.join(REPO, "configs", "codec_tiny.py"))
     limits = InputLimits(lm_config, codec_config)
     rate = limits.sample_rate
@@ -116,7 +132,7 @@ def main(argv):
     elif task == "tts":
         request = builder.build("tts", text=_TEXT.value, id="tts", seed=_SEED.value, **inputs)
     else:
-        request = builder.build("vc", id=_AUDIO.value, seed=_SEED.value, **inputs)
+        request = builder.build(task, id=_AUDIO.value, seed=_SEED.value, **inputs)
     if _STREAM.value and task != "asr":
         _stream(models, request)
         return
@@ -127,7 +143,7 @@ def main(argv):
     if task == "asr":
         print(result.text)
         return
-    (wav,) = acoustic_api.synthesize(models.acoustic, codec, [result.rvq1], [request.reference])
+    (wav,) = acoustic_api.synthesize(models.acoustic, codec, [result.rvq1], [request.voice_prompt])
     audio_io.save_wav(_OUT.value, wav, rate)
     print(f"wrote {_OUT.value}: {len(wav) / rate:.2f} s ({len(result.rvq1)} frames, stop: {result.stop})")
 

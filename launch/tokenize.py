@@ -10,7 +10,10 @@ n_q, codebook size, frame rate, sha256 and each split's skipped bad audio). With
 config.data.token_features="log_mel" (codec_tiny's default; --token_features overrides
 it) every utterance also carries its token-aligned log-mel, the LM's continuous audio
 input; --token_features=ctc_teacher stores the codec's CTC content teacher's features
-(<workdir>/codec/teacher) instead. Rerunning skips splits already complete (with the asked-for features), so an
+(<workdir>/codec/teacher) instead. --noisy_inputs (config.data.noisy_inputs, off by
+default) also stores every utterance's speech-enhancement input: the codes (and
+features) of a noisy version of its clip, made deterministically from
+config.data.noise_seed (`gpa_jax.audio.noise`); it encodes every clip twice. Rerunning skips splits already complete (with the asked-for features), so an
 interrupted job resumes at the split it was on.
 The job itself is `gpa_jax.codec.tokenization.tokenize_workdir`; this module only parses flags.
 """
@@ -43,6 +46,11 @@ _TOKEN_FEATURES = flags.DEFINE_enum(
     "Per-frame features stored with the codes, the LM's continuous audio input ('' none, "
     "'log_mel', 'ctc_teacher' the codec's CTC content teacher; default "
     "config.data.token_features).",
+)  # fmt: skip
+_NOISY_INPUTS = flags.DEFINE_bool(
+    "noisy_inputs", None,
+    "Also store each utterance's SE noisy input (coloured noise or babble at an SNR in "
+    "config.data.noise_snr_db; default config.data.noisy_inputs, off).",
 )  # fmt: skip
 _MAX_BAD_FRACTION = flags.DEFINE_float(
     "max_bad_fraction", None,
@@ -77,11 +85,13 @@ def main(argv):
         records_per_shard=_RECORDS_PER_SHARD.value,
         max_bad_fraction=_MAX_BAD_FRACTION.value,
         token_features=_TOKEN_FEATURES.value,
+        noisy_inputs=_NOISY_INPUTS.value,
     )
     for split, entry in results.items():
         print(
             f"{split:<18} {entry['status']:<8} {entry['num_utterances']:>7} utts "
             f"{entry['num_frames']:>9} frames  bad audio: {entry['bad_audio']['count']}"
+            f"{'  with SE noisy inputs' if entry.get('noisy') else ''}"
         )
         for bad in entry["bad_audio"].get("records", []):
             print(f"  skipped {bad['corpus']}/{bad['split']}/{bad['id'] or '?'} "

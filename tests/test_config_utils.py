@@ -116,10 +116,23 @@ def test_gpa_tiny_variants_select_the_audio_input_and_bad_ones_are_named():
     assert (hybrid.model.audio_input, hybrid.model.dtype) == ("hybrid", "bfloat16")
     assert 0 < hybrid.model.mel_dropout < 1
     assert config_utils.load_config("configs/gpa_tiny.py").model.audio_input == "tokens"
-    with pytest.raises(ValueError, match=r"\['whisper'\] unknown; valid: bf16, continuous, hybrid"):
+    with pytest.raises(ValueError, match=r"\['whisper'\] unknown; valid: bf16, continuous, hybrid, se"):
         config_utils.load_config("configs/gpa_tiny.py:whisper")
     with pytest.raises(ValueError, match="one audio input"):
         config_utils.load_config("configs/gpa_tiny.py:continuous,hybrid")
+
+
+def test_gpa_tiny_trains_se_only_in_its_variant():
+    from gpa_jax.tasks.config import registered_tasks
+    from gpa_jax.training.data_iter import task_names
+
+    plain = config_utils.load_config("configs/gpa_tiny.py")
+    assert plain.tasks.rates.se == 0 and registered_tasks(plain.tasks) == ("tts", "asr", "vc")
+    assert task_names(plain) == ("tts", "asr", "vc")  # no id, metric or shape for SE
+    se = config_utils.load_config("configs/gpa_tiny.py:hybrid,se")
+    assert se.tasks.rates.se > 0 and se.model.audio_input == "hybrid"
+    assert registered_tasks(se.tasks) == task_names(se) == ("tts", "asr", "vc", "se")
+    assert all(se.tasks.rates[k] == plain.tasks.rates[k] for k in ("tts", "asr", "vc"))
 
 
 def test_command_line_overrides_through_absl(config_path, tmp_path):

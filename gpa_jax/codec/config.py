@@ -173,6 +173,10 @@ def _data_defaults() -> dict[str, Any]:
     # token_features: what the tokenization job stores per code frame besides the codes
     # ("" none; "log_mel" the token-aligned log-mel the LM reads with
     # model.audio_input="continuous", 320 bytes per frame: off at paper scale).
+    # noisy_inputs: the job also stores each utterance's speech-enhancement input, the
+    # codes (and features) of a noisy version of its clip (`gpa_jax.audio.noise`: coloured
+    # noise or babble at an SNR drawn uniformly in noise_snr_db, deterministic from
+    # noise_seed and the utterance id); off by default: it encodes every clip twice.
     return dict(
         crop_seconds=3.0,
         batch_size=6,
@@ -182,6 +186,9 @@ def _data_defaults() -> dict[str, Any]:
         max_seconds=60.0,
         num_workers=0,
         token_features="",
+        noisy_inputs=False,
+        noise_seed=0,
+        noise_snr_db=(0.0, 15.0),
     )
 
 

@@ -5,10 +5,20 @@
     tokenize_corpus / tokenize_split    the same for a codec in hand, per corpus / split
     split_is_complete                   whether a split's shards are whole (resume)
     TOKEN_FEATURES / TokenFeatures      per-frame features the shards carry besides codes
+    noise_settings                      whether (and how) the shards carry SE noisy inputs
 
 It sits above the codec's trainer and content teacher (it loads their checkpoints), while
 `gpa_jax.codec.data` (clip loading, stores and crops) sits below them; finished splits
 are skipped, so a rerun resumes.
+
+Speech enhancement (opt-in: config.data.noisy_inputs, `launch.tokenize --noisy_inputs`):
+every utterance also gets a noisy version of its clip (`gpa_jax.audio.noise.make_noisy`,
+deterministic from data.noise_seed and the utterance id), encoded by the same codec in
+the same batches (and featurized like the clean clip), stored as the record's "noisy"
+input (`gpa_jax.tasks.token_shards`). Babble is made of the split's first
+`gpa_jax.audio.noise.BABBLE_POOL` utterances in corpus order, whose ids the manifest
+keeps, so the evaluation can rebuild the very same noisy wav from the recordings. Off,
+nothing of this runs and the shards are as before.
 """
 
 from __future__ import annotations
@@ -104,13 +114,28 @@ def corpus_splits(corpus: str, data_dir: str | None) -> dict[str, int]:
     return {name: int(info.num_examples) for name, info in builder.info.splits.items()}
 
 
-def split_is_complete(out_dir: str, split: str, token_features: str = "") -> bool:
+def noise_settings(config: ml_collections.ConfigDict) -> Any:
+    """The `gpa_jax.audio.noise.NoiseSettings` of config.data's noisy inputs, None = off."""
+    data = config.data
+    if not bool(data.get("noisy_inputs", False)):
+        return None
+    from gpa_jax.audio.noise import SNR_RANGE_DB, NoiseSettings
+
+    return NoiseSettings(
+        seed=int(data.get("noise_seed", 0)), snr_db=tuple(data.get("noise_snr_db", SNR_RANGE_DB))
+    )
+
+
+def split_is_complete(
+    out_dir: str, split: str, token_features: str = "", noisy_inputs: Any = None
+) -> bool:
     """True when the manifest lists `split` as finished and its shards match their sha256.
 
     With `token_features` (config.data.token_features) the split must also carry features
     of that kind: a split tokenized without them is unfinished (it is retokenized, said in
     a log line). A split with features where none are asked for is complete (the tasks
-    read features only when asked).
+    read features only when asked). Likewise with `noisy_inputs` (`noise_settings`): the
+    split must carry noisy inputs made with those settings.
     """
     import hashlib
     import os
@@ -138,6 +163,15 @@ def split_is_complete(out_dir: str, split: str, token_features: str = "") -> boo
                 have,
                 token_features,
             )
+            return False
+    if noisy_inputs is not None:
+        have = token_shards.split_noisy(manifest, split) or {}
+        want = noisy_inputs.as_dict()
+        if {k: have.get(k) for k in want} != want:
+            logging.info(
+                "tokenize: split %s in %s has noisy inputs %s, not %s: retokenizing it",
+                split, out_dir, have or None, want,
+            )  # fmt: skip
             return False
     for shard in entry["shards"]:
         path = os.path.join(out_dir, shard["file"])
@@ -172,8 +206,12 @@ def tokenize_split(
     max_bad_fraction: float | None = None,
     token_features: str = "",
     teacher: Any = None,
+    noisy_inputs: Any = None,
 ) -> dict[str, Any]:
     """Encodes one split into ArrayRecord token shards; bad records are skipped and counted.
+
+    `noisy_inputs` (`noise_settings`, None = off): each record also carries its SE noisy
+    input (module docstring).
 
     `token_features` (see `TOKEN_FEATURES`): per-frame features stored with each
     utterance's codes, computed from the very clip the codec encodes (decoded, at the
@@ -186,6 +224,8 @@ def tokenize_split(
     file (`gpa_jax.corpora.LoadStats`). More faults than `max_bad_fraction` of the split
     (default `gpa_jax.corpora.MAX_BAD_FRACTION`) stop the job with `CorpusError`.
     """
+    import itertools
+
     from tqdm import tqdm
 
     from gpa_jax import corpora
@@ -205,6 +245,44 @@ def tokenize_split(
     # order on the synthetic corpus, whose clips run 1.5-11 s) and few length buckets
     # compile.
     pool = batch_size * SORT_POOL_BATCHES
+    examples = corpora.speech_examples(
+        corpus,
+        split,
+        data_dir=data_dir,
+        sample_rate=codec.sample_rate,
+        max_seconds=max_seconds,
+        on_error="skip",
+        stats=stats,
+        max_bad_fraction=max_bad_fraction,
+    )
+    pool_clips, noisy_spec = None, None
+    if noisy_inputs is not None:
+        from gpa_jax.audio.noise import BABBLE_POOL, BabblePool
+
+        # Babble is made of the split's first utterances (corpus order; module docstring).
+        head = list(itertools.islice(examples, BABBLE_POOL))
+        pool_clips = BabblePool.from_clips(
+            [e["id"] for e in head], [e["speaker"] for e in head], [e["audio"] for e in head]
+        )
+        noisy_spec = {**noisy_inputs.as_dict(), "babble_ids": list(pool_clips.ids)}
+        examples = itertools.chain(head, examples)
+
+    def _noisy_inputs(group, codes, babble, settings, size):
+        """The group's noisy inputs: mixtures encoded in one batch like the clean clips."""
+        from gpa_jax.audio.noise import make_noisy
+
+        made = [make_noisy(e["audio"], e["id"], e["speaker"], babble, settings) for e in group]
+        wavs = [m.wav for m in made] + [np.zeros(1, np.float32)] * (size - len(made))
+        noisy_codes = api.encode_batch(codec, wavs, codec.sample_rate, bucket_frames=bucket_frames)
+        out = []
+        for example, m, clean, c in zip(group, made, codes, noisy_codes, strict=False):
+            if c.shape != clean.shape:
+                raise RuntimeError(
+                    f"{split}/{example['id']}: noisy codes {c.shape} but clean {clean.shape}"
+                )
+            feats = featurizer(m.wav, c.shape[1]) if featurizer.spec is not None else None
+            out.append(token_shards.NoisyInput(c, m.snr_db, m.kind, feats))
+        return out
 
     def flush(writer: token_shards.ShardWriter) -> None:
         if not pending:
@@ -216,11 +294,14 @@ def tokenize_split(
             # A short final batch is filled with 1-sample clips: one compile per batch size.
             wavs += [np.zeros(1, np.float32)] * (batch_size - len(wavs))
             codes = api.encode_batch(codec, wavs, codec.sample_rate, bucket_frames=bucket_frames)
-            for example, c in zip(group, codes, strict=False):
+            noisy = [None] * len(group)
+            if noisy_inputs is not None:
+                noisy = _noisy_inputs(group, codes, pool_clips, noisy_inputs, batch_size)
+            for example, c, n in zip(group, codes, noisy, strict=False):
                 feats = None
                 if featurizer.spec is not None:
                     feats = featurizer(example["audio"], c.shape[1])
-                writer.write(example["id"], example["speaker"], example["text"], c, feats)
+                writer.write(example["id"], example["speaker"], example["text"], c, feats, n)
             bar.update(len(group))
         pending.clear()
         bar.update(stats.read + sum(stats.skipped.values()) - bar.n)  # skipped ones count too
@@ -234,17 +315,9 @@ def tokenize_split(
         records_per_shard=records_per_shard,
         metadata=metadata,
         features=featurizer.spec,
+        noisy=noisy_spec,
     ) as writer:
-        for example in corpora.speech_examples(
-            corpus,
-            split,
-            data_dir=data_dir,
-            sample_rate=codec.sample_rate,
-            max_seconds=max_seconds,
-            on_error="skip",
-            stats=stats,
-            max_bad_fraction=max_bad_fraction,
-        ):
+        for example in examples:
             pending.append(example)
             if len(pending) == pool:
                 flush(writer)
@@ -273,9 +346,13 @@ def tokenize_corpus(
     splits: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
     token_features: str = "",
+    noisy_inputs: Any = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Tokenizes every (or the named) split of `corpus`; finished splits are skipped.
+
+    `noisy_inputs` (`noise_settings`, None = off): records carry SE noisy inputs; a
+    finished split without them (or made otherwise) is redone.
 
     `token_features` (`TOKEN_FEATURES`, config.data.token_features): per-frame features
     stored with the codes (a `teacher=` kwarg for "ctc_teacher"); a finished split with
@@ -320,7 +397,7 @@ def tokenize_corpus(
     with preemption.watch("tokenization", immediate=True, note=kept):
         for split in wanted:
             current.append(split)
-            if split_is_complete(out_dir, split, token_features):
+            if split_is_complete(out_dir, split, token_features, noisy_inputs):
                 entry = token_shards.read_manifest(out_dir)["splits"][split]
                 results[split] = {"status": "skipped", **entry}
                 continue
@@ -333,6 +410,7 @@ def tokenize_corpus(
                 metadata=metadata,
                 total=available[split],
                 token_features=token_features,
+                noisy_inputs=noisy_inputs,
                 **kwargs,
             )
             results[split] = {"status": "written", **entry}
@@ -356,12 +434,14 @@ def tokenize_workdir(
     data_dir: str | None = None,
     max_seconds: float | None = None,
     token_features: str | None = None,
+    noisy_inputs: bool | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """The tokenization job (`launch.tokenize`): restores the latest codec checkpoint of
     `workdir` (or `checkpoint_dir`) and tokenizes `corpus` (default config.data.corpus) from
     `data_dir` (default <workdir>/tfds) into `tokens_dir(workdir, corpus)`, with the
-    per-frame features of `token_features` (default config.data.token_features)."""
+    per-frame features of `token_features` (default config.data.token_features) and, when
+    `noisy_inputs` (default config.data.noisy_inputs), the SE noisy inputs."""
 
     from absl import logging
 
@@ -374,6 +454,10 @@ def tokenize_workdir(
         token_features = str(config.data.get("token_features", ""))
     if token_features not in TOKEN_FEATURES:  # fails before the codec is restored
         raise ValueError(f"data.token_features={token_features!r}; supported: {TOKEN_FEATURES}")
+    if noisy_inputs is not None:
+        config = config.copy_and_resolve_references()
+        config.data.noisy_inputs = bool(noisy_inputs)
+    noisy = noise_settings(config)  # fails before the codec is restored too
     codec, step = train.restore_codec(config, checkpoint_dir)
     logging.info("tokenize: codec step %d from %s", step, checkpoint_dir)
     if token_features == "ctc_teacher":
@@ -387,5 +471,6 @@ def tokenize_workdir(
         metadata={"codec_checkpoint": checkpoint_dir, "codec_step": step, "corpus": corpus},
         max_seconds=config.data.max_seconds if max_seconds is None else max_seconds,
         token_features=token_features,
+        noisy_inputs=noisy,
         **kwargs,
     )

@@ -26,6 +26,13 @@ What is measured:
   sentences spoken by the reference speaker's voice engine, and the share of unseen words.
 - VC: source utterance (speaker A) + reference clip of speaker B -> wav; judge WER; speaker
   similarity to the reference (B) and to the source (A).
+- SE (only for an LM trained with it, tasks.rates.se > 0, on shards with noisy inputs;
+  else skipped, said in the results): the noisy input's RVQ-1 (its rows for a
+  continuous / hybrid LM) -> LM RVQ-1 -> acoustic stage (the noisy input's codes as the
+  voice prompt, as `launch.sample` does) -> wav. Judge WER, STOI and mel distance
+  (`gpa_jax.codec.evaluate`) against the clean recording, next to the same figures of
+  the noisy input itself, rebuilt from the recordings (`gpa_jax.audio.noise` with the
+  manifest's settings and babble ids; its SNR is checked against the stored one).
 Judge WERs follow `asr_metrics.judge_wer_report` (Whisper's English normaliser, as
 seed-tts-eval): `judge_wer*` are corpus WERs, `judge_wer*_mean_utt` the means of
 per-utterance WERs, and `judge_wer_by_voice` gives both per voice of the output.
@@ -56,7 +63,7 @@ from gpa_jax.evaluation.speaker import SpeakerEncoder, cosine
 from gpa_jax.tasks import planning
 from gpa_jax.tasks.planning import REF, SRC, TGT
 
-TASKS = ("asr", "tts", "vc")
+TASKS = ("asr", "tts", "vc", "se")
 # Outputs shorter than this (0.1 s at 50 Hz) count as failed: nothing to judge or embed.
 MIN_OUTPUT_FRAMES = 5
 
@@ -98,14 +105,15 @@ class SplitData:
 
 def load_split(
     token_dir, vocab, corpus, split, data_dir, n_q, hop, sample_rate, *, features: bool = False,
-    tts_text: str = "transcript",
+    tts_text: str = "transcript", noisy: bool = False,
 ) -> SplitData:
     """The split's bank (all `n_q` layers; with `features`, the token-aligned log-mel rows
-    a continuous-input LM reads; TTS prompts spelled by `tts_text`) and its recordings."""
+    a continuous-input LM reads; TTS prompts spelled by `tts_text`; with `noisy`, the SE
+    noisy inputs) and its recordings."""
     from gpa_jax.codec import data as codec_data
 
     bank = planning.load_bank(token_dir, split, vocab, layers=n_q, features=features,
-                              tts_text=tts_text)
+                              tts_text=tts_text, noisy=noisy)
     clips = codec_data.load_clips(corpus, split, data_dir=data_dir, sample_rate=sample_rate)
     audio = dict(zip(clips.ids, clips.audio, strict=True))
     missing = [i for i in bank.ids if i not in audio]
@@ -211,8 +219,12 @@ def _evaluate_tasks(
         raise ValueError(f"unknown tasks {unknown}; expected a subset of {TASKS}")
     codec, vocab = models.codec, models.sampler.vocab
     rate = int(codec.sample_rate)
+    se_skipped = se_skip_reason(models.sampler, token_dir, split) if "se" in tasks else None
+    if se_skipped:
+        logging.info("evaluation: se skipped: %s", se_skipped)
     data = load_split(token_dir, vocab, corpus, split, data_dir, codec.n_q, codec.hop_length, rate,
-                      features=reads_features(models.sampler), tts_text=models.sampler.tts_text)  # fmt: skip
+                      features=reads_features(models.sampler), tts_text=models.sampler.tts_text,
+                      noisy="se" in tasks and not se_skipped)  # fmt: skip
     bank = data.bank
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"split": split, "judge": models.judge.name}
@@ -333,12 +345,134 @@ def _evaluate_tasks(
             count=min(open_text, len(open_text_lib.SENTENCES)),
         )  # fmt: skip
         finished["tts_open"] = store.count
+    if "se" in tasks:
+        if se_skipped:
+            out["se"] = {"skipped": se_skipped}
+        else:
+            store = SampleStore(workdir, "se", rate, samples)
+            out["se"] = evaluate_se(models, data, token_dir, split, settings, seed=seed,
+                                    rng=rng, max_per_task=max_per_task, store=store)  # fmt: skip
+            finished["se"] = store.count
+        bar.update()
     bar.close()
     # Does the LM read its input on these rows' split? (teacher-forced, no generation)
     out["conditioning"] = conditioning.conditioning_report(
-        models.sampler, bank, settings, split=split, seed=seed, tasks=tasks
-    )
+        models.sampler, bank, settings, split=split, seed=seed,
+        tasks=[t for t in tasks if t in conditioning.TASKS],
+    )  # fmt: skip
     return out
+
+
+def se_skip_reason(sampler, token_dir: str, split: str) -> str | None:
+    """Why SE cannot be evaluated (the LM was not trained with it, or the split has no
+    noisy inputs), None when it can."""
+    from gpa_jax.tasks import token_shards
+
+    if "se" in sampler.untrained:
+        return "the LM was not trained for se (tasks.rates.se is 0 or absent)"
+    if token_shards.split_noisy(token_shards.read_manifest(token_dir), split) is None:
+        return f"split {split!r} of {token_dir} has no noisy inputs (launch.tokenize --noisy_inputs)"
+    return None
+
+
+def noisy_wavs(data: SplitData, token_dir: str, split: str, utterances: Sequence[int]) -> list[np.ndarray]:
+    """The noisy input of each bank utterance as a wav, rebuilt from the recordings with the
+    settings and babble pool the split's manifest names (`gpa_jax.audio.noise`); an SNR
+    unlike the stored one (recordings read otherwise than when tokenized) is an error."""
+    from gpa_jax.audio import noise
+    from gpa_jax.tasks import token_shards
+
+    spec = token_shards.split_noisy(token_shards.read_manifest(token_dir), split)
+    settings = noise.NoiseSettings.from_dict(spec)
+    bank = data.bank
+    speaker_of = dict(zip(bank.ids, bank.speakers, strict=True))
+    missing = [i for i in spec["babble_ids"] if i not in data.audio or i not in speaker_of]
+    if missing:
+        raise ValueError(f"{split}: babble utterances {missing[:3]} of {token_dir} have no recording")
+    pool = noise.BabblePool.from_clips(spec["babble_ids"], [speaker_of[i] for i in spec["babble_ids"]],
+                                       [data.audio[i] for i in spec["babble_ids"]])  # fmt: skip
+    wavs = []
+    for u in utterances:
+        made = noise.make_noisy(data.wav(u), bank.ids[u], bank.speakers[u], pool, settings)
+        if abs(made.snr_db - float(bank.noisy_snr_db[u])) > 1e-3 or made.kind != bank.noisy_kinds[u]:
+            raise ValueError(
+                f"{split}/{bank.ids[u]}: the rebuilt noisy input ({made.kind}, {made.snr_db:.2f} dB) "
+                f"is not the tokenized one ({bank.noisy_kinds[u]}, {bank.noisy_snr_db[u]:.2f} dB): "
+                "re-tokenize the corpus"
+            )
+        wavs.append(made.wav)
+    return wavs
+
+
+def evaluate_se(
+    models: EvalModels, data: SplitData, token_dir: str, split: str,
+    settings: planning.PlanSettings, *, seed: int, rng: np.random.Generator,
+    max_per_task: int, store: SampleStore,
+) -> dict[str, Any]:  # fmt: skip
+    """SE figures of up to `max_per_task` utterances (module docstring): judge WER, STOI and
+    mel distance of the enhanced output and of the noisy input, both against the clean
+    recording; the samples (noisy input, then output) go to `store`."""
+    from gpa_jax.acoustic import api as acoustic_api
+    from gpa_jax.codec.evaluate import mel_distance, stoi
+    from gpa_jax.sampling import Request
+
+    bank, codec = data.bank, models.codec
+    rate = int(codec.sample_rate)
+    plan, _ = planning.plan_task("se", bank, settings, seed, split)
+    plan = _select(plan, max_per_task, rng)
+    if not len(plan):
+        return {"error": f"no se examples could be planned on {split}"}
+    utts = [int(r[SRC]) for r in plan]
+    prompts = [bank.utterance_noisy_codes(u) for u in utts]  # every layer: the voice prompt
+    rows = reads_features(models.sampler)
+    requests = [Request.se(p, id=bank.ids[u], seed=seed + i,
+                           source_features=bank.utterance_noisy_features(u) if rows else None)
+                for i, (u, p) in enumerate(zip(utts, prompts, strict=True))]  # fmt: skip
+    results = _generate(models, requests, "se")
+    for res in results:
+        if res.ok and len(res.rvq1) < MIN_OUTPUT_FRAMES:
+            res.error = f"generated only {len(res.rvq1)} frames (< {MIN_OUTPUT_FRAMES})"
+    ok = [i for i, res in enumerate(results) if res.ok]
+    wavs: dict[int, np.ndarray] = {}
+    if ok:
+        synth = acoustic_api.synthesize(models.acoustic, codec, [results[i].rvq1 for i in ok],
+                                        [prompts[i] for i in ok])  # fmt: skip
+        wavs = dict(zip(ok, synth, strict=True))
+    clean = [data.wav(u) for u in utts]
+    noisy = noisy_wavs(data, token_dir, split, utts)
+    texts = [bank.texts[u] for u in utts]
+    voices = [bank.speakers[u] for u in utts]
+    report = asr_metrics.judge_wer_report
+    noisy_hyps = models.judge.transcribe(noisy, rate)
+    reports = {"noisy": report(texts, noisy_hyps, voices),
+               "truth": report(texts, models.judge.transcribe(clean, rate), voices)}  # fmt: skip
+    gen_hyps = dict(zip(ok, models.judge.transcribe([wavs[i] for i in ok], rate), strict=True)) if ok else {}
+    if ok:
+        reports["generated"] = report([texts[i] for i in ok], [gen_hyps[i] for i in ok], [voices[i] for i in ok])
+    figures: dict[str, Any] = {"examples": len(plan), "failed": len(plan) - len(ok),
+                               "snr_db_mean": float(np.mean([bank.noisy_snr_db[u] for u in utts]))}  # fmt: skip
+    for which, r in reports.items():
+        key = "judge_wer" if which == "generated" else f"judge_wer_{which}"
+        figures[key], figures[f"{key}_mean_utt"] = r["corpus_wer"], r["mean_utterance_wer"]
+    noisy_stoi = [stoi(c, n, rate) for c, n in zip(clean, noisy, strict=True)]
+    noisy_mel = [mel_distance(c, n, rate) for c, n in zip(clean, noisy, strict=True)]
+    figures["stoi_noisy"], figures["mel_distance_noisy"] = float(np.mean(noisy_stoi)), float(np.mean(noisy_mel))
+    out_stoi = {i: stoi(clean[i], wavs[i], rate) for i in ok}
+    out_mel = {i: mel_distance(clean[i], wavs[i], rate) for i in ok}
+    if ok:  # over the outputs made; the noisy figures of those same rows beside them
+        figures["stoi"], figures["mel_distance"] = float(np.mean(list(out_stoi.values()))), float(np.mean(list(out_mel.values())))
+        figures["stoi_noisy_same_rows"] = float(np.mean([noisy_stoi[i] for i in ok]))
+    for i, u in enumerate(utts):
+        uid = bank.ids[u]
+        noisy_path = store.add(f"{uid}.noisy", noisy[i], role="noisy", utterance=uid, text=texts[i], speaker=voices[i],
+                               snr_db=float(bank.noisy_snr_db[u]), noise=bank.noisy_kinds[u],
+                               judge_hypothesis=noisy_hyps[i], stoi=noisy_stoi[i], mel_distance=noisy_mel[i])  # fmt: skip
+        if i in wavs:
+            store.add(uid, wavs[i], role="generated", text=texts[i], speaker=voices[i],
+                      noisy_wav=os.path.basename(noisy_path), judge_hypothesis=gen_hyps[i],
+                      error=results[i].error, stop=results[i].stop, stoi=out_stoi[i],
+                      mel_distance=out_mel[i])  # fmt: skip
+    return figures
 
 
 def _speaker_figures(encoder, task, plan, bank, data, wavs, ref_wavs, rate) -> dict[str, Any]:
@@ -411,7 +545,9 @@ def results_sections(results: dict[str, Any], title: str = "") -> dict[str, str]
                      "judge WER on truth": f.get("judge_wer_truth"), "gap (points)": None if gap is None else 100 * gap,
                      "sim to reference": f.get("sim_reference"), "sim to other voices": f.get("sim_other_voices"),
                      "unseen words": f["unseen_word_rate"]})
-    missing = [f"{task}: {results[task]['error']}" for task in ("tts", "vc") if "error" in results.get(task, {})]
+    missing = [f"{task}: {results[task]['error']}" for task in ("tts", "vc", "se") if "error" in results.get(task, {})]
+    if "skipped" in results.get("se", {}):
+        missing.append(f"se: skipped, {results['se']['skipped']}")
     if missing:
         sections["Not evaluated"] = "\n".join(f"- {m}" for m in missing)
     if rows:
@@ -420,6 +556,16 @@ def results_sections(results: dict[str, Any], title: str = "") -> dict[str, str]
                    "gap (points)", "judge WER, codec resynthesis", "judge WER, truth tokens",
                    "sim to reference", "sim to other voices", "sim to source", "conditioning gain",
                    *(["unseen words"] if "tts_open" in results else [])])
+    if "se" in results and "examples" in results["se"]:
+        f = results["se"]
+        sections[f"SE (judge: {results['judge']}; vs the clean recording)"] = markdown_table(
+            [{"audio": "enhanced (LM output)", "examples": f["examples"] - f["failed"],
+              "judge WER": f.get("judge_wer"), "STOI": f.get("stoi"), "mel distance": f.get("mel_distance")},
+             {"audio": "noisy input", "examples": f["examples"], "judge WER": f["judge_wer_noisy"],
+              "STOI": f["stoi_noisy"], "mel distance": f["mel_distance_noisy"]},
+             {"audio": "clean recording", "examples": f["examples"], "judge WER": f["judge_wer_truth"],
+              "STOI": 1.0, "mel distance": 0.0}],
+            ["audio", "examples", "judge WER", "STOI", "mel distance"])  # fmt: skip
     if voice_rows:
         sections["TTS / VC judge WER per voice"] = markdown_table(
             voice_rows, ["task", "voice", "examples", "judge WER", "mean utt WER", "judge WER on truth"])

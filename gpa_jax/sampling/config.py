@@ -25,6 +25,9 @@
                      one decode batch).
     tts.frames_per_char    expected RVQ-1 frames per character of normalised text
     vc.frames_per_frame    expected output frames per source frame
+    se.frames_per_frame    expected output frames per noisy input frame (the clean
+                           utterance is as long as its noisy version). SE samples as VC
+                           does: greedy RVQ-1 decoding falls into repeating frames.
 
 The expected lengths below are generous (the slow end of speech, byte-level text), so
 the fit check asks for room for expected / length_margin output tokens after the prompt:
@@ -45,7 +48,7 @@ from typing import Any
 
 import ml_collections
 
-TASKS = ("tts", "asr", "vc")
+TASKS = ("tts", "asr", "vc", "se")
 
 
 def sampling_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -68,6 +71,9 @@ def sampling_config(**overrides: Any) -> ml_collections.ConfigDict:
                 temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0, frames_per_char=4.0
             ),
             vc=dict(
+                temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0, frames_per_frame=1.0
+            ),
+            se=dict(
                 temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.0, frames_per_frame=1.0
             ),
         )
@@ -139,13 +145,17 @@ def check_params(p: Any, where: str) -> None:
 def max_source_frames(
     task: str, max_total_len: int, sampling: ml_collections.ConfigDict, *, reference_ids: int = 0
 ) -> int:
-    """The longest source (RVQ-1 frames) an asr / vc request can have and still pass the fit
+    """The longest source (RVQ-1 frames) an asr / vc / se request can have and still pass the fit
     check of `Sampler.prepare`: source + `reference_ids` (the fewest the reference can be
     cut to) + expected / length_margin + 1 output tokens within `max_total_len`. The few
     control ids of the prompt are left out, so this is an upper bound: a caller can reject
     a longer input from its duration alone, before encoding it (`launch.sample`)."""
-    per_frame = {"asr": sampling.asr.tokens_per_frame, "vc": sampling.vc.frames_per_frame}
+    per_frame = {
+        "asr": sampling.asr.tokens_per_frame,
+        "vc": sampling.vc.frames_per_frame,
+        "se": sampling.se.frames_per_frame,
+    }
     if task not in per_frame:
-        raise ValueError(f"task {task!r} has no source audio; expected asr or vc")
+        raise ValueError(f"task {task!r} has no source audio; expected asr, vc or se")
     room = max_total_len - 1 - reference_ids
     return max(0, math.floor(room / (1.0 + per_frame[task] / sampling.length_margin)))

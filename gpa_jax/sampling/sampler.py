@@ -5,6 +5,7 @@
         Request.asr(source=codes),                          # codes [n_q, T] -> text
         Request.tts(text="hello there", reference=ref),     # -> RVQ-1 codes [T]
         Request.vc(source=codes, reference=ref),            # -> RVQ-1 codes [T]
+        Request.se(source=noisy_codes),                     # -> RVQ-1 codes [T]
     ])
     for r in results: print(r.id, r.error or r.text or r.rvq1.shape)
 
@@ -26,7 +27,8 @@ RVQ-1 only; the acoustic stage that adds RVQ-2..N is a callable passed as `acous
 
     acoustic(rvq1_codes: int [T], prompt_codes: int [n_q, T_ref]) -> codes int [n_q, T]
 
-called for every TTS/VC result with the request's reference codes as the prompt (all
+called for every TTS/VC/SE result with the request's reference codes as the prompt
+(SE, which has no reference: its noisy source's codes, every layer; see `Request.se`) (all
 results of a `generate` call at once through `acoustic.complete_batch(rvq1s, prompts)`
 when it has one, e.g. `gpa_jax.acoustic.api.AcousticStage`); its output is
 `Result.codes`: codes int [n_q, T] for `gpa_jax.codec.api.decode` when the stage's
@@ -64,6 +66,7 @@ from gpa_jax.sampling import decode as decode_lib
 from gpa_jax.sampling import joint_ctc
 from gpa_jax.sampling.config import TASKS, asr_decoding, check_params, lm_sampling
 from gpa_jax.tasks import layout
+from gpa_jax.tasks.config import OPT_IN_TASKS, registered_tasks
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.text import normalize_transcript, tts_prompt_text
 
@@ -99,8 +102,9 @@ class SamplingParams:
 class Request:
     """One generation. Codes are int arrays [n_q, frames] (or [frames] for RVQ-1 only).
 
-    tts: text + reference; asr: source; vc: source + reference. `params` and
-    `max_new_tokens` override the task defaults (the budget is still capped to fit).
+    tts: text + reference; asr: source; vc: source + reference; se: source (the noisy
+    speech). `params` and `max_new_tokens` override the task defaults (the budget is
+    still capped to fit).
     """
 
     task: str
@@ -128,6 +132,19 @@ class Request:
     def vc(cls, source: np.ndarray, reference: np.ndarray, **kwargs: Any) -> Request:
         return cls("vc", source=source, reference=reference, **kwargs)
 
+    @classmethod
+    def se(cls, source: np.ndarray, **kwargs: Any) -> Request:
+        """Speech enhancement of `source`, the noisy speech's codes. The LM reads its RVQ-1;
+        the acoustic stage gets all its layers as the voice prompt: the only recording of
+        that voice a caller has (the LM's own RVQ-1 has no RVQ-2..N to prompt with), and
+        the one the SE examples' clean targets share a speaker with."""
+        return cls("se", source=source, **kwargs)
+
+    @property
+    def voice_prompt(self) -> np.ndarray | None:
+        """The codes the acoustic stage continues: the reference, SE's noisy source."""
+        return self.source if self.task == "se" else self.reference
+
 
 @dataclasses.dataclass
 class Result:
@@ -139,8 +156,8 @@ class Result:
     tokens: np.ndarray | None = None  # generated ids, <eos> excluded
     stop: str | None = None  # "eos" | "max_length"
     text: str | None = None  # asr
-    rvq1: np.ndarray | None = None  # tts/vc: int32 [T] RVQ-1 codes
-    # tts/vc with an acoustic stage: what it returns (codes [n_q, T] or latent [T, D])
+    rvq1: np.ndarray | None = None  # tts/vc/se: int32 [T] RVQ-1 codes
+    # tts/vc/se with an acoustic stage: what it returns (codes [n_q, T] or latent [T, D])
     codes: np.ndarray | None = None
     prompt_length: int = 0
     max_new_tokens: int = 0
@@ -215,7 +232,8 @@ def config_from_checkpoint(ckpt_dir: str, step: int | None = None) -> ml_collect
 
 
 class Sampler:
-    """Serves asr/tts/vc requests with one LM (see module docstring)."""
+    """Serves asr/tts/vc (and se, for an LM trained with it) requests with one LM (see
+    module docstring)."""
 
     def __init__(
         self,
@@ -259,6 +277,10 @@ class Sampler:
         self.ref_min_frames = int(tasks.ref_min_frames if tasks is not None else DEFAULT_REF_MIN_FRAMES)
         # TTS prompts spell what the LM was trained on (config.tasks.tts_text).
         self.tts_text = str(tasks.get("tts_text", "transcript")) if tasks is not None else "transcript"
+        # The opt-in tasks (SE) are served only by an LM trained with them.
+        self.untrained = tuple(
+            t for t in OPT_IN_TASKS if tasks is None or t not in registered_tasks(tasks)
+        )
         if self.ref_layers > vocab.num_audio_streams:
             raise ValueError(
                 f"ref_layers={self.ref_layers} but the vocabulary has "
@@ -387,6 +409,11 @@ class Sampler:
         task = request.task
         if task not in TASKS:
             raise RequestError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        if task in self.untrained:
+            raise RequestError(
+                f"this LM was not trained for {task} (its config's tasks.rates.{task} is 0 or "
+                "absent): train one with that task in its mixture"
+            )
         s = self.sampling
         text = source = None
         if task == "tts":
@@ -396,12 +423,12 @@ class Sampler:
             spelled = tts_prompt_text([normalized], self.tts_text)[0]
             text = np.asarray(self.vocab.encode(spelled), np.int32)
             expected = s.tts.frames_per_char * len(normalized)
-        if task in ("asr", "vc"):
+        if task in ("asr", "vc", "se"):
             src = self._codes(request.source, "source", 1)[0]
             source = self.vocab.audio_to_ids(src, 0)
-            expected = (s.asr.tokens_per_frame if task == "asr" else s.vc.frames_per_frame) * len(
-                src
-            )
+            per_frame = {"asr": s.asr.tokens_per_frame, "vc": s.vc.frames_per_frame,
+                         "se": s.se.frames_per_frame}[task]  # fmt: skip
+            expected = per_frame * len(src)
         ref = None
         if task in ("tts", "vc"):
             if request.reference is None:
@@ -542,13 +569,14 @@ class Sampler:
         return result
 
     def _complete(self, done: list[tuple[Result, Request]]) -> None:
-        """Runs the acoustic stage on every TTS/VC result with codes (batched when the
-        stage has `complete_batch`); a failure is reported on the requests it hit."""
+        """Runs the acoustic stage on every TTS/VC/SE result with codes (batched when the
+        stage has `complete_batch`), prompted with `Request.voice_prompt`; a failure is
+        reported on the requests it hit."""
         items = [(res, req) for res, req in done if res.rvq1 is not None and len(res.rvq1)]
         if self.acoustic is None or not items:
             return
         rvq1 = [res.rvq1 for res, _ in items]
-        prompts = [np.asarray(req.reference) for _, req in items]
+        prompts = [np.asarray(req.voice_prompt) for _, req in items]
         batched = getattr(self.acoustic, "complete_batch", None)
         try:
             outs = list(batched(rvq1, prompts)) if batched else None

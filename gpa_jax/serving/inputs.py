@@ -86,7 +86,7 @@ class InputLimits:
         return wav
 
     def max_source_seconds(self, task: str, reference_wav: np.ndarray | None = None) -> float:
-        """The longest asr / vc source this LM takes with room for its output."""
+        """The longest asr / vc / se source this LM takes with room for its output."""
         ref_ids = 0
         if reference_wav is not None:  # the reference can be cut to ref_min_frames
             ref_ids = min(self.frames(reference_wav), self.ref_min_frames) * self.ref_layers
@@ -165,7 +165,8 @@ class RequestBuilder:
         **request: Any,
     ) -> Request:
         """The Request of one task (`request`: Request fields such as id, seed, params,
-        max_new_tokens). Sources keep RVQ-1 only, references every layer."""
+        max_new_tokens). Sources keep RVQ-1 only, references every layer; SE's noisy
+        source keeps every layer too (the acoustic stage's voice prompt, `Request.se`)."""
         src = ref = (None, None)
         if source_wav is not None:
             src = self.encode(source_wav)
@@ -178,4 +179,6 @@ class RequestBuilder:
         if task == "vc":
             return Request.vc(src[0][:1], ref[0], source_features=src[1],
                               reference_features=ref[1], **request)  # fmt: skip
+        if task == "se":
+            return Request.se(src[0], source_features=src[1], **request)
         raise ValueError(f"unknown task {task!r}")

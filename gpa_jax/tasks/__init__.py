@@ -33,6 +33,7 @@ _EXPORTS = {
     "planning": ("TaskStats",),
     "tasks": ("SpeechTasks", "register_tasks"),
     "token_shards": (
+        "NoisyInput",
         "ShardError",
         "ShardWriter",
         "Utterance",

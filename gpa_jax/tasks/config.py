@@ -9,9 +9,14 @@ config; config files override fields. Fields:
                       `launch.tokenize` writes: <workdir>/tokens/<corpus>
     train_split       split the trainer trains on (and the unigram baseline is counted on)
     eval_split        split of the trainer's evals
-    namespace         registry prefix: tasks <ns>_tts/_asr/_vc, mixture <ns>_mix
+    namespace         registry prefix: tasks <ns>_tts/_asr/_vc[/_se], mixture <ns>_mix
     pack              pack several examples per row (else one example per row, padded)
-    rates             mixture rates per task (relative numbers of examples)
+    rates             mixture rates per task (relative numbers of examples). The opt-in
+                      tasks (`OPT_IN_TASKS`: speech enhancement, "se") default to 0 and
+                      may be absent (configs saved before they existed): at 0 they are
+                      neither registered nor planned, and the banks load nothing for
+                      them. A positive rate needs token shards tokenized with their
+                      inputs (SE: `launch.tokenize --noisy_inputs`).
     ref_max_frames    reference clip crop, frames (150 = 3 s at 50 Hz)
     ref_min_frames    a reference is never trimmed below this to fit L (then: drop)
     ref_layers        RVQ layers in the reference: 1 = RVQ-1 (GPA/USLM default), n = the
@@ -46,7 +51,9 @@ import ml_collections
 from gpa_jax.text import TTS_TEXT_FRONTENDS
 
 # Append only: the position fixes the task's id in batches and its tag token's id.
-TASK_NAMES: tuple[str, ...] = ("tts", "asr", "vc")
+TASK_NAMES: tuple[str, ...] = ("tts", "asr", "vc", "se")
+# Tasks an LM trains only when its config gives them a positive rate (module docstring).
+OPT_IN_TASKS: tuple[str, ...] = ("se",)
 
 
 def tasks_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -59,7 +66,7 @@ def tasks_config(**overrides: Any) -> ml_collections.ConfigDict:
             eval_split="validation",
             namespace="gpa",
             pack=True,
-            rates=dict(tts=0.4, asr=0.3, vc=0.3),
+            rates=dict(tts=0.4, asr=0.3, vc=0.3, se=0.0),
             ref_max_frames=150,
             ref_min_frames=50,
             ref_layers=1,
@@ -84,10 +91,25 @@ def tasks_config(**overrides: Any) -> ml_collections.ConfigDict:
     return config
 
 
+def task_rate(config: ml_collections.ConfigDict, task: str) -> float:
+    """config.tasks' mixture rate of `task`; 0 for an opt-in task the config does not name."""
+    return float(config.rates.get(task, 0.0))
+
+
+def registered_tasks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The tasks config.tasks trains: every task but the opt-in ones at rate 0."""
+    return tuple(t for t in TASK_NAMES if t not in OPT_IN_TASKS or task_rate(config, t) > 0)
+
+
 def validate_tasks_config(config: ml_collections.ConfigDict) -> None:
     """Checks the relations between fields that a typo or sweep could break."""
-    if sorted(config.rates.keys()) != sorted(TASK_NAMES):
-        raise ValueError(f"tasks.rates must name {TASK_NAMES}, got {sorted(config.rates)}")
+    required = [t for t in TASK_NAMES if t not in OPT_IN_TASKS]
+    named = set(config.rates.keys())
+    if not set(required) <= named <= set(TASK_NAMES):
+        raise ValueError(
+            f"tasks.rates must name {tuple(required)} (optionally {OPT_IN_TASKS}), got "
+            f"{sorted(config.rates)}"
+        )
     if any(r < 0 for r in config.rates.values()) or sum(config.rates.values()) <= 0:
         raise ValueError(f"tasks.rates must be >= 0 with a positive sum, got {dict(config.rates)}")
     if not 1 <= config.ref_layers <= config.vocab.audio_streams:

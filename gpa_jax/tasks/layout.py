@@ -30,7 +30,7 @@ from gpa_jax.tasks.vocab import EOS_ID, PAD_ID, TEXT_OFFSET, SpeechVocabulary
 # seqio.FeatureConverter's default bos_id, which make_autoregressive_inputs puts first.
 PROMPT_START = PAD_ID
 # What each task generates: "text" (text ids) or "audio" (RVQ-1 = audio stream 0 ids).
-OUTPUT_KIND = {"tts": "audio", "asr": "text", "vc": "audio"}
+OUTPUT_KIND = {"tts": "audio", "asr": "text", "vc": "audio", "se": "audio"}
 # `input_frame_segments` at positions that hold no audio frame (tags, delimiters, text).
 NO_FRAME = -1
 
@@ -57,6 +57,8 @@ def input_segments(
         return [[tag, d("src_audio")], source, [d("text")]]
     if task == "vc":
         return [[tag, d("ref_audio")], reference, [d("src_audio")], source, [d("tgt_audio")]]
+    if task == "se":  # the noisy input is the source; its voice needs no reference
+        return [[tag, d("src_audio")], source, [d("tgt_audio")]]
     raise ValueError(f"unknown task {task!r}; tasks: {tuple(OUTPUT_KIND)}")
 
 

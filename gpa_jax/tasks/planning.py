@@ -1,4 +1,4 @@
-"""Which utterances make each TTS/ASR/VC example: pairing, crops, the length rule, counters.
+"""Which utterances make each TTS/ASR/VC/SE example: pairing, crops, the length rule, counters.
 
 A split's token shards are loaded once into a `Bank` (metadata, text token ids, the
 codes of the RVQ layers the tasks use and, when asked for, the per-frame features of the
@@ -18,6 +18,9 @@ tf.data pipeline is pure TF and its iterator can be checkpointed). Pairing rules
 - VC: target t (speaker B, text X); source = an utterance with text X by another speaker
   (none -> "no_parallel_source": a non-parallel corpus such as LibriSpeech gives an empty
   VC task, with a warning); reference = as for TTS, B's utterance with another text.
+- SE (opt-in: config.tasks.rates.se > 0): every utterance, source = itself, read as its
+  noisy version (the token shards' noisy input, `gpa_jax.audio.noise`; the bank must be
+  loaded with `noisy=True`); no reference (the noisy input carries the voice).
 
 Crops: the reference is cropped to min(ref_max_frames, its length) frames at a uniformly
 random start. Length rule (per example, L = sequence_length, counting every token of the
@@ -45,7 +48,7 @@ from absl import logging
 
 from gpa_jax import paths
 from gpa_jax.tasks import token_shards
-from gpa_jax.tasks.config import TASK_NAMES
+from gpa_jax.tasks.config import TASK_NAMES, task_rate
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.text import tts_prompt_text
 
@@ -57,6 +60,7 @@ PLAN_COLUMNS = 5
 TTS_FIXED = 4  # <|tts|> <|ref_audio|> ... <|text|> ... <|tgt_audio|>
 ASR_FIXED = 3  # <|asr|> <|src_audio|> ... <|text|>
 VC_FIXED = 4  # <|vc|> <|ref_audio|> ... <|src_audio|> ... <|tgt_audio|>
+SE_FIXED = 3  # <|se|> <|src_audio|> ... <|tgt_audio|>
 
 
 @dataclasses.dataclass
@@ -83,7 +87,14 @@ class Bank:
     tts_text_ids: np.ndarray | None = None
     # float16 [total frames, F] or None: row audio_start[u] + f is utterance u's frame f
     # (the same global frame index as the columns of `codes`); load_bank(features=True).
+    # With noisy inputs too, [2 * total frames, F]: row noisy_row(u, f) is the noisy
+    # input's frame f (one table, so a batch's frame indices address both).
     features: np.ndarray | None = None
+    # SE noisy inputs, load_bank(noisy=True): codes of the loaded layers laid out as
+    # `codes` (column audio_start[u] + f is frame f of u's noisy version), SNR and kind.
+    noisy_codes: np.ndarray | None = None
+    noisy_snr_db: np.ndarray | None = None  # float32 [U]
+    noisy_kinds: list[str] | None = None
 
     @property
     def num_utterances(self) -> int:
@@ -106,6 +117,30 @@ class Bank:
             return None
         return np.asarray(self.features[self._span(u, start, frames)], np.float32)
 
+    @property
+    def has_noisy(self) -> bool:
+        return self.noisy_codes is not None
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.codes.shape[1])
+
+    def noisy_row(self, u: Any, f: Any = 0) -> Any:
+        """Feature row (global frame index) of frame f of utterance u's noisy input."""
+        return self.total_frames + self.audio_start[u] + f
+
+    def utterance_noisy_codes(self, u: int) -> np.ndarray:
+        """int32 [layers, frames] of utterance u's noisy input (SE's source)."""
+        return np.asarray(self.noisy_codes[:, self._span(u, 0, None)], np.int32)
+
+    def utterance_noisy_features(self, u: int) -> np.ndarray | None:
+        """float32 [frames, F] feature rows of utterance u's noisy input; None when the bank
+        was loaded without features."""
+        if self.features is None:
+            return None
+        lo = self.total_frames + int(self.audio_start[u])
+        return np.asarray(self.features[lo : lo + int(self.frames[u])], np.float32)
+
     def _span(self, u: int, start: int, frames: int | None) -> slice:
         """Global frame columns of utterance u from `start` (default: to its end)."""
         lo = int(self.audio_start[u]) + start
@@ -120,11 +155,19 @@ def load_bank(
     verify: bool = True,
     features: bool = False,
     tts_text: str = "transcript",
+    noisy: bool = False,
 ) -> Bank:
     """Reads a split's shards: metadata, text ids, the first `layers` RVQ layers and, with
     `features`, the per-frame features (the shards must have been tokenized with them);
-    `tts_text` is the TTS prompts' text frontend (gpa_jax.text.tts_prompt_text)."""
+    `tts_text` is the TTS prompts' text frontend (gpa_jax.text.tts_prompt_text); with
+    `noisy`, the SE noisy inputs (their codes, and their features with `features`)."""
     manifest = token_shards.read_manifest(directory, verify=verify)
+    if noisy and split in manifest["splits"]:
+        if token_shards.split_noisy(manifest, split) is None:
+            raise ValueError(
+                f"{directory}: split {split!r} has no noisy inputs (the se task reads them): "
+                "tokenize with data.noisy_inputs=True (launch.tokenize --noisy_inputs)"
+            )
     if features and split in manifest["splits"]:
         if token_shards.split_features(manifest, split) is None:
             raise ValueError(
@@ -143,11 +186,12 @@ def load_bank(
         )
     utts = sorted(
         (
-            (u.id, u.speaker, u.text, np.array(u.codes[:layers]), u.features if features else None)
+            (u.id, u.speaker, u.text, np.array(u.codes[:layers]), u.features if features else None,
+             u.noisy if noisy else None)
             for u in token_shards.iter_utterances(directory, split, verify=False)
         ),
         key=lambda x: x[0],
-    )
+    )  # fmt: skip
     ids = [u[0] for u in utts]
     duplicates = [i for i, c in collections.Counter(ids).items() if c > 1]
     if duplicates:
@@ -165,11 +209,20 @@ def load_bank(
     feature_rows = None
     if features:
         dim = int(token_shards.split_features(manifest, split)["dim"])
+        # The noisy inputs' rows follow the clean ones (Bank.noisy_row).
+        rows = [u[4] for u in utts] + ([u[5].features for u in utts] if noisy else [])
         feature_rows = (
-            np.concatenate([u[4] for u in utts]).astype(np.float16)
-            if utts
-            else np.zeros((0, dim), np.float16)
+            np.concatenate(rows).astype(np.float16) if utts else np.zeros((0, dim), np.float16)
         )
+    noisy_codes = noisy_snr = noisy_kinds = None
+    if noisy:
+        noisy_codes = (
+            np.concatenate([np.array(u[5].codes[:layers]) for u in utts], axis=1).astype(dtype)
+            if utts
+            else np.zeros((layers, 0), dtype)
+        )
+        noisy_snr = np.array([u[5].snr_db for u in utts], np.float32)
+        noisy_kinds = [u[5].kind for u in utts]
     text_start, text_len, text_ids = _encode_texts(vocab, texts)
     tts_arrays = (text_start, text_len, text_ids)
     if tts_text != "transcript":
@@ -198,6 +251,9 @@ def load_bank(
         tts_text_len=tts_arrays[1],
         tts_text_ids=tts_arrays[2],
         features=feature_rows,
+        noisy_codes=noisy_codes,
+        noisy_snr_db=noisy_snr,
+        noisy_kinds=noisy_kinds,
     )
 
 
@@ -222,13 +278,16 @@ def cached_bank(
     verify: bool = True,
     features: bool = False,
     tts_text: str = "transcript",
+    noisy: bool = False,
 ) -> Bank:
     """`load_bank`, shared by the tasks of one process (keyed by dir, split, vocab, layers,
-    whether features are loaded and the TTS text frontend)."""
-    key = (paths.absolute(directory), split, vocab, layers, bool(features), tts_text)
+    whether features and noisy inputs are loaded and the TTS text frontend)."""
+    key = (paths.absolute(directory), split, vocab, layers, bool(features), tts_text, bool(noisy))
     with _BANKS_LOCK:
         if key not in _BANKS:
-            _BANKS[key] = load_bank(directory, split, vocab, layers, verify, features, tts_text)
+            _BANKS[key] = load_bank(
+                directory, split, vocab, layers, verify, features, tts_text, noisy
+            )
         return _BANKS[key]
 
 
@@ -285,10 +344,13 @@ class PlanSettings:
     ref_layers: int
     trim_ref_to_fit: bool
     tts_text: str = "transcript"
+    # Whether the banks load the SE noisy inputs: the se task is trained (rates.se > 0).
+    noisy_inputs: bool = False
 
     @classmethod
     def from_config(cls, config: Any, sequence_length: int) -> PlanSettings:
         """`config` = config.tasks; `sequence_length` = config.train.seq_len."""
+
         if int(sequence_length) < 8:
             raise ValueError(f"sequence length {sequence_length} is too short (need >= 8)")
         return cls(
@@ -299,6 +361,7 @@ class PlanSettings:
             trim_ref_to_fit=bool(config.trim_ref_to_fit),
             # Configs saved before the field existed spelled transcripts.
             tts_text=str(config.get("tts_text", "transcript")),
+            noisy_inputs=task_rate(config, "se") > 0,
         )
 
 
@@ -370,6 +433,8 @@ def plan_task(
             f"the bank spells TTS prompts as {bank.tts_text!r}, the tasks want "
             f"{settings.tts_text!r}: load it with load_bank(..., tts_text=settings.tts_text)"
         )
+    if task == "se" and not bank.has_noisy:
+        raise ValueError("the se task reads noisy inputs: load the bank with noisy=True")
     rng = task_rng(seed, task, split)
     index = _Index(bank)
     stats = TaskStats(task=task, split=split)
@@ -390,6 +455,15 @@ def plan_task(
             rows.append((t, -1, 0, 0, -1))
             stats.tokens += total
             stats.loss_tokens += text_len + 1
+            continue
+        if task == "se":
+            total = SE_FIXED + 2 * frames + 1  # the noisy input, the clean output, <eos>
+            if total > L:
+                stats.dropped["too_long"] += 1
+                continue
+            rows.append((t, -1, 0, 0, t))
+            stats.tokens += total
+            stats.loss_tokens += frames + 1
             continue
         src = -1
         if task == "vc":

@@ -1,4 +1,4 @@
-"""SeqIO tasks `<ns>_tts`, `<ns>_asr`, `<ns>_vc` and the mixture `<ns>_mix` over token shards.
+"""SeqIO tasks `<ns>_tts`, `<ns>_asr`, `<ns>_vc` (`<ns>_se`) and the mixture `<ns>_mix`.
 
 Every example is ONE sequence: a task tag, the conditioning segments with their
 delimiters (seqio feature "inputs": the loss-free, optionally bidirectional prefix), then
@@ -12,10 +12,18 @@ else frame-major [A0 A1 .. A<n-1>] per frame), Text(u) its transcript's text ids
          targets Text(t) <eos>
     vc   inputs  <|vc|> <|ref_audio|> Ref(r) <|src_audio|> A0(s) <|tgt_audio|>
          targets A0(t) <eos>
+    se   inputs  <|se|> <|src_audio|> N0(t) <|tgt_audio|>
+         targets A0(t) <eos>
+
+N0(t) is the RVQ-1 ids of utterance t's noisy version (speech enhancement, LauraGPT's
+task; the token shards' noisy input, `gpa_jax.audio.noise`). SE is opt-in: registered
+only when config.tasks.rates.se > 0, which makes every task's bank load the noisy inputs
+(`planning.PlanSettings.noisy_inputs`); with rate 0 (the default) nothing changes.
 
 With `register_tasks(..., audio_features=True)` (the continuous audio input) every example
 also has "input_frames", int32 of len(inputs): at each audio input position (the
-reference crop's, every layer of a frame-major frame included, and the source's) the
+reference crop's, every layer of a frame-major frame included, and the source's; SE's
+noisy source reads the noisy rows, `Bank.noisy_row`) the
 bank's global frame index of the frame it holds (a row of `Bank.features`), else
 `layout.NO_FRAME` (-1). The feature converter turns it into decoder_audio_frames.
 
@@ -52,7 +60,7 @@ import tensorflow as tf
 from absl import logging
 
 from gpa_jax.tasks import layout, planning, token_shards
-from gpa_jax.tasks.config import TASK_NAMES, validate_tasks_config
+from gpa_jax.tasks.config import TASK_NAMES, registered_tasks, task_rate, validate_tasks_config
 from gpa_jax.tasks.feature_converter import INPUT_FRAMES
 from gpa_jax.tasks.pipeline import shuffled_epochs
 from gpa_jax.tasks.vocab import SpeechVocabulary
@@ -81,6 +89,8 @@ class _BankTensors:
         self.tts_text_ids = tf.constant(bank.tts_text_ids)
         self.tts_text_start = tf.constant(bank.tts_text_start)
         self.tts_text_len = tf.constant(bank.tts_text_len)
+        self.noisy_codes = None if bank.noisy_codes is None else tf.constant(bank.noisy_codes)
+        self.total_frames = tf.constant(bank.total_frames, tf.int64)
 
 
 _TENSORS: dict[int, tuple[planning.Bank, _BankTensors]] = {}
@@ -144,6 +154,7 @@ class SpeechTaskSource(seqio.DataSource):
             verify=self.verify_checksums,
             features=self.audio_features,
             tts_text=self.settings.tts_text,
+            noisy=self.settings.noisy_inputs,
         )
 
     def plan(self, split: str, seed: int | None = None) -> tuple[np.ndarray, planning.TaskStats]:
@@ -202,6 +213,19 @@ def _audio(t: _BankTensors, vocab: SpeechVocabulary, u: tf.Tensor) -> tf.Tensor:
     start = t.audio_start[u]
     codes = t.codes[0, start : start + t.frames[u]]
     return tf.cast(codes, tf.int32) + vocab.audio_range(0)[0]
+
+
+def _noisy_audio(t: _BankTensors, vocab: SpeechVocabulary, u: tf.Tensor) -> tf.Tensor:
+    """RVQ-1 ids of utterance u's noisy version (SE's source)."""
+    start = t.audio_start[u]
+    codes = t.noisy_codes[0, start : start + t.frames[u]]
+    return tf.cast(codes, tf.int32) + vocab.audio_range(0)[0]
+
+
+def _noisy_audio_frames(t: _BankTensors, u: tf.Tensor) -> tf.Tensor:
+    """Feature rows of utterance u's noisy version (`planning.Bank.noisy_row`)."""
+    start = t.total_frames + t.audio_start[u]
+    return tf.range(start, start + t.frames[u], dtype=tf.int64)
 
 
 def _reference(
@@ -286,7 +310,14 @@ def _assemble_vc(row, *, t, vocab, s, frames=False) -> dict[str, tf.Tensor]:
     return _example("vc", vocab, s, frames, target, reference=reference, source=source)
 
 
-_ASSEMBLERS = {"tts": _assemble_tts, "asr": _assemble_asr, "vc": _assemble_vc}
+def _assemble_se(row, *, t, vocab, s, frames=False) -> dict[str, tf.Tensor]:
+    u = row[planning.SRC]
+    source = (_noisy_audio(t, vocab, u), _noisy_audio_frames(t, u))
+    target = _audio(t, vocab, row[planning.TGT])
+    return _example("se", vocab, s, frames, target, source=source)
+
+
+_ASSEMBLERS = {"tts": _assemble_tts, "asr": _assemble_asr, "vc": _assemble_vc, "se": _assemble_se}
 
 
 @dataclasses.dataclass
@@ -318,7 +349,8 @@ def register_tasks(
     namespace: str | None = None,
     audio_features: bool = False,
 ) -> SpeechTasks:
-    """Registers <ns>_tts/_asr/_vc and the mixture <ns>_mix (rates from config.rates).
+    """Registers <ns>_tts/_asr/_vc (and <ns>_se when config.rates.se > 0: opt-in, it needs
+    shards with noisy inputs) and the mixture <ns>_mix (rates from config.rates).
 
     `audio_features` (the continuous audio input): banks load the shards' per-frame
     features and every example also carries "input_frames" (module docstring), declared
@@ -346,6 +378,14 @@ def register_tasks(
         )
     splits = tuple(sorted(manifest["splits"]))
     settings = planning.PlanSettings.from_config(config, sequence_length)
+    if settings.noisy_inputs:
+        lacking = [s for s in splits if token_shards.split_noisy(manifest, s) is None]
+        if lacking:
+            raise ValueError(
+                f"tasks.rates.se={task_rate(config, 'se')} but split(s) {lacking} of "
+                f"{shard_dir} have no noisy inputs: tokenize with data.noisy_inputs=True "
+                "(launch.tokenize --noisy_inputs)"
+            )
     features = {
         "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
         "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
@@ -358,6 +398,9 @@ def register_tasks(
         )
     names, sources = {}, {}
     for task in TASK_NAMES:
+        if task not in registered_tasks(config):  # an opt-in task at rate 0
+            seqio.TaskRegistry.remove(task_name(namespace, task))
+            continue
         name = task_name(namespace, task)
         source = SpeechTaskSource(
             task,
@@ -375,7 +418,7 @@ def register_tasks(
         names[task], sources[task] = name, source
     mix = mixture_name(namespace)
     seqio.MixtureRegistry.remove(mix)
-    rated = [(names[t], float(config.rates[t])) for t in TASK_NAMES if config.rates[t] > 0]
+    rated = [(names[t], task_rate(config, t)) for t in names if task_rate(config, t) > 0]
     seqio.MixtureRegistry.add(
         mix,
         rated,

@@ -5,16 +5,24 @@ Layout of one token directory (one corpus tokenized by one codec):
     <dir>/manifest.json                         what is here (below)
     <dir>/<split>-<k>-of-<n>.array_record       k = 00000..n-1, one record per utterance
 
-A record is one utterance, {id, speaker, text, codes[, features]}, serialized with msgpack
-as a map
+A record is one utterance, {id, speaker, text, codes[, features][, noisy]}, serialized
+with msgpack as a map
 
     {"v": 2, "id": str, "speaker": str, "text": str (normalised transcript),
      "shape": [n_q, T], "dtype": "<i2" | "<i4", "codes": raw little-endian bytes, C order,
-     optional: "features": raw bytes, "features_shape": [T, F], "features_dtype": "<f2"}
+     optional: "features": raw bytes, "features_shape": [T, F], "features_dtype": "<f2",
+     optional: "noisy": {"codes": raw bytes (shape and dtype of "codes"),
+                         "snr_db": float, "kind": str,
+                         "features": raw bytes (shape and dtype of "features"), when the
+                         record has features}}
 
 Version 2 added the optional per-frame features (one float16 row per codec frame, e.g.
 `gpa_jax.audio.features.token_aligned_log_mel`: the continuous LM input at audio
-positions); a v1 record is a v2 record without them and still reads.
+positions); a v1 record is a v2 record without them and still reads. "noisy" is the
+speech-enhancement input (`gpa_jax.audio.noise`): the same codec's codes of a noisy
+version of the clip, frame for frame with the clean codes, its features when the record
+has features, and the SNR and noise kind it was mixed with. It is an optional key (a
+reader that does not know it ignores it), so it left the version at 2.
 
 Why msgpack with raw code bytes (and not tf.train.Example): a record decodes with one
 `np.frombuffer` (no per-value Python objects), costs 2 bytes per code plus ~40 bytes of
@@ -35,11 +43,15 @@ manifest.json:
      "splits": {"train": {"num_utterances": N, "num_frames": F, "num_speakers": S,
                           "features": {"kind": "log_mel", "dim": 160, "dtype": "float16"}
                                       | null,
+                          "noisy": {"seed": 0, "snr_db": [0, 15], "kinds": [...],
+                                    "babble_talkers": 3, "babble_ids": [...]} | null,
                           "shards": [{"file": "train-00000-of-00002.array_record",
                                       "num_records": n, "sha256": "..."}, ...]}, ...}}
 
-A split's "features" says what every one of its records carries (null or absent: none);
-it is per split because a tokenization resumes split by split.
+A split's "features" says what every one of its records carries (null or absent: none),
+and "noisy" whether every record carries a noisy input and how they were made
+(`gpa_jax.audio.noise.NoiseSettings` plus the ids of the utterances babble is made of);
+both are per split because a tokenization resumes split by split.
 
 Writing a split (ShardWriter) replaces that split's shards and its manifest entry and keeps
 the other splits; one writer per split at a time (the manifest update is atomic via
@@ -85,10 +97,22 @@ class ShardError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class NoisyInput:
+    """An utterance's speech-enhancement input: the codes of a noisy version of its clip
+    (same shape as its codes), their features when it has features, and how it was made."""
+
+    codes: np.ndarray
+    snr_db: float
+    kind: str
+    features: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Utterance:
     """One tokenized utterance: RVQ codes [n_q, T] with its transcript and speaker.
 
-    `features`: optional float16 [T, F], one row per codec frame (see the module docstring).
+    `features`: optional float16 [T, F], one row per codec frame (see the module docstring);
+    `noisy`: optional SE input (`NoisyInput`).
     """
 
     id: str
@@ -96,6 +120,7 @@ class Utterance:
     text: str
     codes: np.ndarray
     features: np.ndarray | None = None
+    noisy: NoisyInput | None = None
 
     @property
     def num_frames(self) -> int:
@@ -128,6 +153,17 @@ def encode_record(utt: Utterance, dtype: np.dtype) -> bytes:
         record["features"] = features.tobytes()
         record["features_shape"] = list(features.shape)
         record["features_dtype"] = features.dtype.str
+    if utt.noisy is not None:
+        noisy = {
+            "codes": np.ascontiguousarray(utt.noisy.codes, dtype=dtype).tobytes(),
+            "snr_db": float(utt.noisy.snr_db),
+            "kind": str(utt.noisy.kind),
+        }
+        if utt.noisy.features is not None:
+            noisy["features"] = np.ascontiguousarray(
+                utt.noisy.features, dtype=FEATURES_DTYPE
+            ).tobytes()
+        record["noisy"] = noisy
     return msgpack.packb(record, use_bin_type=True)
 
 
@@ -163,7 +199,33 @@ def decode_record(data: bytes, where: str = "record") -> Utterance:
             features = features.reshape(shape)
         except (KeyError, TypeError, ValueError) as error:
             raise ShardError(f"{where}: bad features ({error})") from None
-    return Utterance(str(obj["id"]), str(obj["speaker"]), str(obj["text"]), codes, features)
+    noisy = None
+    if "noisy" in obj:
+        noisy = _decode_noisy(obj["noisy"], codes, features, where)
+    return Utterance(str(obj["id"]), str(obj["speaker"]), str(obj["text"]), codes, features, noisy)
+
+
+def _decode_noisy(
+    obj: Any, codes: np.ndarray, features: np.ndarray | None, where: str
+) -> NoisyInput:
+    """A record's "noisy" map, shaped like the record's clean codes and features."""
+    try:
+        noisy_codes = np.frombuffer(obj["codes"], dtype=codes.dtype)
+        if noisy_codes.size != codes.size:
+            raise ValueError(f"{noisy_codes.size} noisy codes for clean codes {codes.shape}")
+        noisy_features = None
+        if (features is None) != ("features" not in obj):
+            raise ValueError("noisy features present exactly when the record has features")
+        if features is not None:
+            noisy_features = np.frombuffer(obj["features"], dtype=features.dtype)
+            if noisy_features.size != features.size:
+                raise ValueError(f"{noisy_features.size} noisy feature values for {features.shape}")
+            noisy_features = noisy_features.reshape(features.shape)
+        return NoisyInput(
+            noisy_codes.reshape(codes.shape), float(obj["snr_db"]), str(obj["kind"]), noisy_features
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ShardError(f"{where}: bad noisy input ({error})") from None
 
 
 def _sha256(path: str) -> str:
@@ -238,6 +300,12 @@ def split_features(manifest: Mapping[str, Any], split: str) -> dict[str, Any] | 
     return dict(features) if features else None
 
 
+def split_noisy(manifest: Mapping[str, Any], split: str) -> dict[str, Any] | None:
+    """How a split's noisy SE inputs were made (module docstring), None = it has none."""
+    noisy = manifest["splits"][split].get("noisy")
+    return dict(noisy) if noisy else None
+
+
 # --- writing -------------------------------------------------------------------------
 
 
@@ -257,7 +325,9 @@ class ShardWriter:
 
     `features` = {"kind": name, "dim": F} makes every `write` take per-frame features
     [T, F] (stored float16) and records it as the split's "features" in the manifest;
-    None (the default) writes codes only.
+    None (the default) writes codes only. Likewise `noisy` (how the noisy inputs were
+    made: {"snr_db": [low, high], ...}, the split's "noisy" entry) makes every `write`
+    take a `NoisyInput` whose SNR lies in that range.
     """
 
     def __init__(
@@ -272,6 +342,7 @@ class ShardWriter:
         metadata: Mapping[str, Any] | None = None,
         options: str = WRITER_OPTIONS,
         features: Mapping[str, Any] | None = None,
+        noisy: Mapping[str, Any] | None = None,
     ):
         if not split or "-" in split or os.sep in split:
             raise ValueError(f"split name {split!r} must be non-empty without '-' or '/'")
@@ -294,6 +365,12 @@ class ShardWriter:
                 "dim": int(features["dim"]),
                 "dtype": FEATURES_DTYPE.name,
             }
+        self.noisy = None
+        if noisy is not None:
+            low, high = (float(x) for x in noisy.get("snr_db", (1.0, 0.0)))
+            if not low <= high:
+                raise ValueError(f"noisy={dict(noisy)} needs an 'snr_db' range [low, high]")
+            self.noisy = {**dict(noisy), "snr_db": [low, high]}
         self._dtype = codes_dtype(self.codebook_size)
         self._tmp_paths: list[str] = []
         self._counts: list[int] = []
@@ -330,9 +407,11 @@ class ShardWriter:
         text: str,
         codes: np.ndarray,
         features: np.ndarray | None = None,
+        noisy: NoisyInput | None = None,
     ) -> None:
         """Appends one utterance (codes: integer [n_q, T], values in [0, codebook_size);
-        features: float [T, F] exactly when the writer was made with `features`)."""
+        features: float [T, F] exactly when the writer was made with `features`; noisy:
+        its SE input exactly when the writer was made with `noisy`)."""
         if self._closed:
             raise RuntimeError("ShardWriter is closed")
         codes = np.asarray(codes)
@@ -345,11 +424,7 @@ class ShardWriter:
             raise ValueError(f"{where}: codes must be integers, got {codes.dtype}")
         if codes.ndim != 2 or codes.shape[0] != self.n_q or codes.shape[1] < 1:
             raise ValueError(f"{where}: codes shape {codes.shape}, expected [{self.n_q}, T>=1]")
-        if codes.min() < 0 or codes.max() >= self.codebook_size:
-            raise ValueError(
-                f"{where}: codes span [{codes.min()}, {codes.max()}], outside "
-                f"[0, {self.codebook_size})"
-            )
+        self._check_codes(codes, where)
         if text != normalize_transcript(text):
             raise ValueError(
                 f"{where}: text {text!r} is not normalised; pass "
@@ -361,26 +436,63 @@ class ShardWriter:
                 f"writer was made with features={self.features}"
             )
         if features is not None:
-            features = np.asarray(features)
-            if not np.issubdtype(features.dtype, np.floating):
-                raise ValueError(f"{where}: features must be floats, got {features.dtype}")
-            if features.shape != (codes.shape[1], self.features["dim"]):
-                raise ValueError(
-                    f"{where}: features shape {features.shape}, expected "
-                    f"[{codes.shape[1]} frames, {self.features['dim']}]"
-                )
-            with np.errstate(over="ignore"):  # overflow is what is checked here
-                finite = np.all(np.isfinite(features.astype(FEATURES_DTYPE)))
-            if not finite:
-                raise ValueError(f"{where}: features are not finite in float16")
+            self._check_features(np.asarray(features), codes.shape[1], where)
+        if (noisy is None) != (self.noisy is None):
+            raise ValueError(
+                f"{where}: noisy input {'missing' if noisy is None else 'given'} but the "
+                f"writer was made with noisy={self.noisy}"
+            )
+        if noisy is not None:
+            self._check_noisy(noisy, codes, features, f"{where} (noisy input)")
         if self._writer is None or self._counts[-1] >= self.records_per_shard:
             self._roll()
-        utt = Utterance(utt_id, speaker, text, codes, features)
+        utt = Utterance(utt_id, speaker, text, codes, features, noisy)
         self._writer.write(encode_record(utt, self._dtype))
         self._counts[-1] += 1
         self._ids.add(utt_id)
         self._speakers.add(speaker)
         self._frames += int(codes.shape[1])
+
+    def _check_codes(self, codes: np.ndarray, where: str) -> None:
+        if codes.min() < 0 or codes.max() >= self.codebook_size:
+            raise ValueError(
+                f"{where}: codes span [{codes.min()}, {codes.max()}], outside "
+                f"[0, {self.codebook_size})"
+            )
+
+    def _check_features(self, features: np.ndarray, frames: int, where: str) -> None:
+        if not np.issubdtype(features.dtype, np.floating):
+            raise ValueError(f"{where}: features must be floats, got {features.dtype}")
+        if features.shape != (frames, self.features["dim"]):
+            raise ValueError(
+                f"{where}: features shape {features.shape}, expected "
+                f"[{frames} frames, {self.features['dim']}]"
+            )
+        with np.errstate(over="ignore"):  # overflow is what is checked here
+            finite = np.all(np.isfinite(features.astype(FEATURES_DTYPE)))
+        if not finite:
+            raise ValueError(f"{where}: features are not finite in float16")
+
+    def _check_noisy(
+        self, noisy: NoisyInput, codes: np.ndarray, features: np.ndarray | None, where: str
+    ) -> None:
+        """The noisy input is frame for frame with the clean one, its SNR in the range."""
+        noisy_codes = np.asarray(noisy.codes)
+        if not np.issubdtype(noisy_codes.dtype, np.integer) or noisy_codes.shape != codes.shape:
+            raise ValueError(
+                f"{where}: codes {noisy_codes.dtype} {noisy_codes.shape}, expected integers "
+                f"shaped like the clean codes {codes.shape}"
+            )
+        self._check_codes(noisy_codes, where)
+        if (noisy.features is None) != (features is None):
+            raise ValueError(f"{where}: features must be given exactly when the clean ones are")
+        if noisy.features is not None:
+            self._check_features(np.asarray(noisy.features), codes.shape[1], where)
+        low, high = self.noisy["snr_db"]
+        if not low - 1e-6 <= float(noisy.snr_db) <= high + 1e-6:
+            raise ValueError(f"{where}: SNR {noisy.snr_db} dB outside the split's [{low}, {high}]")
+        if not noisy.kind:
+            raise ValueError(f"{where}: no noise kind")
 
     def _roll(self) -> None:
         if self._writer is not None:
@@ -438,6 +550,7 @@ class ShardWriter:
             "num_frames": self._frames,
             "num_speakers": len(self._speakers),
             "features": self.features,
+            "noisy": self.noisy,
             "shards": shards,
         }
         manifest["splits"][self.split] = entry
@@ -487,9 +600,11 @@ def _check_utterance(
     manifest: Mapping[str, Any],
     where: str,
     features: Mapping[str, Any] | None = None,
+    noisy: Mapping[str, Any] | None = None,
 ) -> Utterance:
-    """The record against the manifest: n_q, and features as the split lists them
-    (`features` = `split_features`), one row per codec frame."""
+    """The record against the manifest: n_q, features as the split lists them
+    (`features` = `split_features`), one row per codec frame, and a noisy input exactly
+    when the split lists one (`noisy` = `split_noisy`)."""
     if utt.codes.shape[0] != manifest["n_q"] or utt.codes.shape[1] < 1:
         raise ShardError(
             f"{where}: codes shape {utt.codes.shape}, manifest says n_q={manifest['n_q']}"
@@ -504,6 +619,11 @@ def _check_utterance(
             f"{where}: features shape {utt.features.shape}, expected [{utt.num_frames} "
             f"codec frames, dim {features['dim']}]"
         )
+    if (utt.noisy is None) != (noisy is None):
+        raise ShardError(
+            f"{where}: record {'lacks' if utt.noisy is None else 'carries'} a noisy input but "
+            f"the manifest's split lists noisy={noisy}"
+        )
     return utt
 
 
@@ -512,6 +632,7 @@ def iter_utterances(directory: str, split: str, verify: bool = False) -> Iterato
     manifest = read_manifest(directory, verify=verify)
     shard_paths = split_shard_paths(directory, split, manifest)
     features = split_features(manifest, split)
+    noisy = split_noisy(manifest, split)
     for shard, path in zip(manifest["splits"][split]["shards"], shard_paths, strict=True):
         reader = array_record_module.ArrayRecordReader(_local_shard(path), _SEQUENTIAL_OPTIONS)
         try:
@@ -522,7 +643,8 @@ def iter_utterances(directory: str, split: str, verify: bool = False) -> Iterato
                 chunk = reader.read(start, min(start + _READ_CHUNK, count))
                 for offset, data in enumerate(chunk):
                     where = f"{path}: record {start + offset}"
-                    yield _check_utterance(decode_record(data, where), manifest, where, features)
+                    utt = decode_record(data, where)
+                    yield _check_utterance(utt, manifest, where, features, noisy)
         finally:
             reader.close()
 
@@ -540,6 +662,7 @@ class UtteranceSource:
         self.manifest = read_manifest(directory)
         self._paths = split_shard_paths(directory, split, self.manifest)
         self._features = split_features(self.manifest, split)
+        self._noisy = split_noisy(self.manifest, split)
         counts = [s["num_records"] for s in self.manifest["splits"][split]["shards"]]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
         self._readers: dict[int, Any] = {}
@@ -568,7 +691,9 @@ class UtteranceSource:
             data = self._reader(shard).read([local])[0]
         except Exception as error:
             raise ShardError(f"{where}: unreadable ({error})") from None
-        return _check_utterance(decode_record(data, where), self.manifest, where, self._features)
+        return _check_utterance(
+            decode_record(data, where), self.manifest, where, self._features, self._noisy
+        )
 
     def __getitems__(self, indices: Sequence[int]) -> list[Utterance]:
         return [self[i] for i in indices]

@@ -12,8 +12,8 @@ S = number of audio streams in the vocabulary, A = 64 + T):
     | 1                        | <eos>  (ends every example; seqio eos_id)               |
     | 2                        | <unk>  (seqio unk_id; ids >= vocab_size decode as it)   |
     | 3                        | <bos>  (reserved; the default layout does not use it)   |
-    | 4 .. 15                  | task tags: 4 <|tts|>, 5 <|asr|>, 6 <|vc|>, 7..15        |
-    |                          |   <|reserved_k|> for later tasks (SE, S2TT, ...)        |
+    | 4 .. 15                  | task tags: 4 <|tts|>, 5 <|asr|>, 6 <|vc|>, 7 <|se|>,    |
+    |                          |   8..15 <|reserved_k|> for later tasks (S2TT, ...)      |
     | 16 .. 63                 | delimiters: 16 <|text|>, 17 <|ref_audio|>,              |
     |                          |   18 <|src_audio|>, 19 <|tgt_audio|>, 20..63 reserved   |
     | 64 .. 64+T-1             | text: text-vocabulary id t is 64 + t                    |

@@ -58,7 +58,7 @@ import numpy as np
 from absl import logging
 
 from gpa_jax import paths
-from gpa_jax.tasks.config import TASK_NAMES, resolve_paths
+from gpa_jax.tasks.config import OPT_IN_TASKS, TASK_NAMES, registered_tasks, resolve_paths
 
 TASK_IDS_KEY = "decoder_task_ids"
 AUDIO_FEATURES_KEY = "decoder_audio_features"
@@ -88,13 +88,22 @@ def task_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """Names of task ids 1, 2, ... in `decoder_task_ids` for this config.
 
     LM configs: the task table `gpa_jax.tasks.config.TASK_NAMES` (the same table fixes
-    the tasks' tag tokens, so there is nothing to configure). A model kind whose data
-    section defines its own `task_names` (e.g. the acoustic stage) uses that.
+    the tasks' tag tokens, so there is nothing to configure) up to the last task the
+    config trains: an opt-in task at rate 0 at its end (SE) adds no id, so an LM without
+    it keeps the metrics, shapes and synthetic batches it had before SE existed. A model
+    kind whose data section defines its own `task_names` (e.g. the acoustic stage) uses
+    that.
     """
     data = config.get("data")
     if data is not None and "task_names" in data:
         return tuple(data.task_names)
-    return TASK_NAMES
+    tasks = config.get("tasks")
+    trained = (
+        registered_tasks(tasks)
+        if tasks is not None
+        else tuple(t for t in TASK_NAMES if t not in OPT_IN_TASKS)
+    )
+    return TASK_NAMES[: 1 + max(TASK_NAMES.index(t) for t in trained)]
 
 
 def task_names_in(task_ids: np.ndarray, task_names: tuple[str, ...] | list[str]) -> list[str]:

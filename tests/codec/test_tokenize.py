@@ -191,3 +191,61 @@ def test_shards_can_carry_the_ctc_teachers_rows(job, tmp_path):
         np.testing.assert_array_equal(utt.features, want)
     with pytest.raises(ValueError, match="needs the codec's trained CTC teacher"):
         tokenization.TokenFeatures("ctc_teacher", codec)
+
+
+def test_noisy_inputs_are_opt_in_deterministic_and_rebuildable(tiny_workdir, tmp_path):
+    """SE inputs: every record carries the codes and log-mel of its own noisy clip, which
+    the recordings and the manifest rebuild exactly; the SNRs lie in the range."""
+    from gpa_jax import corpora
+    from gpa_jax.audio import noise
+
+    config, workdir = tiny_workdir
+    data_dir = paths.tfds_dir(workdir)
+    codec, _ = codec_train.restore_codec(config, codec_train.checkpoint_dir(workdir))
+    settings = noise.NoiseSettings(seed=5, snr_db=(2.0, 12.0))
+    out = str(tmp_path / "tokens")
+    kw = dict(data_dir=data_dir, splits=["validation"], token_features="log_mel", **KWARGS)
+    first = tokenization.tokenize_corpus(codec, CORPUS, out, noisy_inputs=settings, **kw)
+    spec = read_manifest(out)["splits"]["validation"]["noisy"]
+    assert first["validation"]["noisy"] == spec
+    assert {k: spec[k] for k in settings.as_dict()} == settings.as_dict()
+    examples = list(corpora.speech_examples(CORPUS, "validation", data_dir=data_dir))
+    clips = {ex["id"]: ex for ex in examples}
+    # Babble comes from the split's first utterances in corpus order.
+    assert spec["babble_ids"] == [ex["id"] for ex in examples[: noise.BABBLE_POOL]]
+    pool = noise.BabblePool.from_clips(
+        spec["babble_ids"], [clips[i]["speaker"] for i in spec["babble_ids"]],
+        [clips[i]["audio"] for i in spec["babble_ids"]],
+    )  # fmt: skip
+    utts = list(iter_utterances(out, "validation"))
+    assert utts and all(u.noisy is not None for u in utts)
+    for utt in utts:
+        ex = clips[utt.id]
+        made = noise.make_noisy(ex["audio"], utt.id, ex["speaker"], pool, settings)
+        assert 2.0 <= utt.noisy.snr_db <= 12.0
+        assert utt.noisy.snr_db == pytest.approx(made.snr_db) and utt.noisy.kind == made.kind
+        assert utt.noisy.codes.shape == utt.codes.shape
+        want = token_aligned_log_mel(made.wav, utt.num_frames).astype(np.float16)
+        np.testing.assert_array_equal(utt.noisy.features, want)
+    assert any(not np.array_equal(u.noisy.codes[0], u.codes[0]) for u in utts)
+    # Complete for the same settings, redone (and the same again) for a changed seed and back.
+    assert tokenization.split_is_complete(out, "validation", "log_mel", settings)
+    assert tokenization.split_is_complete(out, "validation", "log_mel")  # none asked for
+    other = noise.NoiseSettings(seed=6, snr_db=(2.0, 12.0))
+    assert not tokenization.split_is_complete(out, "validation", "log_mel", other)
+    again = tokenization.tokenize_corpus(codec, CORPUS, str(tmp_path / "again"),
+                                         noisy_inputs=settings, **kw)  # fmt: skip
+    assert again["validation"]["noisy"] == spec
+    for a, b in zip(utts, iter_utterances(str(tmp_path / "again"), "validation"), strict=True):
+        np.testing.assert_array_equal(a.noisy.codes, b.noisy.codes)
+        assert a.noisy.snr_db == b.noisy.snr_db
+
+
+def test_noisy_inputs_come_from_the_config_or_the_flag(tiny_workdir):
+    config, _ = tiny_workdir
+    assert tokenization.noise_settings(config) is None  # off by default
+    on = config.copy_and_resolve_references()
+    on.data.noisy_inputs = True
+    on.data.noise_seed = 3
+    assert tokenization.noise_settings(on).seed == 3
+    assert tokenization.noise_settings(on).snr_db == (0.0, 15.0)

@@ -5,6 +5,7 @@ the exit status, the message and the absence of 'Traceback' (`--verbose` shows i
 launch.sample cases that need trained models use the quick demo's work dir (slow).
 """
 
+import json
 import os
 import re
 import shutil
@@ -54,6 +55,24 @@ def test_flag_errors(tmp_path):
     _user_error(_cli("sample", "--task=asr", "--bogus_flag=1"), "bogus_flag")
     _user_error(_cli("sample", "--task=tts", "--text=hi"), "--task=tts needs --ref")
     _user_error(_cli("sample"), "--task")
+    _user_error(_cli("sample", "--task=se", "--ref=r.wav"), "--task=se needs --audio")
+    _user_error(
+        _cli("sample", "--task=se", "--audio=n.wav", "--stream"), "--stream serves tts and vc"
+    )
+
+
+def test_se_is_refused_for_an_lm_trained_without_it(tmp_path):
+    """Before any model loads: the checkpoint's saved config has no SE in its mixture."""
+    from gpa_jax.config_utils import load_config
+
+    meta = tmp_path / "checkpoints" / "1" / "meta"
+    meta.mkdir(parents=True)
+    config = json.loads(
+        load_config(os.path.join(REPO, "configs", "gpa_tiny.py")).to_json_best_effort()
+    )
+    (meta / "metadata").write_text(json.dumps({"step": 1, "config": config}))
+    _user_error(_cli("sample", "--task=se", "--audio=n.wav", f"--workdir={tmp_path}"),
+                "was not trained for se", "tasks.rates.se", "--noisy_inputs")  # fmt: skip
 
 
 def test_missing_work_dir_and_checkpoints(tmp_path):

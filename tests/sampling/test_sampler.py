@@ -14,7 +14,7 @@ from flax import nnx
 from gpa_jax import sharding
 from gpa_jax.models import LMConfig, lm_model_config, mesh_config
 from gpa_jax.sampling import Request, Sampler, SamplingParams, sampling_config
-from gpa_jax.tasks import pipeline
+from gpa_jax.tasks import pipeline, planning
 from gpa_jax.tasks import tasks as tasks_lib
 from gpa_jax.tasks.vocab import SpeechVocabulary
 from gpa_jax.training import checkpoint as ckpt
@@ -477,3 +477,79 @@ def test_hybrid_requests_read_their_rows_and_decode_alone_as_in_a_batch(hybrid_l
             prepared.prompt[None], np.ones((1, n), np.int32), None, np.ones((1, n), np.int32),
             audio_features=features[None], audio_mask=mask[None])[0, -1]))  # fmt: skip
     assert np.abs(logits[0] - logits[1]).max() > 1e-3
+
+
+# --- speech enhancement (opt-in task) ------------------------------------------------------
+
+SE_RATES = dict(tts=0.3, asr=0.3, vc=0.2, se=0.2)
+
+
+@pytest.mark.parametrize("audio_input", ["tokens", "continuous", "hybrid"])
+def test_se_prompt_is_what_the_trainer_feeds_for_each_audio_input(tmp_path_factory, vocab, audio_input):
+    """Tokens and (continuous / hybrid) the noisy input's rows == the trainer's batch."""
+    from gpa_jax.training.data_iter import gather_audio_features
+    from tests.tasks.conftest import FEATURE_DIM
+
+    directory = str(tmp_path_factory.mktemp("noisy"))
+    write_corpus(directory, features=True, noisy=True)
+    config = _config(vocab.vocab_size)
+    config.tasks.rates = SE_RATES
+    reads_rows = audio_input != "tokens"
+    if reads_rows:
+        config.model.audio_input = audio_input
+        config.model.audio_encoder_layers = 1
+        config.model.audio_feature_dim = FEATURE_DIM
+    sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab)
+    handle = tasks_lib.register_tasks(
+        directory, vocab, small_config(rates=SE_RATES), sequence_length=SEQ_LEN,
+        namespace=f"sampler_se_{audio_input}", audio_features=reads_rows,
+    )  # fmt: skip
+    source = handle.sources["se"]
+    rows, _ = source.plan("train")
+    bank = source.bank("train")
+    ds = pipeline.make_dataset(
+        handle.task_names["se"], "train", SEQ_LEN, 1, None, False, pack=False, num_epochs=1
+    )
+    for row, ex in list(zip(rows, ds.as_numpy_iterator(), strict=False))[:3]:
+        u = int(row[planning.SRC])  # the target itself, read noisy
+        request = Request.se(bank.utterance_noisy_codes(u),
+                             source_features=bank.utterance_noisy_features(u))  # fmt: skip
+        prepared = sampler.prepare(request)
+        n_prompt = len(prepared.prompt)
+        assert ex["decoder_prefix_mask"][0].sum() == n_prompt
+        np.testing.assert_array_equal(ex["decoder_input_tokens"][0, :n_prompt], prepared.prompt)
+        if reads_rows:
+            fed = gather_audio_features(bank, ex["decoder_audio_frames"])
+            np.testing.assert_array_equal(fed["decoder_audio_mask"][0, :n_prompt], prepared.audio[1])
+            np.testing.assert_allclose(fed["decoder_audio_features"][0, :n_prompt], prepared.audio[0])
+            assert prepared.audio[1].sum() == bank.frames[u]
+        else:
+            assert prepared.audio is None
+
+
+def test_se_is_refused_by_an_lm_trained_without_it(lm, vocab):
+    (result,) = _sampler(lm, vocab).generate([Request.se(_codes(20, 1))])
+    assert result.error and "not trained for se" in result.error and "tasks.rates.se" in result.error
+
+
+def test_se_results_are_completed_with_the_noisy_input_as_the_voice_prompt(vocab):
+    config = _config(vocab.vocab_size)
+    config.tasks.rates = SE_RATES
+    prompts = []
+
+    def complete(rvq1, prompt_codes):
+        prompts.append(np.asarray(prompt_codes))
+        return np.stack([rvq1] * N_Q)
+
+    sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab, acoustic=complete)
+    noisy = _codes(30, 5)
+    (r,) = sampler.generate([Request.se(noisy, max_new_tokens=6)])
+    assert r.ok and r.task == "se" and 0 < len(r.rvq1) <= 6
+    assert r.codes.shape == (N_Q, len(r.rvq1))
+    np.testing.assert_array_equal(prompts[0], noisy)  # every layer of the noisy source
+    lo, hi = vocab.audio_range(0)
+    assert ((r.tokens >= lo) & (r.tokens < hi)).all()
+    # The budget follows the source's length (se.frames_per_frame), like VC's.
+    assert sampler.prepare(Request.se(noisy)).max_new == sampler.prepare(
+        Request.vc(noisy, _codes(20, 6))
+    ).max_new

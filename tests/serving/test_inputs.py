@@ -69,3 +69,18 @@ def test_builder_encodes_sources_and_references_with_the_codec(tiny_codec):
     rows = RequestBuilder(tiny_codec, lambda wav, frames: np.zeros((frames, 3), np.float32))
     vc = rows.build("vc", source_wav=src, reference_wav=ref)
     assert vc.source_features.shape == (50, 3) and vc.reference_features.shape == (100, 3)
+
+
+def test_builder_keeps_every_layer_of_an_se_source(tiny_codec):
+    """SE's noisy source is the LM's input (RVQ-1) and the acoustic voice prompt (all)."""
+    builder = RequestBuilder(tiny_codec, lambda wav, frames: np.ones((frames, 3), np.float32))
+    se = builder.build("se", source_wav=clip(1.0, 2), id="n", seed=4)
+    assert se.task == "se" and se.source.shape == (tiny_codec.n_q, 50) and se.seed == 4
+    assert se.voice_prompt is se.source and se.reference is None
+    assert se.source_features.shape == (50, 3)
+    asr = builder.build("asr", source_wav=clip(1.0, 2))
+    np.testing.assert_array_equal(se.source[:1], asr.source)
+
+
+def test_se_sources_are_limited_like_vc_ones(limits):
+    assert limits.max_source_seconds("se") == pytest.approx(limits.max_source_seconds("vc"))

@@ -10,7 +10,6 @@ import pytest
 
 from gpa_jax.tasks import layout, make_batches, planning
 from gpa_jax.tasks import tasks as tasks_lib
-from gpa_jax.tasks.config import TASK_NAMES
 from gpa_jax.tasks.feature_converter import AUDIO_FRAMES, INPUT_FRAMES, TASK_IDS
 from gpa_jax.training.data_iter import (
     AUDIO_FEATURES_KEY,
@@ -102,7 +101,7 @@ def test_input_frame_segments_mirror_input_segments(vocab):
 def test_examples_name_the_bank_frame_of_every_audio_input(feature_corpus, vocab, ref_layers):
     handle = _register(feature_corpus[0], vocab, f"test_feat_l{ref_layers}", ref_layers=ref_layers)
     bank = handle.sources["tts"].bank("train")
-    for task in TASK_NAMES:
+    for task in handle.sources:  # the tasks registered: SE is opt-in (test_se_task)
         source = handle.sources[task]
         rows, _ = source.plan("train")
         examples = list(source.get_dataset("train", shuffle=False).as_numpy_iterator())
@@ -159,7 +158,8 @@ def test_batches_point_each_audio_input_position_at_its_frame(feature_tasks, voc
             else:
                 assert not feats[r, i].any()
         assert not mask[b["decoder_segment_ids"] == 0].any()  # padding
-    assert covered == set(TASK_IDS.values())  # ASR sources, TTS / VC references, VC sources
+    # ASR sources, TTS / VC references, VC sources
+    assert covered == {TASK_IDS[t] for t in feature_tasks.sources}
 
 
 def test_features_off_leaves_the_batches_unchanged(feature_tasks, feature_corpus, vocab):

@@ -206,11 +206,11 @@ def test_registry_names_and_mismatched_codebook(registered, parallel_corpus):
 
 def test_tasks_config_rejects_unknown_and_inconsistent_fields():
     config = small_config()
-    assert config.rates.to_dict() == {"tts": 0.4, "asr": 0.3, "vc": 0.3}
+    assert config.rates.to_dict() == {"tts": 0.4, "asr": 0.3, "vc": 0.3, "se": 0.0}
     with pytest.raises(ValueError, match="unknown tasks keys"):
         small_config(seq_len=5)
-    with pytest.raises(ValueError, match=r"unknown tasks.rates keys \['se'\]"):
-        small_config(rates=dict(se=1.0))
+    with pytest.raises(ValueError, match=r"unknown tasks.rates keys \['s2tt'\]"):
+        small_config(rates=dict(s2tt=1.0))
     with pytest.raises(ValueError, match="ref_layers=2 needs"):
         small_config(ref_layers=2, vocab=dict(audio_streams=1))
 

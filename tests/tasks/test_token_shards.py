@@ -328,3 +328,76 @@ def test_tokenization_resume_check_on_gs(fake_gcs):
     assert split_is_complete(directory, "train")
     paths.atomic_write_text(f"{directory}/train-00001-of-00002.array_record", b"rewritten")
     assert not split_is_complete(directory, "train")  # checksum mismatch
+
+
+NOISY = {"seed": 0, "snr_db": [0.0, 15.0], "kinds": ["white", "babble"], "babble_talkers": 3,
+         "babble_ids": ["u1"]}  # fmt: skip
+
+
+def test_noisy_inputs_round_trip_frame_for_frame_with_the_manifest_entry(tmp_path):
+    rng = np.random.default_rng(5)
+    utts = _utts(5, rng)
+    noisy, feats = [], []
+    with ts.ShardWriter(str(tmp_path), "train", n_q=3, codebook_size=50, frame_rate=50,
+                        records_per_shard=2, features=FEATURES, noisy=NOISY) as writer:  # fmt: skip
+        for i, utt in enumerate(utts):
+            frames = utt[3].shape[1]
+            f = rng.standard_normal((frames, 6)).astype(np.float16)
+            n = ts.NoisyInput(rng.integers(0, 50, utt[3].shape), 1.5 * i, "white",
+                              rng.standard_normal((frames, 6)).astype(np.float16))  # fmt: skip
+            writer.write(*utt, features=f, noisy=n)
+            noisy.append(n)
+            feats.append(f)
+    _write(str(tmp_path), "validation", _utts(2, rng))  # no noisy inputs, same directory
+    manifest = ts.read_manifest(str(tmp_path), verify=True)
+    assert ts.split_noisy(manifest, "train") == NOISY
+    assert ts.split_noisy(manifest, "validation") is None
+    source = ts.UtteranceSource(str(tmp_path), "train")
+    for i, got in enumerate(ts.iter_utterances(str(tmp_path), "train")):
+        want = noisy[i]
+        np.testing.assert_array_equal(got.noisy.codes, want.codes)
+        np.testing.assert_array_equal(got.noisy.features, want.features)
+        np.testing.assert_array_equal(got.features, feats[i])  # the clean rows stay the clean ones
+        assert got.noisy.snr_db == want.snr_db and got.noisy.kind == "white"
+        np.testing.assert_array_equal(source[i].noisy.codes, want.codes)
+    source.close()
+    assert all(u.noisy is None for u in ts.iter_utterances(str(tmp_path), "validation"))
+
+
+def test_writer_checks_noisy_inputs(tmp_path):
+    writer = ts.ShardWriter(str(tmp_path), "train", n_q=2, codebook_size=8, frame_rate=50,
+                            noisy=NOISY)  # fmt: skip
+    codes = np.zeros((2, 4), np.int64)
+    with pytest.raises(ValueError, match="noisy input missing"):
+        writer.write("x", "s", "text", codes)
+    with pytest.raises(ValueError, match=r"x \(noisy input\): codes int64 \(2, 3\), expected"):
+        writer.write("x", "s", "text", codes, noisy=ts.NoisyInput(np.zeros((2, 3), np.int64), 5, "white"))
+    with pytest.raises(ValueError, match=r"SNR 16.0 dB outside the split's \[0.0, 15.0\]"):
+        writer.write("x", "s", "text", codes, noisy=ts.NoisyInput(codes, 16.0, "white"))
+    with pytest.raises(ValueError, match=r"noisy input\): codes span \[0, 9\]"):
+        writer.write("x", "s", "text", codes, noisy=ts.NoisyInput(codes + np.arange(4) * 3, 5, "pink"))
+    with pytest.raises(ValueError, match="features must be given exactly when"):
+        writer.write("x", "s", "text", codes, noisy=ts.NoisyInput(codes, 5, "pink", np.zeros((4, 6))))
+    writer.abort()
+    plain = ts.ShardWriter(str(tmp_path), "train", n_q=2, codebook_size=8, frame_rate=50)
+    with pytest.raises(ValueError, match="noisy input given"):
+        plain.write("x", "s", "text", codes, noisy=ts.NoisyInput(codes, 5, "white"))
+    plain.abort()
+
+
+def test_a_record_without_the_noisy_input_its_split_lists_is_named(tmp_path):
+    codes = np.zeros((2, 3), np.int16)
+    good = ts.encode_record(ts.Utterance("a", "s", "hi", codes, None, ts.NoisyInput(codes, 3.0, "pink")), np.int16)
+    bare = ts.encode_record(ts.Utterance("b", "s", "hi", codes), np.int16)
+    name = _raw_split(tmp_path, [good, bare])
+    manifest = ts.read_manifest(str(tmp_path))
+    manifest["splits"]["train"]["noisy"] = NOISY
+    ts.write_manifest(str(tmp_path), manifest)
+    utts = ts.iter_utterances(str(tmp_path), "train")
+    assert next(utts).noisy.kind == "pink"
+    with pytest.raises(ts.ShardError, match=rf"{name}: record 1: record lacks a noisy input"):
+        next(utts)
+    torn = msgpack.unpackb(good)
+    torn["noisy"]["codes"] = torn["noisy"]["codes"][:-2]
+    with pytest.raises(ts.ShardError, match=r"where: bad noisy input \(5 noisy codes"):
+        ts.decode_record(msgpack.packb(torn, use_bin_type=True), "where")

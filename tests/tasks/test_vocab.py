@@ -50,8 +50,9 @@ def test_id_layout_and_sizes():
     assert v.vocab_size % 128 == 0 and v.used_size <= v.vocab_size < v.used_size + 128
     with pytest.raises(ValueError, match="not in this vocabulary"):
         v.audio_range(8)
+    assert v.task_tag_id("se") == 7 and v.token_id("<|se|>") == 7  # the first reserved tag
     with pytest.raises(KeyError):
-        v.task_tag_id("se")
+        v.task_tag_id("s2tt")
 
 
 def test_byte_text_size_is_seqios():
