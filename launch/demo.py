@@ -24,7 +24,9 @@ tfds/, codec/, tokens/, spm/, checkpoints/ + tensorboard/ (the LM), acoustic/<va
 eval/results.{md,json} and samples/<task>/ (wavs + manifest.jsonl).
 
 A finished stage writes demo/<stage>.done (atomically, after all its outputs) and updates
-timings.json (seconds per finished stage and their sum); a rerun
+timings.json (seconds per finished stage and their sum). A stage stopped part-way (signal
+or error) keeps its seconds so far in demo/<stage>.partial, and the resumed run adds them
+to the stage's time, so timings.json holds a stage's whole cost over its invocations. A rerun
 skips stages marked done for the same size (--quick or not), and --from_stage=X reruns X
 and every later stage. SIGTERM / Ctrl-C stop the demo in the stage it is in, with status
 143 / 130 (`gpa_jax.preemption`): training stages save a checkpoint first, the others keep
@@ -204,6 +206,22 @@ def marker_path(workdir: str, stage: str) -> str:
     return os.path.join(workdir, "demo", f"{stage}.done")
 
 
+def partial_path(workdir: str, stage: str) -> str:
+    """demo/<stage>.partial: seconds spent in a stage by invocations stopped before it finished."""
+    return os.path.join(workdir, "demo", f"{stage}.partial")
+
+
+def _partial_seconds(workdir: str, stage: str, quick: bool) -> float:
+    path = partial_path(workdir, stage)
+    if not paths.isfile(path):
+        return 0.0
+    try:
+        partial = paths.read_json(path)
+    except ValueError:  # written atomically; unreadable means not ours
+        return 0.0
+    return float(partial["seconds"]) if partial.get("quick") == quick else 0.0
+
+
 def _marker(workdir: str, stage: str, quick: bool) -> dict | None:
     """The stage's marker if it finished at this size, else None."""
 
@@ -255,19 +273,27 @@ def main(argv):
                 print(f"{head}: done earlier, skipped ({marker_path(workdir, name)})", flush=True)
                 continue
             start = time.time()
+            earlier = _partial_seconds(workdir, name, quick)
             print(head, flush=True)
+            paths.makedirs(os.path.dirname(marker_path(workdir, name)))
             try:
                 stages[name]()
-            except preemption.Preempted as stopped:
-                print(f"{head} stopped by {preemption.signal_name(stopped.signum)}; rerun the "
-                      f"same command to resume at this stage", flush=True)  # fmt: skip
+            except BaseException as stopped:
+                # A resumed run reuses this invocation's work (checkpoints, finished
+                # splits), so its time belongs to the stage's cost.
+                paths.atomic_write_json(partial_path(workdir, name),
+                                        {"quick": quick, "seconds": round(earlier + time.time() - start, 1)})  # fmt: skip
+                if isinstance(stopped, preemption.Preempted):
+                    print(f"{head} stopped by {preemption.signal_name(stopped.signum)}; rerun the "
+                          f"same command to resume at this stage", flush=True)  # fmt: skip
                 raise
-            seconds = time.time() - start
+            seconds = earlier + time.time() - start
             # The stage's outputs are complete: record it, whole or not at all.
-            paths.makedirs(os.path.dirname(marker_path(workdir, name)))
             paths.atomic_write_json(marker_path(workdir, name), {"quick": quick, "seconds": round(seconds, 1)})
+            paths.remove(partial_path(workdir, name))
             write_timings(workdir, quick)
-            print(f"{head} done in {seconds:.1f} s", flush=True)
+            resumed = f" ({earlier:.1f} s of it in earlier, stopped runs)" if earlier else ""
+            print(f"{head} done in {seconds:.1f} s{resumed}", flush=True)
     print(f"demo finished in {time.time() - total:.1f} s; artefacts under {workdir}")
     if "evaluate" in chosen:
         print(f"results: {os.path.join(workdir, 'eval', 'results.md')}; samples: {os.path.join(workdir, 'samples')}")

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_demo_stops_in_a_training_stage_and_resumes_it(quick_demo, compile_cache
     had finished; the same command resumes the stage from the saved checkpoint."""
     import shutil
 
-    from launch.demo import marker_path
+    from launch.demo import marker_path, partial_path
 
     finished, _ = quick_demo
     workdir = str(tmp_path / "demo")
@@ -121,6 +122,8 @@ def test_demo_stops_in_a_training_stage_and_resumes_it(quick_demo, compile_cache
     assert 2 <= step < steps
     assert not os.path.exists(marker_path(workdir, stage))
     assert "demo finished" not in out and "Traceback" not in out
+    stopped_seconds = json.loads(Path(partial_path(workdir, stage)).read_text())["seconds"]
+    assert stopped_seconds > 0
 
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
                            check=False)  # fmt: skip
@@ -128,6 +131,10 @@ def test_demo_stops_in_a_training_stage_and_resumes_it(quick_demo, compile_cache
     assert rerun.returncode == 0, again[-3000:]
     assert f"resumed from checkpoint {step}" in again, again[-3000:]
     assert f"== [1/1] {stage} done in" in again and os.path.exists(marker_path(workdir, stage))
+    # The stage's time counts both invocations: timings.json shows its whole cost.
+    assert f"({stopped_seconds:.1f} s of it in earlier, stopped runs)" in again, again[-3000:]
+    assert json.loads(Path(marker_path(workdir, stage)).read_text())["seconds"] > stopped_seconds
+    assert not os.path.exists(partial_path(workdir, stage))
 
 
 def test_corpus_build_stops_and_the_rerun_builds_it(compile_cache, tmp_path):
