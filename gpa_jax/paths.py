@@ -61,6 +61,11 @@ def tfds_dir(workdir: str) -> str:
     return os.path.join(workdir, "tfds")
 
 
+def acoustic_eval_dir(workdir: str, split: str = "test") -> str:
+    """Where the acoustic stages' evaluation of `split` goes (launch.eval_acoustic, the demo)."""
+    return os.path.join(workdir, "eval", "acoustic", split)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> None:
     """Writes `text` (str or bytes) to `path` all at once: a temporary file in the same
     folder, then a rename.

@@ -167,7 +167,7 @@ def _stages(workdir: str, quick: bool):
         variants = ("nar", "vocoder")
         result = acoustic_stages.evaluate_stages(
             token_dir(), {v: os.path.join(workdir, "acoustic", v) for v in variants},
-            out_dir=os.path.join(workdir, "eval", "acoustic"), data_dir=paths.tfds_dir(workdir),
+            out_dir=paths.acoustic_eval_dir(workdir), data_dir=paths.tfds_dir(workdir),
             config_kwargs={v: {"overrides": acoustic_overrides} for v in variants},
             **({"num_utterances": 4} if quick else {}),
         )

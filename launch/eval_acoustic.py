@@ -9,14 +9,13 @@
 Each stage is a config (path[:arg], the one it was trained with; `--nar_override` /
 `--vocoder_override` take key=value overrides, repeatable) and its training workdir.
 Original audio comes from the TFDS corpus named in the token manifest, in --data_dir
-(default <workdir>/tfds). Writes <workdir>/eval_acoustic/<split>/results.{json,md} and a
+(default <workdir>/tfds). Writes <workdir>/eval/acoustic/<split>/results.{json,md} and a
 few wavs under samples/; the last stdout line is the results as one JSON object.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 
@@ -77,7 +76,7 @@ def main(argv):
         raise app.UsageError(
             "give --nar_config/--nar_workdir and/or --vocoder_config/--vocoder_workdir"
         )
-    out_dir = os.path.join(workdir, "eval_acoustic", _SPLIT.value)
+    out_dir = paths.acoustic_eval_dir(workdir, _SPLIT.value)
     result = evaluate.run(
         specs,
         split=_SPLIT.value,

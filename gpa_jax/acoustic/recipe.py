@@ -8,7 +8,7 @@ stages against the bounds sits above them, in `gpa_jax.evaluation.acoustic_stage
     voc = recipe.train_stage("vocoder", tokens, "<workdir>/acoustic/vocoder")
     result = acoustic_stages.evaluate_stages(
         tokens, {"nar": "<workdir>/acoustic/nar", "vocoder": "<workdir>/acoustic/vocoder"},
-        out_dir="<workdir>/eval_acoustic/test", data_dir="<workdir>/tfds")
+        out_dir="<workdir>/eval/acoustic/test", data_dir="<workdir>/tfds")
     print(acoustic_stages.format_table(result))
 
 Each call is the same as the command line (`python -m launch.train

@@ -34,6 +34,8 @@ def test_quick_demo_runs_every_stage(quick_demo):
     assert (workdir / "codec" / "curves.png").stat().st_size > 0
     assert "| step |" in (workdir / "codec" / "curves.md").read_text()
     assert (workdir / "tokens" / "synthetic_speech" / "tiny" / "manifest.json").is_file()
+    # The acoustic stages' evaluation where launch.eval_acoustic writes it too.
+    assert (workdir / "eval" / "acoustic" / "test" / "results.json").is_file()
 
 
 def test_quick_demo_evaluation_outputs(quick_demo):
