@@ -1,6 +1,7 @@
 """The sweep runner end to end: two real (tiny) training runs, gathered into one table."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -278,3 +279,16 @@ def test_evaluate_step_runs_after_training_and_its_json_fills_the_table(tmp_path
         (tmp_path / "bad.py").write_text("def get_sweep():\n    return dict(name='t', entry='e', "
                                          "config='c', grid={}, metrics=[], evaluate='launch.x')\n")  # fmt: skip
         sweep_lib.load_sweep(str(tmp_path / "bad.py"))
+
+
+SHIPPED_SWEEPS = sorted(n for n in os.listdir(os.path.join(REPO, "configs", "sweeps")) if n.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_SWEEPS)
+def test_every_shipped_sweep_expands_against_its_config(name):
+    """Each sweep file under configs/sweeps loads and every grid point is a valid override
+    set of its config (expand refuses unknown keys and mistyped values)."""
+    sweep = sweep_lib.load_sweep(os.path.join(REPO, "configs", "sweeps", name))
+    sweep["config"] = os.path.join(REPO, sweep["config"])
+    runs = sweep_lib.expand(sweep, "W")
+    assert len(runs) == math.prod(len(v) for v in sweep["grid"].values()) > 1
