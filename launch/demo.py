@@ -26,7 +26,8 @@ eval/results.{md,json} and samples/<task>/ (wavs + manifest.jsonl).
 A finished stage writes demo/<stage>.done (atomically, after all its outputs) and updates
 timings.json (seconds per finished stage and their sum). A stage stopped part-way (signal
 or error) keeps its seconds so far in demo/<stage>.partial, and the resumed run adds them
-to the stage's time, so timings.json holds a stage's whole cost over its invocations. A rerun
+to the stage's time, so timings.json holds a stage's whole cost over its invocations
+(--from_stage keeps them: the rerun stage reuses what the stopped one made). A rerun
 skips stages marked done for the same size (--quick or not), and --from_stage=X reruns X
 and every later stage. SIGTERM / Ctrl-C stop the demo in the stage it is in, with status
 143 / 130 (`gpa_jax.preemption`): training stages save a checkpoint first, the others keep
@@ -36,6 +37,7 @@ resumes at the stopped stage.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -281,8 +283,10 @@ def main(argv):
             except BaseException as stopped:
                 # A resumed run reuses this invocation's work (checkpoints, finished
                 # splits), so its time belongs to the stage's cost.
-                paths.atomic_write_json(partial_path(workdir, name),
-                                        {"quick": quick, "seconds": round(earlier + time.time() - start, 1)})  # fmt: skip
+                # Never in the way of the real error (a full disk, say): the time is lost then.
+                with contextlib.suppress(OSError):
+                    paths.atomic_write_json(partial_path(workdir, name),
+                                            {"quick": quick, "seconds": round(earlier + time.time() - start, 1)})  # fmt: skip
                 if isinstance(stopped, preemption.Preempted):
                     print(f"{head} stopped by {preemption.signal_name(stopped.signum)}; rerun the "
                           f"same command to resume at this stage", flush=True)  # fmt: skip
