@@ -24,12 +24,15 @@ nothing of this runs and the shards are as before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
 
 from gpa_jax import preemption
+
+if TYPE_CHECKING:
+    from gpa_jax.audio.noise import NoiseSettings
 
 # config.data.token_features: what the token shards carry per codec frame besides codes,
 # the LM's continuous audio input (model.audio_input="continuous"):
@@ -114,7 +117,7 @@ def corpus_splits(corpus: str, data_dir: str | None) -> dict[str, int]:
     return {name: int(info.num_examples) for name, info in builder.info.splits.items()}
 
 
-def noise_settings(config: ml_collections.ConfigDict) -> Any:
+def noise_settings(config: ml_collections.ConfigDict) -> NoiseSettings | None:
     """The `gpa_jax.audio.noise.NoiseSettings` of config.data's noisy inputs, None = off."""
     data = config.data
     if not bool(data.get("noisy_inputs", False)):
@@ -127,14 +130,14 @@ def noise_settings(config: ml_collections.ConfigDict) -> Any:
 
 
 def split_is_complete(
-    out_dir: str, split: str, token_features: str = "", noisy_inputs: Any = None
+    out_dir: str, split: str, token_features: str = "", noise: NoiseSettings | None = None
 ) -> bool:
     """True when the manifest lists `split` as finished and its shards match their sha256.
 
     With `token_features` (config.data.token_features) the split must also carry features
     of that kind: a split tokenized without them is unfinished (it is retokenized, said in
     a log line). A split with features where none are asked for is complete (the tasks
-    read features only when asked). Likewise with `noisy_inputs` (`noise_settings`): the
+    read features only when asked). Likewise with `noise` (`noise_settings`): the
     split must carry noisy inputs made with those settings.
     """
     import hashlib
@@ -164,9 +167,9 @@ def split_is_complete(
                 token_features,
             )
             return False
-    if noisy_inputs is not None:
+    if noise is not None:
         have = token_shards.split_noisy(manifest, split) or {}
-        want = noisy_inputs.as_dict()
+        want = noise.as_dict()
         if {k: have.get(k) for k in want} != want:
             logging.info(
                 "tokenize: split %s in %s has noisy inputs %s, not %s: retokenizing it",
@@ -206,11 +209,11 @@ def tokenize_split(
     max_bad_fraction: float | None = None,
     token_features: str = "",
     teacher: Any = None,
-    noisy_inputs: Any = None,
+    noise: NoiseSettings | None = None,
 ) -> dict[str, Any]:
     """Encodes one split into ArrayRecord token shards; bad records are skipped and counted.
 
-    `noisy_inputs` (`noise_settings`, None = off): each record also carries its SE noisy
+    `noise` (`noise_settings`, None = off): each record also carries its SE noisy
     input (module docstring).
 
     `token_features` (see `TOKEN_FEATURES`): per-frame features stored with each
@@ -256,7 +259,7 @@ def tokenize_split(
         max_bad_fraction=max_bad_fraction,
     )
     pool_clips, noisy_spec = None, None
-    if noisy_inputs is not None:
+    if noise is not None:
         from gpa_jax.audio.noise import BABBLE_POOL, BabblePool
 
         # Babble is made of the split's first utterances (corpus order; module docstring).
@@ -264,15 +267,15 @@ def tokenize_split(
         pool_clips = BabblePool.from_clips(
             [e["id"] for e in head], [e["speaker"] for e in head], [e["audio"] for e in head]
         )
-        noisy_spec = {**noisy_inputs.as_dict(), "babble_ids": list(pool_clips.ids)}
+        noisy_spec = {**noise.as_dict(), "babble_ids": list(pool_clips.ids)}
         examples = itertools.chain(head, examples)
 
-    def _noisy_inputs(group, codes, babble, settings, size):
+    def _noisy_inputs(group, codes):
         """The group's noisy inputs: mixtures encoded in one batch like the clean clips."""
         from gpa_jax.audio.noise import make_noisy
 
-        made = [make_noisy(e["audio"], e["id"], e["speaker"], babble, settings) for e in group]
-        wavs = [m.wav for m in made] + [np.zeros(1, np.float32)] * (size - len(made))
+        made = [make_noisy(e["audio"], e["id"], e["speaker"], pool_clips, noise) for e in group]
+        wavs = [m.wav for m in made] + [np.zeros(1, np.float32)] * (batch_size - len(made))
         noisy_codes = api.encode_batch(codec, wavs, codec.sample_rate, bucket_frames=bucket_frames)
         out = []
         for example, m, clean, c in zip(group, made, codes, noisy_codes, strict=False):
@@ -295,8 +298,8 @@ def tokenize_split(
             wavs += [np.zeros(1, np.float32)] * (batch_size - len(wavs))
             codes = api.encode_batch(codec, wavs, codec.sample_rate, bucket_frames=bucket_frames)
             noisy = [None] * len(group)
-            if noisy_inputs is not None:
-                noisy = _noisy_inputs(group, codes, pool_clips, noisy_inputs, batch_size)
+            if noise is not None:
+                noisy = _noisy_inputs(group, codes)
             for example, c, n in zip(group, codes, noisy, strict=False):
                 feats = None
                 if featurizer.spec is not None:
@@ -346,12 +349,12 @@ def tokenize_corpus(
     splits: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
     token_features: str = "",
-    noisy_inputs: Any = None,
+    noise: NoiseSettings | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
     """Tokenizes every (or the named) split of `corpus`; finished splits are skipped.
 
-    `noisy_inputs` (`noise_settings`, None = off): records carry SE noisy inputs; a
+    `noise` (`noise_settings`, None = off): records carry SE noisy inputs; a
     finished split without them (or made otherwise) is redone.
 
     `token_features` (`TOKEN_FEATURES`, config.data.token_features): per-frame features
@@ -397,7 +400,7 @@ def tokenize_corpus(
     with preemption.watch("tokenization", immediate=True, note=kept):
         for split in wanted:
             current.append(split)
-            if split_is_complete(out_dir, split, token_features, noisy_inputs):
+            if split_is_complete(out_dir, split, token_features, noise):
                 entry = token_shards.read_manifest(out_dir)["splits"][split]
                 results[split] = {"status": "skipped", **entry}
                 continue
@@ -410,7 +413,7 @@ def tokenize_corpus(
                 metadata=metadata,
                 total=available[split],
                 token_features=token_features,
-                noisy_inputs=noisy_inputs,
+                noise=noise,
                 **kwargs,
             )
             results[split] = {"status": "written", **entry}
@@ -471,6 +474,6 @@ def tokenize_workdir(
         metadata={"codec_checkpoint": checkpoint_dir, "codec_step": step, "corpus": corpus},
         max_seconds=config.data.max_seconds if max_seconds is None else max_seconds,
         token_features=token_features,
-        noisy_inputs=noisy,
+        noise=noisy,
         **kwargs,
     )

@@ -205,7 +205,7 @@ def test_noisy_inputs_are_opt_in_deterministic_and_rebuildable(tiny_workdir, tmp
     settings = noise.NoiseSettings(seed=5, snr_db=(2.0, 12.0))
     out = str(tmp_path / "tokens")
     kw = dict(data_dir=data_dir, splits=["validation"], token_features="log_mel", **KWARGS)
-    first = tokenization.tokenize_corpus(codec, CORPUS, out, noisy_inputs=settings, **kw)
+    first = tokenization.tokenize_corpus(codec, CORPUS, out, noise=settings, **kw)
     spec = read_manifest(out)["splits"]["validation"]["noisy"]
     assert first["validation"]["noisy"] == spec
     assert {k: spec[k] for k in settings.as_dict()} == settings.as_dict()
@@ -234,7 +234,7 @@ def test_noisy_inputs_are_opt_in_deterministic_and_rebuildable(tiny_workdir, tmp
     other = noise.NoiseSettings(seed=6, snr_db=(2.0, 12.0))
     assert not tokenization.split_is_complete(out, "validation", "log_mel", other)
     again = tokenization.tokenize_corpus(codec, CORPUS, str(tmp_path / "again"),
-                                         noisy_inputs=settings, **kw)  # fmt: skip
+                                         noise=settings, **kw)  # fmt: skip
     assert again["validation"]["noisy"] == spec
     for a, b in zip(utts, iter_utterances(str(tmp_path / "again"), "validation"), strict=True):
         np.testing.assert_array_equal(a.noisy.codes, b.noisy.codes)

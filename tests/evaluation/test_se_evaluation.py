@@ -33,7 +33,7 @@ def chain(tiny_workdir, tmp_path_factory):  # noqa: F811
     token_dir = str(tmp_path_factory.mktemp("se_tokens"))
     tfds = paths.tfds_dir(workdir)
     tokenization.tokenize_corpus(codec, CORPUS, token_dir, data_dir=tfds, splits=["validation"],
-                                 noisy_inputs=NoiseSettings(seed=1), batch_size=8,
+                                 noise=NoiseSettings(seed=1), batch_size=8,
                                  bucket_frames=300, progress=False)  # fmt: skip
     vocab = SpeechVocabulary(seqio.ByteVocabulary(), num_audio_streams=codec.n_q,
                              codebook_size=codec.codebook_size)  # fmt: skip
