@@ -23,7 +23,7 @@ length, data.prompt_max_frames, when longer), and a --ref shorter than the LM co
 tasks.ref_min_frames is refused (--allow_short_ref serves it with a warning). These and a
 request the sampler rejects (empty text, ...) exit with status 2 and the reason.
 
---stream (tts, vc): the audio is made chunk by chunk while the LM generates
+--stream (tts, vc, se): the audio is made chunk by chunk while the LM generates
 (`gpa_jax.sampling.streaming`); each chunk is logged with its time since the request, the
 first one being the time to first chunk, and the chunks are joined into --out.
 """
@@ -47,7 +47,7 @@ _TEXT = flags.DEFINE_string("text", None, "Text to speak (tts).")
 _OUT = flags.DEFINE_string("out", "sample.wav", "Output wav (tts, vc, se); its folder is created.")
 _ACOUSTIC = flags.DEFINE_enum("acoustic", "nar", ["nar", "vocoder"], "Acoustic stage.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (tts, vc).")
-_STREAM = flags.DEFINE_bool("stream", False, "tts/vc: synthesize in chunks as tokens arrive.")
+_STREAM = flags.DEFINE_bool("stream", False, "tts/vc/se: synthesize in chunks as tokens arrive.")
 _SHORT_REF = flags.DEFINE_bool(
     "allow_short_ref", False,
     "Serve a --ref shorter than the LM's tasks.ref_min_frames (with a warning) instead of "
@@ -64,8 +64,8 @@ def main(argv):
     missing = [f"--{n}" for n in needs if not given[n]]
     if missing:
         raise app.UsageError(f"--task={task} needs {' and '.join(missing)}")
-    if task == "se" and _STREAM.value:
-        raise app.UsageError("--stream serves tts and vc; --task=se makes the whole clip")
+    if task == "asr" and _STREAM.value:
+        raise app.UsageError("--stream makes audio (tts, vc, se); --task=asr prints a transcript")
 
     # Everything that can be checked without a model is checked first, in seconds: the
     # work dir, the output folder, the input files' headers and lengths.
@@ -133,7 +133,7 @@ def main(argv):
         request = builder.build("tts", text=_TEXT.value, id="tts", seed=_SEED.value, **inputs)
     else:
         request = builder.build(task, id=_AUDIO.value, seed=_SEED.value, **inputs)
-    if _STREAM.value and task != "asr":
+    if _STREAM.value:
         _stream(models, request)
         return
     (result,) = models.sampler.generate([request])

@@ -1,4 +1,4 @@
-"""Streaming TTS/VC: audio in chunks while the LM is still generating.
+"""Streaming TTS/VC/SE: audio in chunks while the LM is still generating.
 
     for chunk in stream_audio(sampler, codec, [Request.tts("hello there", ref)]):
         play(chunk.wav)          # chunk.start: its first sample's offset in the utterance
@@ -43,6 +43,10 @@ from absl import logging
 
 from gpa_jax.sampling.decode import EOS_ID, PAD_ID, chunk_schedule
 from gpa_jax.sampling.sampler import Request, RequestError, Sampler
+
+# The tasks whose output is speech. Each window is rendered from the request's voice
+# prompt (`Request.voice_prompt`): the reference for TTS / VC, SE's noisy input itself.
+AUDIO_TASKS = ("tts", "vc", "se")
 
 Synthesize = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 DEFAULT_CHUNK_FRAMES = 25  # 0.5 s at 50 Hz
@@ -117,7 +121,7 @@ def synthesizer(codec, stage=None) -> Synthesize:
 
 @dataclasses.dataclass(eq=False)
 class AudioStream:
-    """One TTS/VC request's audio as its RVQ-1 frames arrive (module docstring's windows).
+    """One TTS/VC/SE request's audio as its RVQ-1 frames arrive (module docstring's windows).
 
     With `sizes` (a `chunk_schedule`) it is `due` for a window once that many new frames
     have come; without, only when it is finished (one window: the whole utterance)."""
@@ -176,7 +180,7 @@ def stream_audio(
     overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
     synthesize: Synthesize | None = None,
 ) -> Iterator[AudioChunk]:
-    """Yields AudioChunks of TTS/VC `requests` as they are generated (module docstring).
+    """Yields AudioChunks of TTS/VC/SE `requests` as they are generated (module docstring).
     Requests are served in batches of sampling.max_batch, in the order given. `synthesize`
     defaults to `synthesizer(codec, sampler.acoustic)`."""
     max_chunk_frames = _check_options(chunk_frames, chunk_growth, max_chunk_frames,
@@ -187,8 +191,8 @@ def stream_audio(
     prepared = []
     for i, request in enumerate(requests):
         try:
-            if request.task not in ("tts", "vc"):
-                raise RequestError(f"streaming serves tts and vc, not {request.task!r}")
+            if request.task not in AUDIO_TASKS:
+                raise RequestError(f"streaming serves {', '.join(AUDIO_TASKS)}, not {request.task!r}")
             prepared.append(sampler.prepare(request, i))
         except RequestError as e:
             logging.warning("request %s rejected: %s", request.id or i, e)
@@ -224,7 +228,7 @@ def _synthesize_rows(rows, synthesize, hop, context_frames) -> Iterator[AudioChu
     try:
         wavs = synthesize(
             [np.asarray(r.frames[w0:], np.int32) for r, w0 in items],
-            [np.asarray(r.request.reference) for r, _ in items],
+            [np.asarray(r.request.voice_prompt) for r, _ in items],
         ) if items else []  # fmt: skip
     except Exception as e:  # noqa: BLE001  (reported on the rows it hit)
         logging.warning("streaming synthesis failed: %s", e)
@@ -251,7 +255,7 @@ def _synthesize_rows(rows, synthesize, hop, context_frames) -> Iterator[AudioChu
 
 
 class EngineAudio:
-    """Audio of the TTS/VC requests an `Engine` serves, each on its own chunk schedule.
+    """Audio of the TTS/VC/SE requests an `Engine` serves, each on its own chunk schedule.
 
         audio = EngineAudio(engine, codec)
         ticket = engine.submit(Request.tts("hello", ref))
@@ -288,9 +292,9 @@ class EngineAudio:
         self._streams: dict[int, tuple[Any, AudioStream]] = {}  # ticket serial -> stream
 
     def track(self, ticket, stream: bool = True) -> None:
-        """Makes audio for `ticket` (a tts/vc request): in chunks, or at its end."""
-        if ticket.request.task not in ("tts", "vc"):
-            raise RequestError(f"audio is made for tts and vc, not {ticket.request.task!r}")
+        """Makes audio for `ticket` (a tts/vc/se request): in chunks, or at its end."""
+        if ticket.request.task not in AUDIO_TASKS:
+            raise RequestError(f"audio is made for {', '.join(AUDIO_TASKS)}, not {ticket.request.task!r}")
         sizes = None
         if stream:
             sizes = chunk_schedule(self.chunk_frames, self.chunk_growth, self.max_chunk_frames)
@@ -317,7 +321,7 @@ class EngineAudio:
 
 
 def stream_engine_audio(engine, codec, requests: Sequence[Request], **options) -> Iterator[AudioChunk]:
-    """`stream_audio` through continuous batching: submits the TTS/VC `requests` as the
+    """`stream_audio` through continuous batching: submits the TTS/VC/SE `requests` as the
     engine's queue allows, steps it until they are done, and yields each request's
     AudioChunks as they come (`index`: its position in `requests`). `options`: EngineAudio's."""
     audio = EngineAudio(engine, codec, **options)
@@ -328,8 +332,8 @@ def stream_engine_audio(engine, codec, requests: Sequence[Request], **options) -
         while pending and engine.waiting < engine.max_queue:
             i, request = pending.popleft()
             try:
-                if request.task not in ("tts", "vc"):
-                    raise RequestError(f"streaming serves tts and vc, not {request.task!r}")
+                if request.task not in AUDIO_TASKS:
+                    raise RequestError(f"streaming serves {', '.join(AUDIO_TASKS)}, not {request.task!r}")
                 ticket = engine.submit(request)
             except RequestError as e:
                 yield AudioChunk(i, request.id, np.zeros(0, np.float32), 0, True,

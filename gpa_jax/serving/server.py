@@ -15,6 +15,8 @@ soundfile reads, resampled to the codec's rate):
         {"text": ...}), text or verbose_json.
   POST /v1/audio/voice_conversion  VC (multipart): `file` (what to say) and the voice as for
         speech; answers audio as speech does.
+  POST /v1/audio/enhancement       SE (multipart): `file` (noisy speech), rendered in its
+        own voice; answers audio as speech does. Only for an LM trained with SE (else 400).
   GET /health (200 ok, 503 while draining), GET /metrics (Prometheus text), GET /v1/models.
 Sampling fields (any task): seed, temperature, top_k, top_p, repetition_penalty,
 max_new_tokens; absent ones take the sampler's defaults for the task. OpenAI's `model`
@@ -78,6 +80,7 @@ FIELDS = {
     "tts": {*_COMMON, *_AUDIO_OUT, "input"},
     "vc": {*_COMMON, *_AUDIO_OUT, "file"},
     "asr": {*_COMMON, "file", "response_format", "language", "prompt"},
+    "se": {*_COMMON, "file", "response_format", "stream", "stream_format", "speed"},
 }
 
 
@@ -621,8 +624,8 @@ async def _reference(fields, uploads: _Uploads, models: ServeModels) -> np.ndarr
 
 async def _source(fields, uploads: _Uploads, models: ServeModels, task: str, reference=None):
     if fields.get("file") in (None, ""):
-        raise HttpError(400, "file: the speech to " + ("transcribe" if task == "asr" else "convert")
-                        + " is required (a multipart file upload)", "file")  # fmt: skip
+        what = {"asr": "transcribe", "vc": "convert", "se": "enhance"}[task]
+        raise HttpError(400, f"file: the speech to {what} is required (a multipart file upload)", "file")
     path = await uploads.path(fields["file"], "file")
     try:
         return await run_in_threadpool(models.limits.load_source, path, "file", task,
@@ -730,6 +733,10 @@ def create_app(models: ServeModels, settings: ServerSettings | None = None) -> F
     async def voice_conversion(request: HttpRequest) -> Response:
         return await run_job("voice_conversion", request, "vc")
 
+    @app.post("/v1/audio/enhancement")
+    async def enhancement(request: HttpRequest) -> Response:
+        return await run_job("enhancement", request, "se")
+
     @app.get("/health")
     async def health() -> JSONResponse:
         engine = server.worker.engine
@@ -765,10 +772,11 @@ async def _parse(fields, task: str, uploads: _Uploads, models: ServeModels):
         if not text or not text.strip():
             raise HttpError(400, "input: the text to speak is required", "input")
         inputs["text"] = text
-    if task in ("tts", "vc"):
+    if task in ("tts", "vc", "se"):
         fmt, stream = _audio_format(fields)
+    if task in ("tts", "vc"):
         inputs["reference_wav"] = await _reference(fields, uploads, models)
-    if task in ("asr", "vc"):
+    if task in ("asr", "vc", "se"):
         inputs["source_wav"] = await _source(fields, uploads, models, task,
                                              inputs.get("reference_wav"))  # fmt: skip
     if task == "asr":

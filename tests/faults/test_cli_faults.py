@@ -57,7 +57,7 @@ def test_flag_errors(tmp_path):
     _user_error(_cli("sample"), "--task")
     _user_error(_cli("sample", "--task=se", "--ref=r.wav"), "--task=se needs --audio")
     _user_error(
-        _cli("sample", "--task=se", "--audio=n.wav", "--stream"), "--stream serves tts and vc"
+        _cli("sample", "--task=asr", "--audio=n.wav", "--stream"), "--stream makes audio (tts, vc, se)"
     )
 
 

@@ -156,3 +156,46 @@ def test_streamed_hybrid_tts_reads_its_reference_rows_and_gives_the_one_shot_aud
     assert len(got) > 1 and all(c.error is None for c in got) and got[-1].final
     wav = np.concatenate([c.wav for c in got])
     np.testing.assert_allclose(wav, np.repeat(one_shot.rvq1 / 100.0, hop), atol=1e-6)
+
+
+def test_streamed_se_renders_with_its_noisy_input_as_the_voice_prompt(vocab):  # noqa: F811
+    """SE streams like TTS/VC (the one-shot tokens, contiguous chunks); every window is
+    rendered with the noisy input's codes as the voice prompt, through stream_audio and
+    through continuous batching. An LM not trained for SE refuses it on one chunk."""
+    from gpa_jax.models.config import LMConfig
+    from gpa_jax.sampling import Sampler
+    from gpa_jax.sampling.config import sampling_config
+    from gpa_jax.sampling.engine import Engine
+    from gpa_jax.sampling.streaming import stream_engine_audio
+    from tests.models.helpers import numpy_model
+    from tests.sampling.test_sampler import SE_RATES, _config
+
+    config = _config(vocab.vocab_size)
+    config.tasks.rates = SE_RATES
+    sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab,
+                      sampling=sampling_config(max_batch=2))  # fmt: skip
+    hop = 8
+    prompts = []
+
+    def synth(rvq1s, voice_prompts):
+        prompts.extend(np.asarray(p) for p in voice_prompts)
+        return _local_synth(hop)(rvq1s, voice_prompts)
+
+    noisy = _codes(24, 7)
+    request = Request.se(noisy, id="se", seed=4, max_new_tokens=14)
+    (one_shot,) = sampler.generate([request])
+    codec = types.SimpleNamespace(hop_length=hop)
+    runs = [list(stream_audio(sampler, codec, [request], chunk_frames=4, context_frames=2,
+                              overlap_frames=1, synthesize=synth))]  # fmt: skip
+    engine = Engine(sampler, slots=2, steps_per_call=3)
+    runs.append(list(stream_engine_audio(engine, codec, [request], chunk_frames=4, context_frames=2,
+                                         overlap_frames=1, synthesize=synth)))  # fmt: skip
+    for chunks in runs:
+        assert all(c.error is None for c in chunks) and len(chunks) > 1 and chunks[-1].final
+        assert [c.start for c in chunks] == np.cumsum([0] + [len(c.wav) for c in chunks])[:-1].tolist()
+        wav = np.concatenate([c.wav for c in chunks])
+        np.testing.assert_allclose(wav, np.repeat(one_shot.rvq1 / 100.0, hop), atol=1e-6)
+    assert prompts and all(np.array_equal(p, noisy) for p in prompts)  # every layer, every window
+    untrained = _sampler((_config(vocab.vocab_size), sampler.model), vocab)
+    (refused,) = stream_audio(untrained, codec, [Request.se(noisy, id="x")], synthesize=synth)
+    assert refused.final and "not trained for se" in refused.error

@@ -3,6 +3,7 @@ sampler makes), audio streams, bad input is a 4xx naming the field, overload is 
 shutdown finishes the requests taken."""
 
 import base64
+import dataclasses
 import io
 import socket
 import threading
@@ -123,6 +124,9 @@ BAD = [
      "not one of json, text"),
     ("voice_conversion", {"file": wav_bytes(1.0)}, 400, "voice", "exactly one of"),
     ("voice_conversion", {"file": wav_bytes(1.0), "voice": "alice", "model": ""}, 200, None, ""),
+    ("enhancement", {}, 400, "file", "the speech to enhance is required"),
+    ("enhancement", {"file": wav_bytes(1.0), "voice": "alice"}, 400, "voice", "unknown field 'voice'"),
+    ("enhancement", {"file": wav_bytes(1.0)}, 400, None, "not trained for se"),
 ]  # fmt: skip
 
 
@@ -275,3 +279,34 @@ def test_real_server_streams_chunks_and_drains_on_shutdown(serve_models):
     assert not thread.is_alive() and not app.state.server.worker.thread.is_alive()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=5)
+
+
+def test_enhancement_serves_the_samplers_se_output_in_the_noisy_voice(serve_models, vocab):  # noqa: F811
+    """/v1/audio/enhancement on an LM trained with SE: the whole file is the codec's
+    decoding of the sampler's greedy RVQ-1 for the same noisy clip, with the clip's own
+    codes as the voice prompt; streamed, it is the same length."""
+    from gpa_jax.models.config import LMConfig
+    from gpa_jax.sampling import Sampler
+    from tests.models.helpers import numpy_model
+    from tests.sampling.test_sampler import SE_RATES, _config
+
+    config = _config(vocab.vocab_size)
+    config.tasks.rates = SE_RATES
+    sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab)
+    models = dataclasses.replace(serve_models, sampler=sampler)
+    with TestClient(create_app(models, ServerSettings(**SETTINGS))) as client:
+        noisy = wav_bytes(1.5, seed=5)
+        whole = _form(client, "/v1/audio/enhancement", {"file": noisy}, stream="false",
+                      temperature=0, max_new_tokens=12)  # fmt: skip
+        assert whole.status_code == 200, whole.text
+        audio, rate = sf.read(io.BytesIO(whole.content), dtype="float32")
+        request = models.builder.build("se", source_wav=clip(1.5, seed=5), max_new_tokens=12,
+                                       params=server_lib.SamplingParams())  # fmt: skip
+        (want,) = sampler.generate([request])
+        assert rate == RATE and len(audio) == len(want.rvq1) * HOP > 0
+        decoded = models.synthesize([want.rvq1], [request.source])[0]
+        np.testing.assert_allclose(audio, decoded, atol=2 / 32768)
+        streamed = _form(client, "/v1/audio/enhancement", {"file": noisy}, temperature=0,
+                         max_new_tokens=12)  # fmt: skip
+        assert streamed.content[:44] == wav_header(RATE) and len(streamed.content) == len(whole.content)
+        assert 'gpa_requests_total{endpoint="enhancement",status="200"} 2' in client.get("/metrics").text
