@@ -10,13 +10,16 @@ against the loss of the same output given another row's input:
     asr  transcript | its source audio          vs  | another row's source audio
     tts  target RVQ-1 | its text (+ reference)   vs  | another row's text, same reference
     vc   target RVQ-1 | its source (+ reference) vs  | another row's source, same reference
+    se   clean RVQ-1  | its noisy input          vs  | another row's noisy input
 
 `gain` = mismatched - matched. A model that has learned the task loses much more with the
 wrong input; a gain near 0 means it models the output's prior only (e.g. plausible
 sentences for ASR, plausible speech of the reference voice for TTS) and ignores the
 input, however low its loss. Prompts are the sampler's (`Sampler.prepare`: the training
 layout), so this is the trainer's validation loss split by what the model attends to.
-Rows whose prompt + output do not fit the model are counted and skipped.
+Rows whose prompt + output do not fit the model are counted and skipped. The report
+covers the tasks the LM was trained on (`readable_tasks`): SE only for an LM trained with
+it, on a bank loaded with its noisy inputs.
 """
 
 from __future__ import annotations
@@ -33,8 +36,14 @@ from gpa_jax.tasks import planning
 from gpa_jax.tasks.planning import REF, REF_LEN, REF_START, SRC, TGT
 from gpa_jax.text import normalize_transcript
 
-TASKS = ("asr", "tts", "vc")
+TASKS = ("asr", "tts", "vc", "se")
 BATCH = 8
+
+
+def readable_tasks(sampler, bank: planning.Bank) -> tuple[str, ...]:
+    """The tasks a report can score: those the LM was trained on, SE only when `bank`
+    holds the noisy inputs."""
+    return tuple(t for t in TASKS if t not in sampler.untrained and (t != "se" or bank.has_noisy))
 
 
 @nnx.jit
@@ -94,6 +103,10 @@ def _pairs(sampler, bank, task: str, rows: np.ndarray, cond_rows: np.ndarray):
             request = Request.asr(bank.utterance_codes(int(c[TGT]))[:1],
                                   source_features=bank.utterance_features(int(c[TGT])))  # fmt: skip
             output = vocab.encode(normalize_transcript(bank.texts[r[TGT]]))
+        elif task == "se":
+            request = Request.se(bank.utterance_noisy_codes(int(c[SRC]))[:1],
+                                 source_features=bank.utterance_noisy_features(int(c[SRC])))  # fmt: skip
+            output = vocab.audio_to_ids(bank.utterance_codes(int(r[TGT]))[0], 0)
         else:
             crop = (int(r[REF]), int(r[REF_START]), int(r[REF_LEN]))
             ref, ref_rows = bank.utterance_codes(*crop), bank.utterance_features(*crop)
@@ -112,12 +125,13 @@ def _pairs(sampler, bank, task: str, rows: np.ndarray, cond_rows: np.ndarray):
 
 def conditioning_report(
     sampler, bank: planning.Bank, settings: planning.PlanSettings, *, split: str,
-    num: int = 32, seed: int = 0, tasks: Sequence[str] = TASKS,
+    num: int = 32, seed: int = 0, tasks: Sequence[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """{task: {rows, skipped, nll_matched, nll_mismatched, gain}} (module docstring)."""
+    """{task: {rows, skipped, nll_matched, nll_mismatched, gain}} (module docstring) for
+    `tasks` (default `readable_tasks`)."""
     max_len = int(sampler.max_total_len)
     report: dict[str, Any] = {"split": split}
-    for task in tasks:
+    for task in readable_tasks(sampler, bank) if tasks is None else tasks:
         plan, _ = planning.plan_task(task, bank, settings, seed, split)
         plan = plan[:num]
         # The input of the next row with another text (rows are planned per utterance).
@@ -252,7 +266,8 @@ def report_for_workdir(
     token_dir = resolve_paths(config.tasks, workdir)[0]
     settings = planning.PlanSettings.from_config(config.tasks, int(config.train.seq_len))
     bank = planning.load_bank(token_dir, split, vocab, layers=settings.ref_layers,
-                              features=sampler.cfg.audio_input != "tokens", tts_text=settings.tts_text)  # fmt: skip
+                              features=sampler.cfg.audio_input != "tokens", tts_text=settings.tts_text,
+                              noisy="se" not in sampler.untrained)  # fmt: skip
     report = conditioning_report(sampler, bank, settings, split=split, num=num, seed=seed)
     if asr_rows:
         report["asr_transcripts"] = asr_transcripts(sampler, bank, settings, split=split,

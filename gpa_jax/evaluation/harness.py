@@ -358,7 +358,7 @@ def _evaluate_tasks(
     # Does the LM read its input on these rows' split? (teacher-forced, no generation)
     out["conditioning"] = conditioning.conditioning_report(
         models.sampler, bank, settings, split=split, seed=seed,
-        tasks=[t for t in tasks if t in conditioning.TASKS],
+        tasks=[t for t in conditioning.readable_tasks(models.sampler, bank) if t in tasks],
     )  # fmt: skip
     return out
 
@@ -589,11 +589,14 @@ def load_models(
     speaker_split: str = "train",
     data_dir: str | None = None,
     speaker_utterances: int = 600,
+    stages_workdir: str | None = None,
 ) -> EvalModels:
     """The chain the demo trains in `workdir`: codec (<W>/codec), LM sampler (<W>/checkpoints,
     params only), acoustic stage (<W>/acoustic/<variant>), plus the speaker encoder
     ('resemblyzer' is pretrained; 'lda' / 'mfcc' are fitted on `speaker_split` recordings;
-    "" = none).
+    "" = none). `stages_workdir` (default `workdir`) holds everything but the LM: the
+    corpus, codec, token shards, text vocabulary and acoustic stage, e.g. the work dir of
+    a sweep whose run dirs hold only their LMs.
 
     Defaults: the LM config saved with its checkpoint, configs/codec_tiny.py, and the tiny
     acoustic config of `acoustic_variant` over the LM's token shards. acoustic_variant=None
@@ -611,20 +614,21 @@ def load_models(
     from gpa_jax.training import checkpoint as ckpt_lib
     from gpa_jax.training.data_iter import task_vocabulary
 
+    stages = stages_workdir or workdir
     lm_dir = ckpt_lib.checkpoint_dir(workdir)
     lm_config = config_from_checkpoint(lm_dir) if lm_config is None else lm_config
     if codec_config is None:
         codec_config = config_utils.load_config(os.path.join(recipe.REPO, "configs", "codec_tiny.py"))
     if acoustic_config is None and acoustic_variant is not None:
-        acoustic_config = recipe.stage_config(acoustic_variant, resolve_paths(lm_config.tasks, workdir)[0])
-    codec, _ = codec_train.restore_codec(codec_config, codec_train.checkpoint_dir(workdir))
-    vocab = task_vocabulary(lm_config, workdir)
+        acoustic_config = recipe.stage_config(acoustic_variant, resolve_paths(lm_config.tasks, stages)[0])
+    codec, _ = codec_train.restore_codec(codec_config, codec_train.checkpoint_dir(stages))
+    vocab = task_vocabulary(lm_config, stages)
     sampler = Sampler.from_checkpoint(lm_dir, vocab, config=lm_config)
     # The codec loaded above gives the NAR's codebooks (no second codec restore).
     stage = None
     if acoustic_variant is not None:
         stage = AcousticStage.from_workdir(
-            acoustic_config, os.path.join(workdir, "acoustic", acoustic_variant),
+            acoustic_config, os.path.join(stages, "acoustic", acoustic_variant),
             codebooks=codec_codebooks(codec),
         )  # fmt: skip
     encoder = None
@@ -632,7 +636,7 @@ def load_models(
         encoder = speaker_lib.make_speaker_encoder(speaker_encoder)
     elif speaker_encoder:
         clips = codec_data.load_clips(
-            lm_config.tasks.corpus, speaker_split, data_dir=data_dir or paths.tfds_dir(workdir),
+            lm_config.tasks.corpus, speaker_split, data_dir=data_dir or paths.tfds_dir(stages),
             sample_rate=int(codec.sample_rate), limit=speaker_utterances,
         )
         encoder = speaker_lib.make_speaker_encoder(speaker_encoder, wavs=clips.audio, speakers=clips.speakers)
@@ -661,9 +665,11 @@ def run_evaluation(
     seed: int = 0,
     progress: bool = True,
     open_text: bool = True,
+    stages_workdir: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Evaluates the chain trained in `workdir` on each of `splits`; writes
     <workdir>/eval/results.{json,md} and the samples; returns (results, path of results.md).
+    Everything but the LM comes from `stages_workdir` (default `workdir`; `load_models`).
 
     The first split is the headline: its figures are results.json's top level (`asr.wer`
     etc.) and its samples go to <workdir>/samples/<task>; every further split's figures
@@ -677,14 +683,16 @@ def run_evaluation(
 
     if not splits:
         raise ValueError("run_evaluation needs at least one split")
-    token_dir, _ = resolve_paths(lm_config.tasks, workdir)
-    data_dir = paths.tfds_dir(workdir)
+    stages = stages_workdir or workdir
+    token_dir, _ = resolve_paths(lm_config.tasks, stages)
+    data_dir = paths.tfds_dir(stages)
     # Only pocketsphinx decodes with a domain LM (built from the training transcripts).
     texts = domain_texts(token_dir) if judge_kind == "pocketsphinx" else None
     judge = make_judge(judge_kind, domain_texts=texts, workdir=workdir, model_dir=judge_model_dir)
     models = load_models(
         workdir, judge=judge, lm_config=lm_config, codec_config=codec_config,
         acoustic_variant=acoustic_variant, speaker_encoder=speaker_encoder, data_dir=data_dir,
+        stages_workdir=stages,
     )
     settings = planning.PlanSettings.from_config(lm_config.tasks, int(lm_config.train.seq_len))
     by_split = {}
@@ -705,7 +713,7 @@ def run_evaluation(
     sections: dict[str, str] = {}
     for split in splits:
         sections.update(results_sections(by_split[split], title=split if len(splits) > 1 else ""))
-        codec_eval = os.path.join(workdir, "codec", f"eval_{split}.json")
+        codec_eval = os.path.join(stages, "codec", f"eval_{split}.json")
         if paths.isfile(codec_eval):
             codec_figures = paths.read_json(codec_eval)
             if split == splits[0]:

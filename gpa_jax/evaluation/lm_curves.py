@@ -30,7 +30,12 @@ from gpa_jax.evaluation import asr_metrics, conditioning, harness
 from gpa_jax.tasks import planning
 from gpa_jax.tasks.planning import TGT
 
-CURVE_TASKS = ("asr", "tts", "vc")
+CURVE_TASKS = ("asr", "tts", "vc")  # always in the table; SE too for an LM trained with it
+
+
+def _curve_tasks(points: list[dict[str, Any]]) -> list[str]:
+    se = any(p.get("se_gain") is not None for p in points)
+    return [*CURVE_TASKS, *(("se",) if se else ())]
 
 
 def curves_path(workdir: str, ext: str) -> str:
@@ -48,8 +53,11 @@ def lm_curves(
     cond_rows: int = 32,
     acoustic_variant: str = "nar",
     seed: int = 0,
+    stages_workdir: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Scores every kept LM checkpoint of `workdir` (module doc); writes the curves files."""
+    """Scores every kept LM checkpoint of `workdir` (module doc); writes the curves files.
+    Everything but the LM comes from `stages_workdir` (default `workdir`;
+    `harness.load_models`)."""
     from gpa_jax.acoustic import api as acoustic_api
     from gpa_jax.sampling import Request, Sampler
     from gpa_jax.sampling.config import asr_decoding, lm_sampling
@@ -62,15 +70,16 @@ def lm_curves(
         raise FileNotFoundError(f"no LM checkpoints in {lm_dir!r}; train the LM first")
     models = harness.load_models(
         workdir, judge=judge, lm_config=lm_config, codec_config=codec_config,
-        acoustic_variant=acoustic_variant, speaker_encoder="",
+        acoustic_variant=acoustic_variant, speaker_encoder="", stages_workdir=stages_workdir,
     )  # fmt: skip
     codec, vocab = models.codec, models.sampler.vocab
     rate = int(codec.sample_rate)
-    token_dir = resolve_paths(lm_config.tasks, workdir)[0]
+    stages = stages_workdir or workdir
+    token_dir = resolve_paths(lm_config.tasks, stages)[0]
     data = harness.load_split(
-        token_dir, vocab, lm_config.tasks.corpus, split, paths.tfds_dir(workdir),
+        token_dir, vocab, lm_config.tasks.corpus, split, paths.tfds_dir(stages),
         codec.n_q, codec.hop_length, rate, features=harness.reads_features(models.sampler),
-        tts_text=models.sampler.tts_text,
+        tts_text=models.sampler.tts_text, noisy=not harness.se_skip_reason(models.sampler, token_dir, split),
     )  # fmt: skip
     bank = data.bank
     settings = planning.PlanSettings.from_config(lm_config.tasks, int(lm_config.train.seq_len))
@@ -108,7 +117,7 @@ def lm_curves(
             sampler, bank, settings, split=split, num=cond_rows, seed=seed
         )
         point: dict[str, Any] = {"step": step}
-        for task in CURVE_TASKS:
+        for task in conditioning.TASKS:
             figures = cond.get(task, {})
             point[f"{task}_loss"] = figures.get("nll_matched")
             point[f"{task}_gain"] = figures.get("gain")
@@ -161,11 +170,13 @@ def format_markdown(points: list[dict[str, Any]], header: dict[str, Any]) -> str
         f"generations; on the recordings of the same sentences it is "
         f"{header['tts_judge_wer_recordings']:.3f}.",
         "",
-        "| step | ASR loss | TTS loss | VC loss | ASR gain | TTS gain | VC gain | ASR WER | TTS judge-WER |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    tasks = _curve_tasks(points)
+    columns = [f"{t.upper()} {kind}" for kind in ("loss", "gain") for t in tasks]
+    columns += ["ASR WER", "TTS judge-WER"]
+    lines += ["| step | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for p in points:
-        cells = [p[f"{t}_loss"] for t in CURVE_TASKS] + [p[f"{t}_gain"] for t in CURVE_TASKS]
+        cells = [p.get(f"{t}_{kind}") for kind in ("loss", "gain") for t in tasks]
         cells += [p["asr_wer"], p["tts_judge_wer"]]
         lines.append(f"| {p['step']} | " + " | ".join(_num(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -181,8 +192,8 @@ def _plot(points: list[dict[str, Any]], header: dict[str, Any], path: str) -> No
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, kind, label in ((axes[0], "loss", "loss (nats / output token)"),
                             (axes[1], "gain", "conditioning gain (nats / token)")):  # fmt: skip
-        for task in CURVE_TASKS:
-            values = [p[f"{task}_{kind}"] for p in points]
+        for task in _curve_tasks(points):
+            values = [p.get(f"{task}_{kind}") for p in points]
             ax.plot(steps, [np.nan if v is None else v for v in values], marker="o", label=task)
         ax.set_ylabel(label)
     axes[1].axhline(0.1, color="grey", linestyle=":", label="0.1 bar")

@@ -35,7 +35,8 @@ def test_mismatched_rows_keep_the_output_and_swap_the_input(lm, vocab, bank):  #
     sampler = _sampler(lm, vocab)
     settings = planning.PlanSettings.from_config(small_config(), SEQ_LEN)
     report = conditioning.conditioning_report(sampler, bank, settings, split="train", num=6)
-    for task in conditioning.TASKS:
+    assert "se" not in report  # the LM was not trained for it
+    for task in ("asr", "tts", "vc"):
         r = report[task]
         assert r["rows"] > 0 and r["rows"] + r["skipped"] <= 6, (task, r)
         assert r["gain"] == pytest.approx(r["nll_mismatched"] - r["nll_matched"])
@@ -102,3 +103,38 @@ def test_ctc_transcripts_read_the_ctc_head_over_the_source_positions(vocab, bank
     assert got == {"rows": 2, "wer": pytest.approx(want.wer), "cer": pytest.approx(want.cer)}
     text = conditioning.format_report({"split": "train", "asr_ctc": got})
     assert "CTC head, greedy, same rows: WER" in text
+
+
+def test_se_rows_swap_the_noisy_input_for_an_lm_trained_with_it(tmp_path, vocab):  # noqa: F811
+    """SE joins the report for an LM trained with it, on a bank with noisy inputs: the
+    output is the row's clean RVQ-1, the input its own vs another row's noisy RVQ-1."""
+    from gpa_jax.models.config import LMConfig
+    from gpa_jax.sampling import Sampler
+    from tests.models.helpers import numpy_model
+    from tests.sampling.test_sampler import SE_RATES, _config
+
+    write_corpus(str(tmp_path), noisy=True)
+    bank = planning.load_bank(str(tmp_path), "train", vocab, layers=1, noisy=True)
+    config = _config(vocab.vocab_size)
+    config.tasks.rates = SE_RATES
+    sampler = Sampler(config, numpy_model(LMConfig.from_config(config.model)), vocab)
+    settings = planning.PlanSettings.from_config(small_config(), SEQ_LEN)
+    assert conditioning.readable_tasks(sampler, bank) == conditioning.TASKS
+    report = conditioning.conditioning_report(sampler, bank, settings, split="train", num=6,
+                                              tasks=["se"])  # fmt: skip
+    r = report["se"]
+    assert r["rows"] > 0 and r["gain"] == pytest.approx(r["nll_mismatched"] - r["nll_matched"])
+    assert "se " in conditioning.format_report(report)
+    plan, _ = planning.plan_task("se", bank, settings, 0, "train")
+    rows = plan[:2]
+    (p1, o1, _), (p2, o2, _) = conditioning._pairs(sampler, bank, "se", rows, rows)
+    (q1, m1, _), _ = conditioning._pairs(sampler, bank, "se", rows, rows[::-1])
+    u = int(rows[0][planning.TGT])
+    np.testing.assert_array_equal(o1[:-1], vocab.audio_to_ids(bank.utterance_codes(u)[0], 0))
+    np.testing.assert_array_equal(m1, o1)  # the same clean target
+    assert not np.array_equal(q1, p1) and np.array_equal(q1, p2)  # the other row's noisy input
+    noisy_ids = vocab.audio_to_ids(bank.utterance_noisy_codes(u)[0], 0)
+    assert set(np.asarray(noisy_ids).tolist()) <= set(p1.tolist())
+    # Without noisy inputs in the bank SE is not readable.
+    clean = planning.load_bank(str(tmp_path), "train", vocab, layers=1)
+    assert conditioning.readable_tasks(sampler, clean) == ("asr", "tts", "vc")
