@@ -12,11 +12,12 @@ A sweep file `configs/sweeps/<name>.py` defines `get_sweep() -> dict` with
                e.g. "eval/loss", or "<file>.json:<key>", the key (a "/" in it steps into
                nested dicts) of a JSON file the run dir holds, e.g. the evaluate step's
     args       optional extra flags for the entry point, e.g. ["--noprogress"]
-    evaluate   optional [module, *flags]: run after each run's entry exits 0, as
-               `python -m <module> --config=<config> --workdir=<run dir> --config.<k>=<v>
-               ... <flags>` ("{run_dir}" in a flag is the run dir), e.g. launch.lm_report
-               writing a JSON file the metrics read; the run is finished when both exit 0
-               (`--mode=print` emits the training commands only, not this step)
+    evaluate   optional [module, *flags], or a list of them (steps run in order): run
+               after each run's entry exits 0, as `python -m <module> --config=<config>
+               --workdir=<run dir> --config.<k>=<v> ... <flags>` ("{run_dir}" in a flag
+               is the run dir, "{workdir}" the sweep's), e.g. launch.lm_report writing a
+               JSON file the metrics read; the run is finished when all of them exit 0
+               (`--mode=print` emits the training commands only, not these steps)
 
 Each run is `python -m <entry> --config=<config> --workdir=<run dir> --config.<k>=<v> ...`.
 Runs share the sweep work dir's data: when a config trains on the tasks (`data.source`
@@ -95,12 +96,24 @@ def load_sweep(path: str) -> dict[str, Any]:
     for key, values in sweep["grid"].items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"sweep file {path}: grid[{key!r}] must be a non-empty list")
-    evaluate = sweep.setdefault("evaluate", [])
-    if isinstance(evaluate, (str, bytes)) or not all(isinstance(a, str) for a in evaluate):
-        raise ValueError(f"sweep file {path}: evaluate must be a list [module, *flags] of strings")
+    sweep["evaluate"] = _evaluate_steps(sweep.get("evaluate") or [], f"file {path}")
     sweep.setdefault("fixed", {})
     sweep.setdefault("args", [])
     return sweep
+
+
+def _evaluate_steps(evaluate: Any, where: str) -> list[list[str]]:
+    """`evaluate` as a list of steps: one [module, *flags] list, or a list of them."""
+    steps = [evaluate] if evaluate and all(isinstance(a, str) for a in evaluate) else evaluate
+    if isinstance(evaluate, (str, bytes)) or not all(
+        isinstance(step, (list, tuple)) and step and all(isinstance(a, str) for a in step)
+        for step in steps
+    ):
+        raise ValueError(
+            f"sweep {where}: evaluate must be a list [module, *flags] of strings, or a "
+            "list of such lists (steps run in order)"
+        )
+    return [list(step) for step in steps]
 
 
 def _run_name(point: Mapping[str, Any]) -> str:
@@ -153,11 +166,14 @@ def expand(sweep: Mapping[str, Any], workdir: str = ".") -> list[Run]:
     return runs
 
 
-def check_feature_rows(sweep: Mapping[str, Any], runs: Sequence[Run]) -> None:
+def check_token_inputs(sweep: Mapping[str, Any], runs: Sequence[Run]) -> None:
     """Before any run starts: every run whose LM reads per-frame audio features
     (model.audio_input continuous / hybrid) finds rows of its width in its token shards,
-    so that a sweep does not fail at its second run after an hour of the first. A token
-    dir without a manifest is left to the run's own error."""
+    and every run that trains speech enhancement (tasks.rates.se > 0) finds the noisy
+    inputs, so that a sweep does not fail at its second run after an hour of the first.
+    A token dir without a manifest is left to the run's own error."""
+    from gpa_jax.tasks import token_shards
+    from gpa_jax.tasks.config import task_rate
     from gpa_jax.training import data_iter
 
     for run in runs:
@@ -165,12 +181,21 @@ def check_feature_rows(sweep: Mapping[str, Any], runs: Sequence[Run]) -> None:
             sweep["config"], [f"{k}={_flag_value(v)}" for k, v in run.overrides.items()]
         )
         tc = config.get("tasks")
-        if tc is None or not tc.get("token_dir") or not data_iter.uses_audio_features(config):
+        if tc is None or not tc.get("token_dir"):
             continue
         if not paths.exists(os.path.join(tc.token_dir, "manifest.json")):
             continue
+        splits = (tc.train_split, tc.eval_split)
         try:
-            data_iter.check_feature_rows(config, tc.token_dir, (tc.train_split, tc.eval_split))
+            if data_iter.uses_audio_features(config):
+                data_iter.check_feature_rows(config, tc.token_dir, splits)
+            manifest = token_shards.read_manifest(tc.token_dir)
+            lacking = [s for s in splits if token_shards.split_noisy(manifest, s) is None]
+            if task_rate(tc, "se") > 0 and lacking:
+                raise ValueError(
+                    f"tasks.rates.se={task_rate(tc, 'se')} but split(s) {lacking} of {tc.token_dir} "
+                    "have no noisy inputs: tokenize with launch.tokenize --noisy_inputs"
+                )
         except ValueError as error:
             raise ValueError(f"sweep {sweep['name']}, run {run.name}: {error}") from None
 
@@ -186,17 +211,17 @@ def command(sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.
     ]
 
 
-def evaluate_command(
-    sweep: Mapping[str, Any], run: Run, run_dir: str, python: str = sys.executable
-) -> list[str] | None:
-    """The sweep's `evaluate` step for one run (None if the sweep has none)."""
-    if not sweep.get("evaluate"):
-        return None
-    module, *extra = sweep["evaluate"]
-    return [
-        python, "-m", module, f"--config={sweep['config']}", f"--workdir={run_dir}",
-        *run.flags(), *(a.replace("{run_dir}", run_dir) for a in extra),
-    ]  # fmt: skip
+def evaluate_commands(
+    sweep: Mapping[str, Any], run: Run, workdir: str, python: str = sys.executable
+) -> list[list[str]]:
+    """The sweep's `evaluate` steps for one run, in order (none if the sweep has none)."""
+    run_dir = os.path.join(sweep_dir(workdir, sweep), run.name)
+    commands = []
+    for module, *extra in _evaluate_steps(sweep.get("evaluate") or [], sweep["name"]):
+        flags = (a.replace("{run_dir}", run_dir).replace("{workdir}", workdir) for a in extra)
+        commands.append([python, "-m", module, f"--config={sweep['config']}",
+                         f"--workdir={run_dir}", *run.flags(), *flags])  # fmt: skip
+    return commands
 
 
 PREEMPTED_CODES = {code: sig for sig, code in preemption.EXIT_CODES.items()}
@@ -209,7 +234,7 @@ def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict
     """
     root = sweep_dir(workdir, sweep)
     runs = expand(sweep, workdir)
-    check_feature_rows(sweep, runs)
+    check_token_inputs(sweep, runs)
     child: list[subprocess.Popen] = []
 
     def forward(signum: int) -> None:
@@ -227,12 +252,12 @@ def run_sweep(sweep: Mapping[str, Any], workdir: str, *, log=print) -> list[dict
             if preemption.requested():
                 preemption.stop(f"runs before {run.name} are finished")
             paths.makedirs(run_dir)
-            cmds = [command(sweep, run, run_dir), evaluate_command(sweep, run, run_dir)]
+            cmds = [command(sweep, run, run_dir), *evaluate_commands(sweep, run, workdir)]
             start = time.time()
             rc = 0
             with _run_log(run_dir) as log_file, open(log_file, "ab") as out:
                 for cmd in cmds:
-                    if cmd is None or rc != 0:
+                    if rc != 0:
                         continue
                     log(f"[{index}/{len(runs)}] {run.name}: {shlex.join(cmd[1:])}")
                     child[:] = [subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,

@@ -188,20 +188,26 @@ AUDIO_QUICK = {
 
 
 def _audio_sweep(features_dim):
+    """The shipped sweep at quick sizes. Its second evaluate step (launch.evaluate with
+    the work dir's codec and acoustic stage) needs a trained chain, which the random test
+    shards lack: it is dropped here, and tests/launch/test_demo.py runs the same step
+    against the quick demo's chain."""
     sweep = sweep_lib.load_sweep(os.path.join(REPO, "configs", "sweeps", "audio_input.py"))
     sweep["config"] = os.path.join(REPO, sweep["config"])
     sweep["fixed"] = {**AUDIO_QUICK, "model.audio_feature_dim": features_dim}
+    report, judged = sweep["evaluate"]
+    assert judged[:2] == ["launch.evaluate", "--stages_workdir={workdir}"]
     # The test shards have no test split; 3 ASR rows keep the greedy decoding short.
     swap = {"--asr_rows=40": "--asr_rows=3", "--conditioning_split=test": "--conditioning_split=validation"}
-    assert set(swap) <= set(sweep["evaluate"])
-    sweep["evaluate"] = [swap.get(a, a) for a in sweep["evaluate"]]
+    assert set(swap) <= set(report)
+    sweep["evaluate"] = [[swap.get(a, a) for a in report]]
     return sweep
 
 
-def test_audio_input_sweep_refuses_shards_without_feature_rows_up_front(tmp_path):
+def test_audio_input_sweep_refuses_shards_without_feature_rows_or_noisy_inputs_up_front(tmp_path):
     from tests.tasks.conftest import FEATURE_DIM, write_corpus
 
-    write_corpus(str(tmp_path / "tokens" / "test_speech" / "tiny"))  # codes only
+    write_corpus(str(tmp_path / "tokens" / "test_speech" / "tiny"), noisy=True)  # no feature rows
     sweep = _audio_sweep(FEATURE_DIM)
     assert [r.name for r in sweep_lib.expand(sweep, str(tmp_path))] == [
         "audio_input=tokens", "audio_input=continuous", "audio_input=hybrid"]  # fmt: skip
@@ -209,6 +215,12 @@ def test_audio_input_sweep_refuses_shards_without_feature_rows_up_front(tmp_path
                        r"feature rows.*data.token_features=log_mel"):  # fmt: skip
         sweep_lib.run_sweep(sweep, str(tmp_path), log=lambda _: None)
     assert not (tmp_path / "sweeps").exists()  # nothing ran
+    # Feature rows but no noisy inputs: the SE every run trains is refused up front too.
+    write_corpus(str(tmp_path / "tokens" / "test_speech" / "tiny"), features=True)
+    with pytest.raises(ValueError, match=r"run audio_input=tokens: tasks.rates.se=0.25 but split\(s\) "
+                       r"\['train', 'validation'\] .* no noisy inputs.*--noisy_inputs"):  # fmt: skip
+        sweep_lib.run_sweep(sweep, str(tmp_path), log=lambda _: None)
+    assert not (tmp_path / "sweeps").exists()
 
 
 @pytest.mark.slow
@@ -223,7 +235,7 @@ def test_audio_input_sweep_trains_three_variants_into_one_table(tmp_path, monkey
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device per run, as a user's sweep
     workdir = str(tmp_path)
-    write_corpus(os.path.join(workdir, "tokens", "test_speech", "tiny"), features=True)
+    write_corpus(os.path.join(workdir, "tokens", "test_speech", "tiny"), features=True, noisy=True)
     sweep = _audio_sweep(FEATURE_DIM)
     rows = sweep_lib.run_sweep(sweep, workdir, log=print)
     table = sweep_lib.write_table(sweep, workdir, rows)
@@ -231,6 +243,9 @@ def test_audio_input_sweep_trains_three_variants_into_one_table(tmp_path, monkey
     for row in rows:
         assert row["status"] == "done", row
         for tag in sweep["metrics"]:
+            if tag.startswith("eval/results.json:"):  # the dropped launch.evaluate step's
+                assert row[tag] is None
+                continue
             assert isinstance(row[tag], (int, float)) and math.isfinite(row[tag]), (row["run"], tag)
         assert row["report.json:asr/wer"] >= 0 and row["report.json:step_seconds"] > 0
     params = [r["report.json:params"] for r in rows]
@@ -249,12 +264,14 @@ def test_audio_input_sweep_trains_three_variants_into_one_table(tmp_path, monkey
         seen.append({tag: series for tag, series in scalars.items()
                      if tag.startswith("train/") and tag.endswith("loss_tokens")})  # fmt: skip
     assert seen[0] and seen[0] == seen[1] == seen[2]
+    assert "train/se/loss_tokens" in seen[0]  # speech enhancement in every run's mixture
 
 
-def test_evaluate_step_runs_after_training_and_its_json_fills_the_table(tmp_path, monkeypatch):
-    """Stand-in entry points: the evaluate step gets the run's config flags and "{run_dir}",
-    runs only after the entry succeeded, and its failure leaves the run unfinished;
-    "<file>.json:<a>/<b>" metrics read nested keys of the JSON it wrote."""
+def test_evaluate_steps_run_after_training_and_their_json_fills_the_table(tmp_path, monkeypatch):
+    """Stand-in entry points: each evaluate step gets the run's config flags, "{run_dir}"
+    and "{workdir}", the steps run in order and only after the entry succeeded, and any
+    step's failure leaves the run unfinished; "<file>.json:<a>/<b>" metrics read nested
+    keys of the JSON files they wrote."""
     (tmp_path / "fake_train.py").write_text(textwrap.dedent("""
         import sys
         sys.exit(1 if "--config.model.num_layers=3" in sys.argv else 0)
@@ -267,18 +284,40 @@ def test_evaluate_step_runs_after_training_and_its_json_fills_the_table(tmp_path
             sys.exit(3)
         json.dump({"asr": {"wer": 0.5 * layers}, "params": 10 * layers}, open(args["--out"], "w"))
     """))
+    (tmp_path / "fake_judge.py").write_text(textwrap.dedent("""
+        import json, os, sys
+        args = dict(a.split("=", 1) for a in sys.argv[1:])
+        assert os.path.isfile(os.path.join(args["--workdir"], "r.json"))  # after step 1
+        if args["--config.model.num_layers"] == "4":
+            sys.exit(4)
+        json.dump({"tts": {"judge_wer": 0.25}, "stages": args["--stages"]},
+                  open(os.path.join(args["--workdir"], "j.json"), "w"))
+    """))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2, 3]}))
-    sweep.update(entry="fake_train", evaluate=["fake_eval", "--out={run_dir}/r.json"],
-                 metrics=["r.json:asr/wer", "r.json:params", "r.json:asr/cer"])  # fmt: skip
-    rows = sweep_lib.run_sweep(sweep, str(tmp_path / "w"), log=lambda _: None)
-    assert [r["status"] for r in rows] == ["done", "failed (exit 3)", "failed (exit 1)"]
+    workdir = str(tmp_path / "w")
+    sweep = sweep_lib.load_sweep(_write(tmp_path, {"model.num_layers": [1, 2, 3, 4]}))
+    sweep.update(entry="fake_train", evaluate=[["fake_eval", "--out={run_dir}/r.json"],
+                                               ["fake_judge", "--stages={workdir}"]],
+                 metrics=["r.json:asr/wer", "r.json:params", "r.json:asr/cer", "j.json:tts/judge_wer",
+                          "j.json:stages"])  # fmt: skip
+    rows = sweep_lib.run_sweep(sweep, workdir, log=lambda _: None)
+    assert [r["status"] for r in rows] == ["done", "failed (exit 3)", "failed (exit 1)", "failed (exit 4)"]
     assert rows[0]["r.json:asr/wer"] == 0.5 and rows[0]["r.json:params"] == 10
+    assert rows[0]["j.json:tts/judge_wer"] == 0.25 and rows[0]["j.json:stages"] == workdir
     assert rows[0]["r.json:asr/cer"] is None and rows[1]["r.json:asr/wer"] is None
-    with pytest.raises(ValueError, match="evaluate must be a list"):
+    assert rows[3]["r.json:asr/wer"] == 2.0 and rows[3]["j.json:tts/judge_wer"] is None
+    # One step given as a flat list is the same as a list of one step.
+    one = dict(sweep, evaluate=["fake_eval", "--out={run_dir}/r.json"])
+    run = sweep_lib.expand(one, workdir)[0]
+    assert sweep_lib.evaluate_commands(one, run, workdir, python="py") == [
+        ["py", "-m", "fake_eval", f"--config={sweep['config']}",
+         f"--workdir={sweep_lib.sweep_dir(workdir, sweep)}/{run.name}", *run.flags(),
+         f"--out={sweep_lib.sweep_dir(workdir, sweep)}/{run.name}/r.json"]]  # fmt: skip
+    for bad in ("'launch.x'", "[['launch.x'], []]", "[['launch.x', 3]]"):
         (tmp_path / "bad.py").write_text("def get_sweep():\n    return dict(name='t', entry='e', "
-                                         "config='c', grid={}, metrics=[], evaluate='launch.x')\n")  # fmt: skip
-        sweep_lib.load_sweep(str(tmp_path / "bad.py"))
+                                         f"config='c', grid={{}}, metrics=[], evaluate={bad})\n")  # fmt: skip
+        with pytest.raises(ValueError, match="evaluate must be a list"):
+            sweep_lib.load_sweep(str(tmp_path / "bad.py"))
 
 
 SHIPPED_SWEEPS = sorted(n for n in os.listdir(os.path.join(REPO, "configs", "sweeps")) if n.endswith(".py"))

@@ -193,3 +193,43 @@ def test_asr_decoding_tabulates_settings_on_the_same_rows(quick_demo, tmp_path):
     bad = run("--settings=half")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert "--settings entry 'half': expected ctc_weight:beam" in bad.stderr
+
+
+def test_evaluate_reads_the_stages_of_another_workdir(quick_demo, tmp_path):
+    """launch.evaluate --stages_workdir, as the audio_input sweep's judged step runs it: a
+    run dir holding only an LM's checkpoints is evaluated with the codec, token shards and
+    acoustic stage of the quick demo; the results and samples land in the run dir, and
+    the demo's own results stay as they were. A missing stages dir is one clear error."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from launch.demo import QUICK
+    from tests.conftest import REPO
+
+    workdir, demo = quick_demo
+    assert demo.returncode == 0
+    run_dir = tmp_path / "run"
+    shutil.copytree(workdir / "checkpoints", run_dir / "checkpoints")
+    demo_results = (workdir / "eval" / "results.json").read_bytes()
+    env = {**os.environ, "XLA_FLAGS": ""}
+
+    def run(stages):
+        return subprocess.run(
+            [sys.executable, "-m", "launch.evaluate", f"--workdir={run_dir}", f"--stages_workdir={stages}",
+             "--splits=train", "--max_per_task=2", *(f"--config.{o}" for o in QUICK["lm"])],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+
+    result = run(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["asr"]["num_utterances"] > 0
+    for task in ("tts", "vc"):
+        assert results[task]["judge_wer"] >= 0.0 and results[task]["judge_wer_truth"] >= 0.0
+    assert read_manifest(str(run_dir / "samples" / "tts" / "manifest.jsonl"))
+    assert (workdir / "eval" / "results.json").read_bytes() == demo_results
+    missing = run(tmp_path / "nowhere")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
+    assert "--stages_workdir=" in missing.stderr and "does not exist" in missing.stderr
