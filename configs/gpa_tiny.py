@@ -1,8 +1,9 @@
-"""gpa_tiny: the CPU-trainable LM (~7 M params), PERFORMANCE.md's reference shape.
+"""gpa_tiny: the CPU-trainable LM (~7 M params), the LM benchmarks' default (launch.bench_*).
 
 vocab 4096, d 256, 6 layers, 4 heads / 2 kv heads (head_dim 64), SwiGLU 1024, tied,
 QK-norm: the HF Qwen3 baseline's shape, so JAX and PyTorch throughput compare 1:1.
-Float32 compute and unrolled layers: faster on a 2-core CPU (PERFORMANCE.md), and
+Float32 compute and unrolled layers: faster on a 2-core CPU (`launch.bench_train
+--compare=model.dtype=bfloat16 --compare=model.scan_layers=true` times the others), and
 compile time is no issue at 6 layers. `arg`: comma-separated variants, "bf16" (compute in
 bfloat16), "continuous" or "hybrid" (model.audio_input: the LauraGPT / WHISPER-GPT audio
 inputs, which read the token shards' log-mel rows), "se" (speech enhancement as a fourth

@@ -195,7 +195,8 @@ def attention_core(
 # Why a second implementation: on CPU, `jax.nn.dot_product_attention` (XLA path) builds the
 # full [b, heads, t, s] score tensor per query-head group, and its autodiff backward runs
 # the generic softmax/select gradients over that tensor several times; XLA:CPU spends most
-# of an LM step there (PERFORMANCE.md). `blocked_attention` computes the same function with
+# of an LM step there (`launch.bench_train --compare=model.attention_impl=xla` times both).
+# `blocked_attention` computes the same function with
 # (1) the g = heads / kv_heads query heads of a kv head stacked into one [g * t, d] x [d, s]
 #     matmul per (batch, kv head), in a heads-major layout,
 # (2) when `causal`, query blocks of `q_block` rows that only visit the keys up to their

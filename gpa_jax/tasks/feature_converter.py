@@ -14,7 +14,7 @@ length L (seqio/T5X decoder names, int32):
     decoder_segment_ids       1, 2, ... per packed example, 0 = padding
     decoder_positions         position within its example
     decoder_task_ids          task of each token's example: TASK_IDS (tts=1, asr=2,
-                              vc=3), 0 = padding; derived from the example's first token
+                              vc=3, se=4), 0 = padding; derived from the example's first token
                               (its task tag), so no extra feature has to survive seqio
 
 With `audio_frames=True` (the continuous audio input; examples carry the tasks'

@@ -3,7 +3,7 @@
 Their table is in `gpa_jax.tasks.vocab` (SpeechVocabulary composes them with the text and
 audio ranges). They live here, without seqio or TensorFlow, because the training host reads
 them too (guided attention finds the conditioning input by its delimiter ids) and must not
-import TensorFlow (DESIGN.md's layering).
+import TensorFlow (pyproject.toml's forbidden import contract; ARCHITECTURE.md, Layering).
 """
 
 from __future__ import annotations

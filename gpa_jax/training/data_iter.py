@@ -5,6 +5,9 @@ Sources (`config.data.source`):
     "tasks"      the SeqIO task mixture over token shards (gpa_jax.tasks): train
                  iterator on config.tasks.train_split, eval on config.tasks.eval_split,
                  rows of length config.train.seq_len (`TaskData`)
+    "cache"      the same mixture's batches, written once to ArrayRecord by
+                 `launch.cache_batches` and read with Grain (gpa_jax.data.batch_cache;
+                 no TensorFlow on the training host)
     "synthetic"  deterministic random packed batches (`SyntheticLMBatches`; tests,
                  benchmarks, smoke runs without data)
 
@@ -23,7 +26,7 @@ decoder_positions, decoder_loss_weights, optional decoder_prefix_mask) plus
                        task_names(config)[i]; 0 = padding / unknown task
 
 from which the trainer reports loss and accuracy per task. With the continuous audio
-input (`config.model.audio_input` other than "tokens"; the tasks source only) batches
+input (`config.model.audio_input` other than "tokens"; the tasks and cache sources) batches
 also carry
 
     decoder_audio_features  float32 [rows, length, F]  the per-frame features (the token

@@ -3,10 +3,11 @@
 The writers follow clu's `MetricWriter` interface (write_scalars / write_texts /
 write_audios / write_images / write_hparams / flush / close) without importing it:
 `clu.metric_writers` imports TensorFlow for its summary writer, and a training host
-imports no TensorFlow (DESIGN.md). `create_default_writer(logdir)` writes TensorBoard
-event files through tensorboardX (TF-free) and logs every scalar line, as clu's default
-writer does; `read_scalars(logdir)` reads scalars back with TensorBoard's own event
-reader (tests, notebooks); `MemoryWriter` keeps everything in memory (tests, benchmarks).
+imports no TensorFlow (ARCHITECTURE.md, Layering). `create_default_writer(logdir)` writes
+TensorBoard event files through tensorboardX (TF-free) and logs every scalar line, as
+clu's default writer does; `read_scalars(logdir)` reads scalars back with TensorBoard's
+own event reader (tests, notebooks); `MemoryWriter` keeps everything in memory (tests,
+benchmarks).
 """
 
 from __future__ import annotations

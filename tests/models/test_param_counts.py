@@ -9,7 +9,7 @@ from gpa_jax.models import count_params
 @pytest.mark.parametrize(
     "name, low, high",
     [
-        # PERFORMANCE.md's reference shape: 6.95 M with tied embeddings, + the CTC head.
+        # The LM benchmarks' default shape: 6.95 M with tied embeddings, + the CTC head.
         ("gpa_tiny", 6.9e6, 7.1e6),
         ("gpa_0p3b", 0.25e9, 0.40e9),
         ("gpa_1b", 0.8e9, 1.4e9),
