@@ -62,6 +62,47 @@ def greedy_decode(logits: np.ndarray, num_frames: int) -> str:
     return " ".join("".join(out).split())
 
 
+def forced_alignment(log_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The most likely CTC path of `labels` through one utterance's frames: int32 [T], the
+    index (0..L-1) of the label each frame emits, or -1 for a blank frame.
+
+    log_probs: [T, VOCAB_SIZE] log-softmax of the frames (T >= the path's minimum length,
+    L plus one per repeated neighbour pair); labels: int [L], ids 1..VOCAB_SIZE-1. Viterbi
+    over CTC's extended sequence (blank, l1, blank, l2, ..., blank): a state stays, moves
+    to the next, or skips a blank between two different labels; the path ends in the last
+    label or the blank after it. (No library in the dependencies aligns CTC; torchaudio's
+    `forced_align` does the same in PyTorch.)"""
+    log_probs = np.asarray(log_probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    frames, num = log_probs.shape[0], len(labels)
+    if num == 0:
+        return np.full(frames, -1, np.int32)
+    ext = np.full(2 * num + 1, BLANK, np.int64)
+    ext[1::2] = labels
+    states = len(ext)
+    skip = np.zeros(states, bool)  # state s may be entered from s - 2
+    skip[3::2] = labels[1:] != labels[:-1]
+    need = num + int(np.sum(labels[1:] == labels[:-1]))
+    if frames < need:
+        raise ValueError(f"{frames} frames cannot emit {num} labels ({need} frames needed)")
+    emit = log_probs[:, ext]  # [T, S]
+    score = np.full(states, -np.inf)
+    score[:2] = emit[0, :2]
+    back = np.zeros((frames, states), np.int8)  # 0 stay, 1 from s-1, 2 from s-2
+    for t in range(1, frames):
+        prev1 = np.concatenate([[-np.inf], score[:-1]])
+        prev2 = np.where(skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        options = np.stack([score, prev1, prev2])
+        back[t] = np.argmax(options, axis=0)
+        score = options[back[t], np.arange(states)] + emit[t]
+    state = states - 1 if score[-1] >= score[-2] else states - 2
+    path = np.empty(frames, np.int64)
+    for t in range(frames - 1, -1, -1):
+        path[t] = state
+        state -= int(back[t, state])
+    return np.where(path % 2 == 1, (path - 1) // 2, -1).astype(np.int32)
+
+
 def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Corpus-level CER (jiwer), with empty hypotheses counted as all deletions."""
     import jiwer
@@ -365,6 +406,29 @@ def _restore(manager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) ->
     nnx.update(optimizer, states["optimizer"])
 
 
+def batched_logits(
+    model: nnx.Module,
+    apply_fn: Callable[[nnx.Module, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    inputs: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    length_multiple: int,
+) -> list[np.ndarray]:
+    """Each input's CTC logits [its frames, VOCAB_SIZE], in order (batched by similar
+    length, padded to `length_multiple` so few shapes compile)."""
+    jitted = nnx.jit(apply_fn)
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    order = np.argsort([len(x) for x in inputs], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = padded_batch([inputs[j] for j in idx], None, length_multiple=length_multiple)
+        logits, frame_mask = jitted(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["mask"]))
+        logits, frames = np.asarray(logits), np.asarray(frame_mask).sum(-1).astype(int)
+        for row, j in enumerate(idx):
+            out[j] = logits[row, : frames[row]]
+    return out  # type: ignore[return-value]
+
+
 def transcribe(
     model: nnx.Module,
     apply_fn: Callable[[nnx.Module, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
@@ -374,17 +438,8 @@ def transcribe(
     length_multiple: int,
 ) -> list[str]:
     """Greedy CTC transcripts of `inputs`, in order (batched by similar length)."""
-    jitted = nnx.jit(apply_fn)
-    out: list[str | None] = [None] * len(inputs)
-    order = np.argsort([len(x) for x in inputs], kind="stable")
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = padded_batch([inputs[j] for j in idx], None, length_multiple=length_multiple)
-        logits, frame_mask = jitted(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["mask"]))
-        logits, frames = np.asarray(logits), np.asarray(frame_mask).sum(-1).astype(int)
-        for row, j in enumerate(idx):
-            out[j] = greedy_decode(logits[row], frames[row])
-    return [s or "" for s in out]
+    logits = batched_logits(model, apply_fn, inputs, batch_size=batch_size, length_multiple=length_multiple)
+    return [greedy_decode(x, len(x)) or "" for x in logits]
 
 
 def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> None:

@@ -333,3 +333,13 @@ def transcribe_waveforms(
     return ctc.transcribe(
         model, _apply_wav, wavs, batch_size=batch_size, length_multiple=2 * sample_rate
     )
+
+
+def waveform_logits(
+    model: ContentTeacher, wavs: list[np.ndarray], batch_size: int = 16, sample_rate: int = 16000
+) -> list[np.ndarray]:
+    """The CTC teacher's logits [codec frames of the clip, ctc.VOCAB_SIZE] of each waveform
+    (e.g. for `ctc.forced_alignment`)."""
+    return ctc.batched_logits(
+        model, _apply_wav, wavs, batch_size=batch_size, length_multiple=2 * sample_rate
+    )
