@@ -92,6 +92,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     settings = [parse_setting(s) for s in _SETTINGS.value]
     workdir = common.existing_workdir()
+    if _JSON_OUT.value:  # its folder is made (or refused) before minutes of decoding
+        common.output_file(_JSON_OUT.value)
     table = decoding_table(workdir, split=_SPLIT.value, rows=_ROWS.value, settings=settings,
                            step=_STEP.value)  # fmt: skip
     print(format_table(table, _SPLIT.value))

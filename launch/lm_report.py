@@ -41,6 +41,8 @@ def main(argv):
     from gpa_jax.training import lm_report
 
     config, workdir = config_utils.config_from_flags(), common.existing_workdir()
+    if _JSON_OUT.value:  # its folder is made (or refused) before minutes of scoring
+        common.output_file(_JSON_OUT.value)
     print(lm_report.report(config, workdir))
     figures = lm_report.run_figures(config, workdir) if _JSON_OUT.value else {}
     if _CONDITIONING.value:

@@ -59,6 +59,9 @@ def test_flag_errors(tmp_path):
     _user_error(
         _cli("sample", "--task=asr", "--audio=n.wav", "--stream"), "--stream makes audio (tts, vc, se)"
     )
+    # A report's --json_out is checked before minutes of scoring, not when it is written.
+    _user_error(_cli("lm_report", f"--workdir={tmp_path}", f"--json_out={tmp_path}"),
+                f"output '{tmp_path}' is a directory")  # fmt: skip
 
 
 def test_se_is_refused_for_an_lm_trained_without_it(tmp_path):

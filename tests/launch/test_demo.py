@@ -171,7 +171,7 @@ def test_asr_decoding_tabulates_settings_on_the_same_rows(quick_demo, tmp_path):
 
     workdir, demo = quick_demo
     assert demo.returncode == 0
-    out = tmp_path / "table.json"
+    out = tmp_path / "eval" / "table.json"  # a folder that does not exist yet is made
     env = {**os.environ, "XLA_FLAGS": ""}
 
     def run(*flags):
@@ -193,6 +193,8 @@ def test_asr_decoding_tabulates_settings_on_the_same_rows(quick_demo, tmp_path):
     bad = run("--settings=half")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert "--settings entry 'half': expected ctc_weight:beam" in bad.stderr
+    folder = run(f"--json_out={tmp_path}")  # refused before any decoding
+    assert folder.returncode == 2 and "is a directory; give a file name" in folder.stderr
 
 
 def test_evaluate_reads_the_stages_of_another_workdir(quick_demo, tmp_path):
