@@ -11,6 +11,9 @@ newest checkpoint (gpa_jax.evaluation.conditioning): a gain near 0 means the mod
 ignores the input. --asr_rows=N adds the ASR WER/CER of N rows of that split, decoded as
 the config's `sampling.asr` says (the joint CTC/attention search of configs/gpa_tiny.py;
 --config.sampling.asr.beam=1 --config.sampling.asr.ctc_weight=0 for greedy).
+--attention_rows=N adds which heads read the input: per task, layer and head the
+attention mass on the text / source and how monotonic it is, on N rows
+(`conditioning.attention_on_input`; tokens-input LMs).
 --json_out=PATH also writes the figures as JSON (`lm_report.run_figures`: per-task eval
 loss and perplexity, parameter count, step time; with --conditioning each task's
 matched / mismatched loss and gain, and "asr" wer / cer / rows with --asr_rows, of the
@@ -30,6 +33,9 @@ _SPLIT = flags.DEFINE_string("conditioning_split", "validation", "Split of that 
 _STEPS = flags.DEFINE_list("conditioning_steps", [], "Checkpoint steps for it (default: newest).")
 _ASR_ROWS = flags.DEFINE_integer(
     "asr_rows", 0, "With it: ASR WER/CER of this many rows of that split per step."
+)
+_ATTENTION_ROWS = flags.DEFINE_integer(
+    "attention_rows", 0, "With it: each head's attention on the input, over this many rows per task."
 )
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the figures as JSON here.")
 
@@ -52,7 +58,7 @@ def main(argv):
         for step in [int(s) for s in _STEPS.value] or [None]:
             report = conditioning.report_for_workdir(
                 workdir, split=_SPLIT.value, step=step, asr_rows=_ASR_ROWS.value,
-                sampling=lm_sampling(config),
+                sampling=lm_sampling(config), attention_rows=_ATTENTION_ROWS.value,
             )  # fmt: skip
             print(conditioning.format_report(report))
             figures["conditioning_step"] = report["step"]
@@ -62,6 +68,8 @@ def main(argv):
                         {k: v for k, v in report[task].items() if k != "rows"},
                         conditioning_rows=report[task]["rows"],
                     )
+            if "attention" in report:
+                figures["attention"] = report["attention"]
             if "asr_transcripts" in report:
                 figures.setdefault("asr", {}).update(
                     wer=report["asr_transcripts"]["wer"], cer=report["asr_transcripts"]["cer"],

@@ -160,6 +160,67 @@ def conditioning_report(
     return report
 
 
+def attention_on_input(
+    sampler, bank: planning.Bank, settings: planning.PlanSettings, *, split: str,
+    num: int = 8, seed: int = 0, tasks: Sequence[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Which heads read the input: per task {rows, mass, correlation}, each [layers][heads]
+    averaged over `num` planned rows. `mass`: the attention each head puts on the task's
+    conditioning input (TTS text, ASR / VC / SE source: `attention_guide.conditioning_keys`)
+    from the positions that predict the output; `correlation`: of those positions' order
+    with the mean input position each attends (near 1: a monotonic alignment). The maps
+    are `inspect.attention_maps` (tokens-input LMs with unrolled layers)."""
+    from gpa_jax.evaluation.inspect import attention_maps
+    from gpa_jax.training.attention_guide import conditioning_keys
+
+    if sampler.cfg.audio_input != "tokens":
+        raise ValueError(f"attention maps read token inputs only, not model.audio_input={sampler.cfg.audio_input!r}")
+    report: dict[str, Any] = {"split": split}
+    for task in readable_tasks(sampler, bank) if tasks is None else tasks:
+        plan = planning.plan_task(task, bank, settings, seed, split)[0][:num]
+        masses, correlations = [], []
+        for prompt, output, _ in _pairs(sampler, bank, task, plan, plan):
+            tokens = np.concatenate([prompt, output[:-1]])  # the last input predicts <eos>
+            if len(tokens) > sampler.max_total_len:
+                continue
+            outputs = np.arange(len(tokens)) >= len(prompt)
+            keys = np.asarray(conditioning_keys(jnp.asarray(tokens)[None], jnp.ones((1, len(tokens)), jnp.int32),
+                                                jnp.asarray(outputs)[None]))[0]  # fmt: skip
+            key_pos = np.flatnonzero(keys)
+            if not len(key_pos):
+                continue
+            maps = attention_maps(sampler.model, tokens, prefix_length=len(prompt))
+            on_input = maps[:, :, len(prompt) - 1 :][..., key_pos]  # [L, H, queries, keys]
+            mass = on_input.sum(-1)
+            where = (on_input * np.linspace(0.0, 1.0, len(key_pos))).sum(-1) / np.maximum(mass, 1e-9)
+            order = np.arange(where.shape[-1], dtype=np.float64)
+            centred = where - where.mean(-1, keepdims=True)
+            spread = np.sqrt((centred**2).sum(-1) * ((order - order.mean()) ** 2).sum())
+            corr = (centred * (order - order.mean())).sum(-1) / np.where(spread > 0, spread, np.inf)
+            masses.append(mass.mean(-1))
+            correlations.append(corr)
+        if not masses:
+            report[task] = {"rows": 0}
+            continue
+        report[task] = {"rows": len(masses), "mass": np.mean(masses, 0).round(4).tolist(),
+                        "correlation": np.mean(correlations, 0).round(4).tolist()}  # fmt: skip
+    return report
+
+
+def format_attention(report: Mapping[str, Any]) -> str:
+    lines = [f"which heads read the input? ({report['split']} split; per layer, each head's "
+             "attention mass on the input / correlation with a monotonic alignment)"]  # fmt: skip
+    for task in TASKS:
+        r = report.get(task)
+        if not r or not r["rows"]:
+            continue
+        lines.append(f"{task} ({r['rows']} rows):")
+        for layer, (mass, corr) in enumerate(zip(r["mass"], r["correlation"], strict=True)):
+            cells = "  ".join(f"{m:.2f}/{c:+.2f}" for m, c in zip(mass, corr, strict=True))
+            lines.append(f"  layer {layer}: {cells}")
+    return "\n".join(lines)
+
+
 def asr_transcripts(sampler, bank: planning.Bank, settings: planning.PlanSettings, *, split: str,
                     num: int = 40, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """ASR of the first `num` planned ASR rows of `split`: {rows, wer, cer, decoding}
@@ -243,17 +304,20 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "asr_ctc" in report:
         a = report["asr_ctc"]
         lines.append(f"CTC head, greedy, same rows: WER {a['wer']:.3f}, CER {a['cer']:.3f}")
+    if "attention" in report:
+        lines.append(format_attention(report["attention"]))
     return "\n".join(lines)
 
 
 def report_for_workdir(
     workdir: str, *, split: str = "validation", num: int = 32, seed: int = 0,
-    step: int | None = None, asr_rows: int = 0, sampling: Any = None,
+    step: int | None = None, asr_rows: int = 0, sampling: Any = None, attention_rows: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Loads the LM of <workdir>/checkpoints (params of `step`, default the newest) and its
     token shards; the report (with the step), and with `asr_rows` the ASR error rates of
     that many rows (`asr_transcripts`), decoded as `sampling` (default: the checkpoint
-    config's, `gpa_jax.sampling.config.lm_sampling`) says."""
+    config's, `gpa_jax.sampling.config.lm_sampling`) says; with `attention_rows`, which
+    heads read the input on that many rows per task (`attention_on_input`)."""
     from gpa_jax.sampling import Sampler, config_from_checkpoint
     from gpa_jax.tasks.config import resolve_paths
     from gpa_jax.training import checkpoint as ckpt_lib
@@ -275,5 +339,8 @@ def report_for_workdir(
         if getattr(sampler.model, "ctc_proj", None) is not None:
             rows = planning.plan_task("asr", bank, settings, seed, split)[0][:asr_rows]
             report["asr_ctc"] = ctc_error_rates(sampler, bank, rows)
+    if attention_rows:
+        report["attention"] = attention_on_input(sampler, bank, settings, split=split,
+                                                 num=attention_rows, seed=seed)  # fmt: skip
     report["step"] = ckpt_lib.saved_steps(lm_dir)[-1] if step is None else int(step)
     return report

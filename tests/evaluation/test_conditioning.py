@@ -138,3 +138,30 @@ def test_se_rows_swap_the_noisy_input_for_an_lm_trained_with_it(tmp_path, vocab)
     # Without noisy inputs in the bank SE is not readable.
     clean = planning.load_bank(str(tmp_path), "train", vocab, layers=1)
     assert conditioning.readable_tasks(sampler, clean) == ("asr", "tts", "vc")
+
+
+def test_attention_on_input_is_each_heads_share_of_the_input(lm, vocab, bank):  # noqa: F811
+    """Per task, layer and head: the attention mass the output positions put on the
+    conditioning input, as the maps give it for the same row."""
+    from gpa_jax.evaluation.inspect import attention_maps
+    from gpa_jax.training.attention_guide import conditioning_keys
+
+    sampler = _sampler(lm, vocab)
+    settings = planning.PlanSettings.from_config(small_config(), SEQ_LEN)
+    report = conditioning.attention_on_input(sampler, bank, settings, split="train", num=1)
+    layers, heads = sampler.cfg.num_layers, sampler.cfg.num_heads
+    for task in ("asr", "tts", "vc"):
+        r = report[task]
+        assert r["rows"] == 1 and np.shape(r["mass"]) == np.shape(r["correlation"]) == (layers, heads)
+        assert np.all((np.asarray(r["mass"]) >= 0) & (np.asarray(r["mass"]) <= 1 + 1e-6))
+        assert np.all(np.abs(r["correlation"]) <= 1 + 1e-6)
+    row = planning.plan_task("tts", bank, settings, 0, "train")[0][:1]
+    ((prompt, output, _),) = conditioning._pairs(sampler, bank, "tts", row, row)
+    tokens = np.concatenate([prompt, output[:-1]])
+    text = np.asarray(conditioning_keys(tokens[None], np.ones((1, len(tokens)), np.int32),
+                                        (np.arange(len(tokens)) >= len(prompt))[None]))[0]  # fmt: skip
+    assert text.sum() == len(bank.texts[row[0][planning.TGT]])  # the text's characters
+    maps = attention_maps(sampler.model, tokens, prefix_length=len(prompt))
+    want = maps[:, :, len(prompt) - 1 :][..., text].sum(-1).mean(-1)
+    np.testing.assert_allclose(report["tts"]["mass"], want, atol=1e-4)
+    assert "layer 0:" in conditioning.format_attention(report)
