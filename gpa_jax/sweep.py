@@ -189,9 +189,11 @@ def check_token_inputs(sweep: Mapping[str, Any], runs: Sequence[Run]) -> None:
         try:
             if data_iter.uses_audio_features(config):
                 data_iter.check_feature_rows(config, tc.token_dir, splits)
+            if task_rate(tc, "se") <= 0:
+                continue
             manifest = token_shards.read_manifest(tc.token_dir)
             lacking = [s for s in splits if token_shards.split_noisy(manifest, s) is None]
-            if task_rate(tc, "se") > 0 and lacking:
+            if lacking:
                 raise ValueError(
                     f"tasks.rates.se={task_rate(tc, 'se')} but split(s) {lacking} of {tc.token_dir} "
                     "have no noisy inputs: tokenize with launch.tokenize --noisy_inputs"

@@ -429,17 +429,10 @@ def batched_logits(
     return out  # type: ignore[return-value]
 
 
-def transcribe(
-    model: nnx.Module,
-    apply_fn: Callable[[nnx.Module, jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
-    inputs: Sequence[np.ndarray],
-    *,
-    batch_size: int,
-    length_multiple: int,
-) -> list[str]:
-    """Greedy CTC transcripts of `inputs`, in order (batched by similar length)."""
-    logits = batched_logits(model, apply_fn, inputs, batch_size=batch_size, length_multiple=length_multiple)
-    return [greedy_decode(x, len(x)) or "" for x in logits]
+def transcribe(model: nnx.Module, apply_fn, inputs: Sequence[np.ndarray], **batching: int) -> list[str]:
+    """Greedy CTC transcripts of `inputs`, in order (`batching`: batched_logits' batch_size
+    and length_multiple)."""
+    return [greedy_decode(x, len(x)) or "" for x in batched_logits(model, apply_fn, inputs, **batching)]
 
 
 def save_module(module: nnx.Module, directory: str, meta: dict[str, Any]) -> None:
